@@ -1,0 +1,1 @@
+"""Reading AudioSet-style parquet folders: decode, resample, labels."""

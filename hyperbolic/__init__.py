@@ -1,0 +1,1 @@
+"""Hyperbolic CLAP: geometry, projector, losses, metrics, frozen CLAP, training and evaluation."""
