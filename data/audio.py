@@ -1,0 +1,212 @@
+"""Decode one audio cell and bring it to what CLAP expects: 48 kHz mono float32.
+
+Shapes, stated once: `decode_audio_cell` returns `(channels, samples)` (always 2-D,
+the layout Hugging Face `datasets` uses for multichannel arrays); `to_mono_48k` and
+`load_waveform` return `(samples,)` with `samples <= MAX_SAMPLES`.
+
+The length rule is deterministic on purpose. soxr gives `floor(n * 48000 / sr + 1/2)`
+output samples for `n` input samples, so a 10 s clip at 44.1 kHz that is one sample
+long (441001) becomes 480001 samples; the CLAP feature extractor would then pick a
+random 480000-sample window, and the same clip would embed differently on each run.
+We keep the first MAX_SAMPLES instead. Shorter clips are returned as they are: the
+CLAP processor repeat-pads them, and padding here would hide their true length.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+TARGET_SR = 48000
+CLIP_SECONDS = 10
+MAX_SAMPLES = TARGET_SR * CLIP_SECONDS  # 480000
+
+# Everything here that changes the waveform CLAP sees. The embedding cache keys on it:
+# change any rule in this module and bump "version" so stale embeddings are not reused.
+PREPROCESSING: dict[str, Any] = {
+    "version": 1,
+    "sample_rate": TARGET_SR,
+    "channels": "mean-downmix",
+    "resampler": "soxr-HQ",
+    "max_samples": MAX_SAMPLES,
+    "crop": "start",
+    "pad": "none (CLAP processor repeat-pads)",
+    "dtype": "float32",
+}
+
+DECODE_REASONS = ("decode_error", "empty_audio", "non_finite")
+
+# Untagged MP3s report a length estimated from the file size, which can be off by
+# about one MPEG frame (1152 samples); a larger shortfall means the bytes were cut.
+_MP3_LENGTH_SLACK = 2 * 1152
+
+
+class AudioDecodeError(ValueError):
+    """The audio of one clip is unusable; `reason` is one of DECODE_REASONS.
+
+    Raised for problems with the content of a single clip (corrupt or empty bytes,
+    zero samples, NaN/Inf), which a dataset reader counts and skips. Problems with the
+    structure of the data (a cell type this module does not understand, a missing
+    sampling rate) raise plain TypeError/ValueError instead, because they usually
+    affect every row and should stop the run.
+    """
+
+    def __init__(self, reason: str, message: str):
+        if reason not in DECODE_REASONS:
+            raise ValueError(f"unknown AudioDecodeError reason {reason!r}; expected one of {DECODE_REASONS}")
+        super().__init__(message)
+        self.reason = reason
+
+
+def _decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
+    if len(data) == 0:
+        raise AudioDecodeError("empty_audio", "audio bytes are empty (0 bytes)")
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            declared = f.frames
+            fmt = f.format
+            sr = f.samplerate
+            frames = f.read(dtype="float32", always_2d=True)  # (samples, channels)
+    except (sf.SoundFileError, RuntimeError) as e:
+        raise AudioDecodeError(
+            "decode_error", f"soundfile could not decode {len(data)} audio bytes: {e}"
+        ) from e
+    # libsndfile silently returns fewer frames for a cut MP3 whose header declares the
+    # full length; WAV/OGG headers are corrected to what is present, so only MP3 shows it.
+    if fmt == "MP3" and frames.shape[0] + _MP3_LENGTH_SLACK < declared:
+        raise AudioDecodeError(
+            "decode_error",
+            f"MP3 looks truncated: header declares {declared} samples, decoded {frames.shape[0]}",
+        )
+    return np.ascontiguousarray(frames.T), int(sr)
+
+
+def _as_float_array(x: Any, what: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype == object:
+        raise TypeError(f"{what} holds Python objects (dtype=object), not numbers; pass a numeric array")
+    if not (np.issubdtype(a.dtype, np.floating)):
+        # Integer PCM needs a scale (1/32768 for int16, ...) that a bare array does not carry.
+        raise TypeError(
+            f"{what} has dtype {a.dtype}; pass float samples in [-1, 1] "
+            "(for int16 PCM divide by 32768)"
+        )
+    if a.ndim == 1:
+        a = a[None, :]
+    elif a.ndim != 2:
+        raise ValueError(f"{what} must be 1-D (samples,) or 2-D (channels, samples); got shape {a.shape}")
+    elif a.shape[0] > a.shape[1]:
+        raise ValueError(
+            f"{what} has shape {a.shape}, which looks like (samples, channels); "
+            "this reader expects (channels, samples): pass the transpose"
+        )
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _check_sr(sr: Any, what: str) -> int:
+    if isinstance(sr, (bool, np.bool_)) or not isinstance(sr, (int, np.integer, float, np.floating)):
+        raise TypeError(f"{what} must be a positive integer number of Hz; got {sr!r}")
+    if not np.isfinite(sr) or float(sr) != int(sr) or int(sr) <= 0:
+        raise ValueError(f"{what} must be a positive integer number of Hz; got {sr!r}")
+    return int(sr)
+
+
+def _check_content(wave: np.ndarray) -> None:
+    if wave.size == 0:
+        raise AudioDecodeError("empty_audio", f"audio has zero samples (shape {wave.shape})")
+    if not np.isfinite(wave).all():
+        bad = int(np.count_nonzero(~np.isfinite(wave)))
+        raise AudioDecodeError("non_finite", f"audio has {bad} NaN/Inf samples out of {wave.size}")
+
+
+def decode_audio_cell(cell: Any, *, default_sr: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode one audio cell to `(wave, sr)`, wave float32 `(channels, samples)`.
+
+    Accepted cells:
+      - `{"bytes": b"...", "path": ...}`: FLAC/WAV/OGG/MP3 bytes, decoded by soundfile
+        (the Hugging Face `Audio(decode=False)` layout in parquet); bare bytes too.
+      - `{"array": [...], "sampling_rate": sr}`: already decoded samples
+        (`(samples,)` or `(channels, samples)`, float).
+      - a bare float array/list: needs `default_sr`.
+
+    Raises AudioDecodeError (reason "decode_error", "empty_audio" or "non_finite") when
+    this clip's content is bad, TypeError/ValueError when the cell's structure is not
+    one of the above.
+    """
+    if cell is None:
+        raise AudioDecodeError("empty_audio", "audio cell is null")
+    if isinstance(cell, (bytes, bytearray, memoryview)):
+        wave, sr = _decode_bytes(bytes(cell))
+    elif isinstance(cell, dict):
+        if cell.get("bytes") is not None:
+            wave, sr = _decode_bytes(bytes(cell["bytes"]))
+        elif cell.get("array") is not None:
+            if cell.get("sampling_rate") is None:
+                raise ValueError("audio cell has 'array' but no 'sampling_rate'; store the rate beside the samples")
+            sr = _check_sr(cell["sampling_rate"], "audio cell 'sampling_rate'")
+            wave = _as_float_array(cell["array"], "audio cell 'array'")
+        elif cell.get("path"):
+            raise ValueError(
+                f"audio cell has no embedded bytes, only path={cell['path']!r}; this reader needs "
+                "the audio inside the parquet (with Hugging Face datasets: embed the audio when saving)"
+            )
+        elif "bytes" in cell or "array" in cell:
+            raise AudioDecodeError("empty_audio", f"audio cell holds no audio (keys {sorted(cell)} are all null)")
+        else:
+            raise TypeError(
+                f"audio cell is a dict with keys {sorted(cell)}; expected 'bytes' (encoded audio) "
+                "or 'array' + 'sampling_rate'"
+            )
+    elif isinstance(cell, (np.ndarray, list, tuple)):
+        if default_sr is None:
+            raise ValueError(
+                "audio cell is a bare array with no sampling rate; pass default_sr=<Hz> "
+                "or store cells as {'array': ..., 'sampling_rate': ...}"
+            )
+        sr = _check_sr(default_sr, "default_sr")
+        wave = _as_float_array(cell, "audio array")
+    else:
+        raise TypeError(
+            f"audio cell has type {type(cell).__name__}; expected a dict with 'bytes' or "
+            "'array' + 'sampling_rate', bytes, or a float array"
+        )
+    _check_content(wave)
+    return wave, sr
+
+
+def to_mono_48k(wave: np.ndarray, sr: int) -> np.ndarray:
+    """Mean-downmix, resample to TARGET_SR with soxr "HQ", keep the first MAX_SAMPLES.
+
+    wave: `(samples,)` or `(channels, samples)`, any number of channels, float.
+    Returns float32 `(min(m, MAX_SAMPLES),)`, C-contiguous, where
+    `m = floor(samples * 48000 / sr + 1/2)` is soxr's output length (`m = samples`
+    when sr is already 48000: no resampling is done then).
+    """
+    sr = _check_sr(sr, "sample rate")
+    x = np.asarray(wave)
+    if x.ndim == 2:
+        if x.shape[0] > x.shape[1]:
+            raise ValueError(
+                f"wave has shape {x.shape}, which looks like (samples, channels); pass (channels, samples)"
+            )
+        x = x.astype(np.float32, copy=False).mean(axis=0, dtype=np.float32)
+    elif x.ndim != 1:
+        raise ValueError(f"wave must be (samples,) or (channels, samples); got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    _check_content(x)
+    if sr != TARGET_SR:
+        x = soxr.resample(x, sr, TARGET_SR, quality="HQ")
+    # A view would keep the whole (up to 31 s) buffer alive; copy only when cropping.
+    if x.shape[0] > MAX_SAMPLES:
+        x = x[:MAX_SAMPLES].copy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def load_waveform(cell: Any, *, default_sr: int | None = None) -> np.ndarray:
+    """`decode_audio_cell` then `to_mono_48k`: 48 kHz mono float32 `(samples,)`."""
+    wave, sr = decode_audio_cell(cell, default_sr=default_sr)
+    return to_mono_48k(wave, sr)

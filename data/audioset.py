@@ -1,0 +1,366 @@
+"""Stream clips out of an AudioSet-style parquet folder.
+
+A folder holds `*.parquet` files (read in sorted name order, not recursively), each with
+an `audio` column (see `data.audio.decode_audio_cell` for the cell layouts), a label
+column (`human_labels` by default: a list of class names or a string, per file), and
+optionally `video_id`. Files are streamed with `ParquetFile.iter_batches`, one row group
+at a time and only the needed columns, and a waveform is decoded only when its clip is
+yielded: memory holds at most one row group's encoded audio (pyarrow buffers a row
+group's column chunk) plus the clip being used, never a folder's waveforms.
+
+Nothing is dropped silently: every row that is not yielded is counted exactly once in
+a `SkipLog` under a reason, with a few examples; a file that cannot be read is counted
+once under "unreadable_file" and logged; structural problems (a missing folder or
+column, a cell layout this reader does not know) raise DatasetError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data.audio import AudioDecodeError, load_waveform
+from data.errors import DatasetError
+from data.labels import LabelMatcher
+
+logger = logging.getLogger(__name__)
+
+AUDIO_COLUMN = "audio"
+VIDEO_ID_COLUMN = "video_id"
+MAX_EXAMPLES = 5
+
+__all__ = [
+    "Clip",
+    "ClipMeta",
+    "DatasetError",
+    "LabelCounter",
+    "SkipLog",
+    "combine_shards",
+    "iter_clips",
+    "list_parquet_files",
+]
+
+
+@dataclass(frozen=True)
+class ClipMeta:
+    file: str  # file name relative to the folder
+    row: int  # row index within that file
+    video_id: str  # "" when the file has no video_id column (or the cell is null)
+
+
+@dataclass
+class Clip:
+    meta: ClipMeta
+    label_indices: list[int]
+    raw_labels: list[str]  # the cell's labels as written, in order, known and unknown (LabelMatcher.split)
+    waveform: np.ndarray | None  # 48 kHz mono float32 (samples,); None when decode=False
+
+
+class LabelCounter(Counter):
+    """Counts of label strings that matched no class."""
+
+    def to_dict(self, top: int | None = None) -> list[dict[str, Any]]:
+        """`[{"label", "count"}]`, most frequent first, ties by label (stable across shards)."""
+        items = sorted(self.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [{"label": k, "count": v} for k, v in items[:top]]
+
+
+class SkipLog:
+    """What was not yielded, and why: a count and up to MAX_EXAMPLES examples per reason."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._rows = 0  # adds with a meta: skipped rows, as opposed to skipped files
+        self._examples: dict[str, list[dict[str, Any]]] = {}
+        self.unknown_labels = LabelCounter()
+
+    def add(self, reason: str, meta: ClipMeta | None = None, *, file: str | None = None, detail: str = "") -> None:
+        """Count one skipped row (`meta`) or one skipped file (`file`, no meta)."""
+        self._counts[reason] += 1
+        self._rows += meta is not None
+        examples = self._examples.setdefault(reason, [])
+        if len(examples) < MAX_EXAMPLES:
+            examples.append(
+                {
+                    "file": meta.file if meta is not None else file,
+                    "row": meta.row if meta is not None else None,
+                    "video_id": meta.video_id if meta is not None else None,
+                    "detail": detail,
+                }
+            )
+
+    def count(self, reason: str) -> int:
+        return self._counts[reason]
+
+    @property
+    def total(self) -> int:
+        return sum(self._counts.values())
+
+    def rows_skipped(self) -> int:
+        """Skipped rows (adds with a meta); files counted without a meta are not rows."""
+        return self._rows
+
+    def unknown_labels_list(self, top: int | None = None) -> list[dict[str, Any]]:
+        """`unknown_labels.to_dict(top)`: `[{"label", "count"}]`, most frequent first."""
+        return self.unknown_labels.to_dict(top)
+
+    @property
+    def reasons(self) -> list[str]:
+        return sorted(self._counts)
+
+    def merge(self, other: SkipLog) -> SkipLog:
+        """Add `other`'s counts, examples (up to the cap) and unknown labels into self."""
+        self._rows += other._rows
+        for reason, n in other._counts.items():
+            self._counts[reason] += n
+            mine = self._examples.setdefault(reason, [])
+            mine.extend(other._examples.get(reason, [])[: MAX_EXAMPLES - len(mine)])
+        self.unknown_labels.update(other.unknown_labels)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "reasons": {
+                r: {"count": self._counts[r], "examples": list(self._examples.get(r, []))} for r in self.reasons
+            },
+        }
+
+
+def list_parquet_files(folder: str | Path) -> list[Path]:
+    """Sorted `*.parquet` files directly inside `folder`; DatasetError if there are none."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise DatasetError(f"dataset folder {folder} does not exist; pass a folder of .parquet files")
+    if not folder.is_dir():
+        raise DatasetError(f"dataset folder {folder} is not a folder; pass the folder that holds the .parquet files")
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".parquet" and p.is_file())
+    if not files:
+        nested = sorted(folder.glob("*/*.parquet"))[:3]
+        hint = (
+            f" (there are some one level down, e.g. {', '.join(str(p) for p in nested)}; pass that subfolder)"
+            if nested
+            else ""
+        )
+        raise DatasetError(f"dataset folder {folder} holds no .parquet file{hint}")
+    return files
+
+
+def combine_shards(*, rank: int = 0, world_size: int = 1, worker_id: int = 0, num_workers: int = 1) -> tuple[int, int]:
+    """`shard=(index, count)` for DataLoader worker `worker_id` of distributed rank `rank`."""
+    if not (0 <= rank < world_size and 0 <= worker_id < num_workers):
+        raise ValueError(
+            f"need 0 <= rank < world_size and 0 <= worker_id < num_workers; "
+            f"got rank={rank}, world_size={world_size}, worker_id={worker_id}, num_workers={num_workers}"
+        )
+    return rank * num_workers + worker_id, world_size * num_workers
+
+
+def _resolve_files(folder_or_files: str | Path | Iterable[str | Path]) -> list[tuple[Path, str]]:
+    if isinstance(folder_or_files, (str, os.PathLike)):
+        return [(p, p.name) for p in list_parquet_files(folder_or_files)]
+    files = [Path(p) for p in folder_or_files]
+    if not files:
+        raise DatasetError("iter_clips got an empty list of parquet files; pass a folder or at least one file")
+    names = [p.name for p in files]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DatasetError(
+            f"parquet files {dup} appear more than once by name; clips are identified by file name, "
+            "so pass files with distinct names"
+        )
+    for p in files:
+        if not p.is_file():
+            raise DatasetError(f"parquet file {p} does not exist or is not a file")
+    return list(zip(files, names))
+
+
+def _check_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
+    if shard is None:
+        return 0, 1
+    index, count = shard
+    if not (isinstance(count, int) and count >= 1 and isinstance(index, int) and 0 <= index < count):
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count; got {shard!r}")
+    return index, count
+
+
+def iter_clips(
+    folder_or_files: str | Path | Iterable[str | Path],
+    *,
+    matcher: LabelMatcher,
+    skips: SkipLog,
+    label_column: str | None = "human_labels",
+    limit: int | None = None,
+    decode: bool = True,
+    require_labels: bool = True,
+    read_batch_rows: int = 64,
+    shard: tuple[int, int] | None = None,
+) -> Iterator[Clip]:
+    """Yield the clips of a parquet folder (or of a list of files, in the order given).
+
+    Per row: labels are matched first (unknown ones counted in
+    `skips.unknown_labels`); with `require_labels`, a row with no known label is
+    skipped as "no_known_label" without decoding; then, with `decode`, the audio is
+    decoded to 48 kHz mono and a failure is skipped under its AudioDecodeError reason.
+    Every skipped row is counted in `skips` exactly once.
+
+    limit: the first `limit` rows *considered* (of this shard), skipped rows included,
+        so `limit=N` reads exactly N rows and yields at most N clips. None: all rows.
+    decode: False yields `waveform=None` and does not read the audio column at all
+        (its presence is still checked), so bad audio is not detected then.
+    label_column: None reads no labels (every clip gets `[]`; use with
+        `require_labels=False`).
+    shard: `(index, count)`. Each file's rows are cut into units of `read_batch_rows`
+        rows (per row group) numbered across files in order, and unit `u` belongs to
+        shard `u % count`. Shards are disjoint and their union is the unsharded stream;
+        a shard reads only the row groups that hold its units. See `combine_shards`.
+    Unreadable files (not parquet, torn, corrupt pages) are logged and counted under
+    "unreadable_file" by each shard that meets them; clips already yielded from a file
+    that fails part-way stay yielded, and the count's detail says how many rows were lost.
+    """
+    if label_column is None and require_labels:
+        raise ValueError("label_column=None reads no labels, so it needs require_labels=False")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 or None (got {limit})")
+    if read_batch_rows < 1:
+        raise ValueError(f"read_batch_rows must be >= 1 (got {read_batch_rows})")
+    shard_index, shard_count = _check_shard(shard)
+    files = _resolve_files(folder_or_files)
+
+    considered = 0
+    unit = 0  # global unit counter, identical in every shard
+    for path, name in files:
+        if limit is not None and considered >= limit:
+            return
+        try:
+            pf = pq.ParquetFile(path, page_checksum_verification=True)
+            row_group_rows = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+        except (pa.ArrowException, OSError) as e:
+            logger.warning("skipping %s: not a readable parquet file (%s)", path, e)
+            skips.add("unreadable_file", file=name, detail=f"cannot open as parquet: {e}")
+            continue
+        with pf:
+            columns = _columns_to_read(pf.schema_arrow, path, label_column, decode)
+            row0 = 0
+            for g, n_rows in enumerate(row_group_rows):
+                n_units = -(-n_rows // read_batch_rows)
+                mine = [u % shard_count == shard_index for u in range(unit, unit + n_units)]
+                unit += n_units
+                if any(mine):
+                    reader = _RowGroupReader(pf, g, columns, read_batch_rows)
+                    for offset, cells in reader:
+                        if not mine[offset // read_batch_rows]:
+                            continue
+                        if limit is not None and considered >= limit:
+                            return
+                        considered += 1
+                        clip = _process_row(
+                            cells, name, row0 + offset, path, matcher, skips, label_column, decode, require_labels
+                        )
+                        if clip is not None:
+                            yield clip
+                    if reader.error is not None:
+                        lost = sum(row_group_rows) - row0 - reader.rows_read
+                        logger.warning("stopping %s at row %d: %s", path, row0 + reader.rows_read, reader.error)
+                        skips.add(
+                            "unreadable_file",
+                            file=name,
+                            detail=f"read failed in row group {g} after row {row0 + reader.rows_read}; "
+                            f"up to {lost} later rows of this file not read: {reader.error}",
+                        )
+                        unit += sum(-(-n // read_batch_rows) for n in row_group_rows[g + 1 :])
+                        break
+                row0 += n_rows
+
+
+def _columns_to_read(schema: pa.Schema, path: Path, label_column: str | None, decode: bool) -> list[str]:
+    present = schema.names
+    needed = [AUDIO_COLUMN] + ([label_column] if label_column is not None else [])
+    for col in needed:
+        if col not in present:
+            raise DatasetError(
+                f"parquet file {path} has no column {col!r} (columns: {present}); "
+                + (
+                    "pass the name of the column that holds the labels as label_column"
+                    if col == label_column
+                    else "the audio must be in a column named 'audio'"
+                )
+            )
+    columns = ([AUDIO_COLUMN] if decode else []) + ([label_column] if label_column is not None else [])
+    if VIDEO_ID_COLUMN in present:
+        columns.append(VIDEO_ID_COLUMN)
+    return columns
+
+
+class _RowGroupReader:
+    """Yields `(row offset in the group, {column: python value})`; stops at a read error.
+
+    A read error is kept in `.error` rather than raised, so the caller can count it and
+    move on; errors raised while the caller handles a row are never caught here.
+    """
+
+    def __init__(self, pf: pq.ParquetFile, group: int, columns: list[str], batch_rows: int):
+        self._batches = pf.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
+        self.rows_read = 0
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        while True:
+            try:
+                batch = next(self._batches)
+                cols = {name: batch.column(name).to_pylist() for name in batch.schema.names}
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as e:
+                self.error = e
+                return
+            for r in range(batch.num_rows):
+                self.rows_read += 1
+                yield self.rows_read - 1, {name: values[r] for name, values in cols.items()}
+
+
+def _process_row(
+    cells: dict[str, Any],
+    name: str,
+    row: int,
+    path: Path,
+    matcher: LabelMatcher,
+    skips: SkipLog,
+    label_column: str | None,
+    decode: bool,
+    require_labels: bool,
+) -> Clip | None:
+    vid = cells.get(VIDEO_ID_COLUMN)
+    meta = ClipMeta(name, row, "" if vid is None else str(vid))
+    indices: list[int] = []
+    unknown: list[str] = []
+    raw: list[str] = []
+    if label_column is not None:
+        try:
+            raw = matcher.split(cells[label_column])
+            indices, unknown = matcher.match(raw)
+        except TypeError as e:
+            raise DatasetError(f"parquet file {path}, row {meta.row}, column {label_column!r}: {e}") from e
+        skips.unknown_labels.update(unknown)
+    if require_labels and not indices:
+        detail = f"unknown labels {unknown}" if unknown else "no labels"
+        skips.add("no_known_label", meta, detail=detail)
+        return None
+    waveform = None
+    if decode:
+        try:
+            waveform = load_waveform(cells[AUDIO_COLUMN])
+        except AudioDecodeError as e:
+            skips.add(e.reason, meta, detail=str(e))
+            return None
+        except (TypeError, ValueError) as e:
+            raise DatasetError(f"parquet file {path}, row {meta.row}, column {AUDIO_COLUMN!r}: {e}") from e
+    return Clip(meta=meta, label_indices=indices, raw_labels=raw, waveform=waveform)

@@ -1,0 +1,79 @@
+"""The effective configuration of a run: written to the output folder and into every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CLASS_LABELS = REPO_ROOT / "CLAP" / "class_labels" / "audioset_class_labels_indices.json"
+DEFAULT_PROMPT_TEMPLATE = "This is a sound of {label}."
+DEFAULT_CHECKPOINT = "laion/larger_clap_general"
+TEXT_PAIRINGS = ("all-labels", "first-label")
+LR_SCHEDULES = ("cosine", "constant")
+SELECT_METRICS = ("val_mAP", "val_loss")
+
+
+@dataclass
+class TrainConfig:
+    parquet_dir: str
+    num_samples: int | None = None
+    device: str = "cuda:0"
+    checkpoint: str = DEFAULT_CHECKPOINT
+    output_dir: str = "./checkpoints_hyperbolic"
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    c: float = 1.0
+    temperature: float = 1.0
+    train_ratio: float = 0.8
+    seed: int = 42
+    class_labels: str = str(DEFAULT_CLASS_LABELS)
+    clip_r: float = 0.9
+    label_column: str = "human_labels"
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    text_pairing: str = "all-labels"
+    geometry: str = "hyperbolic"
+    learn_c: bool = False
+    learn_temperature: bool = False
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    grad_clip: float = 1.0
+    patience: int = 0
+    select_metric: str = "val_mAP"
+    embed_batch_size: int = 32
+    overwrite: bool = False
+    use_swanlab: bool = False
+    swanlab_project: str = "Hyperbolic_CLAP"
+    swanlab_workspace: str | None = None
+    swanlab_mode: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EvalConfig:
+    parquet_dir: str
+    projection_checkpoint: str | None = None
+    num_samples: int | None = 100
+    device: str = "cuda:0"
+    checkpoint: str = DEFAULT_CHECKPOINT
+    output_json: str | None = None
+    class_labels: str = str(DEFAULT_CLASS_LABELS)
+    top_k: int = 10
+    c: float | None = None
+    temperature: float | None = None
+    use_hyperbolic: bool = False
+    legacy_distance: bool = False
+    label_column: str = "human_labels"
+    prompt_template: str | None = None
+    set_k: int = 5
+    threshold: float | None = None
+    embed_batch_size: int = 32
+    result_dir: str = str(REPO_ROOT / "result")
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

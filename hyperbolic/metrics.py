@@ -1,0 +1,510 @@
+"""Zero-shot multi-label metrics from an (N, C) score matrix.
+
+Conventions, shared by every function here:
+
+- ``scores`` is a real ``(N, C)`` array, one row per clip, one column per class, higher
+  means more likely. NaN is rejected. float32 and float64 are compared as given (float32
+  sorts faster); other dtypes are converted to float64.
+- ``targets`` is a boolean ``(N, C)`` array (0/1 integers are accepted). Every row must hold
+  at least one true label: clips without a known label are excluded by the caller, because
+  a clip with nothing to find has no defined ranking metric and would silently add
+  negatives to every class.
+- Rankings are stable: when scores tie, the lower class index (or clip index) ranks first,
+  exactly as ``np.argsort(-s, kind="stable")``. Rank-based metrics (acc@k, R@k, top-k sets,
+  AP@10) depend on this rule. Average precision and ROC AUC do not depend on the order
+  inside a tie: they follow scikit-learn, which treats a tie as one threshold.
+- A value that is undefined or infinite is returned as ``None`` (results are written to JSON,
+  which holds neither NaN nor inf).
+
+AP and AUC are computed here in vectorized form rather than by calling scikit-learn once
+per class or per clip: at 20,000 x 527 its per-class AP and AUC took about 1.8 s each, and
+its per-clip AP loops over 20,000 rows. ``tests/test_metrics.py`` checks both against
+``sklearn.metrics.average_precision_score`` and ``roc_auc_score``, ties included.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from scipy import stats
+from sklearn.metrics import precision_recall_fscore_support
+
+__all__ = [
+    "bootstrap_ci",
+    "class_distance_matrix",
+    "classification_metrics",
+    "mistake_severity",
+    "per_class_ap",
+    "retrieval_metrics",
+    "spearman_norm_depth",
+]
+
+# Elements per block in the per-clip AP pass: bounds the temporary (block, C) copies to a
+# few tens of MB whatever N is.
+_BLOCK_ELEMS = 1 << 22
+
+
+# ---------------------------------------------------------------------------- validation
+
+def _check_inputs(scores, targets) -> tuple[np.ndarray, np.ndarray]:
+    """Return (float32/float64 scores, bool targets); raise ValueError on any contract breach."""
+    s = np.asarray(scores)
+    t = np.asarray(targets)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be 2-D (N clips, C classes), got shape {s.shape}")
+    if t.shape != s.shape:
+        raise ValueError(f"targets shape {t.shape} does not match scores shape {s.shape}")
+    if s.shape[0] == 0:
+        raise ValueError("no clips to evaluate (N == 0)")
+    if s.shape[1] == 0:
+        raise ValueError("no classes to evaluate (C == 0)")
+    if not np.issubdtype(s.dtype, np.number) or np.iscomplexobj(s):
+        raise ValueError(f"scores must be real numbers, got dtype {s.dtype}")
+    if s.dtype not in (np.float32, np.float64):
+        s = s.astype(np.float64)
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    if t.dtype != np.bool_:
+        if not np.isin(t, (0, 1)).all():
+            raise ValueError("targets must be boolean (or 0/1)")
+        t = t.astype(bool)
+    empty = ~t.any(axis=1)
+    if empty.any():
+        raise ValueError(
+            f"{int(empty.sum())} of {len(t)} clips have no true label (first: row "
+            f"{int(np.argmax(empty))}); exclude unlabelled clips before computing metrics")
+    return s, t
+
+
+def _check_ks(ks: Iterable[int], name: str) -> tuple[int, ...]:
+    out = tuple(int(k) for k in ks)
+    if any(k < 1 for k in out):
+        raise ValueError(f"{name} must be positive integers (got {tuple(ks)})")
+    return out
+
+
+def _none_if_not_finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+# ----------------------------------------------------------------------- ranking helpers
+
+def _first_hit_rank(s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """0-based position, in each row's stable descending ranking, of the first true entry.
+
+    The first true entry in ``np.argsort(-row, kind="stable")`` is the true entry with the
+    highest score, the lowest index among ties; its position is the number of entries
+    scoring higher plus the number tied with it at a lower index. Every row needs a true
+    entry. Returns ``(R,)`` int.
+    """
+    best = np.where(t, s, -np.inf).max(axis=1)
+    at_best = s == best[:, None]
+    first = np.argmax(t & at_best, axis=1)  # argmax returns the first True
+    above = np.count_nonzero(s > best[:, None], axis=1)
+    tied_before = np.count_nonzero(at_best & (np.arange(s.shape[1]) < first[:, None]), axis=1)
+    return above + tied_before
+
+
+def _topk_mask(s: np.ndarray, k: int) -> np.ndarray:
+    """Boolean ``(R, M)`` mask of each row's top-k under the stable ranking (k clipped to M).
+
+    Everything above the k-th largest value is in; among entries equal to it, the lowest
+    indices fill the remaining places.
+    """
+    m = s.shape[1]
+    k = min(k, m)
+    kth = np.partition(s, m - k, axis=1)[:, m - k]  # k-th largest value of each row
+    gt = s > kth[:, None]
+    eq = s == kth[:, None]
+    need = k - np.count_nonzero(gt, axis=1)
+    mask = gt | eq
+    crowded = np.flatnonzero(np.count_nonzero(eq, axis=1) > need)  # more ties than places
+    if crowded.size:
+        e = eq[crowded]
+        mask[crowded] = gt[crowded] | (e & (np.cumsum(e, axis=1) <= need[crowded, None]))
+    return mask
+
+
+def _topk_order(s: np.ndarray, k: int) -> np.ndarray:
+    """``(R, min(k, M))`` column indices of each row's top-k, best first, stable on ties.
+
+    Equals ``np.argsort(-s, axis=1, kind="stable")[:, :k]`` without sorting whole rows.
+    """
+    mask = _topk_mask(s, k)
+    rows, cols = np.nonzero(mask)
+    order = np.lexsort((cols, -s[rows, cols], rows))
+    return cols[order].reshape(s.shape[0], min(k, s.shape[1]))
+
+
+# ---------------------------------------------------------------------------- AP and AUC
+
+def _per_class_ap_auc(s: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class AP and ROC AUC over the clips, as scikit-learn computes them.
+
+    For class c with positives P and all clips N, a positive with score x has
+    ``n_ge(x) = #{clips: s >= x}`` and ``p_ge(x) = #{positives: s >= x}``;
+    ``AP_c = mean over positives of p_ge / n_ge`` (scikit-learn's step-wise AP, a tie being
+    one threshold), and ``AUC_c = sum over positives of (#neg below x + 0.5 #neg equal to x)
+    / (|P| |Neg|)`` (Mann-Whitney, equal to the trapezoidal ROC area).
+
+    Returns ``(ap, auc, positives)``, each ``(C,)``: ap is NaN where a class has no
+    positive, auc is NaN where it has no positive or no negative.
+    """
+    n, c = s.shape
+    positives = np.count_nonzero(t, axis=0)
+    ap = np.full(c, np.nan)
+    auc = np.full(c, np.nan)
+    cols = np.flatnonzero(positives)
+    if cols.size == 0:
+        return ap, auc, positives
+    sorted_cols = np.sort(s[:, cols].T, axis=1)  # (len(cols), N), ascending
+    for row, col in enumerate(cols):
+        x = s[t[:, col], col]
+        u = np.sort(x)
+        v = sorted_cols[row]
+        n_lt = np.searchsorted(v, x, side="left")
+        n_le = np.searchsorted(v, x, side="right")
+        p_lt = np.searchsorted(u, x, side="left")
+        p_le = np.searchsorted(u, x, side="right")
+        ap[col] = np.mean((len(u) - p_lt) / (n - n_lt))
+        neg = n - len(u)
+        if neg:
+            neg_below = n_lt - p_lt
+            neg_equal = (n_le - n_lt) - (p_le - p_lt)
+            auc[col] = np.sum(neg_below + 0.5 * neg_equal) / (len(u) * neg)
+    return ap, auc, positives
+
+
+def _per_clip_ap(s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """AP of each clip's row ranking the C classes; ``(N,)``. Every row needs a true label.
+
+    Same formula as :func:`_per_class_ap_auc` along rows: ``AP_i = mean over true classes j
+    of #{true: s_i >= s_ij} / #{classes: s_i >= s_ij}``, worked in blocks of positives.
+    """
+    rows, cols = np.nonzero(t)
+    x = s[rows, cols]
+    prec = np.empty(len(rows))
+    block = max(1, _BLOCK_ELEMS // s.shape[1])
+    for a in range(0, len(rows), block):
+        r = rows[a:a + block]
+        ge = s[r] >= x[a:a + block, None]
+        prec[a:a + block] = np.count_nonzero(ge & t[r], axis=1) / np.count_nonzero(ge, axis=1)
+    return np.bincount(rows, weights=prec, minlength=s.shape[0]) / np.count_nonzero(t, axis=1)
+
+
+# ---------------------------------------------------------------------------- public API
+
+def classification_metrics(scores, targets, *, ks: Sequence[int] = (1, 3, 5, 10), set_k: int = 5,
+                           threshold: float | None = None) -> dict:
+    """Zero-shot multi-label classification metrics of an ``(N, C)`` score matrix.
+
+    Keys (floats unless noted):
+
+    - ``acc@k`` for each k in ``ks``: fraction of clips with a true label among their top-k
+      classes (stable ranking; k larger than C means all classes).
+    - ``mAP``: AudioSet standard, mean over classes with >= 1 positive of scikit-learn's
+      ``average_precision_score`` of that class column.
+    - ``mAUC``: mean ROC AUC over classes with >= 1 positive and >= 1 negative; ``None`` if no
+      class has both.
+    - ``d_prime``: ``sqrt(2) * Phi^-1(mAUC)`` (``scipy.stats.norm.ppf``); ``None`` when mAUC
+      is ``None``, 0 or 1 (d' would be infinite, which JSON cannot hold).
+    - ``map``: mean over clips of the AP of the clip's row ranking the C classes, i.e.
+      ``average_precision_score(targets, scores, average="samples")``.
+    - ``precision_micro``, ``recall_micro``, ``f1_micro``: scikit-learn micro averages over all
+      C classes of the predicted sets; ``precision_macro``, ``recall_macro``, ``f1_macro``:
+      scikit-learn macro averages over the classes with >= 1 positive
+      (``labels=`` those classes, ``zero_division=0``). The predicted set of a clip is its
+      top-``set_k`` classes (stable ranking), or ``{classes with score >= threshold}`` when
+      ``threshold`` is given.
+    - ``predicted_set_rule`` (str): ``"top-5"`` or ``"score>=0.3"``.
+    - ``num_classes_evaluated`` (int): classes with >= 1 positive; ``num_clips`` (int): N.
+
+    Raises ValueError if N == 0 or any clip has no true label.
+    """
+    s, t = _check_inputs(scores, targets)
+    ks = _check_ks(ks, "ks")
+    (set_k,) = _check_ks((set_k,), "set_k")
+    n, c = s.shape
+    out: dict = {}
+
+    first_hit = _first_hit_rank(s, t)
+    for k in ks:
+        out[f"acc@{k}"] = float(np.mean(first_hit < k))
+
+    ap, auc, positives = _per_class_ap_auc(s, t)
+    evaluated = np.flatnonzero(positives)
+    out["mAP"] = float(np.mean(ap[evaluated]))
+    has_auc = ~np.isnan(auc)
+    m_auc = float(np.mean(auc[has_auc])) if has_auc.any() else None
+    out["mAUC"] = m_auc
+    out["d_prime"] = None if m_auc is None else _none_if_not_finite(
+        math.sqrt(2.0) * stats.norm.ppf(m_auc))
+    out["map"] = float(np.mean(_per_clip_ap(s, t)))
+
+    if threshold is None:
+        predicted = _topk_mask(s, set_k)
+        out["predicted_set_rule"] = f"top-{set_k}"
+    else:
+        predicted = s >= float(threshold)
+        out["predicted_set_rule"] = f"score>={float(threshold):g}"
+    # Sparse inputs keep scikit-learn from running np.unique over the dense N x C matrices,
+    # which costs ~0.5 s per call at 20,000 x 527.
+    y_true, y_pred = sp.csr_matrix(t), sp.csr_matrix(predicted)
+    if c == 1:
+        # scikit-learn reads a single column as binary (0 and 1 both labels), not multilabel;
+        # an all-false column adds no tp/fp/fn to micro and is outside the macro labels.
+        y_true, y_pred = (sp.hstack([y, sp.csr_matrix((n, 1), dtype=bool)], format="csr")
+                          for y in (y_true, y_pred))
+    for average, labels in (("micro", None), ("macro", evaluated)):
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average=average,
+                                                     labels=labels, zero_division=0)
+        out[f"precision_{average}"] = float(p)
+        out[f"recall_{average}"] = float(r)
+        out[f"f1_{average}"] = float(f)
+
+    out["num_classes_evaluated"] = int(evaluated.size)
+    out["num_clips"] = int(n)
+    return out
+
+
+def per_class_ap(scores, targets, class_names: Sequence[str]) -> list[dict]:
+    """AP of each class with >= 1 positive: ``[{"name", "index", "ap", "positives"}]`` by index.
+
+    The AP values are those whose mean is ``classification_metrics(...)["mAP"]``.
+    Raises ValueError as :func:`classification_metrics` does, or if ``len(class_names) != C``.
+    """
+    s, t = _check_inputs(scores, targets)
+    if len(class_names) != s.shape[1]:
+        raise ValueError(f"{len(class_names)} class names for {s.shape[1]} score columns")
+    ap, _, positives = _per_class_ap_auc(s, t)
+    return [{"name": class_names[c], "index": int(c), "ap": float(ap[c]),
+             "positives": int(positives[c])} for c in np.flatnonzero(positives)]
+
+
+def retrieval_metrics(scores, targets, *, ks: Sequence[int] = (1, 5, 10), map_k: int = 10) -> dict:
+    """Text-to-audio and audio-to-text retrieval metrics of an ``(N, C)`` score matrix.
+
+    Text to audio: every class with >= 1 positive clip is a query ranking all N clips by its
+    score column (stable: ties go to the lower clip index).
+
+    - ``t2a_R@k``: fraction of queries with >= 1 relevant clip among the top k.
+    - ``t2a_mAP@10`` (``map_k`` = 10): mean over queries of
+      ``AP@10 = (1 / min(10, #relevant)) * sum_{i<=10} P@i * rel_i``, where ``rel_i`` says
+      whether the clip at rank i is relevant and ``P@i`` is the fraction relevant in the top i.
+
+    Audio to text: every clip ranks the C classes (stable: ties go to the lower class index).
+
+    - ``a2t_R@k``: fraction of clips with >= 1 true class among the top k (equals acc@k).
+
+    Also ``t2a_num_queries`` and ``a2t_num_queries`` (ints). Raises ValueError as
+    :func:`classification_metrics` does.
+    """
+    s, t = _check_inputs(scores, targets)
+    ks = _check_ks(ks, "ks")
+    (map_k,) = _check_ks((map_k,), "map_k")
+    queries = np.flatnonzero(t.any(axis=0))
+    s_q = np.ascontiguousarray(s[:, queries].T)  # (Q, N): one row per text query
+    t_q = np.ascontiguousarray(t[:, queries].T)
+    out: dict = {}
+
+    first_hit = _first_hit_rank(s_q, t_q)
+    for k in ks:
+        out[f"t2a_R@{k}"] = float(np.mean(first_hit < k))
+
+    top = _topk_order(s_q, map_k)  # (Q, min(map_k, N))
+    rel = np.take_along_axis(t_q, top, axis=1)
+    precision_at = np.cumsum(rel, axis=1) / np.arange(1, top.shape[1] + 1)
+    ap = (precision_at * rel).sum(axis=1) / np.minimum(map_k, t_q.sum(axis=1))
+    out[f"t2a_mAP@{map_k}"] = float(np.mean(ap))
+
+    first_hit = _first_hit_rank(s, t)
+    for k in ks:
+        out[f"a2t_R@{k}"] = float(np.mean(first_hit < k))
+    out["t2a_num_queries"] = int(queries.size)
+    out["a2t_num_queries"] = int(s.shape[0])
+    return out
+
+
+def bootstrap_ci(scores, targets, *, n: int, seed: int, alpha: float = 0.05) -> dict:
+    """Percentile bootstrap intervals of mAP and acc@1 over clips.
+
+    Resample b (b = 0..n-1) takes ``idx = rng.integers(0, N, size=N)`` in that order from
+    ``rng = np.random.default_rng(seed)``, so a result can be reproduced draw by draw. Each
+    resample's mAP averages over the classes with >= 1 positive in that resample; a clip
+    drawn m times counts m times (computed with weights, equal to duplicating rows).
+    The interval is ``np.percentile(values, [100 alpha/2, 100 (1 - alpha/2)])``.
+
+    A positive drawn twice ties with its copy, which counts as one more hit at its own rank,
+    so resampled mAP runs above the point estimate when AP is low (random 20,000 x 527 data
+    with mAP 0.084 gave a 95% interval of [0.088, 0.091] over 100 resamples); acc@1, a mean
+    over clips, has no such bias.
+
+    Returns ``{"mAP": {"low", "high"}, "acc@1": {"low", "high"}, "n", "seed", "alpha"}``.
+    """
+    s, t = _check_inputs(scores, targets)
+    if int(n) < 1:
+        raise ValueError(f"n must be >= 1 (got {n})")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1) (got {alpha})")
+    num_clips = s.shape[0]
+    hit1 = _first_hit_rank(s, t) < 1
+
+    # Per class, fixed across resamples: clip order by ascending score, and for each
+    # positive its count of clips (and of positives) scoring strictly lower.
+    cols = np.flatnonzero(t.any(axis=0))
+    order = np.argsort(s[:, cols].T, axis=1).astype(np.int32)  # (Q, N)
+    per_class = []
+    for row, col in enumerate(cols):
+        v = s[order[row], col]
+        clips = np.flatnonzero(t[:, col])
+        x = s[clips, col]
+        u_order = np.argsort(x)
+        per_class.append((clips[u_order], np.searchsorted(v, x[u_order], side="left"),
+                          np.searchsorted(x[u_order], x[u_order], side="left")))
+
+    rng = np.random.default_rng(seed)
+    maps = np.empty(int(n))
+    accs = np.empty(int(n))
+    for b in range(int(n)):
+        # int32 holds any count up to N and halves the memory traffic of the gather below.
+        w = np.bincount(rng.integers(0, num_clips, size=num_clips),
+                        minlength=num_clips).astype(np.int32)
+        accs[b] = np.dot(w, hit1) / num_clips
+        # Weight below each position of each class's sorted column: cum[q, i] = sum of the
+        # weights of the i lowest-scoring clips.
+        cum = np.zeros((len(cols), num_clips + 1), dtype=np.int32)
+        np.cumsum(w[order], axis=1, out=cum[:, 1:])
+        aps = []
+        for row, (clips, n_lt, p_lt) in enumerate(per_class):
+            wp = w[clips].astype(np.float64)
+            if not wp.any():
+                continue  # class absent from this resample
+            pos_cum = np.concatenate(([0.0], np.cumsum(wp)))
+            p_ge = pos_cum[-1] - pos_cum[p_lt]
+            n_ge = cum[row, -1] - cum[row, n_lt]
+            drawn = wp > 0  # undrawn positives add nothing, and may have n_ge == 0
+            aps.append(np.sum(wp[drawn] * p_ge[drawn] / n_ge[drawn]) / pos_cum[-1])
+        maps[b] = np.mean(aps)
+
+    q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
+    m_lo, m_hi = np.percentile(maps, q)
+    a_lo, a_hi = np.percentile(accs, q)
+    return {"mAP": {"low": float(m_lo), "high": float(m_hi)},
+            "acc@1": {"low": float(a_lo), "high": float(a_hi)},
+            "n": int(n), "seed": int(seed), "alpha": float(alpha)}
+
+
+def spearman_norm_depth(norms, depths) -> dict:
+    """Spearman rank correlation of embedding norms with hierarchy depths.
+
+    ``scipy.stats.spearmanr`` on two 1-D sequences of equal length >= 2. Returns
+    ``{"rho", "p_value", "n"}``; rho and p_value are ``None`` when undefined (a constant input).
+    """
+    x = np.asarray(norms, dtype=np.float64)
+    y = np.asarray(depths, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"norms and depths must be 1-D of equal length (got {x.shape}, {y.shape})")
+    if len(x) < 2:
+        raise ValueError(f"need at least 2 points for a rank correlation (got {len(x)})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        res = stats.spearmanr(x, y)
+    return {"rho": _none_if_not_finite(float(res.statistic)),
+            "p_value": _none_if_not_finite(float(res.pvalue)), "n": int(len(x))}
+
+
+# ------------------------------------------------------------------------------ hierarchy
+
+def class_distance_matrix(parents: Mapping[int, Iterable[int]], num_classes: int) -> np.ndarray:
+    """LCA-height distance between every pair of classes, ``(C, C)`` float.
+
+    The hierarchy is a DAG over integer nodes: ``parents[v]`` lists v's parents; classes are
+    nodes ``0..C-1``; other integers are nodes that are not classes (abstract categories);
+    a node missing from ``parents`` has none.
+
+    - ``height(v)``: the largest number of edges on a downward path from v to a leaf;
+      leaves have height 0.
+    - ``d(a, a) = 0``. For a != b, ``d(a, b)`` = the smallest height among the common
+      ancestors of a and b, each node counting as its own ancestor (so if a is an ancestor of
+      b, ``d(a, b) = height(a)``). This is the LCA height of Bertinetto et al. (2020), "Making
+      Better Mistakes"; in a DAG the LCA is the lowest of possibly several common ancestors.
+    - Classes with no common ancestor (AudioSet has several top-level categories) meet at a
+      virtual root above all roots: ``d = 1 + max height`` over the hierarchy.
+
+    Raises ValueError on a cycle.
+    """
+    nodes = set(range(num_classes))
+    parent_sets: dict[int, set[int]] = {}
+    for v, ps in parents.items():
+        parent_sets[int(v)] = {int(p) for p in ps}
+        nodes.add(int(v))
+        nodes.update(parent_sets[int(v)])
+    children: dict[int, list[int]] = {v: [] for v in nodes}
+    for v, ps in parent_sets.items():
+        for p in ps:
+            children[p].append(v)
+
+    # Kahn's algorithm, parents before children; anything left over lies on a cycle.
+    pending = {v: len(parent_sets.get(v, ())) for v in nodes}
+    topo = [v for v in sorted(nodes) if pending[v] == 0]
+    for v in topo:  # topo grows while we walk it
+        for ch in children[v]:
+            pending[ch] -= 1
+            if pending[ch] == 0:
+                topo.append(ch)
+    if len(topo) != len(nodes):
+        raise ValueError("the class hierarchy has a cycle")
+
+    height = {}
+    for v in reversed(topo):
+        height[v] = 1 + max(height[ch] for ch in children[v]) if children[v] else 0
+    ancestors: dict[int, set[int]] = {}
+    for v in topo:
+        ancestors[v] = {v}.union(*(ancestors[p] for p in parent_sets.get(v, ())))
+
+    index = {v: i for i, v in enumerate(sorted(nodes))}
+    anc = np.zeros((num_classes, len(nodes)), dtype=bool)
+    for a in range(num_classes):
+        anc[a, [index[v] for v in ancestors[a]]] = True
+    d = np.full((num_classes, num_classes), float(1 + max(height.values())))  # virtual root
+    # Lowest ancestors last, so each pair ends with the smallest common height.
+    for v in sorted(nodes, key=lambda v: -height[v]):
+        members = np.flatnonzero(anc[:, index[v]])
+        if members.size:
+            d[np.ix_(members, members)] = height[v]
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
+def mistake_severity(scores, targets, parents: Mapping[int, Iterable[int]], *, k: int = 5) -> dict:
+    """Hierarchical mistake metrics after Bertinetto et al. (2020), for multi-label clips.
+
+    With ``d`` from :func:`class_distance_matrix` and ``dist_i(p) = min over true classes j of
+    clip i of d(p, j)``:
+
+    - ``mistake_severity``: mean of ``dist_i(top1_i)`` over the clips whose top-1 class is not
+      a true label (``None`` if there is no such clip).
+    - ``hier_dist@k``: mean over all clips of the mean of ``dist_i(p)`` over the top-k classes
+      p of clip i (stable ranking; a correct prediction contributes 0).
+    - ``num_mistakes`` (int), ``num_clips`` (int).
+
+    Raises ValueError as :func:`classification_metrics` does, or on a cyclic hierarchy.
+    """
+    s, t = _check_inputs(scores, targets)
+    (k,) = _check_ks((k,), "k")
+    d = class_distance_matrix(parents, s.shape[1])
+    top = _topk_order(s, k)  # (N, k')
+    dist = np.empty(top.shape)
+    block = max(1, _BLOCK_ELEMS // (top.shape[1] * s.shape[1]))
+    for a in range(0, len(top), block):
+        # (rows, k', C): distance from each prediction to every class, kept where true.
+        pair = np.where(t[a:a + block, None, :], d[top[a:a + block]], np.inf)
+        dist[a:a + block] = pair.min(axis=2)
+    wrong = ~t[np.arange(len(t)), top[:, 0]]
+    return {"mistake_severity": float(dist[wrong, 0].mean()) if wrong.any() else None,
+            f"hier_dist@{k}": float(dist.mean(axis=1).mean()),
+            "num_mistakes": int(wrong.sum()), "num_clips": int(s.shape[0])}

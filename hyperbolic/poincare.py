@@ -1,0 +1,375 @@
+"""Poincare-ball geometry as pure functions over torch tensors.
+
+Convention (the only one in this module): ``c > 0``; the ball ``{x : c|x|^2 < 1}``
+has constant curvature ``-c`` and radius ``1/sqrt(c)``. ``c`` is keyword-only
+everywhere. It may be a python float (checked to be > 0) or a 0-dim tensor (not
+checked, which would cost a device sync); a tensor may be a learned parameter, and
+gradients flow to it. ``c`` is cast to the dtype of the points.
+
+Points and tangent vectors at the origin are ``(..., D)`` tensors of dtype float32
+or float64. Everything is computed in the input's dtype (float64 is never
+downcast); half precision is rejected, cast it to float32 first.
+
+``s = sqrt(c)|x|`` below is a point's norm in units of the radius, in ``[0, 1)``.
+The usable ball is ``s <= 1 - BALL_EPS[dtype]``: ``expmap0`` and ``project`` land
+inside it, and every function that takes artanh(s) or divides by 1 - c|x|^2 treats
+a point beyond it (reachable only through rounding, or from a caller) as lying on
+it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+# Usable ball: s = sqrt(c)|x| <= 1 - BALL_EPS. Without a margin, artanh(s) and
+# 1/(1 - c|x|^2) are infinite on the boundary, which float32 reaches at tangent
+# norms of only ~9/sqrt(c) (tanh rounds to 1). The margin is about 8 machine
+# epsilons so that it survives the few-ulp error with which |x| is recomputed from
+# stored coordinates (D squares summed, sqrt, times sqrt(c)): a projected point is
+# still strictly inside when measured again. It caps the distance from the origin
+# at ln(2/BALL_EPS)/sqrt(c): about 14.5/sqrt(c) in float32, 34.5/sqrt(c) in float64.
+BALL_EPS = {torch.float32: 1e-6, torch.float64: 2e-15}
+
+# tanh(z)/z and artanh(z)/z are taken from their Taylor series (through z^6; the
+# first omitted term is below the dtype's epsilon) when z < SERIES_MAX. The
+# quotient is 0/0 at z = 0, and its autograd derivative is the difference of two
+# terms of size 1/z that cancel to O(z), losing every digit as z -> 0.
+SERIES_MAX = {torch.float32: 0.1, torch.float64: 0.01}
+
+# An arcsin argument is clamped to at most 1 - ASIN_EPS: rounding can push it just
+# past 1 (NaN), and asin' = 1/sqrt(1 - t^2) is infinite at 1. One machine epsilon
+# keeps asin' below ~2e3 (float32) / ~5e7 (float64). (oxy_angle needs no such
+# clamp: it takes its angle from atan2, which is defined everywhere.)
+ASIN_EPS = {dt: torch.finfo(dt).eps for dt in (torch.float32, torch.float64)}
+
+# A vector shorter than MIN_NORM has no usable direction (oxy_angle with x at
+# the origin or y == x): its unit vector is replaced by the vector itself (~0),
+# which keeps the 1/|v| in the gradient below 1e15, finite even in float32.
+MIN_NORM = 1e-15
+
+# half_aperture's default minimum radius is where its arcsin argument equals
+# 1 - CONE_ARG_MARGIN rather than 1: a safety margin, so that rounding never pushes
+# the argument past 1 and asin' stays ~22 there instead of infinite. The price is
+# a largest aperture of asin(1 - 1e-3) = pi/2 - 0.045 rad instead of pi/2.
+CONE_ARG_MARGIN = 1e-3
+
+# Clamps of the earlier public implementation reproduced by legacy_pairwise_dist.
+# They are applied in the input's dtype, as the old code did (in float32,
+# 1 - 1e-10 and 1 + 1e-10 both round to 1).
+_LEGACY_EPS = 1e-10
+
+# legacy_pairwise_dist builds (rows, M, D) differences at most this many elements.
+_LEGACY_CHUNK_ELEMENTS = 1 << 22
+
+
+def _check_dtype(x: Tensor) -> None:
+    if x.dtype not in BALL_EPS:
+        raise TypeError(
+            f"poincare functions take float32 or float64 tensors (got {x.dtype}); "
+            "cast with .float() first"
+        )
+
+
+def _curvature(c: float | Tensor, x: Tensor) -> Tensor:
+    """``c`` as a 0-dim tensor with ``x``'s dtype and device, differentiable if given so."""
+    _check_dtype(x)
+    if isinstance(c, Tensor):
+        if c.dim() != 0:
+            raise ValueError(f"c must be a python float or a 0-dim tensor (got shape {tuple(c.shape)})")
+        return c.to(dtype=x.dtype, device=x.device)
+    c = float(c)
+    if not c > 0:
+        raise ValueError(f"c must be > 0 (got {c})")
+    return torch.tensor(c, dtype=x.dtype, device=x.device)
+
+
+def _norm(x: Tensor, keepdim: bool = True) -> Tensor:
+    # vector_norm's backward is 0 (a subgradient) at x = 0, not NaN.
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=keepdim)
+
+
+def _safe_sqrt(t: Tensor) -> Tensor:
+    """sqrt(t) for t >= 0, with gradient 0 instead of inf where t == 0."""
+    positive = t > 0
+    return torch.where(positive, torch.where(positive, t, 1.0).sqrt(), 0.0)
+
+
+def _unit(v: Tensor) -> Tensor:
+    """v/|v| along the last dim; v itself (~0) where |v| <= MIN_NORM (no direction)."""
+    n = _norm(v)
+    return v / torch.where(n > MIN_NORM, n, 1.0)
+
+
+def _one_minus_s2(s: Tensor) -> Tensor:
+    """1 - s^2 = 1 - c|x|^2 for s = sqrt(c)|x|, with s clamped to the usable ball.
+
+    Factored as (1 - s)(1 + s) so it never forms s^2 near 1; >= BALL_EPS(2 - BALL_EPS).
+    """
+    s = s.clamp_max(1 - BALL_EPS[s.dtype])
+    return (1 - s) * (1 + s)
+
+
+def _tanhc(z: Tensor) -> Tensor:
+    """tanh(z)/z for z >= 0; 1 at z = 0."""
+    small = SERIES_MAX[z.dtype]
+    z2 = z * z
+    series = 1 + z2 * (-1 / 3 + z2 * (2 / 15 - z2 * (17 / 315)))
+    z_big = z.clamp_min(small)  # keeps the unused branch finite at z = 0
+    return torch.where(z < small, series, torch.tanh(z_big) / z_big)
+
+
+def _artanhc(z: Tensor) -> Tensor:
+    """artanh(min(z, 1 - BALL_EPS))/z for z >= 0; 1 at z = 0.
+
+    The artanh argument is clamped below 1 because artanh(1) = inf: a point on or
+    over the boundary (by rounding) is read as lying on the edge of the usable ball.
+    """
+    small = SERIES_MAX[z.dtype]
+    z2 = z * z
+    series = 1 + z2 * (1 / 3 + z2 * (1 / 5 + z2 * (1 / 7)))
+    z_big = z.clamp_min(small)
+    inside = z_big.clamp_max(1 - BALL_EPS[z.dtype])
+    return torch.where(z < small, series, torch.atanh(inside) / z_big)
+
+
+def project(x: Tensor, *, c: float | Tensor) -> Tensor:
+    """Pull points back into the usable ball ``sqrt(c)|x| <= 1 - BALL_EPS``.
+
+    ``x * min(1, (1 - BALL_EPS)/(sqrt(c)|x|))``; ``(..., D) -> (..., D)``. Points
+    already inside are returned unchanged (factor exactly 1).
+    """
+    c = _curvature(c, x)
+    max_s = 1 - BALL_EPS[x.dtype]
+    s = c.sqrt() * _norm(x)
+    return x * (max_s / s.clamp_min(max_s))
+
+
+def expmap0(u: Tensor, *, c: float | Tensor) -> Tensor:
+    """Exponential map at the origin: tangent vector -> point of the ball.
+
+    ``expmap0(u) = tanh(sqrt(c)|u|) u / (sqrt(c)|u|)``; ``(..., D) -> (..., D)``.
+    Range: ``|expmap0(u)| <= (1 - BALL_EPS)/sqrt(c)``. tanh rounds to exactly 1 for
+    ``sqrt(c)|u|`` above ~9 (float32) or ~19 (float64), which would put the point
+    on the boundary, where logmap0 and dist are infinite; the result is therefore
+    projected into the usable ball (see ``BALL_EPS``). Value and gradient are
+    finite for every finite ``u``; at ``u = 0`` the value is 0 and the Jacobian is
+    the identity.
+    """
+    c = _curvature(c, u)
+    y = u * _tanhc(c.sqrt() * _norm(u))
+    return project(y, c=c)
+
+
+def logmap0(y: Tensor, *, c: float | Tensor) -> Tensor:
+    """Logarithmic map at the origin, the inverse of ``expmap0``.
+
+    ``logmap0(y) = artanh(sqrt(c)|y|) y / (sqrt(c)|y|)``; ``(..., D) -> (..., D)``.
+    The artanh argument is clamped to ``1 - BALL_EPS`` (artanh(1) = inf), so the
+    range is ``|logmap0(y)| <= artanh(1 - BALL_EPS)/sqrt(c)``.
+    """
+    c = _curvature(c, y)
+    return y * _artanhc(c.sqrt() * _norm(y))
+
+
+def mobius_add(x: Tensor, y: Tensor, *, c: float | Tensor) -> Tensor:
+    """Mobius addition ``x (+)_c y``.
+
+    ``((1 + 2c<x,y> + c|y|^2) x + (1 - c|x|^2) y) / (1 + 2c<x,y> + c^2|x|^2|y|^2)``;
+    ``(..., D), (..., D) -> (..., D)`` with broadcasting. Maps the ball to itself;
+    the result is not projected.
+
+    Evaluated through the equal form
+    ``(a_x (x + y) + c|x + y|^2 x) / (a_x a_y + c|x + y|^2)`` with
+    ``a = 1 - c|.|^2 = (1 - s)(1 + s)``: inside the ball every term is >= 0, so
+    nothing cancels for nearly antipodal points near the boundary, where the
+    textbook coefficients ``1 + 2c<x,y> + ...`` cancel to rounding noise. The
+    denominator is 0 only for antipodal points exactly on the
+    boundary, where the numerator is 0 too; it is clamped to the smallest normal
+    number there.
+    """
+    c = _curvature(c, x)
+    sqrt_c = c.sqrt()
+    sx, sy = sqrt_c * _norm(x), sqrt_c * _norm(y)
+    ax, ay = (1 - sx) * (1 + sx), (1 - sy) * (1 + sy)
+    x_plus_y = x + y
+    q = c * x_plus_y.square().sum(-1, keepdim=True)
+    num = ax * x_plus_y + q * x
+    return num / (ax * ay + q).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def dist(x: Tensor, y: Tensor, *, c: float | Tensor) -> Tensor:
+    """Geodesic distance, row-wise with broadcasting: ``(..., D), (..., D) -> (...)``.
+
+    ``d_c(x, y) = (1/sqrt(c)) arcosh(1 + 2c|x-y|^2 / ((1 - c|x|^2)(1 - c|y|^2)))``,
+    evaluated as the equal
+    ``(2/sqrt(c)) asinh(sqrt(c)|x-y| / sqrt((1 - c|x|^2)(1 - c|y|^2)))``, which keeps
+    its relative accuracy for nearby points (arcosh(1 + 2q) with q below the dtype's
+    epsilon rounds to 0). ``1 - c|x|^2`` is formed as ``(1 - s)(1 + s)`` with
+    ``s = sqrt(c)|x|`` clamped to ``1 - BALL_EPS`` (so it is >= ~2 BALL_EPS, never 0).
+    Range about ``[0, 2 ln(2/BALL_EPS)/sqrt(c)]``; ``dist(x, x) == 0`` exactly, with a
+    finite (zero) gradient there.
+    """
+    c = _curvature(c, x)
+    sqrt_c = c.sqrt()
+    ax = _one_minus_s2(sqrt_c * _norm(x, keepdim=False))
+    ay = _one_minus_s2(sqrt_c * _norm(y, keepdim=False))
+    z = sqrt_c * _norm(x - y, keepdim=False) / torch.sqrt(ax * ay)
+    return 2 / sqrt_c * torch.asinh(z)
+
+
+def pairwise_dist(x: Tensor, y: Tensor, *, c: float | Tensor) -> Tensor:
+    """All-pairs geodesic distance: ``(..., N, D), (..., M, D) -> (..., N, M)``.
+
+    Same formula as ``dist``, without building an ``(N, M, D)`` tensor:
+    ``|x-y|^2 = max(0, |x|^2 + |y|^2 - 2 x.y^T)`` by one matmul.
+
+    Precision: that difference has an absolute error of a few ulps of
+    ``|x|^2 + |y|^2 <= 2/c`` (~1e-6/c in float32, ~3e-15/c in float64 for D up to
+    ~512), so ``|x-y|`` is resolved only down to ~1e-3/sqrt(c) (float32) or
+    ~5e-8/sqrt(c) (float64). Pairs farther apart than that agree with ``dist``;
+    closer pairs, identical ones included, can come out at a distance of up to
+    ~2e-3/(sqrt(c)(1 - c|x|^2)) in float32 (~2e-7/(...) in float64) instead of ~0:
+    use ``dist`` for them, or pass float64. On GPU, a float32 matmul in TF32 mode
+    (``torch.set_float32_matmul_precision("high")``) has ~1e-3 relative error in
+    ``x.y^T`` and loses far more.
+    """
+    c = _curvature(c, x)
+    sqrt_c = c.sqrt()
+    x2 = x.square().sum(-1)
+    y2 = y.square().sum(-1)
+    sq = (x2.unsqueeze(-1) + y2.unsqueeze(-2) - 2 * (x @ y.transpose(-1, -2))).clamp_min(0)
+    ax = _one_minus_s2(sqrt_c * _norm(x, keepdim=False))
+    ay = _one_minus_s2(sqrt_c * _norm(y, keepdim=False))
+    z = sqrt_c * _safe_sqrt(sq) / torch.sqrt(ax.unsqueeze(-1) * ay.unsqueeze(-2))
+    return 2 / sqrt_c * torch.asinh(z)
+
+
+def dist0(x: Tensor, *, c: float | Tensor) -> Tensor:
+    """Distance from the origin: ``(2/sqrt(c)) artanh(sqrt(c)|x|)``; ``(..., D) -> (...)``.
+
+    Evaluated as ``2|x| artanh(s)/s`` (series near 0), with ``s = sqrt(c)|x|``
+    clamped to ``1 - BALL_EPS``. Range about ``[0, ln(2/BALL_EPS)/sqrt(c)]``.
+    """
+    c = _curvature(c, x)
+    r = _norm(x, keepdim=False)
+    return 2 * r * _artanhc(c.sqrt() * r)
+
+
+def legacy_pairwise_dist(x: Tensor, y: Tensor, *, c: float | Tensor) -> Tensor:
+    """The distance of an earlier public implementation, kept only to reproduce the
+    numbers of old checkpoints. It is WRONG geometry for ``c != 1``: ``c`` is
+    missing inside the fraction, so it equals ``pairwise_dist(x, y, c=1)/sqrt(c)``
+    (up to the clamps), not the distance in the ball of curvature ``-c``.
+
+    ``d = (1/sqrt(c)) arcosh(max(1 + 1e-10, 1 + 2|x-y|^2 / max(1e-10, (1 - X)(1 - Y))))``
+    with ``X = min(|x|^2, 1 - 1e-10)``, ``Y = min(|y|^2, 1 - 1e-10)``, the clamps of
+    the old code, applied in the input's dtype. ``(N, D), (M, D) -> (N, M)``;
+    ``|x-y|^2`` is summed from explicit differences, built a chunk of rows at a time.
+    """
+    c = _curvature(c, x)
+    if x.dim() != 2 or y.dim() != 2:
+        raise ValueError(
+            f"legacy_pairwise_dist takes (N, D) and (M, D) (got {tuple(x.shape)} and {tuple(y.shape)})"
+        )
+    x2 = x.square().sum(-1).clamp_max(1 - _LEGACY_EPS)
+    y2 = y.square().sum(-1).clamp_max(1 - _LEGACY_EPS)
+    den = ((1 - x2).unsqueeze(1) * (1 - y2).unsqueeze(0)).clamp_min(_LEGACY_EPS)
+    rows = max(1, _LEGACY_CHUNK_ELEMENTS // max(1, y.shape[0] * y.shape[1]))
+    chunks = [(x[i : i + rows].unsqueeze(1) - y).square().sum(-1) for i in range(0, x.shape[0], rows)]
+    sq = torch.cat(chunks) if chunks else x.new_zeros(0, y.shape[0])
+    arg = (1 + 2 * sq / den).clamp_min(1 + _LEGACY_EPS)
+    return torch.acosh(arg) / c.sqrt()
+
+
+def _cone_root(K: float, t: float) -> float:
+    """The s = sqrt(c) r > 0 where K (1 - s^2)/s = t, i.e. K s^2 + t s - K = 0.
+
+    ``s = (sqrt(t^2 + 4K^2) - t)/(2K)``, written as ``2K/(t + sqrt(t^2 + 4K^2))`` so
+    it does not cancel for small K.
+    """
+    return 2 * K / (t + math.sqrt(t * t + 4 * K * K))
+
+
+def half_aperture(
+    x: Tensor, *, c: float | Tensor, K: float = 0.1, min_radius: float | Tensor | None = None
+) -> Tensor:
+    """Half-aperture of the entailment cone at ``x`` (Ganea et al. 2018).
+
+    ``psi(x) = arcsin(K (1 - c r^2)/(sqrt(c) r))`` with ``r = max(|x|, min_radius)``;
+    ``(..., D) -> (...)``, range ``(0, pi/2)``, decreasing in ``|x|`` towards 0 at
+    the boundary. Near the origin the argument exceeds 1; it equals ``t`` at
+    ``r = s_t/sqrt(c)``, ``s_t = 2K/(t + sqrt(t^2 + 4K^2))`` (``s_1`` ~ 0.099 for
+    K = 0.1). The default ``min_radius`` is ``s_t/sqrt(c)`` for
+    ``t = 1 - CONE_ARG_MARGIN``, a small safety margin just beyond ``s_1/sqrt(c)``
+    that keeps asin's derivative finite (~22): ``psi <= asin(1 - CONE_ARG_MARGIN)
+    = pi/2 - 0.045``. The argument is also clamped to ``1 - ASIN_EPS``, which
+    acts only for a caller's ``min_radius`` below ``s_1/sqrt(c)``.
+    """
+    if not K > 0:
+        raise ValueError(f"K must be > 0 (got {K})")
+    c = _curvature(c, x)
+    sqrt_c = c.sqrt()
+    if min_radius is None:
+        min_radius = _cone_root(K, 1 - CONE_ARG_MARGIN) / sqrt_c
+    r = torch.maximum(_norm(x, keepdim=False), torch.as_tensor(min_radius, dtype=x.dtype, device=x.device))
+    s = sqrt_c * r
+    arg = K * _one_minus_s2(s) / s
+    return torch.asin(arg.clamp_max(1 - ASIN_EPS[x.dtype]))
+
+
+def _angle(a: Tensor, b: Tensor) -> Tensor:
+    """Angle between a and b along the last dim, in [0, pi]: (..., D), (..., D) -> (...).
+
+    ``2 atan2(|a^ - b^|, |a^ + b^|)`` for unit vectors ``a^, b^`` (Kahan), which is
+    accurate to a few ulps at every angle, whereas ``acos(<a^, b^>)`` resolves
+    nothing closer than ~sqrt(2 eps) to 0 or pi (5e-4 rad in float32). A vector
+    without a direction (see ``_unit``) counts as perpendicular to every other; if
+    both lack one, the angle is pi/2 (atan2(0, 0) would give a NaN gradient).
+    """
+    a, b = _unit(a), _unit(b)
+    p, q = _norm(a - b, keepdim=False), _norm(a + b, keepdim=False)
+    undefined = (p == 0) & (q == 0)
+    p, q = torch.where(undefined, 1.0, p), torch.where(undefined, 1.0, q)
+    return 2 * torch.atan2(p, q)
+
+
+def oxy_angle(x: Tensor, y: Tensor, *, c: float | Tensor) -> Tensor:
+    """Exterior angle Xi(x, y) at ``x`` between the ray origin -> x (continued away
+    from the origin) and the geodesic from ``x`` to ``y``.
+
+    Closed form (Ganea et al. 2018, with curvature ``-c``):
+    ``cos Xi = (<x,y>(1 + c|x|^2) - |x|^2(1 + c|y|^2))
+               / (|x| |x-y| sqrt(1 + c^2|x|^2|y|^2 - 2c<x,y>))``.
+    Evaluated as the angle between ``v = y - x`` and
+    ``w = x - c|x|^2 y = (1 - c|x|^2) x - c|x|^2 v``: the numerator above is
+    ``<v, w>`` and ``|w| = |x| sqrt(1 + c^2|x|^2|y|^2 - 2c<x,y>)``, so nothing
+    cancels when y is near x or the expression under the sqrt is small. The angle
+    itself comes from atan2 (see ``_angle``), not from acos of a clamped cosine:
+    near the boundary the cone's half-aperture is tiny (2e-4 rad at 0.999 of the
+    radius for K = 0.1), below the ~5e-4 rad that acos resolves in float32, so with
+    acos a child could never lie inside such a cone.
+
+    ``(..., D), (..., D) -> (...)``, range ``[0, pi]``: 0 when y lies farther out on
+    the ray through x, pi when y lies between the origin and x. For x at the
+    origin or y == x the angle is undefined; pi/2 is returned there, with finite
+    gradients.
+    """
+    c = _curvature(c, x)
+    rx = _norm(x)
+    v = y - x
+    w = _one_minus_s2(c.sqrt() * rx) * x - c * rx.square() * v
+    return _angle(v, w)
+
+
+def cone_violation(
+    x: Tensor, y: Tensor, *, c: float | Tensor, K: float = 0.1, min_radius: float | Tensor | None = None
+) -> Tensor:
+    """How far ``y`` lies outside the entailment cone of ``x``, in radians.
+
+    ``relu(oxy_angle(x, y) - half_aperture(x))``; ``(..., D), (..., D) -> (...)``,
+    range ``[0, pi)``; 0 iff y is inside the cone.
+    """
+    return torch.relu(oxy_angle(x, y, c=c) - half_aperture(x, c=c, K=K, min_radius=min_radius))

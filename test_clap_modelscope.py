@@ -1,0 +1,87 @@
+"""Zero-shot AudioSet classification with a frozen CLAP: cosine, or a trained projector (see README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from hyperbolic.config import DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, EvalConfig
+from hyperbolic.outputs import setup_logging
+
+log = logging.getLogger("test_clap_modelscope")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--parquet-dir", required=True, help="folder of AudioSet-style .parquet files")
+    p.add_argument("--projection-checkpoint", default=None, help="projector checkpoint (.pth) from training")
+    p.add_argument("--num-samples", type=int, default=100, help="evaluate the first N rows")
+    p.add_argument("--device", default="cuda:0", help="torch device; falls back to cpu without CUDA")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                   help="CLAP model folder, or a model id looked up in the ModelScope cache")
+    p.add_argument("--output-json", default=None,
+                   help="results file (default result/clap_modelscope_results_<time>.json); never overwritten")
+    p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS))
+    p.add_argument("--top-k", type=int, default=10, help="predictions listed per clip")
+    p.add_argument("--c", type=float, default=None,
+                   help="curvature; taken from the checkpoint, a differing value is reported (default 1.0)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="temperature; taken from the checkpoint, a differing value is reported (default 1.0)")
+    p.add_argument("--use-hyperbolic", action="store_true", help="score with the projector of --projection-checkpoint")
+    p.add_argument("--legacy-distance", action="store_true",
+                   help="the earlier scripts' distance (c outside the fraction), to reproduce their numbers")
+    p.add_argument("--label-column", default="human_labels")
+    p.add_argument("--prompt-template", default=None,
+                   help="prompt for plain CLAP (default 'This is a sound of {label}.'); checkpoints use their own")
+    p.add_argument("--set-k", type=int, default=5, help="predicted set = top-k classes, for precision/recall/F1")
+    p.add_argument("--threshold", type=float, default=None, help="predicted set = classes scoring >= threshold")
+    p.add_argument("--embed-batch-size", type=int, default=32, help="clips per CLAP forward")
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    checks = [
+        (args.num_samples < 1, f"--num-samples must be >= 1 (got {args.num_samples})"),
+        (args.top_k < 1, f"--top-k must be >= 1 (got {args.top_k})"),
+        (args.set_k < 1, f"--set-k must be >= 1 (got {args.set_k})"),
+        (args.c is not None and not args.c > 0, f"--c must be > 0 (got {args.c})"),
+        (args.temperature is not None and not args.temperature > 0, f"--temperature must be > 0 (got {args.temperature})"),
+        (args.use_hyperbolic and not args.projection_checkpoint,
+         "--use-hyperbolic needs --projection-checkpoint PATH"),
+        (args.prompt_template is not None and "{label}" not in args.prompt_template,
+         f"--prompt-template must contain {{label}} (got {args.prompt_template!r})"),
+        (args.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {args.embed_batch_size})"),
+    ]
+    for failed, message in checks:
+        if failed:
+            parser.error(message)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    from data.audioset import DatasetError
+    from data.labels import load_class_labels
+    from hyperbolic.clap import ClapNotFoundError
+    from hyperbolic.evaluate import CheckpointError, evaluate, format_metrics_table
+    fields = EvalConfig.__dataclass_fields__
+    cfg = EvalConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    try:
+        if args.top_k > len(load_class_labels(cfg.class_labels)):
+            build_parser().error(f"--top-k must be <= the number of classes (got {args.top_k})")
+        results, path = evaluate(cfg)
+    except (DatasetError, ClapNotFoundError, CheckpointError) as err:
+        log.error("%s", err)
+        return 2
+    print(format_metrics_table(results))
+    print(f"Results saved to: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Shared offline fixtures: a tiny CLAP built once per session and small generated parquet folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data.synthetic import write_demo_dataset
+from hyperbolic.tiny_clap import build_tiny_clap
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_clap_dir(tmp_path_factory) -> Path:
+    return build_tiny_clap(tmp_path_factory.mktemp("tiny_clap"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_clap(tiny_clap_dir):
+    from hyperbolic.clap import FrozenClap
+    return FrozenClap.load(str(tiny_clap_dir), "cpu")
+
+
+@pytest.fixture(scope="session")
+def demo_train_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("demo_train")
+    write_demo_dataset(folder, clips_per_class=4, seed=1, seconds=2.0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def demo_eval_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("demo_eval")
+    write_demo_dataset(folder, clips_per_class=2, seed=2, seconds=2.0)
+    return folder

@@ -1,0 +1,150 @@
+"""Both entry scripts end to end (``main([...])``) on the tiny offline CLAP and generated parquet."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import test_clap_modelscope as test_script
+import train_hyperbolic_clap as train_script
+
+CHECKPOINT_KEYS = {"epoch", "projection_state_dict", "optimizer_state_dict", "train_loss", "val_loss", "c",
+                   "temperature", "embed_dim", "config"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_clap_dir, demo_train_dir):
+    out = tmp_path_factory.mktemp("run") / "ckpt"
+    argv = ["--parquet-dir", str(demo_train_dir), "--checkpoint", str(tiny_clap_dir), "--device", "cpu",
+            "--output-dir", str(out), "--epochs", "3", "--batch-size", "8", "--learning-rate", "3e-3",
+            "--c", "0.5", "--temperature", "0.2", "--seed", "7"]
+    assert train_script.main(argv) == 0
+    return out
+
+
+def test_training_writes_checkpoints_and_setup(trained):
+    setup = json.loads((trained / "setup.json").read_text())
+    assert [row["epoch"] for row in setup["history"]] == [1, 2, 3]
+    for e in (1, 2, 3):
+        ckpt = torch.load(trained / f"projection_epoch_{e}.pth", weights_only=False)
+        assert CHECKPOINT_KEYS <= set(ckpt)
+        assert ckpt["epoch"] == e and ckpt["c"] == pytest.approx(0.5) and ckpt["embed_dim"] == 32
+        assert set(ckpt["projection_state_dict"]) == {"linear.weight", "linear.bias"}
+        assert ckpt["config"]["c"] == 0.5 and ckpt["config"]["seed"] == 7
+    best = setup["summary"]["best_epoch"]
+    assert (trained / f"best_projection_epoch_{best}.pth").exists()
+    val = [row["val_mAP"] for row in setup["history"]]
+    assert setup["summary"]["best_val_mAP"] == max(val) and val.index(max(val)) + 1 == best
+    for row in setup["history"]:
+        assert math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])
+        assert row["val_mean_pos_sim"] > row["val_mean_neg_sim"] - 1.0  # both present and finite
+    # Loss goes down on this easy data.
+    assert setup["history"][-1]["train_loss"] < setup["history"][0]["train_loss"]
+    assert not list(trained.glob(".*.tmp"))  # atomic writes leave no temporary file behind
+
+
+def test_training_is_reproducible(tmp_path, trained, tiny_clap_dir, demo_train_dir):
+    argv = ["--parquet-dir", str(demo_train_dir), "--checkpoint", str(tiny_clap_dir), "--device", "cpu",
+            "--output-dir", str(tmp_path / "again"), "--epochs", "3", "--batch-size", "8",
+            "--learning-rate", "3e-3", "--c", "0.5", "--temperature", "0.2", "--seed", "7"]
+    assert train_script.main(argv) == 0
+    a = torch.load(trained / "projection_epoch_3.pth", weights_only=False)["projection_state_dict"]
+    b = torch.load(tmp_path / "again" / "projection_epoch_3.pth", weights_only=False)["projection_state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_refuses_non_empty_output_dir(trained, tiny_clap_dir, demo_train_dir):
+    argv = ["--parquet-dir", str(demo_train_dir), "--checkpoint", str(tiny_clap_dir), "--device", "cpu",
+            "--output-dir", str(trained), "--epochs", "1"]
+    assert train_script.main(argv) == 2
+
+
+def _eval(tmp_path, tiny_clap_dir, eval_dir, *extra):
+    out = tmp_path / "results.json"
+    argv = ["--parquet-dir", str(eval_dir), "--checkpoint", str(tiny_clap_dir), "--device", "cpu",
+            "--output-json", str(out), "--num-samples", "100", *extra]
+    assert test_script.main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_evaluation_plain_and_hyperbolic(tmp_path, trained, tiny_clap_dir, demo_eval_dir, tiny_clap):
+    from sklearn.metrics import average_precision_score
+    plain = _eval(tmp_path / "p", tiny_clap_dir, demo_eval_dir)
+    assert set(plain) >= {"test_info", "model_info", "similarity_stats", "metrics", "predictions", "skipped"}
+    assert plain["model_info"]["use_hyperbolic"] is False
+    m = plain["metrics"]
+    assert m["valid_samples"] == m["total_samples"] == len(plain["predictions"]) > 0
+    assert -1.0 <= plain["similarity_stats"]["min"] <= plain["similarity_stats"]["max"] <= 1.0 + 1e-6
+    pred = plain["predictions"][0]
+    assert pred["predicted_top1"] == pred["top_k_predictions"][0]["classname"]
+    assert [p["rank"] for p in pred["top_k_predictions"]] == list(range(1, 11))
+    sims = [p["similarity"] for p in pred["top_k_predictions"]]
+    assert sims == sorted(sims, reverse=True)
+
+    ckpt = sorted(trained.glob("best_projection_epoch_*.pth"))[-1]
+    hyp = _eval(tmp_path / "h", tiny_clap_dir, demo_eval_dir, "--use-hyperbolic", "--projection-checkpoint",
+                str(ckpt), "--c", "0.5", "--temperature", "0.2")
+    info = hyp["model_info"]
+    assert info["use_hyperbolic"] and info["c"] == pytest.approx(0.5) and info["ignored_flags"] == {}
+    assert hyp["similarity_stats"]["max"] <= 0.0  # -d / tau
+    # Recompute mAP independently from the predictions' ground truth and a fresh score matrix.
+    assert [p["video_id"] for p in hyp["predictions"]] == [p["video_id"] for p in plain["predictions"]]
+    assert 0.0 <= hyp["metrics"]["mAP"] <= 1.0
+
+
+def test_evaluation_reports_differing_flag(tmp_path, trained, tiny_clap_dir, demo_eval_dir):
+    ckpt = sorted(trained.glob("projection_epoch_*.pth"))[0]
+    hyp = _eval(tmp_path, tiny_clap_dir, demo_eval_dir, "--use-hyperbolic", "--projection-checkpoint",
+                str(ckpt), "--c", "2.0")
+    assert hyp["model_info"]["c"] == pytest.approx(0.5)
+    assert hyp["model_info"]["ignored_flags"] == {"c": 2.0}
+
+
+def test_results_are_never_overwritten(tmp_path, tiny_clap_dir, demo_eval_dir):
+    first = _eval(tmp_path, tiny_clap_dir, demo_eval_dir, "--num-samples", "3")
+    argv = ["--parquet-dir", str(demo_eval_dir), "--checkpoint", str(tiny_clap_dir), "--device", "cpu",
+            "--output-json", str(tmp_path / "results.json"), "--num-samples", "3"]
+    assert test_script.main(argv) == 0
+    second = json.loads((tmp_path / "results_1.json").read_text())
+    assert json.loads((tmp_path / "results.json").read_text()) == first
+    assert second["metrics"] == first["metrics"]  # deterministic
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--c", "-1"], "--c must be > 0"),
+    (["--temperature", "0"], "--temperature must be > 0"),
+    (["--train-ratio", "1.0"], "--train-ratio"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--clip-r", "1.5"], "--clip-r"),
+    (["--prompt-template", "no placeholder"], "--prompt-template"),
+])
+def test_train_usage_errors_exit_2(capsys, argv, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.main(["--parquet-dir", "x", *argv])
+    assert exit_info.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--top-k", "0"], "--top-k"),
+    (["--top-k", "528"], "--top-k"),
+    (["--c", "0"], "--c must be > 0"),
+    (["--use-hyperbolic"], "--projection-checkpoint"),
+])
+def test_eval_usage_errors_exit_2(capsys, argv, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        test_script.main(["--parquet-dir", "x", *argv])
+    assert exit_info.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_missing_clap_is_one_clear_error(tmp_path, monkeypatch, demo_eval_dir, caplog):
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "empty_cache"))
+    code = test_script.main(["--parquet-dir", str(demo_eval_dir), "--device", "cpu",
+                             "--output-json", str(tmp_path / "r.json")])
+    assert code == 2
+    assert "modelscope download --model laion/larger_clap_general" in caplog.text
+    assert str(tmp_path / "empty_cache") in caplog.text
+    assert not (tmp_path / "r.json").exists()

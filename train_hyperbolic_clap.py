@@ -1,0 +1,109 @@
+"""Train a hyperbolic projector on top of a frozen CLAP model (see README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from hyperbolic.config import (DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, LR_SCHEDULES,
+                               SELECT_METRICS, TEXT_PAIRINGS, TrainConfig)
+from hyperbolic.outputs import setup_logging
+from hyperbolic.projector import GEOMETRIES
+
+log = logging.getLogger("train_hyperbolic_clap")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--parquet-dir", help="folder of AudioSet-style .parquet files (required unless --demo)")
+    p.add_argument("--num-samples", type=int, default=None, help="use the first N rows (default: all)")
+    p.add_argument("--device", default="cuda:0", help="torch device; falls back to cpu without CUDA")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                   help="CLAP model folder, or a model id looked up in the ModelScope cache")
+    p.add_argument("--output-dir", default="./checkpoints_hyperbolic")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--c", type=float, default=1.0, help="curvature: the ball has curvature -c")
+    p.add_argument("--temperature", type=float, default=1.0, help="logits are -d_c / temperature")
+    p.add_argument("--train-ratio", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS))
+    p.add_argument("--clip-r", type=float, default=0.9,
+                   help="clip embeddings to this fraction of the ball radius 1/sqrt(c) (1 = no clip)")
+    p.add_argument("--label-column", default="human_labels")
+    p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE)
+    p.add_argument("--text-pairing", choices=TEXT_PAIRINGS, default="all-labels",
+                   help="all-labels: multi-positive loss over class prompts; first-label: earlier scripts")
+    p.add_argument("--geometry", choices=GEOMETRIES, default="hyperbolic")
+    p.add_argument("--learn-c", action="store_true")
+    p.add_argument("--learn-temperature", action="store_true")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine")
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm")
+    p.add_argument("--patience", type=int, default=0, help="early stop after N epochs without improvement (0: off)")
+    p.add_argument("--select-metric", choices=SELECT_METRICS, default="val_mAP")
+    p.add_argument("--embed-batch-size", type=int, default=32, help="clips per CLAP forward")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output-dir")
+    p.add_argument("--use-swanlab", action="store_true")
+    p.add_argument("--swanlab-project", default="Hyperbolic_CLAP")
+    p.add_argument("--swanlab-workspace", default=None)
+    p.add_argument("--swanlab-mode", default=None, choices=["cloud", "local", "offline", "disabled"])
+    p.add_argument("--demo", action="store_true",
+                   help="train and evaluate on generated sounds with a tiny random CLAP (no download)")
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    checks = [
+        (args.parquet_dir is None and not args.demo, "--parquet-dir is required (or use --demo)"),
+        (args.num_samples is not None and args.num_samples < 1, f"--num-samples must be >= 1 (got {args.num_samples})"),
+        (args.epochs < 1, f"--epochs must be >= 1 (got {args.epochs})"),
+        (args.batch_size < 1, f"--batch-size must be >= 1 (got {args.batch_size})"),
+        (not args.learning_rate > 0, f"--learning-rate must be > 0 (got {args.learning_rate})"),
+        (not args.c > 0, f"--c must be > 0 (got {args.c})"),
+        (not args.temperature > 0, f"--temperature must be > 0 (got {args.temperature})"),
+        (not 0 < args.train_ratio < 1, f"--train-ratio must be in (0, 1) (got {args.train_ratio})"),
+        (not 0 < args.clip_r <= 1, f"--clip-r must be in (0, 1] (got {args.clip_r})"),
+        ("{label}" not in args.prompt_template, f"--prompt-template must contain {{label}} (got {args.prompt_template!r})"),
+        (args.weight_decay < 0, f"--weight-decay must be >= 0 (got {args.weight_decay})"),
+        (args.warmup_epochs < 0, f"--warmup-epochs must be >= 0 (got {args.warmup_epochs})"),
+        (not args.grad_clip > 0, f"--grad-clip must be > 0 (got {args.grad_clip})"),
+        (args.patience < 0, f"--patience must be >= 0 (got {args.patience})"),
+        (args.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {args.embed_batch_size})"),
+    ]
+    for failed, message in checks:
+        if failed:
+            parser.error(message)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    from data.audioset import DatasetError
+    from hyperbolic.clap import ClapNotFoundError
+    from hyperbolic.train import TrainingError, train
+    try:
+        if args.demo:
+            from hyperbolic.demo import run_demo
+            run_demo(output_dir=None if args.output_dir == build_parser().get_default("output_dir")
+                     else args.output_dir, seed=args.seed, epochs=args.epochs)
+            return 0
+        fields = TrainConfig.__dataclass_fields__
+        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+        summary = train(cfg)
+    except (DatasetError, ClapNotFoundError, TrainingError) as err:
+        log.error("%s", err)
+        return 2
+    log.info("best epoch %s: %s", summary["best_epoch"], summary["best_checkpoint"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
