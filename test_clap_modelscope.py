@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 from hyperbolic.config import DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, EvalConfig
@@ -15,7 +16,11 @@ log = logging.getLogger("test_clap_modelscope")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--parquet-dir", required=True, help="folder of AudioSet-style .parquet files")
-    p.add_argument("--projection-checkpoint", default=None, help="projector checkpoint (.pth) from training")
+    p.add_argument("--projection-checkpoint", nargs="+", default=None, metavar="PATH",
+                   help="projector checkpoint(s) (.pth) from training or from the earlier scripts. One path "
+                        "with --use-hyperbolic: that projector alone. Otherwise (one path without "
+                        "--use-hyperbolic, or several paths): plain CLAP and every checkpoint compared on "
+                        "the same clips, one block per model under 'models'")
     p.add_argument("--num-samples", type=int, default=100, help="evaluate the first N rows")
     p.add_argument("--device", default="cuda:0", help="torch device; falls back to cpu without CUDA")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
@@ -28,15 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="curvature; taken from the checkpoint, a differing value is reported (default 1.0)")
     p.add_argument("--temperature", type=float, default=None,
                    help="temperature; taken from the checkpoint, a differing value is reported (default 1.0)")
-    p.add_argument("--use-hyperbolic", action="store_true", help="score with the projector of --projection-checkpoint")
+    p.add_argument("--use-hyperbolic", action="store_true",
+                   help="with one --projection-checkpoint, score with that projector only (single-model "
+                        "layout); with several it changes nothing (they are always compared)")
     p.add_argument("--legacy-distance", action="store_true",
-                   help="the earlier scripts' distance (c outside the fraction), to reproduce their numbers")
+                   help="hyperbolic checkpoints: the earlier scripts' projection (|y| rescaled to <= 0.9) "
+                        "and distance (c outside the fraction), to reproduce their numbers")
     p.add_argument("--label-column", default="human_labels")
     p.add_argument("--prompt-template", default=None,
                    help="prompt for plain CLAP (default 'This is a sound of {label}.'); checkpoints use their own")
     p.add_argument("--set-k", type=int, default=5, help="predicted set = top-k classes, for precision/recall/F1")
     p.add_argument("--threshold", type=float, default=None, help="predicted set = classes scoring >= threshold")
     p.add_argument("--embed-batch-size", type=int, default=32, help="clips per CLAP forward")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="95%% bootstrap intervals of mAP and acc@1 from N resamples of the clips (0: none)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples")
+    p.add_argument("--save-scores", default=None, metavar="PATH.npz",
+                   help="also write the (N, C) score matrix of every model, the ground truth, class names "
+                        "and clip ids; never overwritten")
+    p.add_argument("--ontology", default=None, metavar="PATH",
+                   help="AudioSet ontology.json: adds a 'hierarchy' block per model (norm vs depth, "
+                        "mistake severity) and colours the --plots disk by top-level category")
+    p.add_argument("--plots", action="store_true",
+                   help="write PNGs next to the results JSON: prompts on the Poincare disk (hyperbolic "
+                        "models) and best/worst per-class AP")
     p.add_argument("--verbose", action="store_true")
     return p
 
@@ -55,11 +75,27 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.prompt_template is not None and "{label}" not in args.prompt_template,
          f"--prompt-template must contain {{label}} (got {args.prompt_template!r})"),
         (args.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {args.embed_batch_size})"),
+        (args.bootstrap < 0, f"--bootstrap must be >= 0 (got {args.bootstrap})"),
+        (args.threshold is not None and not math.isfinite(args.threshold),
+         f"--threshold must be a finite number (got {args.threshold})"),
+        (args.save_scores is not None and not args.save_scores.endswith(".npz"),
+         f"--save-scores must name a .npz file (got {args.save_scores!r})"),
+        (args.projection_checkpoint is not None and len(set(args.projection_checkpoint)) != len(args.projection_checkpoint),
+         "--projection-checkpoint lists a path twice; give each checkpoint once"),
     ]
     for failed, message in checks:
         if failed:
             parser.error(message)
     return args
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    fields = EvalConfig.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    paths = args.projection_checkpoint or []
+    values["projection_checkpoints"] = list(paths)
+    values["projection_checkpoint"] = paths[0] if len(paths) == 1 else None
+    return EvalConfig(**values)
 
 
 def main(argv=None) -> int:
@@ -69,17 +105,21 @@ def main(argv=None) -> int:
     from data.labels import load_class_labels
     from hyperbolic.clap import ClapNotFoundError
     from hyperbolic.evaluate import CheckpointError, evaluate, format_metrics_table
-    fields = EvalConfig.__dataclass_fields__
-    cfg = EvalConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    from hyperbolic.ontology import OntologyError
+    cfg = config_from_args(args)
     try:
-        if args.top_k > len(load_class_labels(cfg.class_labels)):
-            build_parser().error(f"--top-k must be <= the number of classes (got {args.top_k})")
+        num_classes = len(load_class_labels(cfg.class_labels))
+        if args.top_k > num_classes:
+            build_parser().error(f"--top-k must be <= the number of classes in --class-labels "
+                                 f"({num_classes}) (got {args.top_k})")
         results, path = evaluate(cfg)
-    except (DatasetError, ClapNotFoundError, CheckpointError) as err:
+    except (DatasetError, ClapNotFoundError, CheckpointError, OntologyError) as err:
         log.error("%s", err)
         return 2
     print(format_metrics_table(results))
     print(f"Results saved to: {path}")
+    if results["test_info"]["scores_file"]:
+        print(f"Scores saved to: {results['test_info']['scores_file']}")
     return 0
 
 

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--swanlab-workspace", default=None)
     p.add_argument("--swanlab-mode", default=None, choices=["cloud", "local", "offline", "disabled"])
     p.add_argument("--demo", action="store_true",
-                   help="train and evaluate on generated sounds with a tiny random CLAP (no download)")
+                   help="train and evaluate on generated sounds with a tiny random CLAP (no download); "
+                        "uses its own recipe, only --seed and --output-dir apply")
     p.add_argument("--verbose", action="store_true")
     return p
 
@@ -92,8 +93,8 @@ def main(argv=None) -> int:
     try:
         if args.demo:
             from hyperbolic.demo import run_demo
-            run_demo(output_dir=None if args.output_dir == build_parser().get_default("output_dir")
-                     else args.output_dir, seed=args.seed, epochs=args.epochs)
+            default_out = build_parser().get_default("output_dir")
+            run_demo(output_dir=None if args.output_dir == default_out else args.output_dir, seed=args.seed)
             return 0
         fields = TrainConfig.__dataclass_fields__
         cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})

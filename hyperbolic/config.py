@@ -73,6 +73,14 @@ class EvalConfig:
     threshold: float | None = None
     embed_batch_size: int = 32
     result_dir: str = str(REPO_ROOT / "result")
+    # Several checkpoints (a comparison run with plain CLAP); projection_checkpoint holds the
+    # path when there is exactly one. See hyperbolic.evaluate.plan_models.
+    projection_checkpoints: list[str] = field(default_factory=list)
+    bootstrap: int = 0
+    bootstrap_seed: int = 0
+    save_scores: str | None = None
+    ontology: str | None = None
+    plots: bool = False
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

@@ -1,12 +1,26 @@
 """Zero-shot evaluation: plain CLAP (cosine) and trained projectors on the same clips.
 
 Data flow: parquet -> CLAP clip embeddings (once) -> per model: project -> (N, C) scores ->
-metrics -> results JSON. Clips without a known label get predictions but stay out of metrics.
+metrics -> results JSON (+ optional score matrices and plots). Clips without a known label get
+predictions but stay out of every metric.
+
+Which models run (``plan_models``):
+
+- no projection checkpoint: plain CLAP alone, single-model layout;
+- ``use_hyperbolic`` with exactly one checkpoint: that projector alone, single-model layout
+  (what the earlier scripts' ``--use-hyperbolic`` did);
+- otherwise (one checkpoint without ``use_hyperbolic``, or several checkpoints with or without
+  it): a comparison of plain CLAP and every checkpoint, one block per model under "models".
+
+Every model sees exactly the same clips, class names and bootstrap resamples.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -15,21 +29,65 @@ import numpy as np
 import torch
 
 from data.audioset import SkipLog
+from data.errors import DatasetError
 from data.labels import LabelMatcher, load_class_labels
+from hyperbolic import poincare
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
 from hyperbolic.embeddings import embed_clips, embed_prompts, prompts_for
-from hyperbolic.metrics import classification_metrics, per_class_ap
-from hyperbolic.outputs import atomic_write_json, unique_path
+from hyperbolic.metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    mistake_severity,
+    per_class_ap,
+    retrieval_metrics,
+    spearman_norm_depth,
+)
+from hyperbolic.ontology import Ontology
+from hyperbolic.outputs import atomic_write_bytes, atomic_write_json, unique_path
 from hyperbolic.projector import Projector, similarity
 
 log = logging.getLogger(__name__)
 
 SCORE_CHUNK = 4096  # clips scored at a time: bounds memory at SCORE_CHUNK x C floats per step
+PLAIN_MODEL_NAME = "clap_cosine"
+HIER_K = 5  # hier_dist@k reported with --ontology
+EXCLUDED_EXAMPLES = 5
+
+# The earlier public scripts' projection: y = expmap0(linear(x), c), then y rescaled so that
+# |y| <= 0.9 in absolute units (whatever c is), with 1e-10 added to |y| before dividing.
+LEGACY_MAX_NORM = 0.9
+LEGACY_NORM_EPS = 1e-10
+
+PROJECTION_TEXT = {
+    "cosine": "none: CLAP embeddings (unit vectors), cosine similarity",
+    "euclidean": "linear, then L2-normalised; score <a, t> / tau",
+    "hyperbolic": "linear, tangent norm clipped to clip_r of the ball radius, expmap0",
+    "legacy": "earlier scripts: expmap0(linear(x)), then rescaled to |y| <= 0.9 (absolute)",
+}
+DISTANCE_TEXT = {
+    "geodesic": "score -d_c(a, t) / tau, d_c the geodesic distance of the ball of curvature -c",
+    "legacy": "earlier scripts: score -arcosh(1 + 2|a-t|^2 / ((1-|a|^2)(1-|t|^2))) / sqrt(c) / tau; "
+              "c missing inside the fraction, so wrong geometry for c != 1",
+}
+BOOTSTRAP_NOTE = (
+    "Percentile bootstrap over the labelled clips; every model uses the same resamples (same seed). "
+    "The mAP interval is biased upward: a positive clip drawn twice ties with its copy, which "
+    "counts as an extra hit, so resampled mAP runs above the point estimate when AP is low and "
+    "the interval need not contain it (see mAP.contains_point). acc@1 has no such bias."
+)
 
 
 class CheckpointError(ValueError):
     """A projection checkpoint that is missing, unreadable or does not fit the CLAP model."""
+
+
+def legacy_project(projector: Projector, x: torch.Tensor, *, c: float) -> torch.Tensor:
+    """The earlier scripts' projection: ``y = expmap0(W x + b, c)``, then
+    ``y * min(1, 0.9 / (|y| + 1e-10))``; ``(N, D) -> (N, D)``, ``|y| <= 0.9``."""
+    y = poincare.expmap0(projector.linear(x.float()), c=c)
+    scale = (LEGACY_MAX_NORM / (y.norm(dim=-1, keepdim=True) + LEGACY_NORM_EPS)).clamp(max=1.0)
+    return y * scale
 
 
 @dataclass
@@ -42,28 +100,60 @@ class ScoringModel:
     geometry: str = "cosine"
     c: float | None = None
     temperature: float | None = None
-    legacy_distance: bool = False
+    legacy_distance: bool = False  # with it, the legacy projection too (see legacy_project)
     info: dict = field(default_factory=dict)
 
     @torch.no_grad()
-    def scores(self, audio: torch.Tensor, text: torch.Tensor) -> np.ndarray:
-        """(N, D) audio and (C, D) prompt embeddings -> (N, C) float32 scores, chunked over N."""
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) CLAP embeddings -> (N, D) points the scores are computed from."""
         if self.projector is None:
-            return np.concatenate([(audio[i:i + SCORE_CHUNK] @ text.T).numpy()
-                                   for i in range(0, len(audio), SCORE_CHUNK)] or [np.empty((0, len(text)))])
-        t = self.projector(text, c=self.c)
-        parts = [similarity(self.projector(audio[i:i + SCORE_CHUNK], c=self.c), t, geometry=self.geometry,
-                            c=self.c, temperature=self.temperature, legacy_distance=self.legacy_distance).numpy()
-                 for i in range(0, len(audio), SCORE_CHUNK)]
-        return np.concatenate(parts) if parts else np.empty((0, len(text)), dtype=np.float32)
+            return x.float()
+        parts = [legacy_project(self.projector, x[i:i + SCORE_CHUNK], c=self.c) if self.legacy_distance
+                 else self.projector(x[i:i + SCORE_CHUNK], c=self.c) for i in range(0, len(x), SCORE_CHUNK)]
+        return torch.cat(parts) if parts else x.new_empty(0, x.shape[1])
+
+    @torch.no_grad()
+    def score_points(self, a: torch.Tensor, t: torch.Tensor) -> np.ndarray:
+        """(N, D) projected audio and (C, D) projected prompts -> (N, C) float32 scores."""
+        parts = []
+        for i in range(0, len(a), SCORE_CHUNK):
+            chunk = a[i:i + SCORE_CHUNK]
+            if self.projector is None:
+                parts.append((chunk @ t.T).numpy())
+            else:
+                parts.append(similarity(chunk, t, geometry=self.geometry, c=self.c,
+                                        temperature=self.temperature,
+                                        legacy_distance=self.legacy_distance).numpy())
+        return np.concatenate(parts) if parts else np.empty((0, len(t)), dtype=np.float32)
+
+    def scores(self, audio: torch.Tensor, text: torch.Tensor) -> np.ndarray:
+        """(N, D) audio and (C, D) prompt CLAP embeddings -> (N, C) float32 scores."""
+        return self.score_points(self.project(audio), self.project(text))
+
+
+def _positive_float(value, what: str, path: Path) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: {what} {value!r} is not a number") from None
+    if not np.isfinite(out) or out <= 0:
+        raise CheckpointError(f"{path}: {what} must be a finite number > 0 (got {out})")
+    return out
 
 
 def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: float | None = None,
-                    temperature_flag: float | None = None, legacy_distance: bool = False) -> ScoringModel:
-    """Read a checkpoint written by train_hyperbolic_clap.py (or by the earlier public scripts).
+                    temperature_flag: float | None = None, legacy_distance: bool = False,
+                    prompt_template_flag: str | None = None, name: str | None = None) -> ScoringModel:
+    """Read a checkpoint written by train_hyperbolic_clap.py, or by the earlier public scripts.
 
-    c, temperature, geometry and prompt template come from the checkpoint; a differing flag is
-    reported in ``info["ignored_flags"]``, never silently used.
+    Earlier scripts' checkpoints have ``epoch``, ``projection_state_dict`` (``linear.weight``,
+    ``linear.bias``), ``optimizer_state_dict``, ``train_loss``, ``val_loss``, ``c``,
+    ``temperature``, ``embed_dim`` and no ``config``. c, temperature, geometry and prompt
+    template come from the checkpoint; a differing flag is reported in
+    ``info["ignored_flags"]``, never silently used. A checkpoint without a prompt template
+    (the earlier scripts') takes ``prompt_template_flag``, else the default.
+    ``legacy_distance`` (hyperbolic checkpoints only) selects the earlier scripts' projection
+    and distance, to reproduce their numbers.
     """
     path = Path(path)
     if not path.is_file():
@@ -76,8 +166,8 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
         raise CheckpointError(f"--projection-checkpoint {path} has no 'projection_state_dict'; "
                               "is it a projection checkpoint from train_hyperbolic_clap.py?")
     state = ckpt["projection_state_dict"]
-    weight = state.get("linear.weight")
-    if weight is None or weight.ndim != 2 or weight.shape[0] != weight.shape[1]:
+    weight = state.get("linear.weight") if isinstance(state, dict) else None
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[0] != weight.shape[1]:
         raise CheckpointError(f"{path}: projection_state_dict has no square 'linear.weight'")
     dim = weight.shape[1]
     if embed_dim is not None and dim != embed_dim:
@@ -85,27 +175,116 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
                               f"{embed_dim}-d; use the checkpoint trained on this CLAP model")
     legacy_format = "config" not in ckpt
     geometry = ckpt.get("geometry", "hyperbolic")
+    if geometry not in ("hyperbolic", "euclidean"):
+        raise CheckpointError(f"{path}: unknown geometry {geometry!r}")
     projector = Projector(dim, geometry=geometry, clip_r=ckpt.get("clip_r", 0.9))
-    projector.load_state_dict(state)
+    try:
+        projector.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: projection_state_dict does not fit a {dim}-d projector ({err})") from err
     projector.eval()
-    c = float(ckpt.get("c", 1.0 if c_flag is None else c_flag))
-    temperature = float(ckpt.get("temperature", 1.0 if temperature_flag is None else temperature_flag))
-    ignored = {}
+    c = _positive_float(ckpt.get("c", 1.0 if c_flag is None else c_flag), "c", path)
+    temperature = _positive_float(ckpt.get("temperature", 1.0 if temperature_flag is None else temperature_flag),
+                                  "temperature", path)
+    ignored: dict = {}
     if c_flag is not None and not np.isclose(c_flag, c):
         ignored["c"] = c_flag
     if temperature_flag is not None and not np.isclose(temperature_flag, temperature):
         ignored["temperature"] = temperature_flag
+    if "prompt_template" in ckpt:
+        template, template_source = ckpt["prompt_template"], "checkpoint"
+        if prompt_template_flag is not None and prompt_template_flag != template:
+            ignored["prompt_template"] = prompt_template_flag
+    elif prompt_template_flag is not None:
+        template, template_source = prompt_template_flag, "--prompt-template"
+    else:
+        template, template_source = DEFAULT_PROMPT_TEMPLATE, "default"
+    if legacy_distance and geometry != "hyperbolic":
+        ignored["legacy_distance"] = True
+        legacy_distance = False
     for flag, value in ignored.items():
-        log.warning("--%s %s differs from the checkpoint's %s=%s; using the checkpoint's value",
-                    flag, value, flag, {"c": c, "temperature": temperature}[flag])
+        log.warning("%s: --%s %s does not apply to this checkpoint (it has %s); ignored", path.name,
+                    flag.replace("_", "-"), value,
+                    {"c": c, "temperature": temperature, "prompt_template": repr(template),
+                     "legacy_distance": f"geometry {geometry}"}[flag])
     info = {"projection_checkpoint": str(path), "epoch": ckpt.get("epoch"), "geometry": geometry,
             "c": c, "temperature": temperature, "clip_r": projector.clip_r, "embed_dim": dim,
             "checkpoint_format": "legacy (no config)" if legacy_format else ckpt.get("format_version"),
-            "legacy_distance": legacy_distance, "ignored_flags": ignored}
-    return ScoringModel(name=path.stem, prompt_template=ckpt.get("prompt_template", DEFAULT_PROMPT_TEMPLATE),
-                        projector=projector, geometry=geometry, c=c, temperature=temperature,
-                        legacy_distance=legacy_distance, info=info)
+            "prompt_template_source": template_source, "legacy_distance": legacy_distance,
+            "projection": PROJECTION_TEXT["legacy" if legacy_distance else geometry],
+            "distance": (DISTANCE_TEXT["legacy" if legacy_distance else "geodesic"]
+                         if geometry == "hyperbolic" else "cosine of unit vectors / tau"),
+            "ignored_flags": ignored}
+    if legacy_format and geometry == "hyperbolic" and not legacy_distance:
+        info["note"] = ("checkpoint of the earlier scripts, scored with this codebase's projection and "
+                        "geodesic distance; --legacy-distance reproduces the earlier scripts' numbers")
+        log.warning("%s: %s", path.name, info["note"])
+    return ScoringModel(name=name or path.stem, prompt_template=template, projector=projector,
+                        geometry=geometry, c=c, temperature=temperature, legacy_distance=legacy_distance,
+                        info=info)
 
+
+# ------------------------------------------------------------------------------ planning
+
+def checkpoint_paths(cfg: EvalConfig) -> list[str]:
+    """``cfg.projection_checkpoints``, else ``[cfg.projection_checkpoint]`` when set."""
+    if cfg.projection_checkpoints:
+        return list(cfg.projection_checkpoints)
+    return [cfg.projection_checkpoint] if cfg.projection_checkpoint else []
+
+
+def plan_models(cfg: EvalConfig) -> tuple[str, bool]:
+    """``("single" | "comparison", include plain CLAP)``; see the module docstring."""
+    paths = checkpoint_paths(cfg)
+    if not paths:
+        return "single", True
+    if cfg.use_hyperbolic and len(paths) == 1:
+        return "single", False
+    return "comparison", True
+
+
+def _safe_name(text: str) -> str:
+    """A name usable as a JSON key, an npz key and in a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+def model_names(paths: list[str], *, reserved: tuple[str, ...] = (PLAIN_MODEL_NAME,)) -> list[str]:
+    """Unique names for checkpoints: the file stem; when stems clash, ``<folder>-<stem>``;
+    when those clash too, ``_2``, ``_3``, ... in order. ``reserved`` names are never used."""
+    stems = [_safe_name(Path(p).stem) for p in paths]
+    counts = Counter(stems)
+    names = [_safe_name(f"{Path(p).resolve().parent.name}-{s}") if counts[s] > 1 or s in reserved else s
+             for p, s in zip(paths, stems)]
+    taken = set(reserved)
+    out = []
+    for n in names:
+        candidate, k = n, 1
+        while candidate in taken:
+            k += 1
+            candidate = f"{n}_{k}"
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def build_models(cfg: EvalConfig, embed_dim: int) -> list[ScoringModel]:
+    """The models of ``plan_models``, plain CLAP first; every checkpoint is read and checked."""
+    _, with_plain = plan_models(cfg)
+    paths = checkpoint_paths(cfg)
+    models = []
+    if with_plain:
+        models.append(ScoringModel(name=PLAIN_MODEL_NAME,
+                                   prompt_template=cfg.prompt_template or DEFAULT_PROMPT_TEMPLATE,
+                                   info={"projection": PROJECTION_TEXT["cosine"], "distance": "cosine",
+                                         "legacy_distance": False}))
+    for path, name in zip(paths, model_names(paths)):
+        models.append(load_projection(path, embed_dim=embed_dim, c_flag=cfg.c, temperature_flag=cfg.temperature,
+                                      legacy_distance=cfg.legacy_distance,
+                                      prompt_template_flag=cfg.prompt_template, name=name))
+    return models
+
+
+# ------------------------------------------------------------------------------- blocks
 
 def _predictions(scores, clips, class_names, top_k):
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
@@ -122,92 +301,289 @@ def _predictions(scores, clips, class_names, top_k):
     return out
 
 
-def _model_block(model: ScoringModel, scores, targets, labelled, clips, class_names, cfg, model_path,
-                 rows_read):
-    metrics = classification_metrics(scores[labelled], targets[labelled], set_k=cfg.set_k,
-                                     threshold=cfg.threshold) if labelled.any() else None
-    if metrics is not None:
-        metrics.update(valid_samples=int(labelled.sum()), total_samples=rows_read)
-    hyperbolic = model.projector is not None and model.geometry == "hyperbolic"
-    model_info = {"model_type": "hyperbolic_clap_modelscope" if hyperbolic else (
-                      "euclidean_projection_clap_modelscope" if model.projector is not None else "modelscope"),
-                  "model_path": model_path, "use_hyperbolic": hyperbolic,
-                  "prompt_template": model.prompt_template, **model.info}
-    model_info.setdefault("projection_checkpoint", None)
-    model_info.setdefault("c", None)
-    model_info.setdefault("temperature", None)
-    return {
-        "model_info": model_info,
-        "similarity_stats": {"min": float(scores.min()), "max": float(scores.max()),
-                             "mean": float(scores.mean()), "std": float(scores.std())},
-        "metrics": metrics,
-        "per_class": per_class_ap(scores[labelled], targets[labelled], class_names) if labelled.any() else [],
-        "predictions": _predictions(scores, clips, class_names, cfg.top_k),
-    }
+def _metrics(scores, targets, cfg: EvalConfig, rows_read: int) -> dict:
+    metrics = classification_metrics(scores, targets, set_k=cfg.set_k, threshold=cfg.threshold)
+    metrics.update(retrieval_metrics(scores, targets))
+    metrics.update(valid_samples=len(scores), total_samples=rows_read)
+    return metrics
 
+
+def _bootstrap(scores, targets, metrics, cfg: EvalConfig) -> dict:
+    ci = bootstrap_ci(scores, targets, n=cfg.bootstrap, seed=cfg.bootstrap_seed)
+    for key in ("mAP", "acc@1"):
+        point = metrics[key]
+        ci[key].update(point=point, contains_point=bool(ci[key]["low"] <= point <= ci[key]["high"]))
+    ci["note"] = BOOTSTRAP_NOTE
+    return ci
+
+
+def _spearman(norms: np.ndarray, depths: np.ndarray, what: str) -> dict:
+    if len(norms) < 2:
+        return {"rho": None, "p_value": None, "n": int(len(norms)), "norm": what,
+                "skipped": "fewer than 2 classes"}
+    return {**spearman_norm_depth(norms, depths), "norm": what}
+
+
+@dataclass
+class HierarchyContext:
+    """What every model's hierarchy block shares: the ontology matched to the class list."""
+
+    ontology: Ontology
+    node_ids: list[str | None]
+    unmatched: list[str]
+    depths: list[int | None]
+    parents: dict[int, set[int]]
+
+    @classmethod
+    def build(cls, ontology: Ontology, class_names: list[str]) -> "HierarchyContext":
+        ids, unmatched = ontology.match(class_names)
+        if unmatched:
+            log.warning("%d of %d classes match no ontology node (first: %s)", len(unmatched),
+                        len(class_names), unmatched[:5])
+        return cls(ontology, ids, unmatched, ontology.class_depths(class_names),
+                   ontology.class_parents(class_names))
+
+    def summary(self, path: str) -> dict:
+        return {"path": path, "nodes": len(self.ontology), "classes_matched": len(self.node_ids) - len(self.unmatched),
+                "unmatched": self.unmatched,
+                "depth": "fewest edges from a top-level category (depth 0) down to the class's node",
+                "distance": "LCA height (metrics.class_distance_matrix) over the classes and their "
+                            "ontology ancestors; unmatched classes meet the rest only at a virtual root"}
+
+
+@torch.no_grad()
+def _hierarchy(model: ScoringModel, audio_pts, text_pts, scores, targets, hier: HierarchyContext,
+               class_names: list[str]) -> dict:
+    """Norm-vs-depth rank correlations and mistake severity of one model.
+
+    Hyperbolic: a prompt's norm is ``dist0`` of its projected point; a class's audio norm is
+    ``dist0(expmap0(m))`` with m the mean of ``logmap0`` of its labelled clips' points (the
+    mean taken in the tangent space at the origin; in this convention that equals 2|m|, the
+    same unit as the prompt norm). Cosine and euclidean models put every embedding on the unit
+    sphere, so the prompt norm is constant and skipped; their audio norm is the Euclidean
+    norm of the mean unit vector, a measure of how spread the class's clips are, not a depth.
+    """
+    hyperbolic = model.projector is not None and model.geometry == "hyperbolic"
+    depth = np.array([np.nan if d is None else d for d in hier.depths])
+    y = torch.from_numpy(targets).float()  # (N, C), labelled clips only
+    clips_per_class = y.sum(0)
+    if hyperbolic:
+        prompt_norm = poincare.dist0(text_pts, c=model.c).numpy()
+        tangent = poincare.logmap0(audio_pts, c=model.c)
+        mean = (y.T @ tangent) / clips_per_class.clamp_min(1)[:, None]
+        audio_norm = poincare.dist0(poincare.expmap0(mean, c=model.c), c=model.c).numpy()
+        prompt_what = "dist0 of the projected prompt (hyperbolic distance from the origin)"
+        audio_what = ("dist0(expmap0(mean of logmap0 of the class's clip points)) = 2 |tangent mean|, "
+                      "over the labelled clips of the class")
+    else:
+        prompt_norm = None
+        mean = (y.T @ audio_pts) / clips_per_class.clamp_min(1)[:, None]
+        audio_norm = mean.norm(dim=-1).numpy()
+        audio_what = ("Euclidean norm of the mean unit embedding of the class's labelled clips "
+                      "(spread of the clips, not a depth: this model has no hyperbolic norm)")
+    matched = ~np.isnan(depth)
+    has_audio = matched & (clips_per_class.numpy() > 0)
+    out = {
+        "prompt_norm_vs_depth": (_spearman(prompt_norm[matched], depth[matched], prompt_what) if hyperbolic else
+                                 {"rho": None, "p_value": None, "n": 0,
+                                  "skipped": "cosine/euclidean prompts are unit vectors; their norm is constant"}),
+        "audio_mean_norm_vs_depth": _spearman(audio_norm[has_audio], depth[has_audio], audio_what),
+        **mistake_severity(scores, targets, hier.parents, k=HIER_K),
+        "classes": [{"index": i, "name": class_names[i], "node_id": hier.node_ids[i], "depth": hier.depths[i],
+                     "prompt_norm": None if prompt_norm is None else float(prompt_norm[i]),
+                     "audio_mean_norm": float(audio_norm[i]) if clips_per_class[i] > 0 else None,
+                     "audio_clips": int(clips_per_class[i])}
+                    for i in range(len(class_names))],
+    }
+    return out
+
+
+def _model_info(model: ScoringModel, model_path: str) -> dict:
+    hyperbolic = model.projector is not None and model.geometry == "hyperbolic"
+    info = {"name": model.name,
+            "model_type": "hyperbolic_clap_modelscope" if hyperbolic else (
+                "euclidean_projection_clap_modelscope" if model.projector is not None else "modelscope"),
+            "model_path": model_path, "use_hyperbolic": hyperbolic, "prompt_template": model.prompt_template,
+            **model.info}
+    for key in ("projection_checkpoint", "c", "temperature"):
+        info.setdefault(key, None)
+    return info
+
+
+# ------------------------------------------------------------------------------ outputs
+
+def save_scores(path: Path, score_sets: dict[str, np.ndarray], targets: np.ndarray, labelled: np.ndarray,
+                class_names: list[str], clips) -> Path:
+    """Write the npz: ``scores_<name>`` (N, C) float32 per model, ``model_names``, ``targets``
+    (N, C) bool, ``labelled`` (N,) bool (rows that enter the metrics), ``class_names`` (C,),
+    ``clip_file``, ``clip_row``, ``clip_video_id`` (N,). Rows are the embedded clips in reading order."""
+    arrays = {f"scores_{name}": s for name, s in score_sets.items()}
+    arrays.update(model_names=np.array(list(score_sets), dtype=str), targets=targets, labelled=labelled,
+                  class_names=np.array(class_names, dtype=str),
+                  clip_file=np.array([m.file for m in clips.metas], dtype=str),
+                  clip_row=np.array([m.row for m in clips.metas], dtype=np.int64),
+                  clip_video_id=np.array([m.video_id for m in clips.metas], dtype=str))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _plots(json_path: Path, model: ScoringModel, block: dict, text_pts, class_names, hier) -> dict:
+    from hyperbolic import plots  # matplotlib is imported only when plots are asked for
+    written: dict = {}
+    if block["per_class"]:
+        written["per_class_ap"] = str(plots.plot_per_class_ap(
+            block["per_class"], unique_path(json_path.with_name(f"{json_path.stem}_{model.name}_per_class_ap.png")),
+            title=f"{model.name}: per-class AP"))
+    if model.projector is not None and model.geometry == "hyperbolic":
+        categories = edges = None
+        if hier is not None:
+            categories = [None if v is None else hier.ontology.name(hier.ontology.top_level(v)[0])
+                          for v in hier.node_ids]
+            edges = hier.ontology.entailment_pairs(class_names)
+        written["poincare_disk"] = str(plots.plot_poincare_disk(
+            plots.disk_layout(text_pts, c=model.c), unique_path(json_path.with_name(
+                f"{json_path.stem}_{model.name}_poincare.png")),
+            c=model.c, names=class_names, categories=categories, edges=edges,
+            title=f"{model.name}: class prompts (c={model.c:.3g})"))
+    else:
+        written["poincare_disk"] = None
+        written["poincare_disk_skipped"] = "not a hyperbolic model"
+    return written
+
+
+def _excluded(clips, labelled) -> dict:
+    rows = np.flatnonzero(~labelled)
+    return {"count": int(len(rows)), "reason": "no label of the row matches a class",
+            "examples": [{"file": clips.metas[i].file, "row": clips.metas[i].row,
+                          "video_id": clips.metas[i].video_id, "labels": clips.raw_labels[i]}
+                         for i in rows[:EXCLUDED_EXAMPLES]]}
+
+
+# ----------------------------------------------------------------------------- evaluate
 
 def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple[dict, Path]:
-    """Evaluate every model on the same clips; write the results JSON; return (results, path)."""
+    """Evaluate every model on the same clips; write the results JSON (and the npz and plots
+    when asked); return (results, path)."""
     device = resolve_device(cfg.device)
     class_names = load_class_labels(cfg.class_labels)
     matcher = LabelMatcher(class_names)
+    hier = HierarchyContext.build(Ontology.load(cfg.ontology), class_names) if cfg.ontology else None
     clap = FrozenClap.load(cfg.checkpoint, device)
     if models is None:
         models = build_models(cfg, clap.embed_dim)
+    layout = "single" if len(models) == 1 else "comparison"
+    if cfg.threshold is not None and len({m.geometry for m in models}) > 1:
+        log.warning("--threshold %g applies to the raw scores of every model, and cosine, euclidean and "
+                    "hyperbolic scores have different scales; compare the top-k rule (--set-k) instead",
+                    cfg.threshold)
     skips = SkipLog()
     clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
                         limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=False)
     if len(clips) == 0:
-        raise ValueError(f"no clip of {cfg.parquet_dir} could be read (skipped: {skips.to_dict()})")
+        raise DatasetError(f"no clip of {cfg.parquet_dir} could be read (skipped: {skips.to_dict()})")
     rows_read = len(clips) + skips.rows_skipped()
     targets = clips.targets(len(class_names))
     labelled = targets.any(axis=1)
+    if not labelled.any():
+        log.warning("no clip has a label among the %d classes of %s (column %r): metrics are null",
+                    len(class_names), cfg.class_labels, cfg.label_column)
+
     prompt_cache: dict[str, torch.Tensor] = {}
-    blocks = []
+    blocks: dict[str, dict] = {}
+    score_sets: dict[str, np.ndarray] = {}
+    text_points: dict[str, torch.Tensor] = {}
     for model in models:
         template = model.prompt_template
         if template not in prompt_cache:
             prompt_cache[template] = embed_prompts(clap, prompts_for(class_names, template))
-        scores = model.scores(clips.audio, prompt_cache[template])
-        blocks.append((model, _model_block(model, scores, targets, labelled, clips, class_names, cfg,
-                                           str(clap.path), rows_read)))
+        audio_pts, text_pts = model.project(clips.audio), model.project(prompt_cache[template])
+        scores = model.score_points(audio_pts, text_pts)
+        s, t = scores[labelled], targets[labelled]
+        metrics = _metrics(s, t, cfg, rows_read) if labelled.any() else None
+        blocks[model.name] = {
+            "model_info": _model_info(model, str(clap.path)),
+            "similarity_stats": {"min": float(scores.min()), "max": float(scores.max()),
+                                 "mean": float(scores.mean()), "std": float(scores.std())},
+            "metrics": metrics,
+            "bootstrap": _bootstrap(s, t, metrics, cfg) if cfg.bootstrap and metrics else None,
+            "hierarchy": (_hierarchy(model, audio_pts[torch.from_numpy(labelled)], text_pts, s, t, hier,
+                                     class_names) if hier is not None and metrics else None),
+            "per_class": per_class_ap(s, t, class_names) if metrics else [],
+            "predictions": _predictions(scores, clips, class_names, cfg.top_k),
+        }
+        score_sets[model.name] = scores
+        text_points[model.name] = text_pts
+
+    path = unique_path(cfg.output_json or Path(cfg.result_dir) /
+                       f"clap_modelscope_results_{datetime.now().strftime('%Y%m%d_%H%M%S')}.json")
+    scores_file = None
+    if cfg.save_scores:
+        scores_file = save_scores(unique_path(cfg.save_scores), score_sets, targets, labelled, class_names, clips)
+    if cfg.plots:
+        for model in models:
+            blocks[model.name]["plots"] = _plots(path, model, blocks[model.name], text_points[model.name],
+                                                 class_names, hier)
+
     test_info = {"timestamp": datetime.now().isoformat(), "parquet_dir": str(cfg.parquet_dir),
                  "num_samples": cfg.num_samples, "device": str(device), "model_path": str(clap.path),
                  "class_labels": str(cfg.class_labels), "num_classes": len(class_names),
+                 "label_column": cfg.label_column, "layout": layout, "models": [m.name for m in models],
                  "clips_read": rows_read, "clips_embedded": len(clips),
-                 "clips_with_known_label": int(labelled.sum())}
-    data_quality = {"skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list()}
-    if len(blocks) == 1:
-        results = {"test_info": test_info, **blocks[0][1], **data_quality}
+                 "clips_with_known_label": int(labelled.sum()),
+                 "top_k": cfg.top_k, "set_k": cfg.set_k, "threshold": cfg.threshold,
+                 "predicted_set_rule": f"top-{cfg.set_k}" if cfg.threshold is None else f"score>={cfg.threshold:g}",
+                 "bootstrap": cfg.bootstrap, "bootstrap_seed": cfg.bootstrap_seed if cfg.bootstrap else None,
+                 "legacy_distance": cfg.legacy_distance, "ontology": cfg.ontology,
+                 "scores_file": None if scores_file is None else str(scores_file)}
+    data_quality = {"skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list(),
+                    "excluded_from_metrics": _excluded(clips, labelled)}
+    extra = {"ontology": hier.summary(cfg.ontology)} if hier is not None else {}
+    if layout == "single":
+        results = {"test_info": test_info, **next(iter(blocks.values())), **extra, **data_quality}
     else:
-        results = {"test_info": test_info, "models": {m.name: block for m, block in blocks}, **data_quality}
-    path = unique_path(cfg.output_json or Path(cfg.result_dir) /
-                       f"clap_modelscope_results_{datetime.now().strftime('%Y%m%d_%H%M%S')}.json")
+        summary = {name: {k: (b["metrics"] or {}).get(k) for k in SUMMARY_KEYS} for name, b in blocks.items()}
+        results = {"test_info": test_info, "summary": summary, "models": blocks, **extra, **data_quality}
     atomic_write_json(path, results)
     return results, path
 
 
-def build_models(cfg: EvalConfig, embed_dim: int) -> list[ScoringModel]:
-    plain = ScoringModel(name="clap_cosine", prompt_template=cfg.prompt_template or DEFAULT_PROMPT_TEMPLATE)
-    if not cfg.use_hyperbolic:
-        return [plain]
-    return [load_projection(cfg.projection_checkpoint, embed_dim=embed_dim, c_flag=cfg.c,
-                            temperature_flag=cfg.temperature, legacy_distance=cfg.legacy_distance)]
+# ------------------------------------------------------------------------------- table
+
+SUMMARY_KEYS = ("mAP", "mAUC", "d_prime", "map", "acc@1", "acc@5", "f1_micro", "f1_macro",
+                "t2a_R@1", "t2a_mAP@10", "a2t_R@1")
+TABLE_KEYS = ("mAP", "mAUC", "d_prime", "map", "acc@1", "acc@3", "acc@5", "acc@10", "precision_micro",
+              "recall_micro", "f1_micro", "precision_macro", "recall_macro", "f1_macro", "t2a_R@1", "t2a_R@5",
+              "t2a_R@10", "t2a_mAP@10", "a2t_R@1", "a2t_R@5", "a2t_R@10", "valid_samples", "total_samples")
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def format_metrics_table(results: dict) -> str:
     """Side-by-side metrics of every model block, one row per metric."""
-    blocks = results.get("models") or {results["model_info"]["model_type"]: results}
+    blocks = results.get("models") or {results["model_info"].get("name", results["model_info"]["model_type"]):
+                                       results}
     names = list(blocks)
-    keys = ["mAP", "mAUC", "d_prime", "map", "acc@1", "acc@3", "acc@5", "acc@10", "precision_micro",
-            "recall_micro", "f1_micro", "precision_macro", "recall_macro", "f1_macro", "valid_samples",
-            "total_samples"]
-    width = max(14, *(len(n) for n in names))
+    rows: list[tuple[str, list[str]]] = []
+    for key in TABLE_KEYS:
+        rows.append((key, [_fmt((b["metrics"] or {}).get(key)) for b in blocks.values()]))
+    if any(b.get("bootstrap") for b in blocks.values()):
+        for key in ("mAP", "acc@1"):
+            rows.append((f"{key} 95% CI", [
+                f"[{b['bootstrap'][key]['low']:.4f}, {b['bootstrap'][key]['high']:.4f}]" if b.get("bootstrap")
+                else "-" for b in blocks.values()]))
+    if any(b.get("hierarchy") for b in blocks.values()):
+        for label, get in (("rho(prompt,dep)", lambda h: h["prompt_norm_vs_depth"]["rho"]),
+                           ("rho(audio,dep)", lambda h: h["audio_mean_norm_vs_depth"]["rho"]),
+                           ("mistake_sev", lambda h: h["mistake_severity"]),
+                           (f"hier_dist@{HIER_K}", lambda h: h[f"hier_dist@{HIER_K}"])):
+            rows.append((label, [_fmt(get(b["hierarchy"])) if b.get("hierarchy") else "-"
+                                 for b in blocks.values()]))
+    width = max(14, *(len(n) for n in names), *(len(v) for _, vals in rows for v in vals))
     lines = [f"{'metric':<16}" + "".join(f"{n:>{width + 2}}" for n in names)]
-    for key in keys:
-        row = []
-        for n in names:
-            value = (blocks[n]["metrics"] or {}).get(key)
-            row.append("-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value)))
-        lines.append(f"{key:<16}" + "".join(f"{v:>{width + 2}}" for v in row))
+    lines += [f"{label:<16}" + "".join(f"{v:>{width + 2}}" for v in vals) for label, vals in rows]
     return "\n".join(lines)

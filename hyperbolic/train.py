@@ -148,7 +148,7 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
             trainer.optimizer.step()
             trainer.geometry.clamp_()
             scheduler.step()
-            total += float(loss) * len(labels)
+            total += loss.item() * len(labels)
             count += len(labels)
         trainer.projector.eval()
         for p in trainer.projector.parameters():

@@ -1,0 +1,210 @@
+"""The AudioSet ontology: nodes, parent/child maps, depth, ancestors, and class-name matching.
+
+The file is AudioSet's ``ontology.json``: a JSON list of ``{"id", "name", "child_ids", ...}``
+(``restrictions``, ``description`` and the rest are kept as read or ignored). The ontology is a
+DAG, not a tree: 38 AudioSet nodes have several parents.
+
+Terms, used the same way everywhere here:
+
+- root: a node that is no node's child (AudioSet has 7 top-level categories, e.g. "Animal").
+- ``depth(v)``: the fewest edges on a downward path from any root to v; roots have depth 0.
+  A node with several parents takes its shallowest path (breadth-first search from the roots).
+- ``ancestors(v)``: every node reachable upward from v through parent links, v excluded.
+- class names match node names by ``data.labels.label_key`` (case-folded, whitespace
+  collapsed, spacing around commas ignored), the rule that matches parquet labels to classes.
+
+Class-level views (``class_parents``, ``class_ancestors``, ``entailment_pairs``) index classes
+by their position in a class-name list, as every score matrix does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from data.labels import label_key
+
+__all__ = ["Ontology", "OntologyError", "OntologyNode"]
+
+
+class OntologyError(ValueError):
+    """An ontology file that is missing, not ontology JSON, or not a DAG; the message names it."""
+
+
+@dataclass(frozen=True)
+class OntologyNode:
+    id: str
+    name: str
+    restrictions: tuple[str, ...] = ()
+
+
+class Ontology:
+    """Parent/child maps over the nodes of an ontology, in file order."""
+
+    def __init__(self, records: Sequence[dict], *, source: str = "<records>"):
+        self.source = source
+        nodes: dict[str, OntologyNode] = {}
+        children: dict[str, tuple[str, ...]] = {}
+        for i, rec in enumerate(records):
+            if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) \
+                    or not isinstance(rec.get("name"), str):
+                raise OntologyError(f"ontology {source}: entry {i} needs string 'id' and 'name' (got {rec!r:.120})")
+            if rec["id"] in nodes:
+                raise OntologyError(f"ontology {source}: id {rec['id']!r} appears twice")
+            kids = rec.get("child_ids", [])
+            if not isinstance(kids, list) or not all(isinstance(k, str) for k in kids):
+                raise OntologyError(f"ontology {source}: 'child_ids' of {rec['id']!r} must be a list of ids")
+            nodes[rec["id"]] = OntologyNode(rec["id"], rec["name"], tuple(rec.get("restrictions", ())))
+            children[rec["id"]] = tuple(dict.fromkeys(kids))  # a repeated child id is one edge
+        parents: dict[str, list[str]] = {v: [] for v in nodes}
+        for v, kids in children.items():
+            for k in kids:
+                if k not in nodes:
+                    raise OntologyError(f"ontology {source}: {v!r} lists child {k!r}, which is not a node")
+                parents[k].append(v)
+        self.nodes = nodes
+        self.children = children
+        self.parents: dict[str, tuple[str, ...]] = {v: tuple(ps) for v, ps in parents.items()}
+        self.roots: tuple[str, ...] = tuple(v for v in nodes if not parents[v])
+        self._check_acyclic()
+        self._by_key: dict[str, str] = {}
+        for v, node in nodes.items():
+            self._by_key.setdefault(label_key(node.name), v)  # first in file order wins a name clash
+        self._ancestors: dict[str, frozenset[str]] = {}
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Ontology":
+        """Read an AudioSet-style ``ontology.json``; OntologyError names the file on any problem."""
+        path = Path(path)
+        if not path.is_file():
+            raise OntologyError(f"--ontology {path} does not exist or is not a file; pass AudioSet's "
+                                "ontology.json (github.com/audioset/ontology)")
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise OntologyError(f"--ontology {path} is not valid UTF-8 JSON: {err}") from err
+        if not isinstance(records, list):
+            raise OntologyError(f"--ontology {path}: expected a JSON list of nodes, got {type(records).__name__}")
+        return cls(records, source=str(path))
+
+    def _check_acyclic(self) -> None:
+        # Kahn's algorithm: every node is reached from the roots iff there is no cycle.
+        pending = {v: len(ps) for v, ps in self.parents.items()}
+        queue = deque(self.roots)
+        seen = 0
+        while queue:
+            v = queue.popleft()
+            seen += 1
+            for k in self.children[v]:
+                pending[k] -= 1
+                if pending[k] == 0:
+                    queue.append(k)
+        if seen != len(self.nodes):
+            stuck = [self.nodes[v].name for v, n in pending.items() if n > 0][:5]
+            raise OntologyError(f"ontology {self.source} has a cycle (through e.g. {stuck})")
+
+    # ------------------------------------------------------------------------ nodes
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def node_id(self, name: str) -> str | None:
+        """The id of the node named ``name`` (matched by ``label_key``), or None."""
+        return self._by_key.get(label_key(name))
+
+    def name(self, node_id: str) -> str:
+        return self.nodes[node_id].name
+
+    @cached_property
+    def _depths(self) -> dict[str, int]:
+        depth = {r: 0 for r in self.roots}
+        queue = deque(self.roots)
+        while queue:  # breadth first: a node's first visit is along its shallowest path
+            v = queue.popleft()
+            for k in self.children[v]:
+                if k not in depth:
+                    depth[k] = depth[v] + 1
+                    queue.append(k)
+        return depth
+
+    def depth(self, node_id: str) -> int:
+        """Fewest edges from a root down to ``node_id``; 0 for a root."""
+        return self._depths[node_id]
+
+    def ancestors(self, node_id: str) -> frozenset[str]:
+        """Every node above ``node_id`` (parents, their parents, ...), itself excluded."""
+        if node_id not in self._ancestors:
+            out: set[str] = set()
+            for p in self.parents[node_id]:
+                out.add(p)
+                out |= self.ancestors(p)  # depth of recursion <= the ontology's depth (6 in AudioSet)
+            self._ancestors[node_id] = frozenset(out)
+        return self._ancestors[node_id]
+
+    def top_level(self, node_id: str) -> tuple[str, ...]:
+        """The roots above (or equal to) ``node_id``, in file order."""
+        above = self.ancestors(node_id) | {node_id}
+        return tuple(r for r in self.roots if r in above)
+
+    # ---------------------------------------------------------------------- classes
+
+    def match(self, class_names: Sequence[str]) -> tuple[list[str | None], list[str]]:
+        """``(node id or None per class, names of the unmatched classes in class order)``."""
+        ids = [self.node_id(n) for n in class_names]
+        return ids, [n for n, v in zip(class_names, ids) if v is None]
+
+    def class_parents(self, class_names: Sequence[str]) -> dict[int, set[int]]:
+        """The hierarchy over integer nodes, as ``metrics.mistake_severity`` takes it.
+
+        Classes are nodes ``0..C-1`` (their index in ``class_names``); every ontology node
+        above a matched class that is not itself a class gets an integer from ``C`` up, in file
+        order. ``out[v]`` holds v's parents, for every class and every such node that has any.
+        An unmatched class has no entry: it is a root of its own. Nodes that are neither
+        classes nor above one are left out, so heights (``metrics.class_distance_matrix``) are
+        measured in the part of the ontology the classes span.
+        """
+        ids, _ = self.match(class_names)
+        index = {v: i for i, v in enumerate(ids) if v is not None}
+        above: set[str] = set()
+        for v in index:
+            above |= self.ancestors(v)
+        extra = (v for v in self.nodes if v in above and v not in index)  # file order: reproducible
+        for i, v in enumerate(extra, start=len(class_names)):
+            index[v] = i
+        return {index[v]: {index[p] for p in self.parents[v]} for v in index if self.parents[v]}
+
+    def class_ancestors(self, class_names: Sequence[str]) -> list[set[int]]:
+        """For each class, the indices of the classes above it (for ancestor label expansion)."""
+        ids, _ = self.match(class_names)
+        index = {v: i for i, v in enumerate(ids) if v is not None}
+        return [set() if v is None else {index[a] for a in self.ancestors(v) if a in index} for v in ids]
+
+    def entailment_pairs(self, class_names: Sequence[str]) -> list[tuple[int, int]]:
+        """``(parent class, child class)`` index pairs, sorted, linking each class to its
+        nearest class ancestors: a parent that is not a class (e.g. an abstract category) is
+        passed through, so "Chirp tone" -> "Sine wave" is an edge and so is "Cat" -> "Animal"
+        when "Domestic animals, pets" is not a class."""
+        ids, _ = self.match(class_names)
+        index = {v: i for i, v in enumerate(ids) if v is not None}
+        pairs = set()
+        for v, child in index.items():
+            stack, seen = list(self.parents[v]), set()
+            while stack:
+                p = stack.pop()
+                if p in seen:
+                    continue
+                seen.add(p)
+                if p in index:
+                    pairs.add((index[p], child))
+                else:
+                    stack.extend(self.parents[p])
+        return sorted(pairs)
+
+    def class_depths(self, class_names: Sequence[str]) -> list[int | None]:
+        """``depth`` of each class's node; None for an unmatched class."""
+        ids, _ = self.match(class_names)
+        return [None if v is None else self.depth(v) for v in ids]
