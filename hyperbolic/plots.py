@@ -92,7 +92,7 @@ def plot_poincare_disk(xy: np.ndarray, out_png: str | Path, *, c: float, names: 
             if idx:
                 ax.scatter(xy[idx, 0], xy[idx, 1], s=14, zorder=2, label=group or "unmatched",
                            color="0.5" if group is None else cmap(k % 10))
-        ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+        fig.legend(loc="lower center", ncol=4, fontsize=7, frameon=False)
     if len(names) <= ANNOTATE_MAX:
         labelled = range(len(names))
     else:
@@ -110,7 +110,8 @@ def plot_poincare_disk(xy: np.ndarray, out_png: str | Path, *, c: float, names: 
 
 
 def plot_per_class_ap(per_class: Sequence[dict], out_png: str | Path, *, n: int = 15, title: str = "") -> Path:
-    """Horizontal bars of the ``n`` best and ``n`` worst classes by AP.
+    """Horizontal bars of the ``n`` best and ``n`` worst classes by AP (one panel of every
+    class, best first, when there are at most ``2 n``).
 
     ``per_class``: rows ``{"name", "ap", "positives"}`` (``metrics.per_class_ap``); ties in AP
     are broken by name, so the chart is reproducible.
@@ -118,19 +119,22 @@ def plot_per_class_ap(per_class: Sequence[dict], out_png: str | Path, *, n: int 
     rows = sorted(per_class, key=lambda r: (-r["ap"], r["name"]))
     if not rows:
         raise ValueError("no per-class AP to plot")
-    best, worst = rows[:n], rows[::-1][:n]
+    if len(rows) <= 2 * n:
+        panels = [(rows, f"all {len(rows)} classes with a positive")]
+    else:
+        panels = [(rows[:n], f"best {n}"), (rows[::-1][:n], f"worst {n}")]
     fig = _figure(AP_PX)
-    for col, (part, label) in enumerate(((best, f"best {len(best)}"), (worst, f"worst {len(worst)}"))):
-        ax = fig.add_subplot(1, 2, col + 1)
+    for col, (part, label) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), col + 1)
         y = np.arange(len(part))
-        ax.barh(y, [r["ap"] for r in part], color="tab:green" if col == 0 else "tab:red")
+        ax.barh(y, [r["ap"] for r in part], color="tab:red" if "worst" in label else "tab:green")
         ax.set_yticks(y, [f"{r['name']} ({r['positives']})" for r in part], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlim(0, 1)
         ax.set_xlabel("AP (positives in brackets)")
         ax.set_title(label, fontsize=9)
     fig.suptitle(title or "Per-class AP", fontsize=10)
-    fig.subplots_adjust(left=0.22, right=0.98, wspace=0.7)
+    fig.subplots_adjust(left=0.22, right=0.97, wspace=0.7 if len(panels) > 1 else 0.2)
     return _save(fig, out_png)
 
 
