@@ -25,8 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--learning-rate", type=float, default=1e-4)
-    p.add_argument("--c", type=float, default=1.0, help="curvature: the ball has curvature -c")
-    p.add_argument("--temperature", type=float, default=1.0, help="logits are -d_c / temperature")
+    p.add_argument("--c", type=float, nargs="+", default=[1.0],
+                   help="curvature: the ball has curvature -c; several values run a sweep")
+    p.add_argument("--temperature", type=float, nargs="+", default=[1.0],
+                   help="logits are -d_c / temperature; several values run a sweep")
     p.add_argument("--train-ratio", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS))
@@ -46,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=0, help="early stop after N epochs without improvement (0: off)")
     p.add_argument("--select-metric", choices=SELECT_METRICS, default="val_mAP")
     p.add_argument("--embed-batch-size", type=int, default=32, help="clips per CLAP forward")
+    p.add_argument("--holdout-classes", default=None, metavar="FRACTION|FILE",
+                   help="keep these classes out of training entirely: a seeded fraction of the classes "
+                        "present, or a file with one class name per line")
+    p.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue a run from its output dir (latest epoch) or a projection_epoch_*.pth")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output-dir")
     p.add_argument("--use-swanlab", action="store_true")
     p.add_argument("--swanlab-project", default="Hyperbolic_CLAP")
@@ -67,8 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.epochs < 1, f"--epochs must be >= 1 (got {args.epochs})"),
         (args.batch_size < 1, f"--batch-size must be >= 1 (got {args.batch_size})"),
         (not args.learning_rate > 0, f"--learning-rate must be > 0 (got {args.learning_rate})"),
-        (not args.c > 0, f"--c must be > 0 (got {args.c})"),
-        (not args.temperature > 0, f"--temperature must be > 0 (got {args.temperature})"),
+        *[(not c > 0, f"--c must be > 0 (got {c:g})") for c in args.c],
+        *[(not t > 0, f"--temperature must be > 0 (got {t:g})") for t in args.temperature],
+        (args.learn_c and len(args.c) > 1, "--learn-c with several --c values: sweep or learn, not both"),
         (not 0 < args.train_ratio < 1, f"--train-ratio must be in (0, 1) (got {args.train_ratio})"),
         (not 0 < args.clip_r <= 1, f"--clip-r must be in (0, 1] (got {args.clip_r})"),
         ("{label}" not in args.prompt_template, f"--prompt-template must contain {{label}} (got {args.prompt_template!r})"),
@@ -97,8 +105,9 @@ def main(argv=None) -> int:
             run_demo(output_dir=None if args.output_dir == default_out else args.output_dir, seed=args.seed)
             return 0
         fields = TrainConfig.__dataclass_fields__
-        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-        summary = train(cfg)
+        values = {k: v for k, v in vars(args).items() if k in fields}
+        cfg = TrainConfig(**{**values, "c": args.c[0], "temperature": args.temperature[0]})
+        summary = train(cfg, c_values=args.c, temperatures=args.temperature)
     except (DatasetError, ClapNotFoundError, TrainingError) as err:
         log.error("%s", err)
         return 2

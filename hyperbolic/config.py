@@ -43,6 +43,8 @@ class TrainConfig:
     patience: int = 0
     select_metric: str = "val_mAP"
     embed_batch_size: int = 32
+    holdout_classes: str | None = None
+    resume: str | None = None
     overwrite: bool = False
     use_swanlab: bool = False
     swanlab_project: str = "Hyperbolic_CLAP"

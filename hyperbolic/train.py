@@ -1,15 +1,17 @@
 """Training the projector on frozen CLAP embeddings.
 
 Data flow: parquet -> CLAP embeddings (once) -> split -> epochs over the (N, D) matrix ->
-checkpoints + setup.json. ``fit`` is the epoch loop over tensors; ``train`` wires it to the data.
+checkpoints + setup.json. ``fit`` is the epoch loop over tensors; ``train`` wires it to the data
+and runs one fit per (c, temperature) combination of a sweep, all from the same embeddings.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ CHECKPOINT_FORMAT = 2
 
 
 class TrainingError(RuntimeError):
-    """A run that cannot go on (bad split, diverged loss); the message says what to do."""
+    """A run that cannot go on (bad split, diverged loss, bad resume); the message says what to do."""
 
 
 @dataclass
@@ -51,6 +53,54 @@ def split_indices(n: int, train_ratio: float, seed: int) -> Split:
     return Split(train=sorted(order[:n_train]), val=sorted(order[n_train:]))
 
 
+def choose_holdout(spec: str | None, class_names: list[str], present: list[int], seed: int) -> list[int]:
+    """``--holdout-classes``: a fraction of the classes present in the data (seeded), or a file
+    with one class name per line. Returns sorted class indices."""
+    if not spec:
+        return []
+    path = Path(spec)
+    if path.is_file():
+        index = {name.casefold(): i for i, name in enumerate(class_names)}
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        unknown = [n for n in names if n.casefold() not in index]
+        if unknown:
+            raise TrainingError(f"--holdout-classes {path}: not in the class list: {unknown[:5]}")
+        return sorted({index[n.casefold()] for n in names})
+    try:
+        fraction = float(spec)
+    except ValueError:
+        raise TrainingError(f"--holdout-classes must be a fraction in (0, 1) or an existing file (got {spec!r})")
+    if not 0 < fraction < 1:
+        raise TrainingError(f"--holdout-classes fraction must be in (0, 1) (got {fraction})")
+    count = int(round(fraction * len(present)))
+    if count < 1 or count >= len(present):
+        raise TrainingError(f"--holdout-classes {fraction} of the {len(present)} classes present holds out "
+                            f"{count}; need at least one held-out and one training class")
+    order = torch.randperm(len(present), generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(present[i] for i in order[:count])
+
+
+def mask_holdout(clips: ClipEmbeddings, holdout: list[int], matcher: LabelMatcher) -> tuple[ClipEmbeddings, int]:
+    """Remove held-out classes from every clip's labels; drop clips left without a label.
+
+    Returns the masked clips and how many were dropped. The first label becomes the first label
+    that is not held out, in the file's order."""
+    if not holdout:
+        return clips, 0
+    held = set(holdout)
+    keep, labels, firsts = [], [], []
+    for i, row in enumerate(clips.label_indices):
+        seen = [k for k in row if k not in held]
+        if seen:
+            keep.append(i)
+            labels.append(seen)
+            in_file_order = [k for label in clips.raw_labels[i] for k in matcher.match([label])[0]]
+            firsts.append(next(k for k in in_file_order if k not in held))
+    masked = clips.subset(keep)
+    masked.label_indices, masked.first_label = labels, firsts
+    return masked, len(clips) - len(keep)
+
+
 def lr_factor(step: int, *, total: int, warmup: int, schedule: str) -> float:
     """Linear warmup over ``warmup`` steps, then constant or cosine decay to 0 at ``total``."""
     if step < warmup:
@@ -62,17 +112,22 @@ def lr_factor(step: int, *, total: int, warmup: int, schedule: str) -> float:
 
 
 class Trainer:
-    """Projector + geometry + objective over precomputed embeddings."""
+    """Projector + geometry + objective over precomputed embeddings.
 
-    def __init__(self, cfg: TrainConfig, embed_dim: int, prompts: torch.Tensor):
+    ``prompts`` holds the embeddings of all classes; ``seen`` the class indices training may use
+    (all but the held-out ones), so held-out prompts are never projected during training.
+    """
+
+    def __init__(self, cfg: TrainConfig, embed_dim: int, prompts: torch.Tensor, seen: list[int]):
         torch.manual_seed(cfg.seed)
         self.cfg = cfg
         self.projector = Projector(embed_dim, geometry=cfg.geometry, clip_r=cfg.clip_r)
         self.geometry = Geometry(cfg.c, cfg.temperature, learn_c=cfg.learn_c and cfg.geometry == "hyperbolic",
                                  learn_temperature=cfg.learn_temperature)
         self.prompts = prompts
-        params = [p for p in [*self.projector.parameters(), *self.geometry.parameters()] if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.seen = seen
+        self.params = [p for p in [*self.projector.parameters(), *self.geometry.parameters()] if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     def logits(self, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         c, tau = self.geometry.c, self.geometry.temperature
@@ -98,12 +153,13 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, clips: ClipEmbeddings) -> dict:
+        """Validation loss (the training objective) and mAP over the seen classes present."""
         losses, sizes = [], []
         for audio, labels, first in self.batches(clips, list(range(len(clips)))):
-            losses.append(float(self.batch_loss(audio, labels, first)))
+            losses.append(self.batch_loss(audio, labels, first).item())
             sizes.append(len(labels))
-        scores = self.logits(clips.audio, self.prompts).numpy()
-        targets = clips.targets(self.prompts.shape[0])
+        scores = self.logits(clips.audio, self.prompts[self.seen]).numpy()
+        targets = clips.targets(self.prompts.shape[0])[:, self.seen]
         return {
             "val_loss": float(np.average(losses, weights=sizes)),
             "val_mAP": classification_metrics(scores, targets)["mAP"],
@@ -112,7 +168,7 @@ class Trainer:
         }
 
     def state(self) -> dict:
-        return {"c": float(self.geometry.c), "temperature": float(self.geometry.temperature)}
+        return {"c": self.geometry.c.item(), "temperature": self.geometry.temperature.item()}
 
 
 def _check_finite(value: torch.Tensor, what: str, epoch: int, batch: int) -> None:
@@ -121,20 +177,49 @@ def _check_finite(value: torch.Tensor, what: str, epoch: int, batch: int) -> Non
                             "The last good checkpoint is kept; try a lower --learning-rate or --clip-r.")
 
 
+def _latest_checkpoint(out: Path) -> Path | None:
+    found = sorted(out.glob("projection_epoch_*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    return found[-1] if found else None
+
+
 def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: Split, out: Path,
-        *, extra: dict | None = None, tracker=None) -> dict:
-    """Run the epochs; write checkpoints and setup.json under ``out``; return the summary."""
-    trainer = Trainer(cfg, clips.audio.shape[1], prompts)
+        *, seen: list[int] | None = None, extra: dict | None = None, tracker=None,
+        resume: Path | None = None) -> dict:
+    """Run the epochs; write checkpoints and setup.json under ``out``; return the summary.
+
+    ``resume``: a checkpoint of this same run; training continues after its epoch with its
+    weights, optimizer, schedule and shuffling state, so the result equals an uninterrupted run.
+    """
+    seen = list(range(prompts.shape[0])) if seen is None else seen
+    trainer = Trainer(cfg, clips.audio.shape[1], prompts, seen)
     train_clips, val_clips = clips.subset(split.train), clips.subset(split.val)
     steps_per_epoch = math.ceil(len(train_clips) / cfg.batch_size)
     total_steps, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         trainer.optimizer, lambda s: lr_factor(s, total=total_steps, warmup=warmup, schedule=cfg.lr_schedule))
     higher_is_better = cfg.select_metric == "val_mAP"
+    split_ids = {part: [f"{clips.metas[i].file}:{clips.metas[i].row}:{clips.metas[i].video_id}" for i in rows]
+                 for part, rows in (("train", split.train), ("val", split.val))}
     setup = {"config": cfg.to_dict(), **(extra or {}), "history": [], "summary": None}
-    best, best_epoch, stale = None, None, 0
+    best, best_epoch, stale, start = None, None, 0, 1
     generator = torch.Generator().manual_seed(cfg.seed)
-    for epoch in range(1, cfg.epochs + 1):
+    if resume is not None:
+        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
+        if ckpt.get("split") != split_ids:
+            raise TrainingError(f"--resume {resume}: its train/val split differs from this run's data; "
+                                "resume with the same --parquet-dir, --num-samples, --seed and --train-ratio")
+        trainer.projector.load_state_dict(ckpt["projection_state_dict"])
+        trainer.geometry.load_state_dict(ckpt["geometry_state_dict"])
+        trainer.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        scheduler.load_state_dict(ckpt["scheduler_state_dict"])
+        generator.set_state(ckpt["generator_state"])
+        best, best_epoch, stale = ckpt["best_metric"], ckpt["best_epoch"], ckpt["stale_epochs"]
+        setup["history"] = list(ckpt["history"])
+        start = ckpt["epoch"] + 1
+        log.info("resuming %s after epoch %d", resume, ckpt["epoch"])
+    for epoch in range(start, cfg.epochs + 1):
+        if cfg.patience and stale >= cfg.patience:
+            break
         started = time.time()
         trainer.projector.train()
         order = torch.randperm(len(train_clips), generator=generator).tolist()
@@ -144,59 +229,73 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
             _check_finite(loss, "loss", epoch, b)
             trainer.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainer.optimizer.param_groups[0]["params"], cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trainer.params, cfg.grad_clip)
             trainer.optimizer.step()
             trainer.geometry.clamp_()
             scheduler.step()
             total += loss.item() * len(labels)
             count += len(labels)
         trainer.projector.eval()
-        for p in trainer.projector.parameters():
-            _check_finite(p, "projector weight", epoch, b)
+        for p in trainer.params:
+            _check_finite(p, "parameter", epoch, b)
         row = {"epoch": epoch, "train_loss": total / count, **trainer.validate(val_clips),
                **trainer.state(), "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - started, 3)}
         metric = row[cfg.select_metric]
         improved = best is None or (metric > best if higher_is_better else metric < best)
+        if improved:
+            best, best_epoch, stale = metric, epoch, 0
+        else:
+            stale += 1
+        setup["history"].append(row)
         ckpt = {
             "format_version": CHECKPOINT_FORMAT, "epoch": epoch,
             "projection_state_dict": trainer.projector.state_dict(),
             "optimizer_state_dict": trainer.optimizer.state_dict(),
             "scheduler_state_dict": scheduler.state_dict(),
             "geometry_state_dict": trainer.geometry.state_dict(),
+            "generator_state": generator.get_state(),
             "train_loss": row["train_loss"], "val_loss": row["val_loss"], "val_mAP": row["val_mAP"],
             "c": row["c"], "temperature": row["temperature"], "embed_dim": clips.audio.shape[1],
             "geometry": cfg.geometry, "clip_r": cfg.clip_r, "prompt_template": cfg.prompt_template,
-            "config": cfg.to_dict(), **(extra or {}),
+            "best_metric": best, "best_epoch": best_epoch, "stale_epochs": stale,
+            "history": setup["history"], "split": split_ids, "config": cfg.to_dict(), **(extra or {}),
         }
-        atomic_torch_save(out / f"projection_epoch_{epoch}.pth", ckpt)
         if improved:
-            best, best_epoch, stale = metric, epoch, 0
             atomic_torch_save(out / f"best_projection_epoch_{epoch}.pth", ckpt)
-        else:
-            stale += 1
-        setup["history"].append(row)
+        # The per-epoch checkpoint is written last: a run killed before it resumes from the
+        # previous epoch and rewrites this epoch's files identically.
+        atomic_torch_save(out / f"projection_epoch_{epoch}.pth", ckpt)
+        best_row = setup["history"][best_epoch - 1]
         setup["summary"] = {"best_epoch": best_epoch, f"best_{cfg.select_metric}": best,
+                            "best_val_mAP": best_row["val_mAP"], "best_val_loss": best_row["val_loss"],
+                            "best_train_loss": best_row["train_loss"],
                             "best_checkpoint": str(out / f"best_projection_epoch_{best_epoch}.pth"),
-                            "epochs_run": epoch,
-                            "best_train_loss": setup["history"][best_epoch - 1]["train_loss"],
-                            "best_val_loss": setup["history"][best_epoch - 1]["val_loss"]}
+                            "epochs_run": epoch, "c": row["c"], "temperature": row["temperature"]}
         atomic_write_json(out / "setup.json", setup)
         log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mAP %.4f  c %.4g  tau %.4g  lr %.3g%s",
                  epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_mAP"], row["c"],
                  row["temperature"], row["lr"], "  *best*" if improved else "")
         if tracker is not None:
             tracker.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
-        if cfg.patience and stale >= cfg.patience:
-            log.info("no %s improvement for %d epochs: early stop", cfg.select_metric, cfg.patience)
-            break
+    if cfg.patience and stale >= cfg.patience:
+        log.info("no %s improvement for %d epochs: stopped early", cfg.select_metric, cfg.patience)
+    _plot_curves(out)
     return setup["summary"]
+
+
+def _plot_curves(out: Path) -> None:
+    try:
+        from hyperbolic.plots import plot_training_curves
+    except ImportError:  # matplotlib missing: curves are optional
+        return
+    plot_training_curves(out / "setup.json", out / "training_curves.png")
 
 
 def prepare_output_dir(cfg: TrainConfig) -> Path:
     out = Path(cfg.output_dir)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise TrainingError(f"--output-dir {out} is not empty; pass --overwrite to replace its "
-                            "files, or choose another --output-dir")
+    if out.exists() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
+        raise TrainingError(f"--output-dir {out} is not empty; pass --resume {out} to continue that run, "
+                            "--overwrite to replace its files, or choose another --output-dir")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -215,8 +314,28 @@ def _swanlab(cfg: TrainConfig):
     return swanlab
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Embed the folder with the frozen CLAP, then fit the projector. Returns the summary."""
+def _resume_point(run_dir: Path, cfg: TrainConfig) -> Path | None:
+    """The checkpoint to continue from inside ``run_dir`` (None: start fresh)."""
+    if not cfg.resume:
+        return None
+    resume = Path(cfg.resume)
+    if resume.is_file() and resume.parent.resolve() == run_dir.resolve():
+        return resume
+    return _latest_checkpoint(run_dir)
+
+
+def sweep_dir_name(c: float, temperature: float) -> str:
+    return f"c{c:g}_t{temperature:g}"
+
+
+def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
+          temperatures: list[float] | None = None) -> dict:
+    """Embed the folder with the frozen CLAP once, then fit one projector per (c, temperature).
+
+    A single combination writes into ``output_dir``; several write one subfolder each plus
+    ``sweep.json``. Returns the summary (of the winner, for a sweep)."""
+    if cfg.resume and Path(cfg.resume).is_file():
+        cfg = replace(cfg, output_dir=str(Path(cfg.resume).parent))
     out = prepare_output_dir(cfg)
     device = resolve_device(cfg.device)
     class_names = load_class_labels(cfg.class_labels)
@@ -225,20 +344,60 @@ def train(cfg: TrainConfig) -> dict:
     skips = SkipLog()
     clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
                         limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=True)
+    present = sorted({k for row in clips.label_indices for k in row})
+    holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.seed)
+    clips, dropped = mask_holdout(clips, holdout, matcher)
     if len(clips) < 2:
         raise TrainingError(f"only {len(clips)} usable clips in {cfg.parquet_dir} "
                             f"(skipped: {skips.to_dict()}); training needs at least 2")
     prompts = embed_prompts(clap, prompts_for(class_names, cfg.prompt_template))
     split = split_indices(len(clips), cfg.train_ratio, cfg.seed)
+    seen = [k for k in range(len(class_names)) if k not in set(holdout)]
     extra = {"clap": {"path": str(clap.path), "embed_dim": clap.embed_dim},
+             "class_names": class_names,
+             "holdout_classes": [class_names[k] for k in holdout],
              "data": {"clips": len(clips), "train_clips": len(split.train), "val_clips": len(split.val),
+                      "clips_dropped_only_holdout_labels": dropped,
                       "skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list()}}
-    log.info("%d clips (%d train / %d val), %d classes", len(clips), len(split.train), len(split.val),
-             len(class_names))
+    log.info("%d clips (%d train / %d val), %d classes (%d held out)", len(clips), len(split.train),
+             len(split.val), len(class_names), len(holdout))
+    combos = list(itertools.product(c_values or [cfg.c], temperatures or [cfg.temperature]))
     tracker = _swanlab(cfg)
     try:
-        summary = fit(cfg, clips, prompts, split, out, extra=extra, tracker=tracker)
+        if len(combos) == 1:
+            run_cfg = replace(cfg, c=combos[0][0], temperature=combos[0][1])
+            return fit(run_cfg, clips, prompts, split, out, seen=seen, extra=extra, tracker=tracker,
+                       resume=_resume_point(out, cfg))
+        return _sweep(cfg, combos, clips, prompts, split, out, seen, extra)
     finally:
         if tracker is not None:
             tracker.finish()
-    return summary
+
+
+def _sweep(cfg, combos, clips, prompts, split, out, seen, extra) -> dict:
+    rows = []
+    for c, temperature in combos:
+        run_dir = out / sweep_dir_name(c, temperature)
+        run_dir.mkdir(exist_ok=True)
+        log.info("sweep: c=%g temperature=%g -> %s", c, temperature, run_dir)
+        run_cfg = replace(cfg, c=c, temperature=temperature, output_dir=str(run_dir))
+        summary = fit(run_cfg, clips, prompts, split, run_dir, seen=seen, extra=extra,
+                      resume=_resume_point(run_dir, cfg))
+        rows.append({"c": c, "temperature": temperature, "best_val_mAP": summary["best_val_mAP"],
+                     "best_val_loss": summary["best_val_loss"], "best_epoch": summary["best_epoch"],
+                     "best_checkpoint": summary["best_checkpoint"], "output_dir": str(run_dir)})
+    key = (lambda r: r["best_val_mAP"]) if cfg.select_metric == "val_mAP" else (lambda r: -r["best_val_loss"])
+    winner = max(rows, key=key)
+    atomic_write_json(out / "sweep.json", {"config": cfg.to_dict(), "select_metric": cfg.select_metric,
+                                           "runs": rows, "winner": winner})
+    print(format_sweep_table(rows, winner))
+    return {**winner, "sweep": rows}
+
+
+def format_sweep_table(rows: list[dict], winner: dict) -> str:
+    lines = [f"{'c':>8} {'temperature':>12} {'best val mAP':>13} {'best val loss':>14} {'epoch':>6}  checkpoint"]
+    for r in rows:
+        mark = "  <- best" if r is winner else ""
+        lines.append(f"{r['c']:>8g} {r['temperature']:>12g} {r['best_val_mAP']:>13.4f} {r['best_val_loss']:>14.4f} "
+                     f"{r['best_epoch']:>6}  {r['best_checkpoint']}{mark}")
+    return "\n".join(lines)

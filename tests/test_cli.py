@@ -103,9 +103,14 @@ def test_evaluation_reports_differing_flag(tmp_path, trained, tiny_clap_dir, dem
 
 
 def test_results_are_never_overwritten(tmp_path, tiny_clap_dir, demo_eval_dir):
-    first = _eval(tmp_path, tiny_clap_dir, demo_eval_dir, "--num-samples", "3")
+    # A short class list: the point is the file name, not the 527 prompts.
+    classes = tmp_path / "classes.txt"
+    classes.write_text("Sine wave\nWhite noise\nBuzz\n")
+    first = _eval(tmp_path, tiny_clap_dir, demo_eval_dir, "--num-samples", "3", "--class-labels", str(classes),
+                  "--top-k", "3")
     argv = ["--parquet-dir", str(demo_eval_dir), "--checkpoint", str(tiny_clap_dir), "--device", "cpu",
-            "--output-json", str(tmp_path / "results.json"), "--num-samples", "3"]
+            "--output-json", str(tmp_path / "results.json"), "--num-samples", "3", "--class-labels", str(classes),
+            "--top-k", "3"]
     assert test_script.main(argv) == 0
     second = json.loads((tmp_path / "results_1.json").read_text())
     assert json.loads((tmp_path / "results.json").read_text()) == first
