@@ -119,3 +119,39 @@ def test_resume_refuses_other_data(tmp_path, tiny_clap_dir, demo_train_dir):
     assert train_script.main(_argv(demo_train_dir, tiny_clap_dir, out, "--epochs", "1")) == 0
     assert train_script.main(_argv(demo_train_dir, tiny_clap_dir, out, "--resume", str(out), "--seed", "4",
                                    "--epochs", "2")) == 2
+
+
+def test_non_finite_loss_stops_with_epoch_and_batch(tmp_path, monkeypatch, capsys, tiny_clap_dir, demo_train_dir):
+    calls = []
+    original = train_module.Trainer.batch_loss
+
+    def poisoned(self, audio, labels, first):
+        loss = original(self, audio, labels, first)
+        calls.append(self.projector.training)
+        if sum(calls) == 6:  # 4 training batches per epoch: epoch 2, batch 1
+            return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(train_module.Trainer, "batch_loss", poisoned)
+    out = tmp_path / "run"
+    assert train_script.main(_argv(demo_train_dir, tiny_clap_dir, out)) == 2
+    err = capsys.readouterr().err
+    assert "non-finite loss at epoch 2, batch 1" in err
+    assert sorted(p.name for p in out.glob("projection_epoch_*.pth")) == ["projection_epoch_1.pth"]
+    ckpt = torch.load(out / "projection_epoch_1.pth", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in ckpt["projection_state_dict"].values())
+
+
+def test_split_without_validation_clip_is_a_clear_error(tmp_path, capsys, tiny_clap_dir, demo_train_dir):
+    code = train_script.main(_argv(demo_train_dir, tiny_clap_dir, tmp_path / "run", "--num-samples", "3",
+                                   "--train-ratio", "0.9"))
+    assert code == 2
+    assert "--train-ratio 0.9 splits 3 usable clips into 3 train and 0 validation" in capsys.readouterr().err
+
+
+def test_fewer_clips_than_a_batch_trains(tmp_path, tiny_clap_dir, demo_train_dir):
+    out = tmp_path / "run"
+    assert train_script.main(_argv(demo_train_dir, tiny_clap_dir, out, "--num-samples", "6", "--train-ratio", "0.5",
+                                   "--batch-size", "16", "--epochs", "2")) == 0
+    history = json.loads((out / "setup.json").read_text())["history"]
+    assert all(row["val_loss"] > 0 for row in history)  # a real loss on 3 clips, not a placeholder
