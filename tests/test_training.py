@@ -155,3 +155,21 @@ def test_fewer_clips_than_a_batch_trains(tmp_path, tiny_clap_dir, demo_train_dir
                                    "--batch-size", "16", "--epochs", "2")) == 0
     history = json.loads((out / "setup.json").read_text())["history"]
     assert all(row["val_loss"] > 0 for row in history)  # a real loss on 3 clips, not a placeholder
+
+
+def test_swanlab_receives_config_and_one_log_per_epoch(tmp_path, monkeypatch, tiny_clap_dir, demo_train_dir):
+    import sys
+    import types
+    calls = {"init": [], "log": [], "finish": 0}
+    fake = types.SimpleNamespace(
+        init=lambda **kw: calls["init"].append(kw),
+        log=lambda row, step: calls["log"].append((step, row)),
+        finish=lambda: calls.__setitem__("finish", calls["finish"] + 1))
+    monkeypatch.setitem(sys.modules, "swanlab", fake)
+    out = tmp_path / "run"
+    assert train_script.main(_argv(demo_train_dir, tiny_clap_dir, out, "--epochs", "2", "--use-swanlab",
+                                   "--swanlab-mode", "offline", "--swanlab-project", "P")) == 0
+    assert calls["init"][0]["project"] == "P" and calls["init"][0]["mode"] == "offline"
+    assert calls["init"][0]["config"]["epochs"] == 2
+    assert [step for step, _ in calls["log"]] == [1, 2] and "val_mAP" in calls["log"][0][1]
+    assert calls["finish"] == 1
