@@ -1,4 +1,5 @@
-"""Zero-shot AudioSet classification with a frozen CLAP: cosine, or a trained projector (see README.md)."""
+"""Zero-shot classification with a frozen CLAP: plain cosine, a trained projector, or several
+checkpoints compared with plain CLAP on the same clips (see README.md)."""
 
 from __future__ import annotations
 
@@ -64,14 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    paths = args.projection_checkpoint or []
     checks = [
         (args.num_samples < 1, f"--num-samples must be >= 1 (got {args.num_samples})"),
         (args.top_k < 1, f"--top-k must be >= 1 (got {args.top_k})"),
         (args.set_k < 1, f"--set-k must be >= 1 (got {args.set_k})"),
         (args.c is not None and not args.c > 0, f"--c must be > 0 (got {args.c})"),
         (args.temperature is not None and not args.temperature > 0, f"--temperature must be > 0 (got {args.temperature})"),
-        (args.use_hyperbolic and not args.projection_checkpoint,
-         "--use-hyperbolic needs --projection-checkpoint PATH"),
+        (args.use_hyperbolic and not paths, "--use-hyperbolic needs --projection-checkpoint PATH"),
+        (args.legacy_distance and not paths, "--legacy-distance needs --projection-checkpoint PATH"),
         (args.prompt_template is not None and "{label}" not in args.prompt_template,
          f"--prompt-template must contain {{label}} (got {args.prompt_template!r})"),
         (args.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {args.embed_batch_size})"),
@@ -80,8 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
          f"--threshold must be a finite number (got {args.threshold})"),
         (args.save_scores is not None and not args.save_scores.endswith(".npz"),
          f"--save-scores must name a .npz file (got {args.save_scores!r})"),
-        (args.projection_checkpoint is not None and len(set(args.projection_checkpoint)) != len(args.projection_checkpoint),
-         "--projection-checkpoint lists a path twice; give each checkpoint once"),
+        (len(set(paths)) != len(paths), "--projection-checkpoint lists a path twice; give each checkpoint once"),
     ]
     for failed, message in checks:
         if failed:

@@ -472,6 +472,8 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     clap = FrozenClap.load(cfg.checkpoint, device)
     if models is None:
         models = build_models(cfg, clap.embed_dim)
+    if len({m.name for m in models}) != len(models):
+        raise ValueError(f"model names must be unique (got {[m.name for m in models]})")
     layout = "single" if len(models) == 1 else "comparison"
     if cfg.threshold is not None and len({m.geometry for m in models}) > 1:
         log.warning("--threshold %g applies to the raw scores of every model, and cosine, euclidean and "

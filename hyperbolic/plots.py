@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +31,7 @@ DPI = 100
 DISK_PX = (800, 800)        # (width, height) of plot_poincare_disk
 AP_PX = (1000, 800)         # plot_per_class_ap
 CURVES_PX = (1000, 800)     # plot_training_curves
-ANNOTATE_MAX = 40           # above this many classes only depth-0/1 classes are labelled
+ANNOTATE_MAX = 40           # above this many classes only the 40 with most children are named
 
 
 def _figure(px: tuple[int, int]) -> Figure:
@@ -73,7 +74,8 @@ def plot_poincare_disk(xy: np.ndarray, out_png: str | Path, *, c: float, names: 
 
     ``categories`` colours the points (e.g. the top-level ontology category; None: grey,
     "unmatched"); ``edges`` are (parent, child) index pairs drawn as straight grey segments
-    (not geodesics). With more than ANNOTATE_MAX classes only parents of an edge are named.
+    (not geodesics). With more than ANNOTATE_MAX classes only the ANNOTATE_MAX classes with the
+    most children are named.
     """
     xy = np.asarray(xy, dtype=float)
     radius = 1.0 / math.sqrt(c)
@@ -95,8 +97,9 @@ def plot_poincare_disk(xy: np.ndarray, out_png: str | Path, *, c: float, names: 
         fig.legend(loc="lower center", ncol=4, fontsize=7, frameon=False)
     if len(names) <= ANNOTATE_MAX:
         labelled = range(len(names))
-    else:
-        labelled = sorted({a for a, _ in edges or ()})[:ANNOTATE_MAX]
+    else:  # the classes with the most children: the hubs of the hierarchy
+        fan_out = Counter(a for a, _ in edges or ())
+        labelled = [a for a, _ in sorted(fan_out.items(), key=lambda kv: (-kv[1], kv[0]))[:ANNOTATE_MAX]]
     for i in labelled:
         ax.annotate(names[i], xy[i], fontsize=6, xytext=(2, 2), textcoords="offset points")
     lim = radius * 1.05

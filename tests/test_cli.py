@@ -114,6 +114,7 @@ def test_results_are_never_overwritten(tmp_path, tiny_clap_dir, demo_eval_dir):
     assert test_script.main(argv) == 0
     second = json.loads((tmp_path / "results_1.json").read_text())
     assert json.loads((tmp_path / "results.json").read_text()) == first
+    assert first["metrics"]["valid_samples"] >= 2
     assert second["metrics"] == first["metrics"]  # deterministic
 
 
