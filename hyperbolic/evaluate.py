@@ -214,7 +214,7 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
             "projection": PROJECTION_TEXT["legacy" if legacy_distance else geometry],
             "distance": (DISTANCE_TEXT["legacy" if legacy_distance else "geodesic"]
                          if geometry == "hyperbolic" else "cosine of unit vectors / tau"),
-            "ignored_flags": ignored}
+            "ignored_flags": ignored, "holdout_classes": list(ckpt.get("holdout_classes") or [])}
     if legacy_format and geometry == "hyperbolic" and not legacy_distance:
         info["note"] = ("checkpoint of the earlier scripts, scored with this codebase's projection and "
                         "geodesic distance; --legacy-distance reproduces the earlier scripts' numbers")
@@ -306,6 +306,23 @@ def _metrics(scores, targets, cfg: EvalConfig, rows_read: int) -> dict:
     metrics.update(retrieval_metrics(scores, targets))
     metrics.update(valid_samples=len(scores), total_samples=rows_read)
     return metrics
+
+
+def _holdout_metrics(model: ScoringModel, scores, targets, class_names, cfg: EvalConfig, rows_read: int):
+    """Metrics on the classes a checkpoint saw in training and on those it held out.
+
+    Each part uses only its own score columns (ranking among that subset of classes) and the
+    clips with at least one label in it."""
+    held = {name.casefold() for name in model.info.get("holdout_classes", [])}
+    if not held:
+        return None
+    out = {"holdout_classes": sorted(model.info["holdout_classes"])}
+    unseen = np.array([name.casefold() in held for name in class_names])
+    for part, cols in (("seen", ~unseen), ("unseen", unseen)):
+        rows = targets[:, cols].any(axis=1)
+        out[part] = (_metrics(scores[rows][:, cols], targets[rows][:, cols], cfg, rows_read)
+                     if rows.any() else None)
+    return out
 
 
 def _bootstrap(scores, targets, metrics, cfg: EvalConfig) -> dict:
@@ -508,6 +525,8 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
             "similarity_stats": {"min": float(scores.min()), "max": float(scores.max()),
                                  "mean": float(scores.mean()), "std": float(scores.std())},
             "metrics": metrics,
+            "metrics_by_split": (_holdout_metrics(model, s, t, class_names, cfg, rows_read)
+                                 if metrics else None),
             "bootstrap": _bootstrap(s, t, metrics, cfg) if cfg.bootstrap and metrics else None,
             "hierarchy": (_hierarchy(model, audio_pts[torch.from_numpy(labelled)], text_pts, s, t, hier,
                                      class_names) if hier is not None and metrics else None),

@@ -173,3 +173,33 @@ def test_swanlab_receives_config_and_one_log_per_epoch(tmp_path, monkeypatch, ti
     assert calls["init"][0]["config"]["epochs"] == 2
     assert [step for step, _ in calls["log"]] == [1, 2] and "val_mAP" in calls["log"][0][1]
     assert calls["finish"] == 1
+
+
+def test_evaluation_reports_seen_and_unseen_classes(tmp_path, tiny_clap_dir, demo_train_dir, demo_eval_dir):
+    import numpy as np
+    from sklearn.metrics import average_precision_score
+
+    import test_clap_modelscope as test_script
+    out = tmp_path / "run"
+    assert train_script.main(_argv(demo_train_dir, tiny_clap_dir, out, "--holdout-classes", "0.3",
+                                   "--epochs", "2")) == 0
+    held = json.loads((out / "setup.json").read_text())["holdout_classes"]
+    labels = tmp_path / "labels.json"  # the 10 demo classes keep the test fast
+    from data.synthetic import DEMO_CLASSES
+    labels.write_text(json.dumps(dict(enumerate(DEMO_CLASSES))))
+    result, scores = tmp_path / "r.json", tmp_path / "s.npz"
+    assert test_script.main(["--parquet-dir", str(demo_eval_dir), "--checkpoint", str(tiny_clap_dir),
+                             "--device", "cpu", "--use-hyperbolic", "--projection-checkpoint",
+                             str(out / "projection_epoch_2.pth"), "--class-labels", str(labels),
+                             "--output-json", str(result), "--save-scores", str(scores)]) == 0
+    split = json.loads(result.read_text())["metrics_by_split"]
+    assert sorted(split["holdout_classes"]) == sorted(held)
+    data = np.load(scores)
+    s, y = data[[k for k in data.files if k.startswith("scores_")][0]], data["targets"]
+    unseen = np.array([name in held for name in data["class_names"]])
+    rows = y[:, unseen].any(axis=1)
+    expected = np.mean([average_precision_score(y[rows][:, unseen][:, j], s[rows][:, unseen][:, j])
+                        for j in range(unseen.sum())])
+    assert split["unseen"]["mAP"] == pytest.approx(expected, rel=1e-9)
+    assert split["unseen"]["num_classes_evaluated"] == len(held)
+    assert split["seen"]["num_classes_evaluated"] == 10 - len(held)
