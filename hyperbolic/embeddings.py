@@ -1,23 +1,56 @@
-"""Frozen CLAP embeddings of clips and class prompts, computed once per run.
+"""Frozen CLAP embeddings of clips and class prompts, computed once and kept on disk.
 
-The CLAP model is frozen, so a clip's embedding never changes: it is computed once, before the
-first epoch, and every epoch (and evaluation) works on the (N, D) matrix.
+The CLAP model is frozen, so a clip's embedding never changes: it is computed once (and, with an
+``EmbeddingCache``, kept across runs; see ``hyperbolic.cache``), and every epoch and evaluation
+works on the (N, D) matrix.
+
+How ``embed_clips`` reads a folder, file by file in sorted order:
+
+1. A label pass, ``iter_clips(decode=False)``: labels are matched against this run's class list
+   and unknown labels and "no_known_label" rows are counted exactly as a decoding read counts
+   them; ``limit`` (rows considered, across files) is cut here. Labels are never cached.
+2. The rows it yields that the cache does not hold are decoded and embedded: each file is cut
+   into units of ``batch_size`` rows (``iter_clips``'s ``read_batch_rows``); with
+   ``num_workers > 0`` the units are dealt to DataLoader workers
+   (``shard=combine_shards(...)``), which decode, resample and compute the mel features, while
+   this process runs the forward. One forward batch is the rows of one unit that need embedding,
+   whatever ``num_workers`` is: CLAP's output for a clip changes in the last bits with the batch
+   it sits in, and this keeps results bit-identical across worker counts.
+3. Outcomes (an embedding, a decode failure, a non-finite embedding) are put back in (file, row)
+   order; decode failures are counted in ``skips`` in that order.
+
+A file whose read fails part-way ("unreadable_file") cannot be judged by the label pass, which
+does not read the audio column, so it is read once more by a plain decoding ``iter_clips`` whose
+counts are the ones reported; the cache remembers that the file is damaged.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
+import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from data.audioset import ClipMeta, SkipLog, iter_clips
+from data.audioset import Clip, ClipMeta, SkipLog, combine_shards, iter_clips, list_parquet_files
 from data.labels import LabelMatcher
+from hyperbolic.cache import AudioStore, EmbeddingCache, RowOutcome
 
 log = logging.getLogger(__name__)
+
+NON_FINITE = "non_finite_embedding"
+CHUNK_ROWS = 512          # outcomes per cache chunk while a file is being embedded ...
+CHUNK_SECONDS = 120.0     # ... or fewer, when they come slowly: what an interruption can lose
 
 
 @dataclass
@@ -51,14 +84,27 @@ def prompts_for(class_names: list[str], template: str) -> list[str]:
     return [template.format(label=name) for name in class_names]
 
 
-def embed_prompts(clap, texts: list[str], *, batch_size: int = 64) -> torch.Tensor:
-    """(C,) prompts -> (C, D) float32 embeddings."""
+def embed_prompts(clap, texts: list[str], *, batch_size: int = 64,
+                  cache: EmbeddingCache | None = None) -> torch.Tensor:
+    """(C,) prompts -> (C, D) float32 embeddings; a prompt set seen before comes from ``cache``."""
+    store = cache.text(clap) if cache is not None else None
+    if store is not None:
+        hit = store.get(texts)
+        if hit is not None:
+            log.info("text embeddings: %d reused, 0 computed", len(texts))
+            return hit
     parts = [clap.embed_text(texts[i:i + batch_size])
              for i in tqdm(range(0, len(texts), batch_size), desc="embed prompts", unit="batch",
                            leave=False)]
-    out = torch.cat(parts)
+    out = torch.cat(parts) if parts else torch.empty(0, clap.embed_dim)
     if not torch.isfinite(out).all():
         raise FloatingPointError("CLAP returned a non-finite text embedding; check the model weights")
+    if store is not None:
+        try:
+            store.put(texts, out)
+        except OSError as e:
+            log.warning("cannot write the embedding cache (%s); going on without it", e)
+    log.info("text embeddings: 0 reused, %d computed", len(texts))
     return out
 
 
@@ -70,38 +116,374 @@ def _first_known(matcher: LabelMatcher, raw: list[str]) -> int | None:
     return None
 
 
+# ------------------------------------------------------------------ CLAP audio, in two halves
+# FrozenClap.embed_audio is features + forward in one call; they are split here so the features
+# (about 100 ms of CPU per 10 s clip) can be computed in worker processes. The two halves must
+# stay exactly embed_audio (tests/test_embeddings.py checks they agree bit for bit).
+
+
+def audio_features(feature_extractor, sampling_rate: int, waveforms: list[np.ndarray]) -> dict:
+    """(B,) 48 kHz waveforms -> the CLAP feature extractor's tensors (CPU), as a plain dict."""
+    return dict(feature_extractor(waveforms, sampling_rate=sampling_rate, return_tensors="pt"))
+
+
+@torch.inference_mode()
+def embed_audio_features(clap, features: dict) -> torch.Tensor:
+    """``audio_features`` output -> (B, embed_dim) float32, L2-normalised, on the CPU."""
+    feats = {k: v.to(clap.device) for k, v in features.items()}
+    out = clap.model.get_audio_features(**feats).pooler_output
+    return F.normalize(out.float(), dim=-1).cpu()
+
+
+# ------------------------------------------------------------------ decoding (workers or not)
+
+
+def _unit_bounds(path: Path, unit_rows: int) -> list[tuple[int, int]]:
+    """[start, end) rows of each unit of ``iter_clips(read_batch_rows=unit_rows)``, in order."""
+    meta = pq.ParquetFile(path).metadata
+    bounds, row0 = [], 0
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        bounds += [(row0 + s, row0 + min(s + unit_rows, n)) for s in range(0, n, unit_rows)]
+        row0 += n
+    return bounds
+
+
+class _RecordingSkipLog(SkipLog):
+    """A SkipLog that also keeps each add, so a decoding read can report its skips row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, ClipMeta | None, str]] = []
+
+    def add(self, reason: str, meta: ClipMeta | None = None, *, file: str | None = None,
+            detail: str = "") -> None:
+        super().add(reason, meta, file=file, detail=detail)
+        self.events.append((reason, meta, detail))
+
+    def drain(self) -> list[tuple[str, ClipMeta | None, str]]:
+        events, self.events = self.events, []
+        return events
+
+
+@dataclass(frozen=True)
+class _DecodeJob:
+    index: int                 # the file's position in the run
+    path: Path
+    limit: int | None          # iter_clips limit for this file (what the run's limit leaves)
+    needed: frozenset[int]     # rows to decode and embed
+
+
+def _as_is(item):
+    return item
+
+
+class _DecodeStream(IterableDataset):
+    """Decode the needed rows of each job's file; yields plain tuples (picklable, no collation):
+
+    ("batch", file, rows, video_ids, features)  the needed rows of one unit, mel features ready
+    ("skip", file, row, video_id, reason, detail)  a needed row that could not be decoded
+    ("damaged", file, detail)   the read of the file failed part-way
+    ("done", file)              this worker has finished its share of the file
+    In a DataLoader worker it reads only its shard of units; in the main process, all of them.
+    """
+
+    def __init__(self, jobs: list[_DecodeJob], *, matcher: LabelMatcher, label_column: str | None,
+                 require_labels: bool, unit_rows: int, feature_extractor, sampling_rate: int):
+        self.jobs, self.matcher, self.label_column = jobs, matcher, label_column
+        self.require_labels, self.unit_rows = require_labels, unit_rows
+        self.feature_extractor, self.sampling_rate = feature_extractor, sampling_rate
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for job in self.jobs:
+            yield from self._file(job, worker, workers)
+            yield ("done", job.index)
+
+    def _file(self, job: _DecodeJob, worker: int, workers: int) -> Iterator[tuple]:
+        try:
+            bounds = _unit_bounds(job.path, self.unit_rows)
+        except (pa.ArrowException, OSError) as e:  # changed since the label pass: the plain read judges
+            yield ("damaged", job.index, f"cannot read the parquet footer: {e}")
+            return
+        starts = [b[0] for b in bounds]
+        mine = [b for u, b in enumerate(bounds) if u % workers == worker]
+        # iter_clips counts `limit` in this shard's rows, so pass the number of its rows below
+        # the file's limit: the shards together then consider exactly the unsharded rows.
+        limit = None if job.limit is None else sum(max(0, min(e, job.limit) - s) for s, e in mine)
+        skips = _RecordingSkipLog()
+        clips = iter_clips([job.path], matcher=self.matcher, skips=skips, label_column=self.label_column,
+                           limit=limit, decode=True, require_labels=self.require_labels,
+                           read_batch_rows=self.unit_rows,
+                           shard=combine_shards(worker_id=worker, num_workers=workers))
+        pending: list[Clip] = []
+        for clip in clips:
+            yield from self._events(job, skips)
+            if clip.meta.row not in job.needed:
+                continue  # cached already: decoded for nothing, but not embedded again
+            unit = bisect.bisect_right(starts, clip.meta.row) - 1
+            if pending and bisect.bisect_right(starts, pending[0].meta.row) - 1 != unit:
+                yield self._batch(job, pending)
+                pending = []
+            pending.append(clip)
+        yield from self._events(job, skips)
+        if pending:
+            yield self._batch(job, pending)
+
+    def _events(self, job: _DecodeJob, skips: _RecordingSkipLog) -> Iterator[tuple]:
+        for reason, meta, detail in skips.drain():
+            if meta is None:
+                yield ("damaged", job.index, detail)
+            elif meta.row in job.needed:  # the label pass yielded it, so this is a decode failure
+                yield ("skip", job.index, meta.row, meta.video_id, reason, detail)
+
+    def _batch(self, job: _DecodeJob, clips: list[Clip]) -> tuple:
+        features = audio_features(self.feature_extractor, self.sampling_rate, [c.waveform for c in clips])
+        return ("batch", job.index, [c.meta.row for c in clips], [c.meta.video_id for c in clips], features)
+
+
+# ------------------------------------------------------------------ one embed_clips call
+
+
+@dataclass
+class _FilePlan:
+    index: int
+    path: Path
+    limit: int | None                # iter_clips limit for this file
+    digest: str | None               # parquet sha256, with a cache
+    known: dict[int, RowOutcome]     # outcomes by row: cached or computed in this run
+    clips: list[Clip] = field(default_factory=list)  # the rows to be embedded, no waveforms
+    log: SkipLog = field(default_factory=SkipLog)    # this file's skips so far
+    considered: int = 0              # rows the read considered (yielded or skipped)
+    plain: bool = False              # clips/log come from a decoding read, not the label pass
+    damaged: bool = False            # a decoding read failed part-way
+    damaged_saved: bool = False      # ... and the cache knows it
+    computed: set[int] = field(default_factory=set)
+
+    def needed(self) -> list[int]:
+        return [c.meta.row for c in self.clips if c.meta.row not in self.known]
+
+
+class _ClipRun:
+    def __init__(self, clap, *, matcher: LabelMatcher, label_column: str | None, require_labels: bool,
+                 batch_size: int, num_workers: int, store: AudioStore | None, cache: EmbeddingCache | None):
+        self.clap, self.matcher, self.label_column = clap, matcher, label_column
+        self.require_labels, self.unit_rows, self.num_workers = require_labels, batch_size, num_workers
+        self.store, self.cache = store, cache
+        self.unsaved: dict[int, list[RowOutcome]] = defaultdict(list)
+        self.saved_at: dict[int, float] = {}
+        self.plans: list[_FilePlan] = []
+
+    # ---- planning: label passes
+    def plan(self, files: list[Path], start: int, remaining: int | None) -> None:
+        """Plans for files[start:], as far as the run's ``limit`` (``remaining`` rows) reaches."""
+        del self.plans[start:]
+        for index in tqdm(range(start, len(files)), desc="read labels", unit="file", leave=False):
+            if remaining is not None and remaining <= 0:
+                break
+            plan = self._label_pass(index, files[index], remaining)
+            self.plans.append(plan)
+            if remaining is not None:
+                remaining -= plan.considered
+
+    def _label_pass(self, index: int, path: Path, limit: int | None) -> _FilePlan:
+        digest, known, damaged = None, {}, False
+        if self.store is not None:
+            digest = self.cache.file_digest(path)
+            record = self.store.load(digest)
+            known, damaged = record.outcomes, record.damaged
+        plan = _FilePlan(index, path, limit, digest, known, damaged=damaged, damaged_saved=damaged)
+        if damaged:
+            self._plain_read(plan)
+            return plan
+        skips = SkipLog()
+        clips = list(iter_clips([path], matcher=self.matcher, skips=skips, label_column=self.label_column,
+                                limit=limit, decode=False, require_labels=self.require_labels))
+        # A cached outcome counts only for the clip it was computed for.
+        byrow = {c.meta.row: c for c in clips}
+        plan.known = {r: o for r, o in known.items() if r in byrow and o.video_id == byrow[r].meta.video_id}
+        plan.clips, plan.log, plan.considered = clips, skips, len(clips) + skips.rows_skipped()
+        if skips.count("unreadable_file"):
+            plan.damaged = True
+            self._plain_read(plan)
+        return plan
+
+    # ---- computing
+    def _record(self, plan: _FilePlan, outcome: RowOutcome) -> None:
+        plan.known[outcome.row] = outcome
+        plan.computed.add(outcome.row)
+        if self.store is None:
+            return
+        self.unsaved[plan.index].append(outcome)
+        last = self.saved_at.setdefault(plan.index, time.monotonic())
+        if len(self.unsaved[plan.index]) >= CHUNK_ROWS or time.monotonic() - last > CHUNK_SECONDS:
+            self._save(plan)
+
+    def _save(self, plan: _FilePlan, *, finished: bool = False) -> None:
+        if self.store is None:
+            return
+        outcomes = self.unsaved.pop(plan.index, [])
+        self.saved_at[plan.index] = time.monotonic()
+        news = plan.damaged and not plan.damaged_saved
+        try:
+            if outcomes or news:
+                self.store.write(plan.digest, outcomes, file_name=plan.path.name, damaged=plan.damaged)
+                plan.damaged_saved = plan.damaged
+            if finished:
+                self.store.compact(plan.digest, file_name=plan.path.name)
+        except OSError as e:  # a full or read-only disk should not end hours of embedding
+            log.warning("cannot write the embedding cache (%s); going on without it", e)
+            self.store = None
+
+    def _save_all(self) -> None:
+        for index in list(self.unsaved):
+            self._save(self.plans[index])
+
+    def _forward(self, plan: _FilePlan, rows: list[int], video_ids: list[str], features: dict) -> None:
+        emb = embed_audio_features(self.clap, features)
+        for row, video_id, e in zip(rows, video_ids, emb):
+            if torch.isfinite(e).all():
+                self._record(plan, RowOutcome(row, video_id, e.numpy()))
+            else:
+                self._record(plan, RowOutcome(row, video_id, None, NON_FINITE))
+
+    def compute(self, progress: tqdm) -> None:
+        """Decode and embed the needed rows of every file planned from the label pass."""
+        jobs = [_DecodeJob(p.index, p.path, p.limit, frozenset(p.needed()))
+                for p in self.plans if not p.plain and p.needed()]
+        if not jobs:
+            return
+        fe = self.clap.processor.feature_extractor
+        stream = _DecodeStream(jobs, matcher=self.matcher, label_column=self.label_column,
+                               require_labels=self.require_labels, unit_rows=self.unit_rows,
+                               feature_extractor=fe, sampling_rate=self.clap.sampling_rate)
+        workers = max(1, self.num_workers)
+        items = iter(stream) if self.num_workers == 0 else iter(DataLoader(
+            stream, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is))
+        finished: dict[int, int] = defaultdict(int)
+        try:
+            for item in items:
+                kind, plan = item[0], self.plans[item[1]]
+                if kind == "batch":
+                    self._forward(plan, *item[2:])
+                    progress.update(len(item[2]))
+                elif kind == "skip":
+                    _, _, row, video_id, reason, detail = item
+                    self._record(plan, RowOutcome(row, video_id, None, reason, detail))
+                    progress.update(1)
+                elif kind == "damaged":
+                    plan.damaged = True
+                elif kind == "done":
+                    finished[plan.index] += 1
+                    if finished[plan.index] == workers:
+                        self._save(plan, finished=True)
+        finally:  # keep what was computed, so an interrupted run resumes from here
+            del items
+            self._save_all()
+
+    def _plain_read(self, plan: _FilePlan) -> None:
+        """Read the file with a decoding iter_clips, whose counts are then this file's; embed the
+        rows that no outcome covers. For files whose read fails part-way."""
+        skips, clips, pending = SkipLog(), [], []
+        bounds: list[tuple[int, int]] | None = None
+
+        def flush():
+            waves = [c.waveform for c in pending]
+            features = audio_features(self.clap.processor.feature_extractor, self.clap.sampling_rate, waves)
+            self._forward(plan, [c.meta.row for c in pending], [c.meta.video_id for c in pending], features)
+            for c in pending:
+                c.waveform = None
+            pending.clear()
+
+        def unit(row):
+            return bisect.bisect_right(bounds, (row, float("inf"))) - 1
+
+        try:
+            for clip in iter_clips([plan.path], matcher=self.matcher, skips=skips,
+                                   label_column=self.label_column, limit=plan.limit, decode=True,
+                                   require_labels=self.require_labels, read_batch_rows=self.unit_rows):
+                clips.append(clip)
+                known = plan.known.get(clip.meta.row)
+                if (known is not None and known.reason in ("", NON_FINITE)
+                        and known.video_id == clip.meta.video_id):
+                    clip.waveform = None
+                    continue
+                bounds = bounds or _unit_bounds(plan.path, self.unit_rows)
+                if pending and unit(pending[0].meta.row) != unit(clip.meta.row):
+                    flush()
+                pending.append(clip)
+            if pending:
+                flush()
+        finally:
+            plan.damaged = plan.damaged or skips.count("unreadable_file") > 0
+            self._save(plan, finished=True)
+        plan.clips, plan.log, plan.plain = clips, skips, True
+        plan.considered = len(clips) + skips.rows_skipped()
+
+    def settle(self, files: list[Path], limit: int | None, progress: tqdm) -> None:
+        """Compute, then re-read the files found damaged; re-plan what follows one whose count of
+        rows considered changed (only matters with a limit)."""
+        while True:
+            self.compute(progress)
+            redo = next((p for p in self.plans if not p.plain and (p.damaged or p.needed())), None)
+            if redo is None:
+                return
+            before = redo.considered
+            self._plain_read(redo)
+            if limit is not None and redo.considered != before:
+                used = sum(p.considered for p in self.plans[:redo.index + 1])
+                self.plan(files, redo.index + 1, limit - used)
+
+    def assemble(self, skips: SkipLog) -> tuple[ClipEmbeddings, int, int]:
+        audio, labels, firsts, raws, metas = [], [], [], [], []
+        reused = computed = 0
+        for plan in self.plans:
+            for clip in plan.clips:
+                outcome = plan.known[clip.meta.row]
+                if outcome.reason:
+                    plan.log.add(outcome.reason, clip.meta, detail=outcome.detail)
+                    continue
+                computed += clip.meta.row in plan.computed
+                reused += clip.meta.row not in plan.computed
+                audio.append(outcome.embedding)
+                labels.append(list(clip.label_indices))
+                firsts.append(_first_known(self.matcher, clip.raw_labels))
+                raws.append(list(clip.raw_labels))
+                metas.append(clip.meta)
+            skips.merge(plan.log)
+        stacked = (torch.from_numpy(np.stack(audio).astype(np.float32, copy=False)) if audio
+                   else torch.empty(0, self.clap.embed_dim))
+        return ClipEmbeddings(stacked, labels, firsts, raws, metas), reused, computed
+
+
 def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: SkipLog,
                 label_column: str = "human_labels", limit: int | None = None,
-                batch_size: int = 32, require_labels: bool = True) -> ClipEmbeddings:
-    """Stream the parquet folder through CLAP; only embeddings stay in memory.
+                batch_size: int = 32, require_labels: bool = True,
+                cache: EmbeddingCache | None = None, num_workers: int = 0) -> ClipEmbeddings:
+    """Embed the clips of a parquet folder; only embeddings stay in memory.
 
-    Clips that cannot be used are counted in ``skips`` by reason and never replaced by zeros.
+    limit: the first ``limit`` rows considered, across the sorted files (see ``iter_clips``).
+    cache: an ``EmbeddingCache``; rows it holds are not decoded or embedded again. None: no cache.
+    num_workers: DataLoader worker processes that decode and compute mel features (0: none).
+    Clips that cannot be used are counted in ``skips`` by reason and never replaced by zeros; the
+    result and the counts are the same with or without cache and for any ``num_workers``.
     """
-    audio, labels, firsts, raws, metas = [], [], [], [], []
-    pending = []
-
-    def flush():
-        emb = clap.embed_audio([clip.waveform for clip in pending])
-        for clip, row in zip(pending, emb):
-            if not torch.isfinite(row).all():
-                skips.add("non_finite_embedding", clip.meta)
-                continue
-            audio.append(row)
-            labels.append(list(clip.label_indices))
-            firsts.append(_first_known(matcher, clip.raw_labels))
-            raws.append(list(clip.raw_labels))
-            metas.append(clip.meta)
-        pending.clear()
-
-    clips = iter_clips(parquet_dir, matcher=matcher, skips=skips, label_column=label_column,
-                       limit=limit, decode=True, require_labels=require_labels)
-    for clip in tqdm(clips, desc="embed audio", unit="clip", total=limit):
-        pending.append(clip)
-        if len(pending) == batch_size:
-            flush()
-    if pending:
-        flush()
-    dim = clap.embed_dim
-    stacked = torch.stack(audio) if audio else torch.empty(0, dim)
-    log.info("embedded %d clips (%d skipped)", len(metas), skips.total)
-    return ClipEmbeddings(stacked, labels, firsts, raws, metas)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0 (got {num_workers})")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 or None (got {limit})")
+    files = list_parquet_files(parquet_dir)
+    store = cache.audio(clap) if cache is not None else None
+    run = _ClipRun(clap, matcher=matcher, label_column=label_column, require_labels=require_labels,
+                   batch_size=batch_size, num_workers=num_workers, store=store, cache=cache)
+    run.plan(files, 0, limit)
+    todo = sum(len(p.needed()) for p in run.plans if not p.plain)
+    with tqdm(total=todo, desc="embed audio", unit="clip", leave=False, disable=todo == 0) as progress:
+        run.settle(files, limit, progress)
+    clips, reused, computed = run.assemble(skips)
+    log.info("audio embeddings: %d reused, %d computed (%d rows skipped in all)",
+             reused, computed, skips.rows_skipped())
+    return clips

@@ -1,0 +1,144 @@
+"""The embedding cache on its own: keys follow content, files verify themselves."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hyperbolic.cache as cache_mod
+from hyperbolic.cache import (CacheFileDamaged, EmbeddingCache, RowOutcome, decode_npz, default_cache_dir,
+                              encode_npz)
+from hyperbolic.clap import FrozenClap
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv(cache_mod.CACHE_ENV, raising=False)
+    assert default_cache_dir() == Path("~/.cache/hyperbolic_clap").expanduser()
+    monkeypatch.setenv(cache_mod.CACHE_ENV, str(tmp_path / "elsewhere"))
+    assert EmbeddingCache().root == tmp_path / "elsewhere"
+
+
+@pytest.fixture
+def hashes(monkeypatch):
+    """Count the files whose bytes are hashed."""
+    calls = []
+    real = cache_mod._file_sha256
+    monkeypatch.setattr(cache_mod, "_file_sha256", lambda path: calls.append(path) or real(path))
+    return calls
+
+
+def test_file_digest_follows_the_bytes_and_is_remembered(tmp_path, hashes):
+    a = tmp_path / "a.parquet"
+    a.write_bytes(b"some parquet bytes" * 1000)
+    cache = EmbeddingCache(tmp_path / "cache")
+    digest = cache.file_digest(a)
+    assert len(hashes) == 1
+    assert EmbeddingCache(tmp_path / "cache").file_digest(a) == digest and len(hashes) == 1  # memo on disk
+    copy = shutil.copy(a, tmp_path / "b.parquet")
+    assert cache.file_digest(copy) == digest and len(hashes) == 2
+    os.utime(a, ns=(1, 1))  # touched: hashed again, same digest
+    assert cache.file_digest(a) == digest and len(hashes) == 3
+    data = bytearray(a.read_bytes())
+    data[500] ^= 0x01  # same size, one bit
+    a.write_bytes(bytes(data))
+    assert cache.file_digest(a) != digest
+
+
+def test_model_fingerprint_is_hashed_once(tiny_clap_dir, tmp_path, monkeypatch):
+    folder = shutil.copytree(tiny_clap_dir, tmp_path / "clap")
+    clap = FrozenClap(model=None, processor=None, device=torch.device("cpu"), path=folder)
+    calls = []
+    real = FrozenClap.fingerprint
+    monkeypatch.setattr(FrozenClap, "fingerprint", lambda self: calls.append(1) or real(self))
+    fp = EmbeddingCache(tmp_path / "cache").model_fingerprint(clap)
+    assert fp == real(clap) and len(calls) == 1
+    assert EmbeddingCache(tmp_path / "cache").model_fingerprint(clap) == fp and len(calls) == 1
+    weights = next(folder.glob("*.safetensors"))
+    os.utime(weights, ns=(1, 1))
+    assert EmbeddingCache(tmp_path / "cache").model_fingerprint(clap) == fp and len(calls) == 2
+
+
+def test_keys_separate_model_preprocessing_and_tokenizer(tiny_clap, tiny_clap_dir, tmp_path, monkeypatch):
+    cache = EmbeddingCache(tmp_path / "cache")
+    audio, text = cache.audio(tiny_clap).folder, cache.text(tiny_clap).folder
+    assert audio.relative_to(cache.root).parts[0] == text.relative_to(cache.root).parts[0]
+    # the same weights elsewhere with another tokenizer setting: same model, other text key
+    folder = shutil.copytree(tiny_clap_dir, tmp_path / "clap")
+    config = folder / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("{", '{"note": "edited",', 1))
+    copy = FrozenClap.load(str(folder), "cpu")
+    assert cache.audio(copy).folder == audio and cache.text(copy).folder != text
+    monkeypatch.setitem(cache_mod.audio_rules.PREPROCESSING, "crop", "middle")
+    assert cache.audio(tiny_clap).folder != audio and cache.text(tiny_clap).folder == text
+
+
+def _arrays():
+    rng = np.random.default_rng(0)
+    return {"embeddings": rng.standard_normal((5, 8)).astype(np.float32),
+            "names": np.array(["a", "bb", ""], dtype=np.str_)}
+
+
+def test_npz_round_trip_and_damage():
+    arrays = _arrays()
+    data = encode_npz({"kind": "x"}, arrays)
+    meta, back = decode_npz(data, ("embeddings", "names"))
+    assert meta["kind"] == "x"
+    assert all(np.array_equal(back[k], arrays[k]) for k in arrays)
+    for cut in (0, 10, len(data) // 2, len(data) - 1):
+        with pytest.raises(CacheFileDamaged):
+            decode_npz(data[:cut], ("embeddings", "names"))
+    start = data.index(arrays["embeddings"].tobytes())
+    for offset in (0, 77, 159):
+        flipped = bytearray(data)
+        flipped[start + offset] ^= 0x10
+        with pytest.raises(CacheFileDamaged):
+            decode_npz(bytes(flipped), ("embeddings", "names"))
+    with pytest.raises(CacheFileDamaged):
+        decode_npz(data, ("embeddings", "missing"))
+
+
+def _outcome(row, seed=0, reason=""):
+    emb = None if reason else np.random.default_rng([seed, row]).standard_normal(4).astype(np.float32)
+    return RowOutcome(row, f"v{row}", emb, reason, "why" if reason else "")
+
+
+def test_audio_chunks_merge_and_compact(tmp_path):
+    store = cache_mod.AudioStore(tmp_path / "audio", model="m" * 64, prep="p" * 64, dim=4)
+    digest = "f" * 64
+    assert store.load(digest).outcomes == {}
+    store.write(digest, [_outcome(0), _outcome(1, reason="decode_error")])
+    store.write(digest, [_outcome(1, seed=1), _outcome(2)], damaged=True)
+    record = store.load(digest)
+    assert sorted(record.outcomes) == [0, 1, 2] and len(record.chunks) == 2 and record.damaged
+    assert record.outcomes[1].reason == "" and record.outcomes[1].video_id == "v1"  # the newer chunk wins
+    np.testing.assert_array_equal(record.outcomes[1].embedding, _outcome(1, seed=1).embedding)
+    np.testing.assert_array_equal(record.outcomes[2].embedding, _outcome(2).embedding)
+    store.compact(digest)
+    again = store.load(digest)
+    assert len(again.chunks) == 1 and again.damaged
+    assert {r: (o.video_id, o.reason) for r, o in again.outcomes.items()} == \
+        {r: (o.video_id, o.reason) for r, o in record.outcomes.items()}
+    # another model's chunk in this folder is not used (and is removed)
+    other = cache_mod.AudioStore(tmp_path / "audio", model="o" * 64, prep="p" * 64, dim=4)
+    stray = other.write(digest, [_outcome(7)])
+    assert 7 not in store.load(digest).outcomes and not stray.exists()
+
+
+def test_text_store(tmp_path, caplog):
+    store = cache_mod.TextStore(tmp_path / "text", model="m" * 64, prep="t" * 64)
+    texts = ["a dog", "a cat"]
+    emb = torch.randn(2, 4)
+    assert store.get(texts) is None
+    path = store.put(texts, emb)
+    assert torch.equal(store.get(texts), emb)
+    assert store.get(["a dog"]) is None and store.get(["a cat", "a dog"]) is None
+    path.write_bytes(path.read_bytes()[:-20])
+    with caplog.at_level(logging.WARNING, logger="hyperbolic.cache"):
+        assert store.get(texts) is None
+    assert "damaged" in caplog.text and not path.exists()

@@ -1,0 +1,417 @@
+"""embed_clips / embed_prompts: the cache gives back exactly what a cold run computes, and misses
+whenever a key changes; DataLoader workers give exactly what the main process does."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import hyperbolic.embeddings as emb_mod
+from data import audio as audio_rules
+from data.audioset import SkipLog, iter_clips
+from data.labels import LabelMatcher
+from data.synthetic import encode_audio, write_parquet_shard
+from hyperbolic.cache import EmbeddingCache
+from hyperbolic.clap import FrozenClap
+from hyperbolic.embeddings import (audio_features, embed_audio_features, embed_clips, embed_prompts,
+                                   prompts_for)
+from hyperbolic.tiny_clap import build_tiny_clap
+
+CLASSES = ["Speech", "Dog", "Music", "Sine wave", "Beep, bleep", "Mains hum"]
+
+
+def tone(freq: float, sr: int = 16000, seconds: float = 0.25) -> np.ndarray:
+    t = np.arange(int(sr * seconds)) / sr
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def cell(wave: np.ndarray, sr: int = 16000, fmt: str = "wav") -> dict:
+    return {"bytes": encode_audio(wave, sr, fmt), "path": None}
+
+
+def row(vid: str, audio: dict, labels) -> dict:
+    return {"video_id": vid, "audio": audio, "human_labels": labels}
+
+
+def write_messy(folder):
+    """Two files: good clips, clips that fail to decode, unknown and missing labels; row groups of 3."""
+    folder.mkdir(parents=True, exist_ok=True)
+    nan_wav = encode_audio(np.array([0.0, np.nan] * 100, np.float32), 8000, "wav", subtype="FLOAT")
+    write_parquet_shard(folder / "a.parquet", [
+        row("a0", cell(tone(440.0)), ["Sine wave"]),
+        row("a1", {"bytes": b"\x00garbage" * 50, "path": None}, ["Speech"]),
+        row("a2", cell(tone(1500.0, 44100), 44100, "flac"), ["Beep, bleep", "Not a class"]),
+        row("a3", {"bytes": b"", "path": None}, ["Speech"]),
+        row("a4", cell(tone(700.0)), ["Not a class"]),
+        row("a5", {"bytes": nan_wav, "path": None}, ["Speech"]),
+        row("a6", cell(tone(300.0, 8000), 8000), []),
+        row("a7", cell(tone(55.0)), ["Mains hum"]),
+    ], row_group_size=3)
+    write_parquet_shard(folder / "b.parquet", [
+        row("b0", cell(tone(900.0)), "Speech, Beep, bleep"),
+        row("b1", cell(tone(2500.0, 22050), 22050), "Dog"),
+        row("b2", cell(tone(150.0)), "Music"),
+    ])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+    return write_messy(tmp_path_factory.mktemp("messy"))
+
+
+@pytest.fixture
+def matcher():
+    return LabelMatcher(CLASSES)
+
+
+@pytest.fixture
+def forwards(tiny_clap, monkeypatch):
+    return count_forwards(tiny_clap, monkeypatch)
+
+
+def count_forwards(clap, monkeypatch, *, fail_after_batches: int | None = None) -> Counter:
+    """Count the clips and prompts that go through the CLAP towers (optionally fail mid-way)."""
+    counts = Counter()
+    audio, text = clap.model.get_audio_features, clap.model.get_text_features
+
+    def audio_forward(**kw):
+        if fail_after_batches is not None and counts["audio_batches"] >= fail_after_batches:
+            raise KeyboardInterrupt("simulated interruption")
+        counts["audio_batches"] += 1
+        counts["audio"] += len(kw["input_features"])
+        return audio(**kw)
+
+    def text_forward(**kw):
+        counts["text"] += len(kw["input_ids"])
+        return text(**kw)
+
+    monkeypatch.setattr(clap.model, "get_audio_features", audio_forward)
+    monkeypatch.setattr(clap.model, "get_text_features", text_forward)
+    return counts
+
+
+def run(clap, folder, matcher, **kw):
+    kw.setdefault("batch_size", 2)  # several units per row group, so batches are cut by units
+    kw.setdefault("require_labels", False)
+    skips = SkipLog()
+    clips = embed_clips(clap, folder, matcher=matcher, skips=skips, **kw)
+    return clips, skips
+
+
+def skip_counts(skips: SkipLog) -> dict:
+    """``skips.to_dict()`` without object addresses: soundfile's message names the BytesIO it was
+    given ("<_io.BytesIO object at 0x...>"), which differs between any two reads."""
+    return json.loads(re.sub(r" at 0x[0-9a-f]+", "", json.dumps(skips.to_dict())))
+
+
+def assert_same(a, b, *, exact_details: bool = False):
+    """Two embed_clips results are the same: bit-identical embeddings, same clips, same counts."""
+    (ca, sa), (cb, sb) = a, b
+    assert torch.equal(ca.audio, cb.audio)
+    assert ca.metas == cb.metas
+    assert ca.label_indices == cb.label_indices and ca.raw_labels == cb.raw_labels
+    assert ca.first_label == cb.first_label
+    assert (sa.to_dict() == sb.to_dict()) if exact_details else (skip_counts(sa) == skip_counts(sb))
+    assert sa.unknown_labels == sb.unknown_labels
+
+
+def reference(folder, matcher, **kw):
+    """What a plain decoding iter_clips reads: the clips (with waveforms) and the skip counts."""
+    skips = SkipLog()
+    clips = list(iter_clips(folder, matcher=matcher, skips=skips, decode=True, **kw))
+    return clips, skips
+
+
+# ------------------------------------------------------------------ the two halves of embed_audio
+
+
+def test_feature_halves_are_embed_audio(tiny_clap):
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (480000, 4800, 30000)]
+    feats = audio_features(tiny_clap.processor.feature_extractor, tiny_clap.sampling_rate, waves)
+    assert torch.equal(embed_audio_features(tiny_clap, feats), tiny_clap.embed_audio(waves))
+
+
+# ------------------------------------------------------------------ shared runs
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_clap, messy):
+    """The messy folder embedded without a cache, in this process."""
+    return run(tiny_clap, messy, LabelMatcher(CLASSES))
+
+
+@pytest.fixture(scope="module")
+def warm(tiny_clap, messy, tmp_path_factory):
+    """A cache that holds the messy folder and the default prompts: (folder, cold result, counts)."""
+    folder = tmp_path_factory.mktemp("cache")
+    cache = EmbeddingCache(folder)
+    with pytest.MonkeyPatch.context() as mp:
+        counts = count_forwards(tiny_clap, mp)
+        cold = run(tiny_clap, messy, LabelMatcher(CLASSES), cache=cache)
+        text = embed_prompts(tiny_clap, PROMPTS, cache=cache)
+    return folder, cold, text, counts
+
+
+PROMPTS = prompts_for(CLASSES, "This is a sound of {label}.")
+
+
+def warm_copy(warm, tmp_path) -> EmbeddingCache:
+    return EmbeddingCache(shutil.copytree(warm[0], tmp_path / "cache"))
+
+
+# ------------------------------------------------------------------ warm runs
+
+
+def test_warm_run_reuses_everything_and_is_bit_identical(tiny_clap, messy, matcher, warm, baseline,
+                                                         tmp_path, forwards, caplog):
+    _, cold, text_cold, cold_counts = warm
+    assert cold_counts["audio"] == len(cold[0]) == 8 and cold_counts["text"] == len(CLASSES)
+    cache = warm_copy(warm, tmp_path)
+    with caplog.at_level(logging.INFO, logger="hyperbolic.embeddings"):
+        again = run(tiny_clap, messy, matcher, cache=cache)
+        text_again = embed_prompts(tiny_clap, PROMPTS, cache=cache)
+    assert forwards["audio"] == forwards["text"] == 0
+    assert_same(cold, again, exact_details=True)  # replayed from the cache, details and all
+    assert torch.equal(text_cold, text_again)
+    assert "audio embeddings: 8 reused, 0 computed" in caplog.text
+    assert f"text embeddings: {len(CLASSES)} reused, 0 computed" in caplog.text
+
+    # the cache changes nothing: without it the same clips are read, counted and embedded
+    assert_same(cold, baseline)
+    ref_clips, ref_skips = reference(messy, matcher, require_labels=False)
+    assert cold[0].metas == [c.meta for c in ref_clips]
+    assert skip_counts(cold[1]) == skip_counts(ref_skips)
+    assert {"decode_error", "empty_audio", "non_finite"} <= set(cold[1].reasons)
+    assert cold[1].unknown_labels == ref_skips.unknown_labels
+    # every embedding belongs to its clip (the batch a clip sits in moves only the last bits)
+    direct = tiny_clap.embed_audio([c.waveform for c in ref_clips])
+    torch.testing.assert_close(cold[0].audio, direct, atol=1e-5, rtol=0)
+
+
+def test_non_finite_embeddings_are_remembered_as_skips(tiny_clap, messy, matcher, tmp_path, monkeypatch):
+    real = emb_mod.embed_audio_features
+    calls = []
+
+    def first_clip_nan(clap, features):
+        out = real(clap, features).clone()
+        if not calls:
+            out[0] = float("nan")
+        calls.append(len(out))
+        return out
+
+    monkeypatch.setattr(emb_mod, "embed_audio_features", first_clip_nan)
+    cache = EmbeddingCache(tmp_path / "cache")
+    cold = run(tiny_clap, messy, matcher, cache=cache, batch_size=4)
+    assert cold[1].count("non_finite_embedding") == 1 and len(cold[0]) == 7
+    monkeypatch.setattr(emb_mod, "embed_audio_features", None)  # a warm run must not call it
+    assert_same(cold, run(tiny_clap, messy, matcher, cache=cache, batch_size=4), exact_details=True)
+
+
+def test_labels_are_matched_again_on_every_run(tiny_clap, messy, warm, baseline, tmp_path, forwards):
+    cache = warm_copy(warm, tmp_path)
+    fewer = LabelMatcher(["Dog", "Sine wave", "Speech"])
+    clips, skips = run(tiny_clap, messy, fewer, cache=cache)
+    assert forwards["audio"] == 0
+    ref_clips, ref_skips = reference(messy, fewer, require_labels=False)
+    assert clips.metas == [c.meta for c in ref_clips] == baseline[0].metas
+    assert clips.label_indices == [c.label_indices for c in ref_clips]
+    assert clips.label_indices[0] == [1]  # a0 "Sine wave"
+    assert skips.unknown_labels == ref_skips.unknown_labels and skips.unknown_labels["Music"] == 1
+    assert torch.equal(clips.audio, baseline[0].audio)
+
+
+def test_limit_and_require_labels_share_the_cache(tiny_clap, messy, matcher, baseline, tmp_path, forwards):
+    cache = EmbeddingCache(tmp_path / "cache")
+    first = run(tiny_clap, messy, matcher, cache=cache, limit=6, require_labels=True)
+    ref_clips, ref_skips = reference(messy, matcher, limit=6, require_labels=True)
+    assert first[0].metas == [c.meta for c in ref_clips]
+    assert [m.video_id for m in first[0].metas] == ["a0", "a2"]
+    assert skip_counts(first[1]) == skip_counts(ref_skips)
+    forwards.clear()
+    # all rows, unlabelled ones too: only what the first run did not embed is computed
+    second = run(tiny_clap, messy, matcher, cache=cache)
+    assert forwards["audio"] == len(second[0]) - len(first[0]) == 6
+    assert_same(second, baseline)
+
+
+# ------------------------------------------------------------------ misses
+
+
+def test_prompt_template_change_recomputes_text_only(tiny_clap, messy, matcher, warm, tmp_path, forwards):
+    cache = warm_copy(warm, tmp_path)
+    other = prompts_for(CLASSES, "A recording of {label}.")
+    run(tiny_clap, messy, matcher, cache=cache)
+    text = embed_prompts(tiny_clap, other, cache=cache)
+    assert forwards["audio"] == 0 and forwards["text"] == len(CLASSES)
+    assert not torch.allclose(text, warm[2])
+    assert torch.equal(text, tiny_clap.embed_text(other))
+    forwards.clear()
+    assert torch.equal(embed_prompts(tiny_clap, other, cache=cache), text) and forwards["text"] == 0
+
+
+@pytest.fixture(scope="module")
+def other_clap(tmp_path_factory):
+    return FrozenClap.load(str(build_tiny_clap(tmp_path_factory.mktemp("clap_seed1"), seed=1)), "cpu")
+
+
+def test_other_model_recomputes_everything(tiny_clap, other_clap, messy, matcher, warm, tmp_path,
+                                           monkeypatch):
+    cache = warm_copy(warm, tmp_path)
+    counts = count_forwards(other_clap, monkeypatch)
+    other = run(other_clap, messy, matcher, cache=cache, batch_size=4)
+    text = embed_prompts(other_clap, PROMPTS, cache=cache)
+    assert counts["audio"] == 8 and counts["text"] == len(CLASSES)
+    assert not torch.allclose(other[0].audio, warm[1][0].audio)
+    assert torch.equal(text, other_clap.embed_text(PROMPTS))
+    counts.clear()
+    assert_same(other, run(other_clap, messy, matcher, cache=cache, batch_size=4), exact_details=True)
+    assert counts["audio"] == 0
+
+
+@pytest.mark.parametrize("change", ["preprocessing_version", "feature_extractor"])
+def test_preprocessing_change_recomputes_audio_only(tiny_clap, messy, matcher, warm, tmp_path, forwards,
+                                                    monkeypatch, change):
+    cache = warm_copy(warm, tmp_path)
+    if change == "preprocessing_version":
+        monkeypatch.setitem(audio_rules.PREPROCESSING, "version", audio_rules.PREPROCESSING["version"] + 1)
+    else:  # zero-padding short clips instead of repeating them: other features
+        monkeypatch.setattr(tiny_clap.processor.feature_extractor, "padding", "pad")
+    changed = run(tiny_clap, messy, matcher, cache=cache)
+    embed_prompts(tiny_clap, PROMPTS, cache=cache)
+    assert forwards["audio"] == 8 and forwards["text"] == 0
+    # the version bump changes no rule, so the recomputed embeddings are the same bits
+    assert torch.equal(changed[0].audio, warm[1][0].audio) == (change == "preprocessing_version")
+
+
+def test_modified_parquet_file_recomputes_that_file_only(tiny_clap, messy, matcher, warm, tmp_path, forwards):
+    folder = shutil.copytree(messy, tmp_path / "data")  # same bytes elsewhere: still hits
+    cache = warm_copy(warm, tmp_path)
+    write_parquet_shard(folder / "b.parquet", [
+        row("b0", cell(tone(900.0)), "Speech, Beep, bleep"),
+        row("b1", cell(tone(2600.0, 22050), 22050), "Dog"),   # another sound
+        row("b2", cell(tone(150.0)), "Music"),
+    ])
+    second = run(tiny_clap, folder, matcher, cache=cache)
+    assert forwards["audio"] == 3
+    assert torch.equal(second[0].audio[:5], warm[1][0].audio[:5])  # a.parquet's five clips
+    assert not torch.equal(second[0].audio[5:], warm[1][0].audio[5:])
+    forwards.clear()
+    assert_same(second, run(tiny_clap, folder, matcher))
+    # renamed (and so touched): the same bytes, still a hit
+    (folder / "a.parquet").rename(folder / "a_moved.parquet")
+    forwards.clear()
+    moved = run(tiny_clap, folder, matcher, cache=cache)
+    assert forwards["audio"] == 0
+    assert moved[0].metas[0].file == "a_moved.parquet"
+
+
+# ------------------------------------------------------------------ interruption and damage
+
+
+def test_interrupted_extraction_resumes(tiny_clap, messy, matcher, baseline, tmp_path, monkeypatch):
+    cache = EmbeddingCache(tmp_path / "cache")
+    counts = count_forwards(tiny_clap, monkeypatch, fail_after_batches=3)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_clap, messy, matcher, cache=cache)
+    done = counts["audio"]
+    assert 0 < done < 8
+    monkeypatch.undo()
+    counts = count_forwards(tiny_clap, monkeypatch)
+    resumed = run(tiny_clap, messy, matcher, cache=cache)
+    assert counts["audio"] == 8 - done
+    assert_same(resumed, baseline)
+    assert len(list(cache.root.glob("*/*/audio/*/*.npz"))) == 2  # a finished file's chunks are merged
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_cache_file_is_detected_and_rebuilt(tiny_clap, messy, matcher, warm, tmp_path, forwards,
+                                                    caplog, damage):
+    cache = warm_copy(warm, tmp_path)
+    cold = warm[1]
+    store = cache.audio(tiny_clap)
+    chunk = next((store.folder / cache.file_digest(messy / "b.parquet")[:32]).glob("*.npz"))
+    data = bytearray(chunk.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        i = data.index(np.float32(cold[0].audio[-1, 0]).tobytes())  # inside b2's embedding
+        data[i] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="hyperbolic.cache"):
+        again = run(tiny_clap, messy, matcher, cache=cache)
+    assert "damaged" in caplog.text and str(chunk) in caplog.text
+    assert forwards["audio"] == 3  # b.parquet only
+    assert_same(cold, again)
+    forwards.clear()
+    run(tiny_clap, messy, matcher, cache=cache)
+    assert forwards["audio"] == 0
+
+
+@pytest.fixture(scope="module")
+def torn(tmp_path_factory):
+    """A good file, one whose second row group has a corrupt audio page, another good file."""
+    folder = tmp_path_factory.mktemp("torn")
+    write_parquet_shard(folder / "a.parquet", [row(f"a{i}", cell(tone(300.0 + 100 * i)), ["Speech"])
+                                               for i in range(2)])
+    path = write_parquet_shard(folder / "b.parquet", [row(f"b{i}", cell(tone(500.0 + 50 * i)), ["Dog"])
+                                                      for i in range(4)], row_group_size=2)
+    chunk = pq.ParquetFile(path).metadata.row_group(1).column(1)
+    assert chunk.path_in_schema == "audio.bytes"
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(path.read_bytes())
+    mid = start + chunk.total_compressed_size // 2
+    data[mid:mid + 4] = bytes(b ^ 0x55 for b in data[mid:mid + 4])
+    path.write_bytes(bytes(data))
+    write_parquet_shard(folder / "c.parquet", [row(f"c{i}", cell(tone(800.0 + 100 * i)), ["Music"])
+                                               for i in range(3)])
+    return folder
+
+
+@pytest.mark.parametrize("limit, workers", [(None, 0), (6, 2)])
+def test_file_with_a_damaged_audio_page_reads_as_without_cache(tiny_clap, torn, matcher, tmp_path, forwards,
+                                                              limit, workers):
+    # limit 6: the label pass sees 4 rows in b.parquet, the decoding read 2, so c.parquet gets 2
+    ref_clips, ref_skips = reference(torn, matcher, limit=limit)
+    assert ref_skips.count("unreadable_file") == 1
+    cache = EmbeddingCache(tmp_path / "cache")
+    cold = run(tiny_clap, torn, matcher, cache=cache, limit=limit, num_workers=workers)
+    assert cold[0].metas == [c.meta for c in ref_clips]
+    assert skip_counts(cold[1]) == skip_counts(ref_skips)
+    torch.testing.assert_close(cold[0].audio, tiny_clap.embed_audio([c.waveform for c in ref_clips]),
+                               atol=1e-5, rtol=0)
+    forwards.clear()
+    assert_same(cold, run(tiny_clap, torn, matcher, cache=cache, limit=limit), exact_details=True)
+    assert forwards["audio"] == 0
+
+
+# ------------------------------------------------------------------ workers
+
+
+@pytest.mark.parametrize("limit", [None, 7])
+def test_workers_give_what_the_main_process_gives(tiny_clap, messy, matcher, baseline, tmp_path, forwards,
+                                                 limit):
+    single = baseline if limit is None else run(tiny_clap, messy, matcher, limit=limit)
+    forwards.clear()
+    cache = EmbeddingCache(tmp_path / "cache")
+    workers = run(tiny_clap, messy, matcher, limit=limit, num_workers=2, cache=cache)
+    assert forwards["audio"] == len(single[0])
+    assert_same(single, workers)
+    forwards.clear()
+    assert_same(single, run(tiny_clap, messy, matcher, limit=limit, num_workers=2, cache=cache))
+    assert forwards["audio"] == 0
+
+
+def test_bad_arguments(tiny_clap, messy, matcher):
+    for kw in ({"batch_size": 0}, {"num_workers": -1}, {"limit": -1}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            run(tiny_clap, messy, matcher, **kw)
