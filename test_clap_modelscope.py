@@ -8,7 +8,7 @@ import logging
 import math
 import sys
 
-from hyperbolic.config import DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, EvalConfig
+from hyperbolic.config import DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, EvalConfig, default_num_workers
 from hyperbolic.outputs import setup_logging
 
 log = logging.getLogger("test_clap_modelscope")
@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set-k", type=int, default=5, help="predicted set = top-k classes, for precision/recall/F1")
     p.add_argument("--threshold", type=float, default=None, help="predicted set = classes scoring >= threshold")
     p.add_argument("--embed-batch-size", type=int, default=32, help="clips per CLAP forward")
+    p.add_argument("--num-workers", type=int, default=default_num_workers(),
+                   help="decoding worker processes (0: decode in the main process)")
+    p.add_argument("--cache-dir", default=None,
+                   help="embedding cache (default $HYPERBOLIC_CLAP_CACHE or ~/.cache/hyperbolic_clap)")
+    p.add_argument("--no-cache", action="store_true", help="compute every embedding, read and write no cache")
     p.add_argument("--bootstrap", type=int, default=0, metavar="N",
                    help="95%% bootstrap intervals of mAP and acc@1 from N resamples of the clips (0: none)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples")
@@ -77,6 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.prompt_template is not None and "{label}" not in args.prompt_template,
          f"--prompt-template must contain {{label}} (got {args.prompt_template!r})"),
         (args.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {args.embed_batch_size})"),
+        (args.num_workers < 0, f"--num-workers must be >= 0 (got {args.num_workers})"),
         (args.bootstrap < 0, f"--bootstrap must be >= 0 (got {args.bootstrap})"),
         (args.threshold is not None and not math.isfinite(args.threshold),
          f"--threshold must be a finite number (got {args.threshold})"),

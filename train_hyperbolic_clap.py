@@ -7,7 +7,7 @@ import logging
 import sys
 
 from hyperbolic.config import (DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, LR_SCHEDULES,
-                               SELECT_METRICS, TEXT_PAIRINGS, TrainConfig)
+                               SELECT_METRICS, TEXT_PAIRINGS, TrainConfig, default_num_workers)
 from hyperbolic.outputs import setup_logging
 from hyperbolic.projector import GEOMETRIES
 
@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=0, help="early stop after N epochs without improvement (0: off)")
     p.add_argument("--select-metric", choices=SELECT_METRICS, default="val_mAP")
     p.add_argument("--embed-batch-size", type=int, default=32, help="clips per CLAP forward")
+    p.add_argument("--num-workers", type=int, default=default_num_workers(),
+                   help="decoding worker processes (0: decode in the main process)")
+    p.add_argument("--cache-dir", default=None,
+                   help="embedding cache (default $HYPERBOLIC_CLAP_CACHE or ~/.cache/hyperbolic_clap)")
+    p.add_argument("--no-cache", action="store_true", help="compute every embedding, read and write no cache")
     p.add_argument("--holdout-classes", default=None, metavar="FRACTION|FILE",
                    help="keep these classes out of training entirely: a seeded fraction of the classes "
                         "present, or a file with one class name per line")
@@ -85,6 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         (not args.grad_clip > 0, f"--grad-clip must be > 0 (got {args.grad_clip})"),
         (args.patience < 0, f"--patience must be >= 0 (got {args.patience})"),
         (args.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {args.embed_batch_size})"),
+        (args.num_workers < 0, f"--num-workers must be >= 0 (got {args.num_workers})"),
     ]
     for failed, message in checks:
         if failed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,11 @@ DEFAULT_CHECKPOINT = "laion/larger_clap_general"
 TEXT_PAIRINGS = ("all-labels", "first-label")
 LR_SCHEDULES = ("cosine", "constant")
 SELECT_METRICS = ("val_mAP", "val_loss")
+
+
+def default_num_workers() -> int:
+    """Decoding workers: one per spare core (the main process runs the model), at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 @dataclass
@@ -43,6 +49,9 @@ class TrainConfig:
     patience: int = 0
     select_metric: str = "val_mAP"
     embed_batch_size: int = 32
+    num_workers: int = field(default_factory=default_num_workers)
+    cache_dir: str | None = None
+    no_cache: bool = False
     holdout_classes: str | None = None
     resume: str | None = None
     overwrite: bool = False
@@ -74,6 +83,9 @@ class EvalConfig:
     set_k: int = 5
     threshold: float | None = None
     embed_batch_size: int = 32
+    num_workers: int = field(default_factory=default_num_workers)
+    cache_dir: str | None = None
+    no_cache: bool = False
     result_dir: str = str(REPO_ROOT / "result")
     # Several checkpoints (a comparison run with plain CLAP); projection_checkpoint holds the
     # path when there is exactly one. See hyperbolic.evaluate.plan_models.
@@ -83,7 +95,6 @@ class EvalConfig:
     save_scores: str | None = None
     ontology: str | None = None
     plots: bool = False
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from data.audioset import Clip, ClipMeta, SkipLog, combine_shards, iter_clips, list_parquet_files
 from data.labels import LabelMatcher
 from hyperbolic.cache import AudioStore, EmbeddingCache, RowOutcome
+from hyperbolic.clap import audio_features
 
 log = logging.getLogger(__name__)
 
@@ -117,24 +118,6 @@ def _first_known(matcher: LabelMatcher, raw: list[str]) -> int | None:
 
 
 # ------------------------------------------------------------------ CLAP audio, in two halves
-# FrozenClap.embed_audio is features + forward in one call; they are split here so the features
-# (about 100 ms of CPU per 10 s clip) can be computed in worker processes. The two halves must
-# stay exactly embed_audio (tests/test_embeddings.py checks they agree bit for bit).
-
-
-def audio_features(feature_extractor, sampling_rate: int, waveforms: list[np.ndarray]) -> dict:
-    """(B,) 48 kHz waveforms -> the CLAP feature extractor's tensors (CPU), as a plain dict."""
-    return dict(feature_extractor(waveforms, sampling_rate=sampling_rate, return_tensors="pt"))
-
-
-@torch.inference_mode()
-def embed_audio_features(clap, features: dict) -> torch.Tensor:
-    """``audio_features`` output -> (B, embed_dim) float32, L2-normalised, on the CPU."""
-    feats = {k: v.to(clap.device) for k, v in features.items()}
-    out = clap.model.get_audio_features(**feats).pooler_output
-    return F.normalize(out.float(), dim=-1).cpu()
-
-
 # ------------------------------------------------------------------ decoding (workers or not)
 
 
@@ -341,7 +324,7 @@ class _ClipRun:
             self._save(self.plans[index])
 
     def _forward(self, plan: _FilePlan, rows: list[int], video_ids: list[str], features: dict) -> None:
-        emb = embed_audio_features(self.clap, features)
+        emb = self.clap.embed_features(features)
         for row, video_id, e in zip(rows, video_ids, emb):
             if torch.isfinite(e).all():
                 self._record(plan, RowOutcome(row, video_id, e.numpy()))

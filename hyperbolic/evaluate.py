@@ -32,6 +32,7 @@ from data.audioset import SkipLog
 from data.errors import DatasetError
 from data.labels import LabelMatcher, load_class_labels
 from hyperbolic import poincare
+from hyperbolic.cache import EmbeddingCache
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
 from hyperbolic.embeddings import embed_clips, embed_prompts, prompts_for
@@ -496,9 +497,11 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         log.warning("--threshold %g applies to the raw scores of every model, and cosine, euclidean and "
                     "hyperbolic scores have different scales; compare the top-k rule (--set-k) instead",
                     cfg.threshold)
+    cache = None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
     skips = SkipLog()
     clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
-                        limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=False)
+                        limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=False,
+                        cache=cache, num_workers=cfg.num_workers)
     if len(clips) == 0:
         raise DatasetError(f"no clip of {cfg.parquet_dir} could be read (skipped: {skips.to_dict()})")
     rows_read = len(clips) + skips.rows_skipped()
@@ -515,7 +518,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     for model in models:
         template = model.prompt_template
         if template not in prompt_cache:
-            prompt_cache[template] = embed_prompts(clap, prompts_for(class_names, template))
+            prompt_cache[template] = embed_prompts(clap, prompts_for(class_names, template), cache=cache)
         audio_pts, text_pts = model.project(clips.audio), model.project(prompt_cache[template])
         scores = model.score_points(audio_pts, text_pts)
         s, t = scores[labelled], targets[labelled]
@@ -556,7 +559,8 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
                  "predicted_set_rule": f"top-{cfg.set_k}" if cfg.threshold is None else f"score>={cfg.threshold:g}",
                  "bootstrap": cfg.bootstrap, "bootstrap_seed": cfg.bootstrap_seed if cfg.bootstrap else None,
                  "legacy_distance": cfg.legacy_distance, "ontology": cfg.ontology,
-                 "scores_file": None if scores_file is None else str(scores_file)}
+                 "scores_file": None if scores_file is None else str(scores_file),
+                 "cache_dir": None if cache is None else str(cache.root)}
     data_quality = {"skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list(),
                     "excluded_from_metrics": _excluded(clips, labelled)}
     extra = {"ontology": hier.summary(cfg.ontology)} if hier is not None else {}

@@ -19,6 +19,7 @@ import torch
 
 from data.audioset import SkipLog
 from data.labels import LabelMatcher, load_class_labels
+from hyperbolic.cache import EmbeddingCache
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import TrainConfig
 from hyperbolic.embeddings import ClipEmbeddings, embed_clips, embed_prompts, prompts_for
@@ -341,19 +342,22 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
     class_names = load_class_labels(cfg.class_labels)
     matcher = LabelMatcher(class_names)
     clap = FrozenClap.load(cfg.checkpoint, device)
+    cache = None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
     skips = SkipLog()
     clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
-                        limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=True)
+                        limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=True,
+                        cache=cache, num_workers=cfg.num_workers)
     present = sorted({k for row in clips.label_indices for k in row})
     holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.seed)
     clips, dropped = mask_holdout(clips, holdout, matcher)
     if len(clips) < 2:
         raise TrainingError(f"only {len(clips)} usable clips in {cfg.parquet_dir} "
                             f"(skipped: {skips.to_dict()}); training needs at least 2")
-    prompts = embed_prompts(clap, prompts_for(class_names, cfg.prompt_template))
+    prompts = embed_prompts(clap, prompts_for(class_names, cfg.prompt_template), cache=cache)
     split = split_indices(len(clips), cfg.train_ratio, cfg.seed)
     seen = [k for k in range(len(class_names)) if k not in set(holdout)]
     extra = {"clap": {"path": str(clap.path), "embed_dim": clap.embed_dim},
+             "cache_dir": None if cache is None else str(cache.root),
              "class_names": class_names,
              "holdout_classes": [class_names[k] for k in holdout],
              "data": {"clips": len(clips), "train_clips": len(split.train), "val_clips": len(split.val),

@@ -12,6 +12,15 @@ from hyperbolic.tiny_clap import build_tiny_clap
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_embedding_cache(tmp_path_factory):
+    """The scripts' default embedding cache lives in a temporary folder, never in ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HYPERBOLIC_CLAP_CACHE", str(tmp_path_factory.mktemp("embedding_cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_clap_dir(tmp_path_factory) -> Path:
     return build_tiny_clap(tmp_path_factory.mktemp("tiny_clap"), seed=0)

@@ -21,7 +21,7 @@ from data.labels import LabelMatcher
 from data.synthetic import encode_audio, write_parquet_shard
 from hyperbolic.cache import EmbeddingCache
 from hyperbolic.clap import FrozenClap
-from hyperbolic.embeddings import (audio_features, embed_audio_features, embed_clips, embed_prompts,
+from hyperbolic.embeddings import (embed_clips, embed_prompts,
                                    prompts_for)
 from hyperbolic.tiny_clap import build_tiny_clap
 
@@ -131,16 +131,6 @@ def reference(folder, matcher, **kw):
     return clips, skips
 
 
-# ------------------------------------------------------------------ the two halves of embed_audio
-
-
-def test_feature_halves_are_embed_audio(tiny_clap):
-    rng = np.random.default_rng(0)
-    waves = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (480000, 4800, 30000)]
-    feats = audio_features(tiny_clap.processor.feature_extractor, tiny_clap.sampling_rate, waves)
-    assert torch.equal(embed_audio_features(tiny_clap, feats), tiny_clap.embed_audio(waves))
-
-
 # ------------------------------------------------------------------ shared runs
 
 
@@ -199,21 +189,21 @@ def test_warm_run_reuses_everything_and_is_bit_identical(tiny_clap, messy, match
 
 
 def test_non_finite_embeddings_are_remembered_as_skips(tiny_clap, messy, matcher, tmp_path, monkeypatch):
-    real = emb_mod.embed_audio_features
+    real = tiny_clap.embed_features
     calls = []
 
-    def first_clip_nan(clap, features):
-        out = real(clap, features).clone()
+    def first_clip_nan(features):
+        out = real(features).clone()
         if not calls:
             out[0] = float("nan")
         calls.append(len(out))
         return out
 
-    monkeypatch.setattr(emb_mod, "embed_audio_features", first_clip_nan)
+    monkeypatch.setattr(tiny_clap, "embed_features", first_clip_nan)
     cache = EmbeddingCache(tmp_path / "cache")
     cold = run(tiny_clap, messy, matcher, cache=cache, batch_size=4)
     assert cold[1].count("non_finite_embedding") == 1 and len(cold[0]) == 7
-    monkeypatch.setattr(emb_mod, "embed_audio_features", None)  # a warm run must not call it
+    monkeypatch.setattr(tiny_clap, "embed_features", None)  # a warm run must not call it
     assert_same(cold, run(tiny_clap, messy, matcher, cache=cache, batch_size=4), exact_details=True)
 
 
