@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import math
 import sys
 
 from hyperbolic.config import DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, EvalConfig, default_num_workers
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive(x: float) -> bool:
+    return math.isfinite(x) and x > 0
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -75,8 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.num_samples < 1, f"--num-samples must be >= 1 (got {args.num_samples})"),
         (args.top_k < 1, f"--top-k must be >= 1 (got {args.top_k})"),
         (args.set_k < 1, f"--set-k must be >= 1 (got {args.set_k})"),
-        (args.c is not None and not args.c > 0, f"--c must be > 0 (got {args.c})"),
-        (args.temperature is not None and not args.temperature > 0, f"--temperature must be > 0 (got {args.temperature})"),
+        (args.c is not None and not _positive(args.c), f"--c must be > 0 and finite (got {args.c})"),
+        (args.temperature is not None and not _positive(args.temperature),
+         f"--temperature must be > 0 and finite (got {args.temperature})"),
         (args.use_hyperbolic and not paths, "--use-hyperbolic needs --projection-checkpoint PATH"),
         (args.legacy_distance and not paths, "--legacy-distance needs --projection-checkpoint PATH"),
         (args.prompt_template is not None and "{label}" not in args.prompt_template,

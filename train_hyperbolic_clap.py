@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 from hyperbolic.config import (DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, LR_SCHEDULES,
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive(x: float) -> bool:
+    return math.isfinite(x) and x > 0
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -78,16 +83,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.num_samples is not None and args.num_samples < 1, f"--num-samples must be >= 1 (got {args.num_samples})"),
         (args.epochs < 1, f"--epochs must be >= 1 (got {args.epochs})"),
         (args.batch_size < 1, f"--batch-size must be >= 1 (got {args.batch_size})"),
-        (not args.learning_rate > 0, f"--learning-rate must be > 0 (got {args.learning_rate})"),
-        *[(not c > 0, f"--c must be > 0 (got {c:g})") for c in args.c],
-        *[(not t > 0, f"--temperature must be > 0 (got {t:g})") for t in args.temperature],
+        (not _positive(args.learning_rate), f"--learning-rate must be a finite number > 0 (got {args.learning_rate})"),
+        *[(not _positive(c), f"--c must be > 0 and finite (got {c:g})") for c in args.c],
+        *[(not _positive(t), f"--temperature must be > 0 and finite (got {t:g})") for t in args.temperature],
         (args.learn_c and len(args.c) > 1, "--learn-c with several --c values: sweep or learn, not both"),
         (not 0 < args.train_ratio < 1, f"--train-ratio must be in (0, 1) (got {args.train_ratio})"),
         (not 0 < args.clip_r <= 1, f"--clip-r must be in (0, 1] (got {args.clip_r})"),
         ("{label}" not in args.prompt_template, f"--prompt-template must contain {{label}} (got {args.prompt_template!r})"),
-        (args.weight_decay < 0, f"--weight-decay must be >= 0 (got {args.weight_decay})"),
-        (args.warmup_epochs < 0, f"--warmup-epochs must be >= 0 (got {args.warmup_epochs})"),
-        (not args.grad_clip > 0, f"--grad-clip must be > 0 (got {args.grad_clip})"),
+        (not (math.isfinite(args.weight_decay) and args.weight_decay >= 0),
+         f"--weight-decay must be a finite number >= 0 (got {args.weight_decay})"),
+        (not (math.isfinite(args.warmup_epochs) and args.warmup_epochs >= 0),
+         f"--warmup-epochs must be a finite number >= 0 (got {args.warmup_epochs})"),
+        (not _positive(args.grad_clip), f"--grad-clip must be a finite number > 0 (got {args.grad_clip})"),
         (args.patience < 0, f"--patience must be >= 0 (got {args.patience})"),
         (args.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {args.embed_batch_size})"),
         (args.num_workers < 0, f"--num-workers must be >= 0 (got {args.num_workers})"),

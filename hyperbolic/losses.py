@@ -6,7 +6,10 @@ multi_positive_contrastive (default, ``--text-pairing all-labels``)
 
         l_a2t(i) = logsumexp_k L[i, k]   - logsumexp_{k: P[i,k]} L[i, k]
         l_t2a(k) = logsumexp_i L[i, k]   - logsumexp_{i: P[i,k]} L[i, k]
-        loss     = ( mean_i l_a2t(i) + mean_k l_t2a(k) ) / 2
+        loss     = ( mean_i l_a2t(i) + mean_{k with a positive} l_t2a(k) ) / 2
+
+    (In training every column has a positive; validation scores all seen classes, and a class
+    without a positive clip has no text-to-audio term.)
 
     The gradient on a positive logit is ``softmax - softmax / sum_positives(softmax) <= 0``, so a
     clip is never pushed away from any of its own labels; only non-labels are negatives.
@@ -23,12 +26,13 @@ import torch.nn.functional as F
 
 
 def multi_positive_contrastive(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """``logits`` (B, K), ``positives`` (B, K) bool; every row and column holds a positive."""
-    if not (positives.any(dim=1).all() and positives.any(dim=0).all()):
-        raise ValueError("every clip needs a positive class and every class a positive clip")
+    """``logits`` (B, K), ``positives`` (B, K) bool; every row holds a positive."""
+    if not positives.any(dim=1).all():
+        raise ValueError("every clip needs a positive class")
     masked = logits.masked_fill(~positives, float("-inf"))
     a2t = torch.logsumexp(logits, dim=1) - torch.logsumexp(masked, dim=1)
-    t2a = torch.logsumexp(logits, dim=0) - torch.logsumexp(masked, dim=0)
+    cols = positives.any(dim=0)
+    t2a = torch.logsumexp(logits[:, cols], dim=0) - torch.logsumexp(masked[:, cols], dim=0)
     return (a2t.mean() + t2a.mean()) / 2
 
 

@@ -154,15 +154,17 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, clips: ClipEmbeddings) -> dict:
-        """Validation loss (the training objective) and mAP over the seen classes present."""
-        losses, sizes = [], []
-        for audio, labels, first in self.batches(clips, list(range(len(clips)))):
-            losses.append(self.batch_loss(audio, labels, first).item())
-            sizes.append(len(labels))
-        scores = self.logits(clips.audio, self.prompts[self.seen]).numpy()
+        """Validation loss and mAP on the whole validation set against every seen class prompt.
+
+        The loss is the all-labels objective over that full (N_val, C_seen) matrix, whatever
+        --text-pairing trains with: it does not depend on batching, and a set of one clip (or of
+        clips sharing one label set) still has negatives, so it is never a placeholder 0."""
+        scores = self.logits(clips.audio, self.prompts[self.seen])
         targets = clips.targets(self.prompts.shape[0])[:, self.seen]
+        loss = multi_positive_contrastive(scores, torch.from_numpy(targets))
+        scores = scores.numpy()
         return {
-            "val_loss": float(np.average(losses, weights=sizes)),
+            "val_loss": loss.item(),
             "val_mAP": classification_metrics(scores, targets)["mAP"],
             "val_mean_pos_sim": float(scores[targets].mean()),
             "val_mean_neg_sim": float(scores[~targets].mean()),
@@ -205,10 +207,7 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
     best, best_epoch, stale, start = None, None, 0, 1
     generator = torch.Generator().manual_seed(cfg.seed)
     if resume is not None:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
-        if ckpt.get("split") != split_ids:
-            raise TrainingError(f"--resume {resume}: its train/val split differs from this run's data; "
-                                "resume with the same --parquet-dir, --num-samples, --seed and --train-ratio")
+        ckpt = load_resume_checkpoint(resume, cfg, split_ids, clips.audio.shape[1])
         trainer.projector.load_state_dict(ckpt["projection_state_dict"])
         trainer.geometry.load_state_dict(ckpt["geometry_state_dict"])
         trainer.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
@@ -216,6 +215,7 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
         generator.set_state(ckpt["generator_state"])
         best, best_epoch, stale = ckpt["best_metric"], ckpt["best_epoch"], ckpt["stale_epochs"]
         setup["history"] = list(ckpt["history"])
+        setup["summary"] = _summary(cfg, setup["history"], best_epoch, out)
         start = ckpt["epoch"] + 1
         log.info("resuming %s after epoch %d", resume, ckpt["epoch"])
     for epoch in range(start, cfg.epochs + 1):
@@ -266,12 +266,7 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
         # The per-epoch checkpoint is written last: a run killed before it resumes from the
         # previous epoch and rewrites this epoch's files identically.
         atomic_torch_save(out / f"projection_epoch_{epoch}.pth", ckpt)
-        best_row = setup["history"][best_epoch - 1]
-        setup["summary"] = {"best_epoch": best_epoch, f"best_{cfg.select_metric}": best,
-                            "best_val_mAP": best_row["val_mAP"], "best_val_loss": best_row["val_loss"],
-                            "best_train_loss": best_row["train_loss"],
-                            "best_checkpoint": str(out / f"best_projection_epoch_{best_epoch}.pth"),
-                            "epochs_run": epoch, "c": row["c"], "temperature": row["temperature"]}
+        setup["summary"] = _summary(cfg, setup["history"], best_epoch, out)
         atomic_write_json(out / "setup.json", setup)
         log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mAP %.4f  c %.4g  tau %.4g  lr %.3g%s",
                  epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_mAP"], row["c"],
@@ -284,6 +279,44 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
     return setup["summary"]
 
 
+def _summary(cfg: TrainConfig, history: list[dict], best_epoch: int, out: Path) -> dict:
+    best_row = history[best_epoch - 1]
+    return {"best_epoch": best_epoch, f"best_{cfg.select_metric}": best_row[cfg.select_metric],
+            "best_val_mAP": best_row["val_mAP"], "best_val_loss": best_row["val_loss"],
+            "best_train_loss": best_row["train_loss"],
+            "best_checkpoint": str(out / f"best_projection_epoch_{best_epoch}.pth"),
+            "epochs_run": len(history), "c": history[-1]["c"], "temperature": history[-1]["temperature"]}
+
+
+# Settings that may differ when a run is resumed: where and how it runs, not what it computes.
+RESUME_MAY_DIFFER = {"resume", "overwrite", "output_dir", "device", "num_workers", "cache_dir", "no_cache",
+                     "use_swanlab", "swanlab_project", "swanlab_workspace", "swanlab_mode"}
+
+
+def load_resume_checkpoint(path: Path, cfg: TrainConfig, split_ids: dict, embed_dim: int) -> dict:
+    """Read and check a checkpoint to resume from; every problem names the file and the fix."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises several types for torn or foreign files
+        raise TrainingError(f"--resume {path} is not a readable checkpoint ({err}); resume from an earlier "
+                            "projection_epoch_*.pth of the run or start again with --overwrite") from err
+    if not isinstance(ckpt, dict) or "generator_state" not in ckpt or "config" not in ckpt:
+        raise TrainingError(f"--resume {path} is not a resumable checkpoint of train_hyperbolic_clap.py")
+    if ckpt.get("embed_dim") != embed_dim:
+        raise TrainingError(f"--resume {path} was trained on {ckpt.get('embed_dim')}-d CLAP embeddings, this "
+                            f"CLAP model gives {embed_dim}-d; resume with the --checkpoint the run used")
+    differ = {k: (v, cfg.to_dict().get(k)) for k, v in ckpt["config"].items()
+              if k not in RESUME_MAY_DIFFER and cfg.to_dict().get(k) != v}
+    if differ:
+        listing = ", ".join(f"--{k.replace('_', '-')} {new!r} (run: {old!r})" for k, (old, new) in differ.items())
+        raise TrainingError(f"--resume {path}: settings differ from the run being resumed: {listing}; resume with "
+                            "the run's settings (see its setup.json), or start a new run")
+    if ckpt.get("split") != split_ids:
+        raise TrainingError(f"--resume {path}: its train/val split differs from this run's data; "
+                            "resume with the same --parquet-dir, --num-samples, --seed and --train-ratio")
+    return ckpt
+
+
 def _plot_curves(out: Path) -> None:
     try:
         from hyperbolic.plots import plot_training_curves
@@ -292,11 +325,23 @@ def _plot_curves(out: Path) -> None:
     plot_training_curves(out / "setup.json", out / "training_curves.png")
 
 
+RUN_FILES = ("projection_epoch_*.pth", "best_projection_epoch_*.pth", "setup.json", "sweep.json",
+             "training_curves.png")
+
+
 def prepare_output_dir(cfg: TrainConfig) -> Path:
+    """Create the output dir. A non-empty one needs --resume or --overwrite; --overwrite removes
+    the earlier run's files first, so none of them is later taken for this run's."""
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
         raise TrainingError(f"--output-dir {out} is not empty; pass --resume {out} to continue that run, "
                             "--overwrite to replace its files, or choose another --output-dir")
+    if cfg.overwrite and out.exists():
+        for folder in [out, *(d for d in out.glob("c*_t*") if d.is_dir())]:
+            for pattern in RUN_FILES:
+                for old in folder.glob(pattern):
+                    log.info("--overwrite: removing %s", old)
+                    old.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -320,7 +365,7 @@ def _resume_point(run_dir: Path, cfg: TrainConfig) -> Path | None:
     if not cfg.resume:
         return None
     resume = Path(cfg.resume)
-    if resume.is_file() and resume.parent.resolve() == run_dir.resolve():
+    if resume.suffix == ".pth":
         return resume
     return _latest_checkpoint(run_dir)
 
@@ -335,8 +380,15 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
 
     A single combination writes into ``output_dir``; several write one subfolder each plus
     ``sweep.json``. Returns the summary (of the winner, for a sweep)."""
-    if cfg.resume and Path(cfg.resume).is_file():
-        cfg = replace(cfg, output_dir=str(Path(cfg.resume).parent))
+    if cfg.resume:
+        resume = Path(cfg.resume)
+        if not resume.exists():
+            raise TrainingError(f"--resume {resume} does not exist; pass the run's output dir or one of its "
+                                "projection_epoch_*.pth")
+        run_dir = resume.parent if resume.is_file() else resume
+        if cfg.output_dir != str(run_dir):
+            log.info("--resume: continuing in %s", run_dir)
+        cfg = replace(cfg, output_dir=str(run_dir))
     out = prepare_output_dir(cfg)
     device = resolve_device(cfg.device)
     class_names = load_class_labels(cfg.class_labels)

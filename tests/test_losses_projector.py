@@ -125,6 +125,14 @@ def test_multi_positive_rejects_rows_without_positive():
         multi_positive_contrastive(torch.zeros(2, 2), torch.tensor([[True, False], [False, False]]))
 
 
+def test_class_without_positive_has_no_text_to_audio_term():
+    L = torch.tensor([[1.0, 0.0, -2.0]], dtype=torch.float64)  # one clip, positive only in class 0
+    P = torch.tensor([[True, False, False]])
+    a2t = -math.log(math.exp(1.0) / (math.exp(1.0) + 1.0 + math.exp(-2.0)))
+    assert multi_positive_contrastive(L, P).item() == pytest.approx((a2t + 0.0) / 2, rel=1e-12)
+    assert multi_positive_contrastive(L, P).item() > 0  # negatives still count for a single clip
+
+
 def test_clip_contrastive_hand_computed_2x2():
     L = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
     rows = [-math.log(math.exp(2) / (math.exp(2) + 1)), -math.log(math.e / (2 * math.e))]
