@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-classes", default=None, metavar="FRACTION|FILE",
                    help="keep these classes out of training entirely: a seeded fraction of the classes "
                         "present, or a file with one class name per line")
+    p.add_argument("--ontology", default=None, metavar="PATH",
+                   help="AudioSet ontology.json: its abstract parents get prompts too (needed by the two below)")
+    p.add_argument("--entailment-weight", type=float, default=0.0,
+                   help="weight of the entailment-cone term (clip in its labels' cones, child prompt in its "
+                        "parent's); 0: off")
+    p.add_argument("--entailment-k", type=float, default=0.1,
+                   help="cone aperture constant K: psi(x) = arcsin(K (1 - c|x|^2) / (sqrt(c)|x|))")
+    p.add_argument("--expand-ancestors", action="store_true",
+                   help="every ontology ancestor of a clip's labels is a positive in training")
     p.add_argument("--resume", default=None, metavar="PATH",
                    help="continue a run from its output dir (latest epoch) or a projection_epoch_*.pth")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output-dir")
@@ -98,6 +107,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.patience < 0, f"--patience must be >= 0 (got {args.patience})"),
         (args.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {args.embed_batch_size})"),
         (args.num_workers < 0, f"--num-workers must be >= 0 (got {args.num_workers})"),
+        (args.entailment_weight < 0, f"--entailment-weight must be >= 0 (got {args.entailment_weight})"),
+        (not args.entailment_k > 0, f"--entailment-k must be > 0 (got {args.entailment_k})"),
+        ((args.entailment_weight > 0 or args.expand_ancestors) and not args.ontology,
+         "--entailment-weight > 0 and --expand-ancestors need --ontology PATH (AudioSet's ontology.json)"),
+        (args.entailment_weight > 0 and args.geometry != "hyperbolic",
+         "--entailment-weight > 0 needs --geometry hyperbolic: entailment cones live on the Poincare ball"),
+        (args.expand_ancestors and args.text_pairing == "first-label",
+         "--expand-ancestors adds positives, which --text-pairing first-label (one text per clip) cannot use; "
+         "use --text-pairing all-labels"),
     ]
     for failed, message in checks:
         if failed:
@@ -110,6 +128,7 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
     from data.audioset import DatasetError
     from hyperbolic.clap import ClapNotFoundError
+    from hyperbolic.ontology import OntologyError
     from hyperbolic.train import TrainingError, train
     try:
         if args.demo:
@@ -121,7 +140,7 @@ def main(argv=None) -> int:
         values = {k: v for k, v in vars(args).items() if k in fields}
         cfg = TrainConfig(**{**values, "c": args.c[0], "temperature": args.temperature[0]})
         summary = train(cfg, c_values=args.c, temperatures=args.temperature)
-    except (DatasetError, ClapNotFoundError, TrainingError) as err:
+    except (DatasetError, ClapNotFoundError, OntologyError, TrainingError) as err:
         log.error("%s", err)
         return 2
     log.info("best epoch %s: %s", summary["best_epoch"], summary["best_checkpoint"])

@@ -53,6 +53,10 @@ class TrainConfig:
     cache_dir: str | None = None
     no_cache: bool = False
     holdout_classes: str | None = None
+    ontology: str | None = None
+    entailment_weight: float = 0.0
+    entailment_k: float = 0.1
+    expand_ancestors: bool = False
     resume: str | None = None
     overwrite: bool = False
     use_swanlab: bool = False

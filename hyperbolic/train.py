@@ -23,8 +23,10 @@ from hyperbolic.cache import EmbeddingCache
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import TrainConfig
 from hyperbolic.embeddings import ClipEmbeddings, embed_clips, embed_prompts, prompts_for
+from hyperbolic.entailment import EntailmentObjective, Hierarchy
 from hyperbolic.losses import clip_contrastive, multi_positive_contrastive
 from hyperbolic.metrics import classification_metrics
+from hyperbolic.ontology import Ontology
 from hyperbolic.outputs import atomic_torch_save, atomic_write_json
 from hyperbolic.projector import Geometry, Projector, similarity
 
@@ -115,11 +117,15 @@ def lr_factor(step: int, *, total: int, warmup: int, schedule: str) -> float:
 class Trainer:
     """Projector + geometry + objective over precomputed embeddings.
 
-    ``prompts`` holds the embeddings of all classes; ``seen`` the class indices training may use
-    (all but the held-out ones), so held-out prompts are never projected during training.
+    ``prompts`` holds the embeddings of all classes (then, with an ontology, of its abstract
+    parents: ``Hierarchy.prompt_names``); ``seen`` the class indices training may use (all but the
+    held-out ones), so held-out prompts are never projected during training. ``entailment``: the
+    ontology's pairs; its label expansion applies whenever it is given (a no-op without
+    ``--expand-ancestors``), its cone term when ``cfg.entailment_weight > 0``.
     """
 
-    def __init__(self, cfg: TrainConfig, embed_dim: int, prompts: torch.Tensor, seen: list[int]):
+    def __init__(self, cfg: TrainConfig, embed_dim: int, prompts: torch.Tensor, seen: list[int],
+                 entailment: EntailmentObjective | None = None):
         torch.manual_seed(cfg.seed)
         self.cfg = cfg
         self.projector = Projector(embed_dim, geometry=cfg.geometry, clip_r=cfg.clip_r)
@@ -127,6 +133,7 @@ class Trainer:
                                  learn_temperature=cfg.learn_temperature)
         self.prompts = prompts
         self.seen = seen
+        self.entailment = entailment
         self.params = [p for p in [*self.projector.parameters(), *self.geometry.parameters()] if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
@@ -136,14 +143,23 @@ class Trainer:
                           geometry=self.cfg.geometry, c=c, temperature=tau)
 
     def batch_loss(self, audio: torch.Tensor, labels: list[list[int]], first: list[int]) -> torch.Tensor:
+        if self.entailment is not None:
+            labels = self.entailment.expand(labels)  # + every ancestor with --expand-ancestors
         if self.cfg.text_pairing == "first-label":
-            return clip_contrastive(self.logits(audio, self.prompts[first]))
-        classes = sorted({k for row in labels for k in row})
-        column = {k: j for j, k in enumerate(classes)}
-        positives = torch.zeros(len(labels), len(classes), dtype=torch.bool)
-        for i, row in enumerate(labels):
-            positives[i, [column[k] for k in row]] = True
-        return multi_positive_contrastive(self.logits(audio, self.prompts[classes]), positives)
+            loss = clip_contrastive(self.logits(audio, self.prompts[first]))
+        else:
+            classes = sorted({k for row in labels for k in row})
+            column = {k: j for j, k in enumerate(classes)}
+            positives = torch.zeros(len(labels), len(classes), dtype=torch.bool)
+            for i, row in enumerate(labels):
+                positives[i, [column[k] for k in row]] = True
+            loss = multi_positive_contrastive(self.logits(audio, self.prompts[classes]), positives)
+        if self.entailment is not None and self.cfg.entailment_weight > 0:
+            c = self.geometry.c
+            rows = self.projector(self.prompts[self.entailment.rows], c=c)
+            loss = loss + self.cfg.entailment_weight * self.entailment.term(self.projector(audio, c=c), labels,
+                                                                            rows, c=c)
+        return loss
 
     def batches(self, clips: ClipEmbeddings, order: list[int]):
         size = self.cfg.batch_size
@@ -187,14 +203,17 @@ def _latest_checkpoint(out: Path) -> Path | None:
 
 def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: Split, out: Path,
         *, seen: list[int] | None = None, extra: dict | None = None, tracker=None,
-        resume: Path | None = None) -> dict:
+        resume: Path | None = None, hierarchy: Hierarchy | None = None) -> dict:
     """Run the epochs; write checkpoints and setup.json under ``out``; return the summary.
 
     ``resume``: a checkpoint of this same run; training continues after its epoch with its
     weights, optimizer, schedule and shuffling state, so the result equals an uninterrupted run.
     """
-    seen = list(range(prompts.shape[0])) if seen is None else seen
-    trainer = Trainer(cfg, clips.audio.shape[1], prompts, seen)
+    num_classes = prompts.shape[0] if hierarchy is None else hierarchy.num_classes
+    seen = list(range(num_classes)) if seen is None else seen
+    entailment = None if hierarchy is None else EntailmentObjective(
+        hierarchy, K=cfg.entailment_k, exclude=sorted(set(range(num_classes)) - set(seen)))
+    trainer = Trainer(cfg, clips.audio.shape[1], prompts, seen, entailment=entailment)
     train_clips, val_clips = clips.subset(split.train), clips.subset(split.val)
     steps_per_epoch = math.ceil(len(train_clips) / cfg.batch_size)
     total_steps, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -405,7 +424,14 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
     if len(clips) < 2:
         raise TrainingError(f"only {len(clips)} usable clips in {cfg.parquet_dir} "
                             f"(skipped: {skips.to_dict()}); training needs at least 2")
-    prompts = embed_prompts(clap, prompts_for(class_names, cfg.prompt_template), cache=cache)
+    hierarchy = None
+    if cfg.ontology:
+        hierarchy = Hierarchy.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
+        if hierarchy.unmatched:
+            log.warning("%d of %d classes match no node of --ontology %s (first: %s)", len(hierarchy.unmatched),
+                        len(class_names), cfg.ontology, list(hierarchy.unmatched[:5]))
+    prompt_names = class_names if hierarchy is None else list(hierarchy.prompt_names)
+    prompts = embed_prompts(clap, prompts_for(prompt_names, cfg.prompt_template), cache=cache)
     split = split_indices(len(clips), cfg.train_ratio, cfg.seed)
     seen = [k for k in range(len(class_names)) if k not in set(holdout)]
     extra = {"clap": {"path": str(clap.path), "embed_dim": clap.embed_dim},
@@ -415,6 +441,10 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
              "data": {"clips": len(clips), "train_clips": len(split.train), "val_clips": len(split.val),
                       "clips_dropped_only_holdout_labels": dropped,
                       "skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list()}}
+    if hierarchy is not None:
+        extra["hierarchy"] = {"ontology": cfg.ontology, "unmatched": list(hierarchy.unmatched),
+                              "extra_prompts": list(hierarchy.extra_names),
+                              "parent_child_pairs": int(hierarchy.parent_child.shape[0])}
     log.info("%d clips (%d train / %d val), %d classes (%d held out)", len(clips), len(split.train),
              len(split.val), len(class_names), len(holdout))
     combos = list(itertools.product(c_values or [cfg.c], temperatures or [cfg.temperature]))
@@ -423,14 +453,14 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
         if len(combos) == 1:
             run_cfg = replace(cfg, c=combos[0][0], temperature=combos[0][1])
             return fit(run_cfg, clips, prompts, split, out, seen=seen, extra=extra, tracker=tracker,
-                       resume=_resume_point(out, cfg))
-        return _sweep(cfg, combos, clips, prompts, split, out, seen, extra)
+                       resume=_resume_point(out, cfg), hierarchy=hierarchy)
+        return _sweep(cfg, combos, clips, prompts, split, out, seen, extra, hierarchy)
     finally:
         if tracker is not None:
             tracker.finish()
 
 
-def _sweep(cfg, combos, clips, prompts, split, out, seen, extra) -> dict:
+def _sweep(cfg, combos, clips, prompts, split, out, seen, extra, hierarchy) -> dict:
     rows = []
     for c, temperature in combos:
         run_dir = out / sweep_dir_name(c, temperature)
@@ -438,7 +468,7 @@ def _sweep(cfg, combos, clips, prompts, split, out, seen, extra) -> dict:
         log.info("sweep: c=%g temperature=%g -> %s", c, temperature, run_dir)
         run_cfg = replace(cfg, c=c, temperature=temperature, output_dir=str(run_dir))
         summary = fit(run_cfg, clips, prompts, split, run_dir, seen=seen, extra=extra,
-                      resume=_resume_point(run_dir, cfg))
+                      resume=_resume_point(run_dir, cfg), hierarchy=hierarchy)
         rows.append({"c": c, "temperature": temperature, "best_val_mAP": summary["best_val_mAP"],
                      "best_val_loss": summary["best_val_loss"], "best_epoch": summary["best_epoch"],
                      "best_checkpoint": summary["best_checkpoint"], "output_dir": str(run_dir)})
