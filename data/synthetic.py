@@ -10,6 +10,7 @@ serial number, so OGG bytes differ between runs while the decoded samples do not
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -308,3 +309,70 @@ def write_demo_dataset(
         "format": fmt,
         "seed": seed,
     }
+
+
+# ------------------------------------------------------------------ demo ontology
+# A small AudioSet-format ontology over DEMO_CLASSES, for training and testing the
+# hierarchy features without AudioSet's ontology.json. Three levels: three abstract
+# roots, then intermediate nodes, then the classes. It mirrors AudioSet where AudioSet
+# has the same link ("Sine wave" is the parent of "Chirp tone", "Brief tone" of
+# "Beep, bleep"); the rest groups the sounds by how data.synthetic makes them.
+# Ids are "/demo/..." so they can never be mistaken for AudioSet's.
+
+_DEMO_TREE: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = (
+    ("Synthetic tone", (("Sine wave", ("Chirp tone",)),
+                        ("Brief tone", ("Beep, bleep",)),
+                        ("Telephone signal", ("Dial tone",)))),
+    ("Noise", (("Colored noise", ("White noise", "Pink noise")),
+               ("Background noise", ("Mains hum", "Silence")))),
+    ("Pulse", (("Pulse train", ("Clicking", "Buzz")),)),
+)
+
+
+def _demo_id(name: str) -> str:
+    return "/demo/" + "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+
+
+def demo_ontology() -> list[dict[str, Any]]:
+    """The demo ontology as AudioSet's ontology.json holds it: a list of node dicts.
+
+    Each node has "id", "name", "description", "child_ids" and "restrictions"
+    (["abstract"] for a node that is not in DEMO_CLASSES). Depths: the roots
+    "Synthetic tone", "Noise", "Pulse" are 0; "Sine wave" and the abstract groups are
+    1; the other nine classes are 2, leaves. Every DEMO_CLASSES name is a node.
+    """
+    nodes: list[dict[str, Any]] = []
+
+    def node(name: str, children: tuple[str, ...]) -> None:
+        nodes.append({
+            "id": _demo_id(name),
+            "name": name,
+            "description": f"Demo ontology node for data.synthetic ({'class' if name in DEMO_CLASSES else 'group'}).",
+            "child_ids": [_demo_id(k) for k in children],
+            "restrictions": [] if name in DEMO_CLASSES else ["abstract"],
+        })
+
+    for root, groups in _DEMO_TREE:
+        node(root, tuple(g for g, _ in groups))
+    for _, groups in _DEMO_TREE:
+        for group, leaves in groups:
+            node(group, leaves)
+            for leaf in leaves:
+                node(leaf, ())
+    return nodes
+
+
+def write_demo_ontology(path: str | Path) -> Path:
+    """Write demo_ontology() as JSON to `path` (atomically, like write_parquet_shard)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(demo_ontology(), handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
