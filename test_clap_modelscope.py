@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import math
 import sys
 
-from hyperbolic.config import DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, EvalConfig, default_num_workers
+from hyperbolic.config import DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, PRECISIONS, EvalConfig, default_num_workers
 from hyperbolic.outputs import setup_logging
 
 log = logging.getLogger("test_clap_modelscope")
@@ -52,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None,
                    help="embedding cache (default $HYPERBOLIC_CLAP_CACHE or ~/.cache/hyperbolic_clap)")
     p.add_argument("--no-cache", action="store_true", help="compute every embedding, read and write no cache")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="CLAP forward: fp32, bf16 (CPU or GPU), fp16 (CUDA only); the geometry stays fp32")
+    p.add_argument("--segment", type=float, default=None, metavar="SECONDS",
+                   help="embed whole recordings: mean of the embeddings of windows this long (<= 10), "
+                        "the last one aligned to the end (default: the first 10 s)")
+    p.add_argument("--hop", type=float, default=None, metavar="SECONDS",
+                   help="seconds between --segment windows (default: --segment, no overlap)")
     p.add_argument("--bootstrap", type=int, default=0, metavar="N",
                    help="95%% bootstrap intervals of mAP and acc@1 from N resamples of the clips (0: none)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples")
@@ -60,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "and clip ids; never overwritten")
     p.add_argument("--ontology", default=None, metavar="PATH",
                    help="AudioSet ontology.json: adds a 'hierarchy' block per model (norm vs depth, "
-                        "mistake severity) and colours the --plots disk by top-level category")
+                        "mistake severity, entailment-cone consistency) and colours the --plots disk by "
+                        "top-level category")
+    p.add_argument("--expand-ancestors", action="store_true",
+                   help="ground truth closed under the ontology: a clip is also positive for every class "
+                        "above one of its labels, for every metric (recorded as test_info.ground_truth)")
     p.add_argument("--plots", action="store_true",
                    help="write PNGs next to the results JSON: prompts on the Poincare disk (hyperbolic "
                         "models) and best/worst per-class AP")
@@ -84,11 +94,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.temperature is not None and not _positive(args.temperature),
          f"--temperature must be > 0 and finite (got {args.temperature})"),
         (args.use_hyperbolic and not paths, "--use-hyperbolic needs --projection-checkpoint PATH"),
+        (args.expand_ancestors and not args.ontology,
+         "--expand-ancestors needs --ontology PATH (the ontology whose ancestors are added)"),
         (args.legacy_distance and not paths, "--legacy-distance needs --projection-checkpoint PATH"),
         (args.prompt_template is not None and "{label}" not in args.prompt_template,
          f"--prompt-template must contain {{label}} (got {args.prompt_template!r})"),
         (args.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {args.embed_batch_size})"),
         (args.num_workers < 0, f"--num-workers must be >= 0 (got {args.num_workers})"),
+        (args.precision == "fp16" and args.device == "cpu",
+         "--precision fp16 needs a CUDA --device; on the CPU use --precision bf16 or fp32"),
         (args.bootstrap < 0, f"--bootstrap must be >= 0 (got {args.bootstrap})"),
         (args.threshold is not None and not math.isfinite(args.threshold),
          f"--threshold must be a finite number (got {args.threshold})"),
@@ -99,6 +113,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     for failed, message in checks:
         if failed:
             parser.error(message)
+    from data.audio import segmenting_from
+    try:
+        segmenting_from(args.segment, args.hop)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
@@ -116,7 +135,7 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
     from data.audioset import DatasetError
     from data.labels import load_class_labels
-    from hyperbolic.clap import ClapNotFoundError
+    from hyperbolic.clap import ClapNotFoundError, ClapPrecisionError
     from hyperbolic.evaluate import CheckpointError, evaluate, format_metrics_table
     from hyperbolic.ontology import OntologyError
     cfg = config_from_args(args)
@@ -126,7 +145,7 @@ def main(argv=None) -> int:
             build_parser().error(f"--top-k must be <= the number of classes in --class-labels "
                                  f"({num_classes}) (got {args.top_k})")
         results, path = evaluate(cfg)
-    except (DatasetError, ClapNotFoundError, CheckpointError, OntologyError) as err:
+    except (DatasetError, ClapNotFoundError, ClapPrecisionError, CheckpointError, OntologyError) as err:
         log.error("%s", err)
         return 2
     print(format_metrics_table(results))

@@ -8,7 +8,7 @@ import math
 import sys
 
 from hyperbolic.config import (DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, LR_SCHEDULES,
-                               SELECT_METRICS, TEXT_PAIRINGS, TrainConfig, default_num_workers)
+                               PRECISIONS, SELECT_METRICS, TEXT_PAIRINGS, TrainConfig, default_num_workers)
 from hyperbolic.outputs import setup_logging
 from hyperbolic.projector import GEOMETRIES
 
@@ -54,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None,
                    help="embedding cache (default $HYPERBOLIC_CLAP_CACHE or ~/.cache/hyperbolic_clap)")
     p.add_argument("--no-cache", action="store_true", help="compute every embedding, read and write no cache")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="CLAP forward: fp32, bf16 (CPU or GPU), fp16 (CUDA only); the geometry stays fp32")
+    p.add_argument("--segment", type=float, default=None, metavar="SECONDS",
+                   help="embed whole recordings: mean of the embeddings of windows this long (<= 10), "
+                        "the last one aligned to the end (default: the first 10 s)")
+    p.add_argument("--hop", type=float, default=None, metavar="SECONDS",
+                   help="seconds between --segment windows (default: --segment, no overlap)")
+    p.add_argument("--export-onnx", default=None, metavar="PATH.onnx",
+                   help="after training, export the best checkpoint's projector and similarity head to ONNX")
     p.add_argument("--holdout-classes", default=None, metavar="FRACTION|FILE",
                    help="keep these classes out of training entirely: a seeded fraction of the classes "
                         "present, or a file with one class name per line")
@@ -107,6 +116,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.patience < 0, f"--patience must be >= 0 (got {args.patience})"),
         (args.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {args.embed_batch_size})"),
         (args.num_workers < 0, f"--num-workers must be >= 0 (got {args.num_workers})"),
+        (args.precision == "fp16" and args.device == "cpu",
+         "--precision fp16 needs a CUDA --device; on the CPU use --precision bf16 or fp32"),
+        (args.export_onnx is not None and not args.export_onnx.endswith(".onnx"),
+         f"--export-onnx must name a .onnx file (got {args.export_onnx!r})"),
         (args.entailment_weight < 0, f"--entailment-weight must be >= 0 (got {args.entailment_weight})"),
         (not args.entailment_k > 0, f"--entailment-k must be > 0 (got {args.entailment_k})"),
         ((args.entailment_weight > 0 or args.expand_ancestors) and not args.ontology,
@@ -120,6 +133,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     for failed, message in checks:
         if failed:
             parser.error(message)
+    from data.audio import segmenting_from
+    try:
+        segmenting_from(args.segment, args.hop)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
@@ -127,7 +145,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     from data.audioset import DatasetError
-    from hyperbolic.clap import ClapNotFoundError
+    from hyperbolic.clap import ClapNotFoundError, ClapPrecisionError
     from hyperbolic.ontology import OntologyError
     from hyperbolic.train import TrainingError, train
     try:
@@ -140,10 +158,13 @@ def main(argv=None) -> int:
         values = {k: v for k, v in vars(args).items() if k in fields}
         cfg = TrainConfig(**{**values, "c": args.c[0], "temperature": args.temperature[0]})
         summary = train(cfg, c_values=args.c, temperatures=args.temperature)
-    except (DatasetError, ClapNotFoundError, OntologyError, TrainingError) as err:
+    except (DatasetError, ClapNotFoundError, ClapPrecisionError, OntologyError, TrainingError) as err:
         log.error("%s", err)
         return 2
     log.info("best epoch %s: %s", summary["best_epoch"], summary["best_checkpoint"])
+    if args.export_onnx:
+        from hyperbolic.export import export_onnx
+        export_onnx(summary["best_checkpoint"], args.export_onnx)
     return 0
 
 

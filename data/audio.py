@@ -10,11 +10,19 @@ long (441001) becomes 480001 samples; the CLAP feature extractor would then pick
 random 480000-sample window, and the same clip would embed differently on each run.
 We keep the first MAX_SAMPLES instead. Shorter clips are returned as they are: the
 CLAP processor repeat-pads them, and padding here would hide their true length.
+
+Long recordings (``Segmenting``, ``--segment S --hop H``): instead of the first 10 s, the whole
+recording is cut into windows of S seconds every H seconds, the last window aligned to the end
+(so the tail is never dropped and no window is padded), each window is embedded, and the clip's
+embedding is the mean of the L2-normalised window embeddings, L2-normalised again. That is the
+usual rule for CLAP-style models on audio longer than their input. A recording no longer than
+one window is one window (the CLAP processor repeat-pads it, as in the default rule).
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -178,13 +186,14 @@ def decode_audio_cell(cell: Any, *, default_sr: int | None = None) -> tuple[np.n
     return wave, sr
 
 
-def to_mono_48k(wave: np.ndarray, sr: int) -> np.ndarray:
-    """Mean-downmix, resample to TARGET_SR with soxr "HQ", keep the first MAX_SAMPLES.
+def to_mono_48k(wave: np.ndarray, sr: int, *, max_samples: int | None = MAX_SAMPLES) -> np.ndarray:
+    """Mean-downmix, resample to TARGET_SR with soxr "HQ", keep the first `max_samples`.
 
     wave: `(samples,)` or `(channels, samples)`, any number of channels, float.
-    Returns float32 `(min(m, MAX_SAMPLES),)`, C-contiguous, where
+    Returns float32 `(min(m, max_samples),)`, C-contiguous, where
     `m = floor(samples * 48000 / sr + 1/2)` is soxr's output length (`m = samples`
-    when sr is already 48000: no resampling is done then).
+    when sr is already 48000: no resampling is done then). `max_samples=None` keeps all
+    `m` samples (for `Segmenting`).
     """
     sr = _check_sr(sr, "sample rate")
     x = np.asarray(wave)
@@ -201,12 +210,70 @@ def to_mono_48k(wave: np.ndarray, sr: int) -> np.ndarray:
     if sr != TARGET_SR:
         x = soxr.resample(x, sr, TARGET_SR, quality="HQ")
     # A view would keep the whole (up to 31 s) buffer alive; copy only when cropping.
-    if x.shape[0] > MAX_SAMPLES:
-        x = x[:MAX_SAMPLES].copy()
+    if max_samples is not None and x.shape[0] > max_samples:
+        x = x[:max_samples].copy()
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def load_waveform(cell: Any, *, default_sr: int | None = None) -> np.ndarray:
+def load_waveform(cell: Any, *, default_sr: int | None = None, max_samples: int | None = MAX_SAMPLES) -> np.ndarray:
     """`decode_audio_cell` then `to_mono_48k`: 48 kHz mono float32 `(samples,)`."""
     wave, sr = decode_audio_cell(cell, default_sr=default_sr)
-    return to_mono_48k(wave, sr)
+    return to_mono_48k(wave, sr, max_samples=max_samples)
+
+
+@dataclass(frozen=True)
+class Segmenting:
+    """Overlapping windows over a whole recording (see the module docstring).
+
+    seconds: window length, in (0, CLIP_SECONDS] (CLAP sees at most 10 s; a longer window would
+    be cropped at random by its processor). hop: seconds between window starts, in
+    (0, seconds] (a larger hop would skip audio). Both are rounded to whole samples at 48 kHz.
+    """
+
+    seconds: float
+    hop: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.seconds <= CLIP_SECONDS:
+            raise ValueError(f"--segment must be in (0, {CLIP_SECONDS}] seconds (got {self.seconds:g})")
+        if not 0 < self.hop <= self.seconds:
+            raise ValueError(f"--hop must be in (0, --segment] seconds (got {self.hop:g} with --segment "
+                             f"{self.seconds:g}); a hop longer than the window would skip audio")
+        if self.samples < 1 or self.hop_samples < 1:
+            raise ValueError(f"--segment {self.seconds:g} / --hop {self.hop:g} are shorter than one sample")
+
+    @property
+    def samples(self) -> int:
+        return int(round(self.seconds * TARGET_SR))
+
+    @property
+    def hop_samples(self) -> int:
+        return int(round(self.hop * TARGET_SR))
+
+    def starts(self, n: int) -> list[int]:
+        """First sample of each window over `n` samples: 0, hop, 2 hop, ... while the window ends
+        before the recording does, then one window ending exactly at the end. `[0]` when
+        `n <= samples` (one window, the whole recording)."""
+        if n <= self.samples:
+            return [0]
+        return [*range(0, n - self.samples, self.hop_samples), n - self.samples]
+
+    def windows(self, wave: np.ndarray) -> list[np.ndarray]:
+        """`(n,)` -> the windows, views of `wave`, `(min(n, samples),)` each."""
+        return [wave[s:s + self.samples] for s in self.starts(len(wave))]
+
+    def key(self) -> dict[str, Any]:
+        """What decides the pooled embedding besides PREPROCESSING; part of the cache key."""
+        return {"version": 1, "samples": self.samples, "hop_samples": self.hop_samples,
+                "last_window": "aligned to the end", "short": "one window, the whole recording",
+                "pooling": "mean of L2-normalised window embeddings, then L2-normalised"}
+
+
+def segmenting_from(segment: float | None, hop: float | None) -> Segmenting | None:
+    """``--segment`` / ``--hop`` -> a Segmenting (hop defaults to the segment: no overlap), or None
+    (the default rule: the first 10 s). ValueError naming the flag when a value is out of range."""
+    if segment is None:
+        if hop is not None:
+            raise ValueError("--hop needs --segment SECONDS")
+        return None
+    return Segmenting(segment, segment if hop is None else hop)

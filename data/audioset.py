@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.audio import AudioDecodeError, load_waveform
+from data.audio import MAX_SAMPLES, AudioDecodeError, load_waveform
 from data.errors import DatasetError
 from data.labels import LabelMatcher
 
@@ -203,6 +203,7 @@ def iter_clips(
     require_labels: bool = True,
     read_batch_rows: int = 64,
     shard: tuple[int, int] | None = None,
+    max_samples: int | None = MAX_SAMPLES,
 ) -> Iterator[Clip]:
     """Yield the clips of a parquet folder (or of a list of files, in the order given).
 
@@ -222,6 +223,8 @@ def iter_clips(
         rows (per row group) numbered across files in order, and unit `u` belongs to
         shard `u % count`. Shards are disjoint and their union is the unsharded stream;
         a shard reads only the row groups that hold its units. See `combine_shards`.
+    max_samples: waveforms keep their first `max_samples` samples at 48 kHz (the 10 s rule of
+        `data.audio`); None keeps whole recordings (for `data.audio.Segmenting`).
     Unreadable files (not parquet, torn, corrupt pages) are logged and counted under
     "unreadable_file" by each shard that meets them; clips already yielded from a file
     that fails part-way stay yielded, and the count's detail says how many rows were lost.
@@ -263,7 +266,8 @@ def iter_clips(
                             return
                         considered += 1
                         clip = _process_row(
-                            cells, name, row0 + offset, path, matcher, skips, label_column, decode, require_labels
+                            cells, name, row0 + offset, path, matcher, skips, label_column, decode, require_labels,
+                            max_samples=max_samples,
                         )
                         if clip is not None:
                             yield clip
@@ -337,6 +341,8 @@ def _process_row(
     label_column: str | None,
     decode: bool,
     require_labels: bool,
+    *,
+    max_samples: int | None = MAX_SAMPLES,
 ) -> Clip | None:
     vid = cells.get(VIDEO_ID_COLUMN)
     meta = ClipMeta(name, row, "" if vid is None else str(vid))
@@ -357,7 +363,7 @@ def _process_row(
     waveform = None
     if decode:
         try:
-            waveform = load_waveform(cells[AUDIO_COLUMN])
+            waveform = load_waveform(cells[AUDIO_COLUMN], max_samples=max_samples)
         except AudioDecodeError as e:
             skips.add(e.reason, meta, detail=str(e))
             return None

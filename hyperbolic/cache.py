@@ -13,11 +13,14 @@ Layout under the cache root (``default_cache_dir()``)::
   seconds, so it is memoised under ``digests/`` by the weight files' (size, mtime_ns, ctime_ns,
   inode); touching or replacing a weight file rehashes it.
 - audio_prep: ``data.audio.PREPROCESSING`` (decode, downmix, resample, crop) and the feature
-  extractor's config (mel bins, window, padding, truncation).
+  extractor's config (mel bins, window, padding, truncation); with ``--segment``, the window rule
+  (``data.audio.Segmenting.key()``); with ``--precision`` other than fp32, the precision. The
+  defaults (fp32, first 10 s) add nothing, so caches written before those options existed hit.
 - parquet sha256: the bytes of the whole file, memoised like the weights. A renamed, moved or
   copied file still hits; a rewritten one misses. A clip is then (file sha256, row), and the
   stored video_id is checked against the one read.
-- tokenizer: the tokenizer's files and class; a prompt set is keyed by its exact strings.
+- tokenizer: the tokenizer's files and class (and the precision, as for audio); a prompt set is
+  keyed by its exact strings.
 
 A parquet file's entry is a folder of chunks, each a set of rows and their outcome: an
 embedding, or the reason the row could not be embedded (a decode failure, a non-finite
@@ -80,10 +83,19 @@ def key_digest(obj: Any) -> str:
     return _sha256_text(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_jsonable))
 
 
-def audio_preprocessing(clap) -> dict[str, Any]:
+def _forward_precision(clap) -> dict[str, Any]:
+    """The forward's precision, when it is not the default fp32 (so fp32 keys stay as they were)."""
+    precision = getattr(clap, "precision", "fp32")
+    return {} if precision == "fp32" else {"precision": precision}
+
+
+def audio_preprocessing(clap, segmenting: audio_rules.Segmenting | None = None) -> dict[str, Any]:
     """Everything besides the weights that decides a clip's embedding."""
-    return {"format": CACHE_FORMAT, "preprocessing": dict(audio_rules.PREPROCESSING),
-            "feature_extractor": clap.processor.feature_extractor.to_dict()}
+    key = {"format": CACHE_FORMAT, "preprocessing": dict(audio_rules.PREPROCESSING),
+           "feature_extractor": clap.processor.feature_extractor.to_dict(), **_forward_precision(clap)}
+    if segmenting is not None:
+        key["segment"] = segmenting.key()
+    return key
 
 
 def _file_sha256(path: Path) -> str:
@@ -98,7 +110,8 @@ def text_preprocessing(clap) -> dict[str, Any]:
     names |= {"tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"}
     files = {name: _file_sha256(Path(clap.path) / name) for name in sorted(names)
              if (Path(clap.path) / name).is_file()}
-    return {"format": CACHE_FORMAT, "tokenizer": type(tokenizer).__name__, "files": files}
+    return {"format": CACHE_FORMAT, "tokenizer": type(tokenizer).__name__, "files": files,
+            **_forward_precision(clap)}
 
 
 def _stat(path: Path) -> list[int]:
@@ -317,9 +330,9 @@ class EmbeddingCache:
 
         return self._memoised(f"model:{folder}", stat, clap.fingerprint)
 
-    def audio(self, clap) -> AudioStore:
+    def audio(self, clap, segmenting: audio_rules.Segmenting | None = None) -> AudioStore:
         model = self.model_fingerprint(clap)
-        prep = key_digest(audio_preprocessing(clap))
+        prep = key_digest(audio_preprocessing(clap, segmenting))
         return AudioStore(self.root / model[:16] / prep[:16] / "audio", model=model, prep=prep,
                           dim=clap.embed_dim)
 

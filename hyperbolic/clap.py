@@ -3,28 +3,63 @@
 Nothing here trains. Parameters are frozen, the model is in ``eval()`` mode and every forward runs
 under ``torch.inference_mode()``. Embeddings come back as L2-normalised float32 CPU tensors,
 which is what the projector and the cosine baseline consume.
+
+Precision (``--precision``): the CLAP forward runs in float32 (``fp32``, the default) or under
+``torch.autocast`` in bfloat16 (``bf16``: CPUs and CUDA GPUs that support it) or float16 (``fp16``:
+CUDA only). The mel features are computed in float32/float64 as always, the output is cast back
+to float32 before it is normalised, and everything downstream (projector, distances, metrics)
+stays in float32. fp16 is refused on the CPU: PyTorch runs it there, but without native float16
+matrix units it was 3x slower than fp32 on the machine the benchmarks ran on, and bf16 is the
+reduced precision CPUs have. The precision is part of the embedding cache key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+import weakref
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
+
+from hyperbolic.config import PRECISIONS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "laion/larger_clap_general"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ClapNotFoundError(FileNotFoundError):
     """The CLAP checkpoint is neither a local folder nor in the ModelScope cache."""
+
+
+class ClapPrecisionError(ValueError):
+    """``--precision`` names a precision the device cannot run the CLAP forward in."""
+
+
+def check_precision(precision: str, device: torch.device | str) -> str:
+    """``precision`` if ``device`` can run the forward in it; ClapPrecisionError naming the fix if not."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ClapPrecisionError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    if precision == "fp32":
+        return precision
+    if device.type == "cpu" and precision == "fp16":
+        raise ClapPrecisionError("--precision fp16 runs only on CUDA devices (on the CPU it is slower than fp32); "
+                                 "use --precision bf16 or fp32 on the CPU")
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ClapPrecisionError(f"--precision bf16: {device} does not support bfloat16; use --precision fp16")
+    if device.type not in ("cpu", "cuda") and not torch.amp.is_autocast_available(device.type):
+        raise ClapPrecisionError(f"--precision {precision}: no autocast on {device.type}; use --precision fp32")
+    return precision
 
 
 def modelscope_cache_root() -> Path:
@@ -109,32 +144,130 @@ def audio_features(feature_extractor, sampling_rate: int, waveforms: list[np.nda
     """(B,) waveforms -> the CLAP feature extractor's tensors (CPU), as a plain dict.
 
     The first half of ``FrozenClap.embed_audio``, separate so that DataLoader workers can compute
-    the mel features (about 100 ms of CPU per 10 s clip) while the model runs.
+    the mel features while the model runs. For ``ClapFeatureExtractor`` without fusion and clips of
+    at most 10 s (what ``data.audio`` gives), ``_fast_features`` computes the same tensors bit for
+    bit, the frame loop done as one FFT; the first call on each extractor checks that against the
+    extractor itself and keeps to the extractor if they differ (another transformers version).
+
+    BLAS runs single-threaded here. OpenBLAS splits the float64 sums of the mel projection
+    differently for different thread counts, so features (and embeddings, in their last bits)
+    would depend on the core count and on whether a worker or the main process computed them;
+    and a multi-threaded BLAS only fights the model and the other workers for the same cores
+    (on 2 loaded cores the projection took 35 ms per clip with 2 threads, 4 ms with 1).
     """
-    return dict(feature_extractor(waveforms, sampling_rate=sampling_rate, return_tensors="pt"))
+    with threadpool_limits(limits=1, user_api="blas"):
+        if _fast_path(feature_extractor, waveforms):
+            return _fast_features(feature_extractor, waveforms)
+        return dict(feature_extractor(waveforms, sampling_rate=sampling_rate, return_tensors="pt"))
 
 
-@dataclass
+# Feature extractors whose fast path has been checked: extractor -> it agreed bit for bit. Kept
+# here, not on the extractor, whose attributes are part of the embedding cache key (to_dict()).
+_FAST_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fast_path(fe, waveforms: list[np.ndarray]) -> bool:
+    if (type(fe).__name__ != "ClapFeatureExtractor" or fe.truncation != "rand_trunc"
+            or fe.padding not in ("repeatpad", "repeat", "pad") or not waveforms
+            or any(np.ndim(w) != 1 or len(w) == 0 or len(w) > fe.nb_max_samples for w in waveforms)):
+        return False
+    if fe not in _FAST_CHECKED:
+        slow = dict(fe(waveforms[:1], sampling_rate=fe.sampling_rate, return_tensors="pt"))
+        fast = _fast_features(fe, waveforms[:1])
+        same = slow.keys() == fast.keys() and all(
+            slow[k].dtype == fast[k].dtype and torch.equal(slow[k], fast[k]) for k in slow)
+        if not same:
+            log.warning("the vectorised mel features differ from %s's own; using the extractor (slower)",
+                        type(fe).__name__)
+        _FAST_CHECKED[fe] = same
+    return _FAST_CHECKED[fe]
+
+
+def _log_mel(fe, x: np.ndarray) -> np.ndarray:
+    """``ClapFeatureExtractor._np_extract_fbank_features(x, fe.mel_filters_slaney)`` with the
+    per-frame loop of ``transformers.audio_utils.spectrogram`` done as one 2-D FFT, step for step
+    in the same dtypes (complex64 spectrum, float64 power and mel, float32 result): (frames, mels)."""
+    from transformers.audio_utils import power_to_db, window_function
+    n_fft, hop = fe.fft_window_size, fe.hop_length
+    x = np.pad(x, (n_fft // 2, n_fft // 2), mode="reflect").astype(np.float64)
+    window = window_function(n_fft, "hann").astype(np.float64)
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * window
+    spec = np.fft.rfft(frames, axis=-1).astype(np.complex64)
+    power = np.abs(spec, dtype=np.float64) ** 2.0
+    mel = np.maximum(1e-10, np.dot(fe.mel_filters_slaney.T, power.T))
+    return np.asarray(power_to_db(mel, 1.0, 1e-10, None), np.float32).T
+
+
+def _fast_features(fe, waveforms: list[np.ndarray]) -> dict:
+    """What ``fe(waveforms, return_tensors="pt")`` gives for clips of at most ``nb_max_samples``
+    without fusion: each clip padded as ``fe.padding`` says, then its log-mel spectrogram."""
+    from transformers import BatchFeature
+    n, mels = fe.nb_max_samples, []
+    for w in waveforms:
+        x = np.asarray(w, dtype=np.float64)
+        if len(x) < n:
+            if fe.padding == "repeat":
+                x = np.tile(x, int(n / len(x)) + 1)[:n]
+            elif fe.padding == "repeatpad":
+                x = np.tile(x, int(n / len(x)))
+            x = np.pad(x, (0, n - x.shape[0]), mode="constant", constant_values=0)
+        mels.append(_log_mel(fe, x)[None, :])
+    batch = BatchFeature({"input_features": mels, "is_longer": [[False] for _ in mels]})
+    return dict(batch.convert_to_tensors("pt"))
+
+
 class FrozenClap:
-    model: torch.nn.Module
-    processor: object
-    device: torch.device
-    path: Path
+    """A CLAP checkpoint, frozen: its processor, and its weights, loaded on the first forward.
+
+    ``load`` reads the config and the processor and checks that weight files exist; the weights
+    (1.7 GB for laion/larger_clap_general) are read only when something is embedded, so a run whose
+    embeddings all come from the cache never loads them. ``model`` loads them when first used.
+    """
+
+    def __init__(self, model: torch.nn.Module | None, processor, device: torch.device | str, path: str | Path,
+                 precision: str = "fp32", *, config=None, loader: Callable[[], torch.nn.Module] | None = None):
+        self._model, self._loader = model, loader
+        self.processor, self.device, self.path, self.precision = processor, torch.device(device), Path(path), precision
+        self.config = config if config is not None else getattr(model, "config", None)
+
+    def __repr__(self) -> str:
+        state = "loaded" if self._model is not None else "not loaded yet"
+        return f"FrozenClap(path={str(self.path)!r}, device={self.device}, precision={self.precision!r}, weights {state})"
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None and self._loader is not None:
+            self._model, self._loader = self._loader(), None
+        return self._model
 
     @classmethod
-    def load(cls, spec: str, device: torch.device | str = "cpu") -> "FrozenClap":
+    def load(cls, spec: str, device: torch.device | str = "cpu", *, precision: str = "fp32") -> "FrozenClap":
+        precision = check_precision(precision, device)
         path = resolve_clap_path(spec)
+        if not any(p.suffix in WEIGHT_SUFFIXES and p.is_file() for p in path.iterdir()):
+            raise ClapNotFoundError(f"no weight file ({', '.join(WEIGHT_SUFFIXES)}) in {path}")
+        from transformers import ClapConfig
         ClapModel, ClapProcessor = _clap_classes()
-        log.info("loading CLAP from %s", path)
-        model = ClapModel.from_pretrained(str(path), local_files_only=True)
         processor = ClapProcessor.from_pretrained(str(path), local_files_only=True)
-        model.requires_grad_(False)
-        model.eval().to(device)
-        return cls(model=model, processor=processor, device=torch.device(device), path=path)
+        config = ClapConfig.from_pretrained(str(path), local_files_only=True)
+
+        def load_weights() -> torch.nn.Module:
+            log.info("loading CLAP weights from %s (forward in %s)", path, precision)
+            model = ClapModel.from_pretrained(str(path), local_files_only=True)
+            model.requires_grad_(False)
+            return model.eval().to(device)
+
+        return cls(None, processor, device, path, precision, config=config, loader=load_weights)
+
+    def _autocast(self):
+        """The forward's precision: autocast to bf16/fp16, or nothing for fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=DTYPES[self.precision])
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.config.projection_dim)
+        return int((self.config if self.config is not None else self.model.config).projection_dim)
 
     @property
     def sampling_rate(self) -> int:
@@ -155,7 +288,8 @@ class FrozenClap:
     def embed_features(self, features: dict) -> torch.Tensor:
         """``audio_features`` output -> (B, embed_dim) float32, L2-normalised, on the CPU."""
         feats = {k: v.to(self.device) for k, v in features.items()}
-        out = self.model.get_audio_features(**feats).pooler_output
+        with self._autocast():
+            out = self.model.get_audio_features(**feats).pooler_output
         return F.normalize(out.float(), dim=-1).cpu()
 
     @torch.inference_mode()
@@ -163,5 +297,6 @@ class FrozenClap:
         """(B,) strings -> (B, embed_dim) float32, L2-normalised."""
         tokens = self.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         tokens = {k: v.to(self.device) for k, v in tokens.items()}
-        out = self.model.get_text_features(**tokens).pooler_output
+        with self._autocast():
+            out = self.model.get_text_features(**tokens).pooler_output
         return F.normalize(out.float(), dim=-1).cpu()

@@ -13,6 +13,7 @@ DEFAULT_CHECKPOINT = "laion/larger_clap_general"
 TEXT_PAIRINGS = ("all-labels", "first-label")
 LR_SCHEDULES = ("cosine", "constant")
 SELECT_METRICS = ("val_mAP", "val_loss")
+PRECISIONS = ("fp32", "bf16", "fp16")  # of the CLAP forward; see hyperbolic.clap
 
 
 def default_num_workers() -> int:
@@ -52,6 +53,9 @@ class TrainConfig:
     num_workers: int = field(default_factory=default_num_workers)
     cache_dir: str | None = None
     no_cache: bool = False
+    precision: str = "fp32"          # of the CLAP forward: fp32, bf16, fp16 (hyperbolic.clap)
+    segment: float | None = None     # seconds per window over whole recordings (data.audio.Segmenting)
+    hop: float | None = None         # seconds between windows (default: segment)
     holdout_classes: str | None = None
     ontology: str | None = None
     entailment_weight: float = 0.0
@@ -90,6 +94,9 @@ class EvalConfig:
     num_workers: int = field(default_factory=default_num_workers)
     cache_dir: str | None = None
     no_cache: bool = False
+    precision: str = "fp32"          # of the CLAP forward: fp32, bf16, fp16 (hyperbolic.clap)
+    segment: float | None = None     # seconds per window over whole recordings (data.audio.Segmenting)
+    hop: float | None = None         # seconds between windows (default: segment)
     result_dir: str = str(REPO_ROOT / "result")
     # Several checkpoints (a comparison run with plain CLAP); projection_checkpoint holds the
     # path when there is exactly one. See hyperbolic.evaluate.plan_models.
@@ -98,6 +105,8 @@ class EvalConfig:
     bootstrap_seed: int = 0
     save_scores: str | None = None
     ontology: str | None = None
+    # Ground truth closed under the ontology's ancestry for every metric (see hyperbolic.evaluate).
+    expand_ancestors: bool = False
     plots: bool = False
 
     def to_dict(self) -> dict:

@@ -5,16 +5,23 @@ white noise, mains hum, ...) are written as parquet, a hyperbolic projector is t
 plain cosine CLAP and the projector are evaluated on the same held-out clips. The random CLAP's
 text tower knows nothing about sounds, so its cosine scores are near chance; the projector learns
 to align the (random but informative) audio features with the class prompts.
+
+``run_hierarchy_demo`` (``benchmarks/hierarchy_demo.py``) is the same setting with the 3-level
+demo ontology (``data.synthetic.demo_ontology``): plain cosine CLAP and three projectors trained
+with one recipe (euclidean, hyperbolic, hyperbolic + entailment cones), compared in one
+evaluation on the same held-out clips with the ``--ontology`` hierarchy numbers.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from data.synthetic import DEMO_CLASSES, write_demo_dataset
+from data.synthetic import DEMO_CLASSES, write_demo_dataset, write_demo_ontology
 from hyperbolic.config import EvalConfig, TrainConfig
+from hyperbolic.entailment import DEFAULT_K
 from hyperbolic.outputs import atomic_write_json
 from hyperbolic.evaluate import ScoringModel, evaluate, format_metrics_table, load_projection
 from hyperbolic.tiny_clap import build_tiny_clap
@@ -55,5 +62,91 @@ def run_demo(output_dir: str | Path | None = None, *, seed: int = 42, epochs: in
           f"{results['test_info']['num_classes']} demo classes: "
           + ", ".join(f"{name} {value:.3f}" for name, value in acc.items())
           + f"  (chance: {chance:.3f})")
+    print(f"Results saved to: {path}")
+    return results
+
+
+HIERARCHY_COLUMNS = (
+    # (header, path in a model block); "-" where a value is undefined (cones of non-hyperbolic models)
+    ("mAP", ("metrics", "mAP")),
+    ("acc@1", ("metrics", "acc@1")),
+    ("mistake sev.", ("hierarchy", "mistake_severity")),
+    ("hier_dist@5", ("hierarchy", "hier_dist@5")),
+    ("pairs in cone", ("hierarchy", "cones", "prompt_pairs_in_cone")),
+    ("clips in cone", ("hierarchy", "cones", "clip_label_pairs_in_cone")),
+    ("rho classes", ("hierarchy", "prompt_norm_vs_depth", "rho")),
+    ("rho all nodes", ("hierarchy", "cones", "norm_depth", "rho")),
+)
+
+
+def _get(block: dict, path: tuple[str, ...]):
+    for key in path:
+        if not isinstance(block, dict):
+            return None
+        block = block.get(key)
+    return block
+
+
+def format_hierarchy_table(results: dict) -> str:
+    """One markdown row per model of a comparison: the standard and the hierarchy numbers."""
+    head = "| model | " + " | ".join(h for h, _ in HIERARCHY_COLUMNS) + " |"
+    rows = [head, "|---" * (len(HIERARCHY_COLUMNS) + 1) + "|"]
+    for name, block in results["models"].items():
+        cells = [_get(block, path) for _, path in HIERARCHY_COLUMNS]
+        rows.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
+    return "\n".join(rows)
+
+
+def run_hierarchy_demo(output_dir: str | Path | None = None, *, seed: int = 42, epochs: int = 60,
+                       train_clips_per_class: int = 32, eval_clips_per_class: int = 8,
+                       entailment_weights: tuple[float, ...] = (1.0,), entailment_k: float = DEFAULT_K,
+                       expand_ancestors: bool = False) -> dict:
+    """Cosine CLAP vs euclidean, hyperbolic and hyperbolic + entailment projectors on the demo.
+
+    The three projectors share ``run_demo``'s recipe (seed, split, epochs, learning rate 1e-2,
+    temperature 0.1, batch 16) and each is scored with its best checkpoint on validation mAP, as
+    ``run_demo`` does. Only the entailment runs train with the ontology's cone term, one run per
+    weight in ``entailment_weights`` (named ``hyperbolic_entailment``, or
+    ``hyperbolic_entailment_w<weight>`` when there are several), all at ``entailment_k``; every
+    checkpoint stores that K, so every hyperbolic model's cones are measured at it.
+    ``expand_ancestors`` applies to every projector's training (with the ontology, no cone term
+    for the others) and to the evaluation's ground truth alike. One ``evaluate`` call scores all
+    models on the same held-out clips with the demo ontology; the results JSON is
+    ``<output_dir>/results_hierarchy.json``. ``output_dir`` must not hold an earlier demo's data.
+    """
+    out = Path(output_dir or Path("demo_runs") / f"hierarchy_{datetime.now().strftime('%Y%m%d_%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("hierarchy demo: writing everything under %s", out)
+    clap_dir = build_tiny_clap(out / "tiny_clap", seed=seed)
+    write_demo_dataset(out / "data" / "train", clips_per_class=train_clips_per_class, seed=seed)
+    write_demo_dataset(out / "data" / "eval", clips_per_class=eval_clips_per_class, seed=seed + 1)
+    labels = atomic_write_json(out / "data" / "class_labels.json", dict(enumerate(DEMO_CLASSES)))
+    ontology = str(write_demo_ontology(out / "data" / "demo_ontology.json"))
+    base = TrainConfig(parquet_dir=str(out / "data" / "train"), checkpoint=str(clap_dir), device="cpu",
+                       epochs=epochs, batch_size=16, class_labels=str(labels), learning_rate=1e-2,
+                       temperature=0.1, seed=seed, overwrite=True, entailment_k=entailment_k,
+                       ontology=ontology if expand_ancestors else None, expand_ancestors=expand_ancestors)
+    runs = {
+        "euclidean": replace(base, geometry="euclidean"),
+        "hyperbolic": base,
+    }
+    for w in entailment_weights:
+        name = "hyperbolic_entailment" if len(entailment_weights) == 1 else f"hyperbolic_entailment_w{w:g}"
+        runs[name] = replace(base, ontology=ontology, entailment_weight=w)
+    models = [ScoringModel(name="clap_cosine", prompt_template=base.prompt_template)]
+    for name, cfg in runs.items():
+        log.info("hierarchy demo: training %s", name)
+        summary = train(replace(cfg, output_dir=str(out / "checkpoints" / name)))
+        models.append(load_projection(summary["best_checkpoint"], name=name))
+    eval_cfg = EvalConfig(parquet_dir=str(out / "data" / "eval"), checkpoint=str(clap_dir), device="cpu",
+                          num_samples=None, output_json=str(out / "results_hierarchy.json"),
+                          class_labels=str(labels), ontology=ontology, expand_ancestors=expand_ancestors)
+    results, path = evaluate(eval_cfg, models)
+    info = results["test_info"]
+    print(format_hierarchy_table(results))
+    print(f"\n{info['clips_with_known_label']} held-out clips, {info['num_classes']} classes, ground truth "
+          f"{info['ground_truth']}; seed {seed}, {train_clips_per_class} training clips per class, "
+          f"{epochs} epochs; entailment weight {', '.join(f'{w:g}' for w in entailment_weights)}, "
+          f"K {entailment_k:g}")
     print(f"Results saved to: {path}")
     return results

@@ -22,12 +22,25 @@ How ``embed_clips`` reads a folder, file by file in sorted order:
 A file whose read fails part-way ("unreadable_file") cannot be judged by the label pass, which
 does not read the audio column, so it is read once more by a plain decoding ``iter_clips`` whose
 counts are the ones reported; the cache remembers that the file is damaged.
+
+Long recordings (``segmenting``, see ``data.audio.Segmenting``): a clip is decoded whole, cut into
+windows, and its embedding is the mean of its L2-normalised window embeddings, L2-normalised.
+Clips are then grouped so that a forward holds at most ``batch_size`` windows (a clip with more
+windows is forwarded alone, ``batch_size`` windows at a time); groups depend only on the unit, so
+results stay bit-identical across worker counts.
+
+Many machines (``embed_shard``, used by ``hyperbolic.distributed`` under torchrun): rank ``r`` of
+``R`` decodes and embeds only its units (unit ``u`` of the run's ``f``-th file goes to shard
+``(u + f) % (R * W)`` of ``combine_shards``, W workers per rank; the offset ``f`` spreads files
+of a single unit over the ranks) and writes its own cache chunks; a single-process
+``embed_clips`` afterwards finds them all.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -42,6 +55,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from data.audio import MAX_SAMPLES, Segmenting
 from data.audioset import Clip, ClipMeta, SkipLog, combine_shards, iter_clips, list_parquet_files
 from data.labels import LabelMatcher
 from hyperbolic.cache import AudioStore, EmbeddingCache, RowOutcome
@@ -161,6 +175,62 @@ def _as_is(item):
     return item
 
 
+def forward_threads(num_workers: int, current: int) -> int:
+    """Intra-op threads for the forward while ``num_workers`` processes decode: the cores they
+    leave (at least 1, at most ``current``). On 2 cores with 1 worker, 2 forward threads made the
+    pipeline half as fast (37 vs 18 clips/s, tiny CLAP): the threads wait on each other while the
+    worker holds a core. (On the CPUs tested, the forward's result does not depend on the thread
+    count; tests check that embeddings do not depend on the number of workers.)"""
+    if num_workers == 0:
+        return current
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(current, cores - num_workers))
+
+
+def _shard_of(unit: int, file_index: int, count: int) -> int:
+    """The shard (``combine_shards`` index, of ``count``) that unit ``unit`` of the run's
+    ``file_index``-th file belongs to. The offset by file spreads single-unit files over shards."""
+    return (unit + file_index) % count
+
+
+def _feature_batches(clips: list[Clip], *, feature_extractor, sampling_rate: int,
+                     segmenting: Segmenting | None, max_windows: int) -> Iterator[tuple]:
+    """``(rows, video_ids, features, windows per clip or None)`` for consecutive clips of one unit.
+
+    Without segmenting: one batch, one window per clip (``None``). With it: groups of whole clips
+    holding at most ``max_windows`` windows; a clip with more windows is a group of its own."""
+    if segmenting is None:
+        features = audio_features(feature_extractor, sampling_rate, [c.waveform for c in clips])
+        yield [c.meta.row for c in clips], [c.meta.video_id for c in clips], features, None
+        return
+    group: list[tuple[Clip, list[np.ndarray]]] = []
+
+    def flush():
+        windows = [w for _, ws in group for w in ws]
+        features = audio_features(feature_extractor, sampling_rate, windows)
+        return ([c.meta.row for c, _ in group], [c.meta.video_id for c, _ in group], features,
+                [len(ws) for _, ws in group])
+
+    for clip in clips:
+        windows = segmenting.windows(clip.waveform)
+        if group and sum(len(ws) for _, ws in group) + len(windows) > max_windows:
+            yield flush()
+            group = []
+        group.append((clip, windows))
+    if group:
+        yield flush()
+
+
+def _pooled_embeddings(clap, features: dict, counts: list[int], max_windows: int) -> torch.Tensor:
+    """Window features -> (len(counts), D): forwards of at most ``max_windows`` windows, then per
+    clip the mean of its L2-normalised window embeddings, L2-normalised."""
+    n = sum(counts)
+    parts = [clap.embed_features({k: v[i:i + max_windows] for k, v in features.items()})
+             for i in range(0, n, max_windows)]
+    windows = torch.cat(parts)
+    return F.normalize(torch.stack([w.mean(0) for w in windows.split(counts)]), dim=-1)
+
+
 class _DecodeStream(IterableDataset):
     """Decode the needed rows of each job's file; yields plain tuples (picklable, no collation):
 
@@ -172,34 +242,37 @@ class _DecodeStream(IterableDataset):
     """
 
     def __init__(self, jobs: list[_DecodeJob], *, matcher: LabelMatcher, label_column: str | None,
-                 require_labels: bool, unit_rows: int, feature_extractor, sampling_rate: int):
+                 require_labels: bool, unit_rows: int, feature_extractor, sampling_rate: int,
+                 segmenting: Segmenting | None = None, rank: int = 0, world_size: int = 1):
         self.jobs, self.matcher, self.label_column = jobs, matcher, label_column
         self.require_labels, self.unit_rows = require_labels, unit_rows
         self.feature_extractor, self.sampling_rate = feature_extractor, sampling_rate
+        self.segmenting, self.rank, self.world_size = segmenting, rank, world_size
 
     def __iter__(self) -> Iterator[tuple]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        shard = combine_shards(rank=self.rank, world_size=self.world_size, worker_id=worker, num_workers=workers)
         for job in self.jobs:
-            yield from self._file(job, worker, workers)
+            yield from self._file(job, *shard)
             yield ("done", job.index)
 
-    def _file(self, job: _DecodeJob, worker: int, workers: int) -> Iterator[tuple]:
+    def _file(self, job: _DecodeJob, shard: int, count: int) -> Iterator[tuple]:
         try:
             bounds = _unit_bounds(job.path, self.unit_rows)
         except (pa.ArrowException, OSError) as e:  # changed since the label pass: the plain read judges
             yield ("damaged", job.index, f"cannot read the parquet footer: {e}")
             return
         starts = [b[0] for b in bounds]
-        mine = [b for u, b in enumerate(bounds) if u % workers == worker]
+        mine = [b for u, b in enumerate(bounds) if _shard_of(u, job.index, count) == shard]
         # iter_clips counts `limit` in this shard's rows, so pass the number of its rows below
         # the file's limit: the shards together then consider exactly the unsharded rows.
         limit = None if job.limit is None else sum(max(0, min(e, job.limit) - s) for s, e in mine)
         skips = _RecordingSkipLog()
         clips = iter_clips([job.path], matcher=self.matcher, skips=skips, label_column=self.label_column,
                            limit=limit, decode=True, require_labels=self.require_labels,
-                           read_batch_rows=self.unit_rows,
-                           shard=combine_shards(worker_id=worker, num_workers=workers))
+                           read_batch_rows=self.unit_rows, shard=((shard - job.index) % count, count),
+                           max_samples=None if self.segmenting is not None else MAX_SAMPLES)
         pending: list[Clip] = []
         for clip in clips:
             yield from self._events(job, skips)
@@ -207,12 +280,12 @@ class _DecodeStream(IterableDataset):
                 continue  # cached already: decoded for nothing, but not embedded again
             unit = bisect.bisect_right(starts, clip.meta.row) - 1
             if pending and bisect.bisect_right(starts, pending[0].meta.row) - 1 != unit:
-                yield self._batch(job, pending)
+                yield from self._batches(job, pending)
                 pending = []
             pending.append(clip)
         yield from self._events(job, skips)
         if pending:
-            yield self._batch(job, pending)
+            yield from self._batches(job, pending)
 
     def _events(self, job: _DecodeJob, skips: _RecordingSkipLog) -> Iterator[tuple]:
         for reason, meta, detail in skips.drain():
@@ -221,9 +294,11 @@ class _DecodeStream(IterableDataset):
             elif meta.row in job.needed:  # the label pass yielded it, so this is a decode failure
                 yield ("skip", job.index, meta.row, meta.video_id, reason, detail)
 
-    def _batch(self, job: _DecodeJob, clips: list[Clip]) -> tuple:
-        features = audio_features(self.feature_extractor, self.sampling_rate, [c.waveform for c in clips])
-        return ("batch", job.index, [c.meta.row for c in clips], [c.meta.video_id for c in clips], features)
+    def _batches(self, job: _DecodeJob, clips: list[Clip]) -> Iterator[tuple]:
+        for batch in _feature_batches(clips, feature_extractor=self.feature_extractor,
+                                      sampling_rate=self.sampling_rate, segmenting=self.segmenting,
+                                      max_windows=self.unit_rows):
+            yield ("batch", job.index, *batch)
 
 
 # ------------------------------------------------------------------ one embed_clips call
@@ -250,10 +325,12 @@ class _FilePlan:
 
 class _ClipRun:
     def __init__(self, clap, *, matcher: LabelMatcher, label_column: str | None, require_labels: bool,
-                 batch_size: int, num_workers: int, store: AudioStore | None, cache: EmbeddingCache | None):
+                 batch_size: int, num_workers: int, store: AudioStore | None, cache: EmbeddingCache | None,
+                 segmenting: Segmenting | None = None, rank: int = 0, world_size: int = 1):
         self.clap, self.matcher, self.label_column = clap, matcher, label_column
         self.require_labels, self.unit_rows, self.num_workers = require_labels, batch_size, num_workers
         self.store, self.cache = store, cache
+        self.segmenting, self.rank, self.world_size = segmenting, rank, world_size
         self.unsaved: dict[int, list[RowOutcome]] = defaultdict(list)
         self.saved_at: dict[int, float] = {}
         self.plans: list[_FilePlan] = []
@@ -278,7 +355,7 @@ class _ClipRun:
             known, damaged = record.outcomes, record.damaged
         plan = _FilePlan(index, path, limit, digest, known, damaged=damaged, damaged_saved=damaged)
         if damaged:
-            self._plain_read(plan)
+            self._damaged_read(plan)
             return plan
         skips = SkipLog()
         clips = list(iter_clips([path], matcher=self.matcher, skips=skips, label_column=self.label_column,
@@ -289,8 +366,16 @@ class _ClipRun:
         plan.clips, plan.log, plan.considered = clips, skips, len(clips) + skips.rows_skipped()
         if skips.count("unreadable_file"):
             plan.damaged = True
-            self._plain_read(plan)
+            self._damaged_read(plan)
         return plan
+
+    def _damaged_read(self, plan: _FilePlan) -> None:
+        """A damaged file is read by one plain read: here, or (with several ranks) by the rank the
+        file falls to; the others leave it alone (the merge after them reads it if need be)."""
+        if plan.index % self.world_size == self.rank:
+            self._plain_read(plan)
+        else:
+            plan.plain = True
 
     # ---- computing
     def _record(self, plan: _FilePlan, outcome: RowOutcome) -> None:
@@ -313,7 +398,7 @@ class _ClipRun:
             if outcomes or news:
                 self.store.write(plan.digest, outcomes, file_name=plan.path.name, damaged=plan.damaged)
                 plan.damaged_saved = plan.damaged
-            if finished:
+            if finished and self.world_size == 1:  # with several ranks, the merge compacts
                 self.store.compact(plan.digest, file_name=plan.path.name)
         except OSError as e:  # a full or read-only disk should not end hours of embedding
             log.warning("cannot write the embedding cache (%s); going on without it", e)
@@ -323,8 +408,12 @@ class _ClipRun:
         for index in list(self.unsaved):
             self._save(self.plans[index])
 
-    def _forward(self, plan: _FilePlan, rows: list[int], video_ids: list[str], features: dict) -> None:
-        emb = self.clap.embed_features(features)
+    def _forward(self, plan: _FilePlan, rows: list[int], video_ids: list[str], features: dict,
+                 windows: list[int] | None = None) -> None:
+        if windows is None:  # one window per clip: the whole batch in one forward
+            emb = self.clap.embed_features(features)
+        else:
+            emb = _pooled_embeddings(self.clap, features, windows, self.unit_rows)
         for row, video_id, e in zip(rows, video_ids, emb):
             if torch.isfinite(e).all():
                 self._record(plan, RowOutcome(row, video_id, e.numpy()))
@@ -333,18 +422,21 @@ class _ClipRun:
 
     def compute(self, progress: tqdm) -> None:
         """Decode and embed the needed rows of every file planned from the label pass."""
-        jobs = [_DecodeJob(p.index, p.path, p.limit, frozenset(p.needed()))
-                for p in self.plans if not p.plain and p.needed()]
+        jobs = [_DecodeJob(p.index, p.path, p.limit, frozenset(needed))
+                for p in self.plans if not p.plain and (needed := self._my_needed(p))]
         if not jobs:
             return
         fe = self.clap.processor.feature_extractor
         stream = _DecodeStream(jobs, matcher=self.matcher, label_column=self.label_column,
                                require_labels=self.require_labels, unit_rows=self.unit_rows,
-                               feature_extractor=fe, sampling_rate=self.clap.sampling_rate)
+                               feature_extractor=fe, sampling_rate=self.clap.sampling_rate,
+                               segmenting=self.segmenting, rank=self.rank, world_size=self.world_size)
         workers = max(1, self.num_workers)
         items = iter(stream) if self.num_workers == 0 else iter(DataLoader(
             stream, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is))
         finished: dict[int, int] = defaultdict(int)
+        before = torch.get_num_threads()
+        torch.set_num_threads(forward_threads(self.num_workers, before))
         try:
             for item in items:
                 kind, plan = item[0], self.plans[item[1]]
@@ -362,8 +454,22 @@ class _ClipRun:
                     if finished[plan.index] == workers:
                         self._save(plan, finished=True)
         finally:  # keep what was computed, so an interrupted run resumes from here
+            torch.set_num_threads(before)
             del items
             self._save_all()
+
+    def _my_needed(self, plan: _FilePlan) -> list[int]:
+        """The rows of ``plan`` still to embed that fall to this rank (all of them with one rank)."""
+        needed = plan.needed()
+        if self.world_size == 1 or not needed:
+            return needed
+        if plan.damaged:  # read whole by _damaged_read, or left to the merge
+            return []
+        workers = max(1, self.num_workers)
+        count = self.world_size * workers
+        mine = {r for u, (start, end) in enumerate(_unit_bounds(plan.path, self.unit_rows))
+                if _shard_of(u, plan.index, count) // workers == self.rank for r in range(start, end)}
+        return [r for r in needed if r in mine]
 
     def _plain_read(self, plan: _FilePlan) -> None:
         """Read the file with a decoding iter_clips, whose counts are then this file's; embed the
@@ -372,9 +478,10 @@ class _ClipRun:
         bounds: list[tuple[int, int]] | None = None
 
         def flush():
-            waves = [c.waveform for c in pending]
-            features = audio_features(self.clap.processor.feature_extractor, self.clap.sampling_rate, waves)
-            self._forward(plan, [c.meta.row for c in pending], [c.meta.video_id for c in pending], features)
+            for batch in _feature_batches(pending, feature_extractor=self.clap.processor.feature_extractor,
+                                          sampling_rate=self.clap.sampling_rate, segmenting=self.segmenting,
+                                          max_windows=self.unit_rows):
+                self._forward(plan, *batch)
             for c in pending:
                 c.waveform = None
             pending.clear()
@@ -385,7 +492,8 @@ class _ClipRun:
         try:
             for clip in iter_clips([plan.path], matcher=self.matcher, skips=skips,
                                    label_column=self.label_column, limit=plan.limit, decode=True,
-                                   require_labels=self.require_labels, read_batch_rows=self.unit_rows):
+                                   require_labels=self.require_labels, read_batch_rows=self.unit_rows,
+                                   max_samples=None if self.segmenting is not None else MAX_SAMPLES):
                 clips.append(clip)
                 known = plan.known.get(clip.meta.row)
                 if (known is not None and known.reason in ("", NON_FINITE)
@@ -440,33 +548,75 @@ class _ClipRun:
         return ClipEmbeddings(stacked, labels, firsts, raws, metas), reused, computed
 
 
-def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: SkipLog,
-                label_column: str = "human_labels", limit: int | None = None,
-                batch_size: int = 32, require_labels: bool = True,
-                cache: EmbeddingCache | None = None, num_workers: int = 0) -> ClipEmbeddings:
-    """Embed the clips of a parquet folder; only embeddings stay in memory.
-
-    limit: the first ``limit`` rows considered, across the sorted files (see ``iter_clips``).
-    cache: an ``EmbeddingCache``; rows it holds are not decoded or embedded again. None: no cache.
-    num_workers: DataLoader worker processes that decode and compute mel features (0: none).
-    Clips that cannot be used are counted in ``skips`` by reason and never replaced by zeros; the
-    result and the counts are the same with or without cache and for any ``num_workers``.
-    """
+def _check_args(batch_size: int, num_workers: int, limit: int | None) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0 (got {num_workers})")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None (got {limit})")
+
+
+def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: SkipLog,
+                label_column: str = "human_labels", limit: int | None = None,
+                batch_size: int = 32, require_labels: bool = True,
+                cache: EmbeddingCache | None = None, num_workers: int = 0,
+                segmenting: Segmenting | None = None, stats: dict | None = None) -> ClipEmbeddings:
+    """Embed the clips of a parquet folder; only embeddings stay in memory.
+
+    limit: the first ``limit`` rows considered, across the sorted files (see ``iter_clips``).
+    cache: an ``EmbeddingCache``; rows it holds are not decoded or embedded again. None: no cache.
+    num_workers: DataLoader worker processes that decode and compute mel features (0: none).
+    segmenting: embed whole recordings as the pooled embedding of overlapping windows (see
+    ``data.audio.Segmenting``); None: the first 10 s of each clip.
+    stats: a dict that receives the counts ``reused`` (from the cache) and ``computed``.
+    Clips that cannot be used are counted in ``skips`` by reason and never replaced by zeros; the
+    result and the counts are the same with or without cache and for any ``num_workers``.
+    """
+    _check_args(batch_size, num_workers, limit)
     files = list_parquet_files(parquet_dir)
-    store = cache.audio(clap) if cache is not None else None
+    store = cache.audio(clap, segmenting) if cache is not None else None
     run = _ClipRun(clap, matcher=matcher, label_column=label_column, require_labels=require_labels,
-                   batch_size=batch_size, num_workers=num_workers, store=store, cache=cache)
+                   batch_size=batch_size, num_workers=num_workers, store=store, cache=cache,
+                   segmenting=segmenting)
     run.plan(files, 0, limit)
     todo = sum(len(p.needed()) for p in run.plans if not p.plain)
     with tqdm(total=todo, desc="embed audio", unit="clip", leave=False, disable=todo == 0) as progress:
         run.settle(files, limit, progress)
     clips, reused, computed = run.assemble(skips)
+    if stats is not None:
+        stats.update(reused=reused, computed=computed)
     log.info("audio embeddings: %d reused, %d computed (%d rows skipped in all)",
              reused, computed, skips.rows_skipped())
     return clips
+
+
+def embed_shard(clap, parquet_dir: str | Path, *, rank: int, world_size: int, matcher: LabelMatcher,
+                cache: EmbeddingCache, label_column: str = "human_labels", limit: int | None = None,
+                batch_size: int = 32, require_labels: bool = True, num_workers: int = 0,
+                segmenting: Segmenting | None = None) -> dict:
+    """Rank ``rank`` of ``world_size``: embed this rank's units of the rows ``embed_clips`` with the
+    same arguments would embed, into ``cache`` (its own chunk files). Returns counts.
+
+    Every rank runs the (cheap) label pass over all files, so all ranks agree on the rows; rows
+    that the cache already holds are not computed again. A damaged file is read whole by one
+    rank. Nothing is assembled: afterwards a single ``embed_clips`` on the same cache (the merge,
+    see ``hyperbolic.distributed``) reuses every row and computes whatever no rank did.
+    """
+    _check_args(batch_size, num_workers, limit)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size (got rank={rank}, world_size={world_size})")
+    files = list_parquet_files(parquet_dir)
+    run = _ClipRun(clap, matcher=matcher, label_column=label_column, require_labels=require_labels,
+                   batch_size=batch_size, num_workers=num_workers, store=cache.audio(clap, segmenting),
+                   cache=cache, segmenting=segmenting, rank=rank, world_size=world_size)
+    run.plan(files, 0, limit)
+    todo = sum(len(run._my_needed(p)) for p in run.plans if not p.plain)
+    with tqdm(total=todo, desc=f"embed audio (rank {rank})", unit="clip", leave=False,
+              disable=todo == 0) as progress:
+        run.compute(progress)
+    computed = sum(len(p.computed) for p in run.plans)
+    rows = sum(len(p.clips) for p in run.plans)
+    log.info("rank %d/%d: %d audio embeddings computed (%d rows to embed in the run)", rank, world_size,
+             computed, rows)
+    return {"rank": rank, "world_size": world_size, "computed": computed, "rows": rows}

@@ -13,6 +13,16 @@ Which models run (``plan_models``):
   it): a comparison of plain CLAP and every checkpoint, one block per model under "models".
 
 Every model sees exactly the same clips, class names and bootstrap resamples.
+
+Ground truth: a clip's labels that match a class. With ``expand_ancestors`` (needs an ontology)
+it is closed under the ontology's ancestry (``expand_to_ancestors``) for the whole run: every
+metric, per-class AP, bootstrap, hierarchy block and the npz targets use the same matrix, named
+in ``test_info.ground_truth``; the set of labelled clips does not change. One ground truth per
+file keeps every number of it comparable; run twice for both.
+
+With an ontology, each hyperbolic model's ``hierarchy.cones`` measures entailment cones
+(``entailment.cone_report``) on the pairs training uses (see ``CONE_PAIRS_TEXT``), at the K of
+the checkpoint's ``config.entailment_k`` (``entailment.DEFAULT_K`` if it has none).
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.audio import segmenting_from
 from data.audioset import SkipLog
 from data.errors import DatasetError
 from data.labels import LabelMatcher, load_class_labels
@@ -36,6 +47,7 @@ from hyperbolic.cache import EmbeddingCache
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
 from hyperbolic.embeddings import embed_clips, embed_prompts, prompts_for
+from hyperbolic.entailment import DEFAULT_K, Hierarchy, cone_consistency, cone_report
 from hyperbolic.metrics import (
     bootstrap_ci,
     classification_metrics,
@@ -44,7 +56,7 @@ from hyperbolic.metrics import (
     retrieval_metrics,
     spearman_norm_depth,
 )
-from hyperbolic.ontology import Ontology
+from hyperbolic.ontology import Ontology, OntologyError
 from hyperbolic.outputs import atomic_write_bytes, atomic_write_json, unique_path
 from hyperbolic.projector import Projector, similarity
 
@@ -103,6 +115,7 @@ class ScoringModel:
     temperature: float | None = None
     legacy_distance: bool = False  # with it, the legacy projection too (see legacy_project)
     info: dict = field(default_factory=dict)
+    entailment_k: float = DEFAULT_K  # cone aperture K for the --ontology cone numbers (hyperbolic only)
 
     @torch.no_grad()
     def project(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,6 +216,14 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
     if legacy_distance and geometry != "hyperbolic":
         ignored["legacy_distance"] = True
         legacy_distance = False
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    # The cones are measured with the K the run trained with (train.py stores it in "config");
+    # a run without an entailment term, or an earlier checkpoint, is measured at the default.
+    if config.get("entailment_k") is not None:
+        entailment_k = _positive_float(config["entailment_k"], "config entailment_k", path)
+        k_source = "checkpoint config entailment_k"
+    else:
+        entailment_k, k_source = DEFAULT_K, "default (hyperbolic.entailment.DEFAULT_K)"
     for flag, value in ignored.items():
         log.warning("%s: --%s %s does not apply to this checkpoint (it has %s); ignored", path.name,
                     flag.replace("_", "-"), value,
@@ -215,14 +236,17 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
             "projection": PROJECTION_TEXT["legacy" if legacy_distance else geometry],
             "distance": (DISTANCE_TEXT["legacy" if legacy_distance else "geodesic"]
                          if geometry == "hyperbolic" else "cosine of unit vectors / tau"),
-            "ignored_flags": ignored, "holdout_classes": list(ckpt.get("holdout_classes") or [])}
+            "ignored_flags": ignored, "holdout_classes": list(ckpt.get("holdout_classes") or []),
+            "entailment_k": entailment_k, "entailment_k_source": k_source,
+            "training_hierarchy": {k: config.get(k) for k in ("ontology", "entailment_weight", "expand_ancestors")}
+            if config else None}
     if legacy_format and geometry == "hyperbolic" and not legacy_distance:
         info["note"] = ("checkpoint of the earlier scripts, scored with this codebase's projection and "
                         "geodesic distance; --legacy-distance reproduces the earlier scripts' numbers")
         log.warning("%s: %s", path.name, info["note"])
     return ScoringModel(name=name or path.stem, prompt_template=template, projector=projector,
                         geometry=geometry, c=c, temperature=temperature, legacy_distance=legacy_distance,
-                        info=info)
+                        info=info, entailment_k=entailment_k)
 
 
 # ------------------------------------------------------------------------------ planning
@@ -287,10 +311,21 @@ def build_models(cfg: EvalConfig, embed_dim: int) -> list[ScoringModel]:
 
 # ------------------------------------------------------------------------------- blocks
 
-def _predictions(scores, clips, class_names, top_k):
+GROUND_TRUTH_TEXT = {
+    "labels": "the clip's labels that match a class",
+    "labels+ancestors": "the clip's labels that match a class, plus every class above one of them in --ontology "
+                        "(--expand-ancestors); used by every metric of this file and by the --save-scores targets",
+}
+
+
+def _predictions(scores, clips, class_names, top_k, expanded=None):
+    """Top-k per clip with its ground truth; ``expanded`` (N, C) bool: the ancestor-closed
+    ground truth, listed as ``ground_truth_indices_with_ancestors``."""
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
     out = []
     for i, meta in enumerate(clips.metas):
+        extra = ({} if expanded is None else
+                 {"ground_truth_indices_with_ancestors": np.flatnonzero(expanded[i]).tolist()})
         out.append({
             "sample_id": i, "video_id": meta.video_id, "file": meta.file, "row": meta.row,
             "predicted_top1": class_names[order[i, 0]],
@@ -298,6 +333,7 @@ def _predictions(scores, clips, class_names, top_k):
                                   for r, k in enumerate(order[i])],
             "ground_truth_human_labels": clips.raw_labels[i],
             "ground_truth_indices": clips.label_indices[i],
+            **extra,
         })
     return out
 
@@ -344,35 +380,111 @@ def _spearman(norms: np.ndarray, depths: np.ndarray, what: str) -> dict:
 
 @dataclass
 class HierarchyContext:
-    """What every model's hierarchy block shares: the ontology matched to the class list."""
+    """What every model's hierarchy block shares: the ontology matched to the class list.
+
+    ``hierarchy`` is the one training builds (``entailment.Hierarchy``): prompt nodes are the
+    classes, then every ontology node above a matched class that is not a class (abstract
+    parents), and its direct parent -> child edges among them are the cone pairs.
+    """
 
     ontology: Ontology
     node_ids: list[str | None]
     unmatched: list[str]
     depths: list[int | None]
     parents: dict[int, set[int]]
+    hierarchy: Hierarchy
 
     @classmethod
-    def build(cls, ontology: Ontology, class_names: list[str]) -> "HierarchyContext":
+    def build(cls, ontology: Ontology, class_names: list[str], *,
+              expand_ancestors: bool = False) -> "HierarchyContext":
         ids, unmatched = ontology.match(class_names)
         if unmatched:
             log.warning("%d of %d classes match no ontology node (first: %s)", len(unmatched),
                         len(class_names), unmatched[:5])
+        try:
+            hierarchy = Hierarchy.build(ontology, class_names, expand_ancestors=expand_ancestors)
+        except ValueError as err:  # two class names on one node: cones and ancestors are ambiguous
+            raise OntologyError(f"--ontology {ontology.source}: {err}; give each class a distinct name") from err
         return cls(ontology, ids, unmatched, ontology.class_depths(class_names),
-                   ontology.class_parents(class_names))
+                   ontology.class_parents(class_names), hierarchy)
 
     def summary(self, path: str) -> dict:
+        h = self.hierarchy
         return {"path": path, "nodes": len(self.ontology), "classes_matched": len(self.node_ids) - len(self.unmatched),
                 "unmatched": self.unmatched,
                 "depth": "fewest edges from a top-level category (depth 0) down to the class's node",
                 "distance": "LCA height (metrics.class_distance_matrix) over the classes and their "
-                            "ontology ancestors; unmatched classes meet the rest only at a virtual root"}
+                            "ontology ancestors; unmatched classes meet the rest only at a virtual root",
+                "extra_prompts": list(h.extra_names), "cone_prompt_pairs": int(h.parent_child.shape[0]),
+                "cone_class_pairs": int(h.edges(range(h.num_classes)).shape[0]),
+                "cone_pairs": CONE_PAIRS_TEXT}
+
+
+CONE_PAIRS_TEXT = (
+    "prompt pairs: every direct ontology edge parent -> child among the prompt nodes (the classes and every "
+    "ontology node above a matched class; abstract parents get a prompt with the model's template), the "
+    "pairs training uses; class pairs: each class to its nearest class ancestors (abstract nodes passed "
+    "through); clip pairs: each labelled clip with each label of the run's ground truth (with "
+    "--expand-ancestors also every ontology ancestor, abstract ones included, as training does)")
+CONE_SKIPPED = ("entailment cones live on the Poincare ball (the aperture depends on the distance from the "
+                "origin); cosine and euclidean models have none")
+
+
+def expand_to_ancestors(targets: np.ndarray, hierarchy: Hierarchy) -> np.ndarray:
+    """Ground truth closed under ancestry: ``(N, C)`` bool -> ``(N, C)`` bool, each clip also
+    positive for every class above one of its labels in the ontology (classes only: abstract
+    nodes have no score column). Rows without a label stay empty."""
+    out = targets.copy()
+    num_classes = targets.shape[1]
+    for k, above in enumerate(hierarchy.ancestors):
+        classes = [a for a in above if a < num_classes]  # ancestors is already transitive
+        rows = np.flatnonzero(targets[:, k])
+        if classes and len(rows):
+            out[np.ix_(rows, classes)] = True
+    return out
+
+
+@torch.no_grad()
+def _cones(model: ScoringModel, prompt_pts, audio_pts, clip_labels: list[list[int]],
+           hier: HierarchyContext) -> dict:
+    """Entailment-cone consistency of one model; see ``CONE_PAIRS_TEXT`` for the pairs.
+
+    ``prompt_pts`` (P, D): the projected prompts of ``hier.hierarchy.prompt_names``;
+    ``audio_pts`` (N, D) the labelled clips' points; ``clip_labels`` their prompt indices.
+    ``entailment.cone_report`` plus ``class_pairs_in_cone`` and ``clips_in_all_label_cones``
+    (fraction of clips lying in the cone of every one of their labels). K is the checkpoint's.
+    """
+    h = hier.hierarchy
+    class_pairs = h.edges(range(h.num_classes))
+    counts = {"prompt_pairs": int(h.parent_child.shape[0]), "class_pairs": int(class_pairs.shape[0]),
+              "clip_label_pairs": sum(len(row) for row in clip_labels), "clips": len(clip_labels)}
+    if model.projector is None or model.geometry != "hyperbolic":
+        return {"K": None, **counts, "prompt_pairs_in_cone": None, "class_pairs_in_cone": None,
+                "clip_label_pairs_in_cone": None, "clips_in_all_label_cones": None, "norm_depth": None,
+                "skipped": CONE_SKIPPED}
+    c, K = model.c, model.entailment_k
+    out = cone_report(prompt_pts, h.parent_child, h.depth, c=c, K=K, clip_pts=audio_pts, labels=clip_labels)
+    out.update(counts, K_source=model.info.get("entailment_k_source", "default (hyperbolic.entailment.DEFAULT_K)"))
+    out["class_pairs_in_cone"] = (cone_consistency(prompt_pts[class_pairs[:, 0]], prompt_pts[class_pairs[:, 1]],
+                                                   c=c, K=K) if len(class_pairs) else None)
+    clip = torch.tensor([i for i, row in enumerate(clip_labels) for _ in row], dtype=torch.long)
+    label = torch.tensor([k for row in clip_labels for k in row], dtype=torch.long)
+    out["clips_in_all_label_cones"] = None
+    if len(clip):
+        u, v = prompt_pts[label], audio_pts[clip]
+        inside = poincare.oxy_angle(u, v, c=c) <= poincare.half_aperture(u, c=c, K=K)  # cone_consistency's rule
+        outside_per_clip = torch.zeros(len(clip_labels), dtype=torch.long).index_add_(0, clip, (~inside).long())
+        has_label = torch.tensor([len(row) > 0 for row in clip_labels])
+        out["clips_in_all_label_cones"] = float((outside_per_clip[has_label] == 0).double().mean())
+    out["norm_depth_over"] = "dist0 of every prompt node (classes and abstract parents) against its ontology depth"
+    return out
 
 
 @torch.no_grad()
 def _hierarchy(model: ScoringModel, audio_pts, text_pts, scores, targets, hier: HierarchyContext,
-               class_names: list[str]) -> dict:
-    """Norm-vs-depth rank correlations and mistake severity of one model.
+               class_names: list[str], cones: dict) -> dict:
+    """Norm-vs-depth rank correlations, mistake severity and (``cones``, from ``_cones``)
+    entailment-cone consistency of one model. ``targets`` is the run's ground truth.
 
     Hyperbolic: a prompt's norm is ``dist0`` of its projected point; a class's audio norm is
     ``dist0(expmap0(m))`` with m the mean of ``logmap0`` of its labelled clips' points (the
@@ -407,6 +519,7 @@ def _hierarchy(model: ScoringModel, audio_pts, text_pts, scores, targets, hier: 
                                   "skipped": "cosine/euclidean prompts are unit vectors; their norm is constant"}),
         "audio_mean_norm_vs_depth": _spearman(audio_norm[has_audio], depth[has_audio], audio_what),
         **mistake_severity(scores, targets, hier.parents, k=HIER_K),
+        "cones": cones,
         "classes": [{"index": i, "name": class_names[i], "node_id": hier.node_ids[i], "depth": hier.depths[i],
                      "prompt_norm": None if prompt_norm is None else float(prompt_norm[i]),
                      "audio_mean_norm": float(audio_norm[i]) if clips_per_class[i] > 0 else None,
@@ -486,8 +599,11 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     device = resolve_device(cfg.device)
     class_names = load_class_labels(cfg.class_labels)
     matcher = LabelMatcher(class_names)
-    hier = HierarchyContext.build(Ontology.load(cfg.ontology), class_names) if cfg.ontology else None
-    clap = FrozenClap.load(cfg.checkpoint, device)
+    if cfg.expand_ancestors and not cfg.ontology:
+        raise ValueError("expand_ancestors needs an ontology (--expand-ancestors needs --ontology PATH)")
+    hier = (HierarchyContext.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
+            if cfg.ontology else None)
+    clap = FrozenClap.load(cfg.checkpoint, device, precision=cfg.precision)
     if models is None:
         models = build_models(cfg, clap.embed_dim)
     if len({m.name for m in models}) != len(models):
@@ -501,7 +617,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     skips = SkipLog()
     clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
                         limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=False,
-                        cache=cache, num_workers=cfg.num_workers)
+                        cache=cache, num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop))
     if len(clips) == 0:
         raise DatasetError(f"no clip of {cfg.parquet_dir} could be read (skipped: {skips.to_dict()})")
     rows_read = len(clips) + skips.rows_skipped()
@@ -510,8 +626,17 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     if not labelled.any():
         log.warning("no clip has a label among the %d classes of %s (column %r): metrics are null",
                     len(class_names), cfg.class_labels, cfg.label_column)
+    annotated_positives = int(targets.sum())
+    if cfg.expand_ancestors:
+        # One ground truth for the whole run (every metric, the npz targets); the labelled set
+        # is unchanged, since only clips with a label gain its ancestors.
+        targets = expand_to_ancestors(targets, hier.hierarchy)
+    # Cone pairs of each labelled clip, as prompt indices (with expand_ancestors: + every ancestor).
+    clip_labels = (hier.hierarchy.training_labels([clips.label_indices[i] for i in np.flatnonzero(labelled)])
+                   if hier is not None else None)
 
     prompt_cache: dict[str, torch.Tensor] = {}
+    extra_cache: dict[str, torch.Tensor] = {}
     blocks: dict[str, dict] = {}
     score_sets: dict[str, np.ndarray] = {}
     text_points: dict[str, torch.Tensor] = {}
@@ -523,6 +648,18 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         scores = model.score_points(audio_pts, text_pts)
         s, t = scores[labelled], targets[labelled]
         metrics = _metrics(s, t, cfg, rows_read) if labelled.any() else None
+        hierarchy = None
+        if hier is not None and metrics:
+            extra_names = list(hier.hierarchy.extra_names)
+            if template not in extra_cache:
+                # Abstract parents in a call of their own: the class prompts' embeddings (and so
+                # every score) stay exactly what they are without --ontology.
+                extra_cache[template] = (embed_prompts(clap, prompts_for(extra_names, template), cache=cache)
+                                         if extra_names else prompt_cache[template][:0])
+            labelled_pts = audio_pts[torch.from_numpy(labelled)]
+            prompt_pts = torch.cat([text_pts, model.project(extra_cache[template])])
+            hierarchy = _hierarchy(model, labelled_pts, text_pts, s, t, hier, class_names,
+                                   _cones(model, prompt_pts, labelled_pts, clip_labels, hier))
         blocks[model.name] = {
             "model_info": _model_info(model, str(clap.path)),
             "similarity_stats": {"min": float(scores.min()), "max": float(scores.max()),
@@ -531,10 +668,10 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
             "metrics_by_split": (_holdout_metrics(model, s, t, class_names, cfg, rows_read)
                                  if metrics else None),
             "bootstrap": _bootstrap(s, t, metrics, cfg) if cfg.bootstrap and metrics else None,
-            "hierarchy": (_hierarchy(model, audio_pts[torch.from_numpy(labelled)], text_pts, s, t, hier,
-                                     class_names) if hier is not None and metrics else None),
+            "hierarchy": hierarchy,
             "per_class": per_class_ap(s, t, class_names) if metrics else [],
-            "predictions": _predictions(scores, clips, class_names, cfg.top_k),
+            "predictions": _predictions(scores, clips, class_names, cfg.top_k,
+                                        targets if cfg.expand_ancestors else None),
         }
         score_sets[model.name] = scores
         text_points[model.name] = text_pts
@@ -559,6 +696,10 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
                  "predicted_set_rule": f"top-{cfg.set_k}" if cfg.threshold is None else f"score>={cfg.threshold:g}",
                  "bootstrap": cfg.bootstrap, "bootstrap_seed": cfg.bootstrap_seed if cfg.bootstrap else None,
                  "legacy_distance": cfg.legacy_distance, "ontology": cfg.ontology,
+                 "ground_truth": "labels+ancestors" if cfg.expand_ancestors else "labels",
+                 "ground_truth_rule": GROUND_TRUTH_TEXT["labels+ancestors" if cfg.expand_ancestors else "labels"],
+                 "ground_truth_positives": {"annotated": annotated_positives,
+                                            "added_ancestors": int(targets.sum()) - annotated_positives},
                  "scores_file": None if scores_file is None else str(scores_file),
                  "cache_dir": None if cache is None else str(cache.root)}
     data_quality = {"skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list(),
@@ -605,7 +746,10 @@ def format_metrics_table(results: dict) -> str:
         for label, get in (("rho(prompt,dep)", lambda h: h["prompt_norm_vs_depth"]["rho"]),
                            ("rho(audio,dep)", lambda h: h["audio_mean_norm_vs_depth"]["rho"]),
                            ("mistake_sev", lambda h: h["mistake_severity"]),
-                           (f"hier_dist@{HIER_K}", lambda h: h[f"hier_dist@{HIER_K}"])):
+                           (f"hier_dist@{HIER_K}", lambda h: h[f"hier_dist@{HIER_K}"]),
+                           ("cone_pairs_in", lambda h: h["cones"]["prompt_pairs_in_cone"]),
+                           ("cone_clips_in", lambda h: h["cones"]["clip_label_pairs_in_cone"]),
+                           ("rho(nodes,dep)", lambda h: (h["cones"]["norm_depth"] or {}).get("rho"))):
             rows.append((label, [_fmt(get(b["hierarchy"])) if b.get("hierarchy") else "-"
                                  for b in blocks.values()]))
     width = max(14, *(len(n) for n in names), *(len(v) for _, vals in rows for v in vals))

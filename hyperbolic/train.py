@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.audio import segmenting_from
 from data.audioset import SkipLog
 from data.labels import LabelMatcher, load_class_labels
 from hyperbolic.cache import EmbeddingCache
@@ -412,12 +413,12 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
     device = resolve_device(cfg.device)
     class_names = load_class_labels(cfg.class_labels)
     matcher = LabelMatcher(class_names)
-    clap = FrozenClap.load(cfg.checkpoint, device)
+    clap = FrozenClap.load(cfg.checkpoint, device, precision=cfg.precision)
     cache = None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
     skips = SkipLog()
     clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
                         limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=True,
-                        cache=cache, num_workers=cfg.num_workers)
+                        cache=cache, num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop))
     present = sorted({k for row in clips.label_indices for k in row})
     holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.seed)
     clips, dropped = mask_holdout(clips, holdout, matcher)
@@ -433,6 +434,10 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
     prompt_names = class_names if hierarchy is None else list(hierarchy.prompt_names)
     prompts = embed_prompts(clap, prompts_for(prompt_names, cfg.prompt_template), cache=cache)
     split = split_indices(len(clips), cfg.train_ratio, cfg.seed)
+    if len(split.val) == 1 and cfg.select_metric == "val_mAP":
+        log.warning("--train-ratio %g leaves a single validation clip: average precision over one clip is 1.0 "
+                    "for any model, so val_mAP cannot tell epochs apart and the first epoch stays best; use more "
+                    "clips, a lower --train-ratio, or --select-metric val_loss", cfg.train_ratio)
     seen = [k for k in range(len(class_names)) if k not in set(holdout)]
     extra = {"clap": {"path": str(clap.path), "embed_dim": clap.embed_dim},
              "cache_dir": None if cache is None else str(cache.root),
