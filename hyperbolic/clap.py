@@ -9,7 +9,7 @@ Precision (``--precision``): the CLAP forward runs in float32 (``fp32``, the def
 CUDA only). The mel features are computed in float32/float64 as always, the output is cast back
 to float32 before it is normalised, and everything downstream (projector, distances, metrics)
 stays in float32. fp16 is refused on the CPU: PyTorch runs it there, but without native float16
-matrix units it was 3x slower than fp32 on the machine the benchmarks ran on, and bf16 is the
+matrix units it was 5x slower than fp32 on the machine the benchmarks ran on, and bf16 is the
 reduced precision CPUs have. The precision is part of the embedding cache key.
 """
 

