@@ -8,7 +8,8 @@ import logging
 import math
 import sys
 
-from hyperbolic.config import DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, PRECISIONS, EvalConfig, default_num_workers
+from hyperbolic.cli import add_embedding_args, embedding_arg_errors, positive
+from hyperbolic.config import EvalConfig
 from hyperbolic.outputs import setup_logging
 
 log = logging.getLogger("test_clap_modelscope")
@@ -23,12 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--use-hyperbolic, or several paths): plain CLAP and every checkpoint compared on "
                         "the same clips, one block per model under 'models'")
     p.add_argument("--num-samples", type=int, default=100, help="evaluate the first N rows")
-    p.add_argument("--device", default="cuda:0", help="torch device; falls back to cpu without CUDA")
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                   help="CLAP model folder, or a model id looked up in the ModelScope cache")
     p.add_argument("--output-json", default=None,
                    help="results file (default result/clap_modelscope_results_<time>.json); never overwritten")
-    p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS))
     p.add_argument("--top-k", type=int, default=10, help="predictions listed per clip")
     p.add_argument("--c", type=float, default=None,
                    help="curvature; taken from the checkpoint, a differing value is reported (default 1.0)")
@@ -40,24 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--legacy-distance", action="store_true",
                    help="hyperbolic checkpoints: the earlier scripts' projection (|y| rescaled to <= 0.9) "
                         "and distance (c outside the fraction), to reproduce their numbers")
-    p.add_argument("--label-column", default="human_labels")
     p.add_argument("--prompt-template", default=None,
                    help="prompt for plain CLAP (default 'This is a sound of {label}.'); checkpoints use their own")
     p.add_argument("--set-k", type=int, default=5, help="predicted set = top-k classes, for precision/recall/F1")
     p.add_argument("--threshold", type=float, default=None, help="predicted set = classes scoring >= threshold")
-    p.add_argument("--embed-batch-size", type=int, default=32, help="clips per CLAP forward")
-    p.add_argument("--num-workers", type=int, default=default_num_workers(),
-                   help="decoding worker processes (0: decode in the main process)")
-    p.add_argument("--cache-dir", default=None,
-                   help="embedding cache (default $HYPERBOLIC_CLAP_CACHE or ~/.cache/hyperbolic_clap)")
-    p.add_argument("--no-cache", action="store_true", help="compute every embedding, read and write no cache")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="CLAP forward: fp32, bf16 (CPU or GPU), fp16 (CUDA only); the geometry stays fp32")
-    p.add_argument("--segment", type=float, default=None, metavar="SECONDS",
-                   help="embed whole recordings: mean of the embeddings of windows this long (<= 10), "
-                        "the last one aligned to the end (default: the first 10 s)")
-    p.add_argument("--hop", type=float, default=None, metavar="SECONDS",
-                   help="seconds between --segment windows (default: --segment, no overlap)")
     p.add_argument("--bootstrap", type=int, default=0, metavar="N",
                    help="95%% bootstrap intervals of mAP and acc@1 from N resamples of the clips (0: none)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples")
@@ -74,12 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", action="store_true",
                    help="write PNGs next to the results JSON: prompts on the Poincare disk (hyperbolic "
                         "models) and best/worst per-class AP")
-    p.add_argument("--verbose", action="store_true")
+    add_embedding_args(p)
     return p
-
-
-def _positive(x: float) -> bool:
-    return math.isfinite(x) and x > 0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -90,8 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.num_samples < 1, f"--num-samples must be >= 1 (got {args.num_samples})"),
         (args.top_k < 1, f"--top-k must be >= 1 (got {args.top_k})"),
         (args.set_k < 1, f"--set-k must be >= 1 (got {args.set_k})"),
-        (args.c is not None and not _positive(args.c), f"--c must be > 0 and finite (got {args.c})"),
-        (args.temperature is not None and not _positive(args.temperature),
+        (args.c is not None and not positive(args.c), f"--c must be > 0 and finite (got {args.c})"),
+        (args.temperature is not None and not positive(args.temperature),
          f"--temperature must be > 0 and finite (got {args.temperature})"),
         (args.use_hyperbolic and not paths, "--use-hyperbolic needs --projection-checkpoint PATH"),
         (args.expand_ancestors and not args.ontology,
@@ -99,10 +78,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.legacy_distance and not paths, "--legacy-distance needs --projection-checkpoint PATH"),
         (args.prompt_template is not None and "{label}" not in args.prompt_template,
          f"--prompt-template must contain {{label}} (got {args.prompt_template!r})"),
-        (args.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {args.embed_batch_size})"),
-        (args.num_workers < 0, f"--num-workers must be >= 0 (got {args.num_workers})"),
-        (args.precision == "fp16" and args.device == "cpu",
-         "--precision fp16 needs a CUDA --device; on the CPU use --precision bf16 or fp32"),
         (args.bootstrap < 0, f"--bootstrap must be >= 0 (got {args.bootstrap})"),
         (args.threshold is not None and not math.isfinite(args.threshold),
          f"--threshold must be a finite number (got {args.threshold})"),
@@ -110,14 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
          f"--save-scores must name a .npz file (got {args.save_scores!r})"),
         (len(set(paths)) != len(paths), "--projection-checkpoint lists a path twice; give each checkpoint once"),
     ]
-    for failed, message in checks:
-        if failed:
-            parser.error(message)
-    from data.audio import segmenting_from
-    try:
-        segmenting_from(args.segment, args.hop)
-    except ValueError as err:
-        parser.error(str(err))
+    for message in [m for failed, m in checks if failed] + embedding_arg_errors(args):
+        parser.error(message)
     return args
 
 

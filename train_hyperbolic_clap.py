@@ -7,8 +7,8 @@ import logging
 import math
 import sys
 
-from hyperbolic.config import (DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, LR_SCHEDULES,
-                               PRECISIONS, SELECT_METRICS, TEXT_PAIRINGS, TrainConfig, default_num_workers)
+from hyperbolic.cli import add_embedding_args, embedding_arg_errors, positive
+from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, LR_SCHEDULES, SELECT_METRICS, TEXT_PAIRINGS, TrainConfig
 from hyperbolic.outputs import setup_logging
 from hyperbolic.projector import GEOMETRIES
 
@@ -19,9 +19,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--parquet-dir", help="folder of AudioSet-style .parquet files (required unless --demo)")
     p.add_argument("--num-samples", type=int, default=None, help="use the first N rows (default: all)")
-    p.add_argument("--device", default="cuda:0", help="torch device; falls back to cpu without CUDA")
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                   help="CLAP model folder, or a model id looked up in the ModelScope cache")
     p.add_argument("--output-dir", default="./checkpoints_hyperbolic")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=16)
@@ -32,10 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="logits are -d_c / temperature; several values run a sweep")
     p.add_argument("--train-ratio", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS))
     p.add_argument("--clip-r", type=float, default=0.9,
                    help="clip embeddings to this fraction of the ball radius 1/sqrt(c) (1 = no clip)")
-    p.add_argument("--label-column", default="human_labels")
     p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE)
     p.add_argument("--text-pairing", choices=TEXT_PAIRINGS, default="all-labels",
                    help="all-labels: multi-positive loss over class prompts; first-label: earlier scripts")
@@ -48,19 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm")
     p.add_argument("--patience", type=int, default=0, help="early stop after N epochs without improvement (0: off)")
     p.add_argument("--select-metric", choices=SELECT_METRICS, default="val_mAP")
-    p.add_argument("--embed-batch-size", type=int, default=32, help="clips per CLAP forward")
-    p.add_argument("--num-workers", type=int, default=default_num_workers(),
-                   help="decoding worker processes (0: decode in the main process)")
-    p.add_argument("--cache-dir", default=None,
-                   help="embedding cache (default $HYPERBOLIC_CLAP_CACHE or ~/.cache/hyperbolic_clap)")
-    p.add_argument("--no-cache", action="store_true", help="compute every embedding, read and write no cache")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="CLAP forward: fp32, bf16 (CPU or GPU), fp16 (CUDA only); the geometry stays fp32")
-    p.add_argument("--segment", type=float, default=None, metavar="SECONDS",
-                   help="embed whole recordings: mean of the embeddings of windows this long (<= 10), "
-                        "the last one aligned to the end (default: the first 10 s)")
-    p.add_argument("--hop", type=float, default=None, metavar="SECONDS",
-                   help="seconds between --segment windows (default: --segment, no overlap)")
     p.add_argument("--export-onnx", default=None, metavar="PATH.onnx",
                    help="after training, export the best checkpoint's projector and similarity head to ONNX")
     p.add_argument("--holdout-classes", default=None, metavar="FRACTION|FILE",
@@ -85,12 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="train and evaluate on generated sounds with a tiny random CLAP (no download); "
                         "uses its own recipe, only --seed and --output-dir apply")
-    p.add_argument("--verbose", action="store_true")
+    add_embedding_args(p)
     return p
-
-
-def _positive(x: float) -> bool:
-    return math.isfinite(x) and x > 0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,9 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.num_samples is not None and args.num_samples < 1, f"--num-samples must be >= 1 (got {args.num_samples})"),
         (args.epochs < 1, f"--epochs must be >= 1 (got {args.epochs})"),
         (args.batch_size < 1, f"--batch-size must be >= 1 (got {args.batch_size})"),
-        (not _positive(args.learning_rate), f"--learning-rate must be a finite number > 0 (got {args.learning_rate})"),
-        *[(not _positive(c), f"--c must be > 0 and finite (got {c:g})") for c in args.c],
-        *[(not _positive(t), f"--temperature must be > 0 and finite (got {t:g})") for t in args.temperature],
+        (not positive(args.learning_rate), f"--learning-rate must be a finite number > 0 (got {args.learning_rate})"),
+        *[(not positive(c), f"--c must be > 0 and finite (got {c:g})") for c in args.c],
+        *[(not positive(t), f"--temperature must be > 0 and finite (got {t:g})") for t in args.temperature],
         (args.learn_c and len(args.c) > 1, "--learn-c with several --c values: sweep or learn, not both"),
         (not 0 < args.train_ratio < 1, f"--train-ratio must be in (0, 1) (got {args.train_ratio})"),
         (not 0 < args.clip_r <= 1, f"--clip-r must be in (0, 1] (got {args.clip_r})"),
@@ -112,12 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
          f"--weight-decay must be a finite number >= 0 (got {args.weight_decay})"),
         (not (math.isfinite(args.warmup_epochs) and args.warmup_epochs >= 0),
          f"--warmup-epochs must be a finite number >= 0 (got {args.warmup_epochs})"),
-        (not _positive(args.grad_clip), f"--grad-clip must be a finite number > 0 (got {args.grad_clip})"),
+        (not positive(args.grad_clip), f"--grad-clip must be a finite number > 0 (got {args.grad_clip})"),
         (args.patience < 0, f"--patience must be >= 0 (got {args.patience})"),
-        (args.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {args.embed_batch_size})"),
-        (args.num_workers < 0, f"--num-workers must be >= 0 (got {args.num_workers})"),
-        (args.precision == "fp16" and args.device == "cpu",
-         "--precision fp16 needs a CUDA --device; on the CPU use --precision bf16 or fp32"),
         (args.export_onnx is not None and not args.export_onnx.endswith(".onnx"),
          f"--export-onnx must name a .onnx file (got {args.export_onnx!r})"),
         (args.entailment_weight < 0, f"--entailment-weight must be >= 0 (got {args.entailment_weight})"),
@@ -130,14 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
          "--expand-ancestors adds positives, which --text-pairing first-label (one text per clip) cannot use; "
          "use --text-pairing all-labels"),
     ]
-    for failed, message in checks:
-        if failed:
-            parser.error(message)
-    from data.audio import segmenting_from
-    try:
-        segmenting_from(args.segment, args.hop)
-    except ValueError as err:
-        parser.error(str(err))
+    for message in [m for failed, m in checks if failed] + embedding_arg_errors(args):
+        parser.error(message)
     return args
 
 

@@ -3,7 +3,6 @@
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -70,7 +69,6 @@ def _eval(tmp_path, tiny_clap_dir, eval_dir, *extra):
 
 
 def test_evaluation_plain_and_hyperbolic(tmp_path, trained, tiny_clap_dir, demo_eval_dir, tiny_clap):
-    from sklearn.metrics import average_precision_score
     plain = _eval(tmp_path / "p", tiny_clap_dir, demo_eval_dir)
     assert set(plain) >= {"test_info", "model_info", "similarity_stats", "metrics", "predictions", "skipped"}
     assert plain["model_info"]["use_hyperbolic"] is False

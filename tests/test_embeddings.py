@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import hyperbolic.embeddings as emb_mod
 from data import audio as audio_rules
 from data.audioset import SkipLog, iter_clips
 from data.labels import LabelMatcher
