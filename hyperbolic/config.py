@@ -21,12 +21,30 @@ def default_num_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-@dataclass
-class TrainConfig:
+@dataclass(kw_only=True)
+class EmbeddingConfig:
+    """How clips and prompts reach the frozen CLAP: the settings training and evaluation share."""
+
     parquet_dir: str
-    num_samples: int | None = None
     device: str = "cuda:0"
     checkpoint: str = DEFAULT_CHECKPOINT
+    class_labels: str = str(DEFAULT_CLASS_LABELS)
+    label_column: str = "human_labels"
+    embed_batch_size: int = 32
+    num_workers: int = field(default_factory=default_num_workers)
+    cache_dir: str | None = None
+    no_cache: bool = False
+    precision: str = "fp32"          # of the CLAP forward: fp32, bf16, fp16 (hyperbolic.clap)
+    segment: float | None = None     # seconds per window over whole recordings (data.audio.Segmenting)
+    hop: float | None = None         # seconds between windows (default: segment)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(kw_only=True)
+class TrainConfig(EmbeddingConfig):
+    num_samples: int | None = None
     output_dir: str = "./checkpoints_hyperbolic"
     epochs: int = 10
     batch_size: int = 16
@@ -35,9 +53,7 @@ class TrainConfig:
     temperature: float = 1.0
     train_ratio: float = 0.8
     seed: int = 42
-    class_labels: str = str(DEFAULT_CLASS_LABELS)
     clip_r: float = 0.9
-    label_column: str = "human_labels"
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     text_pairing: str = "all-labels"
     geometry: str = "hyperbolic"
@@ -49,13 +65,6 @@ class TrainConfig:
     grad_clip: float = 1.0
     patience: int = 0
     select_metric: str = "val_mAP"
-    embed_batch_size: int = 32
-    num_workers: int = field(default_factory=default_num_workers)
-    cache_dir: str | None = None
-    no_cache: bool = False
-    precision: str = "fp32"          # of the CLAP forward: fp32, bf16, fp16 (hyperbolic.clap)
-    segment: float | None = None     # seconds per window over whole recordings (data.audio.Segmenting)
-    hop: float | None = None         # seconds between windows (default: segment)
     holdout_classes: str | None = None
     ontology: str | None = None
     entailment_weight: float = 0.0
@@ -68,35 +77,20 @@ class TrainConfig:
     swanlab_workspace: str | None = None
     swanlab_mode: str | None = None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-
-@dataclass
-class EvalConfig:
-    parquet_dir: str
+@dataclass(kw_only=True)
+class EvalConfig(EmbeddingConfig):
     projection_checkpoint: str | None = None
     num_samples: int | None = 100
-    device: str = "cuda:0"
-    checkpoint: str = DEFAULT_CHECKPOINT
     output_json: str | None = None
-    class_labels: str = str(DEFAULT_CLASS_LABELS)
     top_k: int = 10
     c: float | None = None
     temperature: float | None = None
     use_hyperbolic: bool = False
     legacy_distance: bool = False
-    label_column: str = "human_labels"
     prompt_template: str | None = None
     set_k: int = 5
     threshold: float | None = None
-    embed_batch_size: int = 32
-    num_workers: int = field(default_factory=default_num_workers)
-    cache_dir: str | None = None
-    no_cache: bool = False
-    precision: str = "fp32"          # of the CLAP forward: fp32, bf16, fp16 (hyperbolic.clap)
-    segment: float | None = None     # seconds per window over whole recordings (data.audio.Segmenting)
-    hop: float | None = None         # seconds between windows (default: segment)
     result_dir: str = str(REPO_ROOT / "result")
     # Several checkpoints (a comparison run with plain CLAP); projection_checkpoint holds the
     # path when there is exactly one. See hyperbolic.evaluate.plan_models.
@@ -108,6 +102,3 @@ class EvalConfig:
     # Ground truth closed under the ontology's ancestry for every metric (see hyperbolic.evaluate).
     expand_ancestors: bool = False
     plots: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)

@@ -30,14 +30,8 @@ from hyperbolic.train import train
 log = logging.getLogger(__name__)
 
 
-def run_demo(output_dir: str | Path | None = None, *, seed: int = 42, epochs: int = 60,
-             train_clips_per_class: int = 32, eval_clips_per_class: int = 8) -> dict:
-    """Build, train, evaluate; print the comparison and return the results dict.
-
-    The recipe (60 epochs at learning rate 1e-2, temperature 0.1) is fixed: the projector has to
-    bridge two unrelated random towers, which takes more steps than aligning a trained CLAP.
-    """
-    out = Path(output_dir or Path("demo_runs") / datetime.now().strftime("%Y%m%d_%H%M%S"))
+def _demo_inputs(out: Path, seed: int, train_clips_per_class: int, eval_clips_per_class: int):
+    """The tiny CLAP, the train and eval parquet folders and the class list under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     log.info("demo: writing everything under %s", out)
     clap_dir = build_tiny_clap(out / "tiny_clap", seed=seed)
@@ -46,6 +40,18 @@ def run_demo(output_dir: str | Path | None = None, *, seed: int = 42, epochs: in
     # The demo's vocabulary is its own classes: the random text tower cannot tell 527 prompts
     # apart, and classes absent from the data would only measure that.
     labels = atomic_write_json(out / "data" / "class_labels.json", dict(enumerate(DEMO_CLASSES)))
+    return clap_dir, labels
+
+
+def run_demo(output_dir: str | Path | None = None, *, seed: int = 42, epochs: int = 60,
+             train_clips_per_class: int = 32, eval_clips_per_class: int = 8) -> dict:
+    """Build, train, evaluate; print the comparison and return the results dict.
+
+    The recipe (60 epochs at learning rate 1e-2, temperature 0.1) is fixed: the projector has to
+    bridge two unrelated random towers, which takes more steps than aligning a trained CLAP.
+    """
+    out = Path(output_dir or Path("demo_runs") / datetime.now().strftime("%Y%m%d_%H%M%S"))
+    clap_dir, labels = _demo_inputs(out, seed, train_clips_per_class, eval_clips_per_class)
     cfg = TrainConfig(parquet_dir=str(out / "data" / "train"), checkpoint=str(clap_dir), device="cpu",
                       output_dir=str(out / "checkpoints"), epochs=epochs, batch_size=16, class_labels=str(labels),
                       learning_rate=1e-2, temperature=0.1, seed=seed, overwrite=True)
@@ -115,12 +121,7 @@ def run_hierarchy_demo(output_dir: str | Path | None = None, *, seed: int = 42, 
     ``<output_dir>/results_hierarchy.json``. ``output_dir`` must not hold an earlier demo's data.
     """
     out = Path(output_dir or Path("demo_runs") / f"hierarchy_{datetime.now().strftime('%Y%m%d_%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-    log.info("hierarchy demo: writing everything under %s", out)
-    clap_dir = build_tiny_clap(out / "tiny_clap", seed=seed)
-    write_demo_dataset(out / "data" / "train", clips_per_class=train_clips_per_class, seed=seed)
-    write_demo_dataset(out / "data" / "eval", clips_per_class=eval_clips_per_class, seed=seed + 1)
-    labels = atomic_write_json(out / "data" / "class_labels.json", dict(enumerate(DEMO_CLASSES)))
+    clap_dir, labels = _demo_inputs(out, seed, train_clips_per_class, eval_clips_per_class)
     ontology = str(write_demo_ontology(out / "data" / "demo_ontology.json"))
     base = TrainConfig(parquet_dir=str(out / "data" / "train"), checkpoint=str(clap_dir), device="cpu",
                        epochs=epochs, batch_size=16, class_labels=str(labels), learning_rate=1e-2,

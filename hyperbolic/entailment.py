@@ -48,7 +48,7 @@ from torch import Tensor
 
 from hyperbolic import poincare
 from hyperbolic.metrics import spearman_norm_depth
-from hyperbolic.ontology import Ontology
+from hyperbolic.ontology import Ontology, nearest_kept_ancestors
 
 __all__ = [
     "DEFAULT_K",
@@ -144,19 +144,8 @@ class Hierarchy:
         if keep is None:
             return self.parent_child.clone()
         keep = set(keep)
-        pairs = set()
-        for k in keep:
-            stack, seen = list(self.parents[k]), set()
-            while stack:
-                p = stack.pop()
-                if p in seen:
-                    continue
-                seen.add(p)
-                if p in keep:
-                    pairs.add((p, k))
-                else:
-                    stack.extend(self.parents[p])
-        return torch.tensor(sorted(pairs), dtype=torch.long).reshape(-1, 2)
+        pairs = sorted((p, k) for k in keep for p in nearest_kept_ancestors(self.parents, k, keep))
+        return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
 
     def training_labels(self, labels: Sequence[Sequence[int]], *, exclude: Iterable[int] = ()) -> list[list[int]]:
         """The prompt indices each clip is trained against, sorted: its labels, plus (with

@@ -31,6 +31,22 @@ from data.labels import label_key
 __all__ = ["Ontology", "OntologyError", "OntologyNode"]
 
 
+def nearest_kept_ancestors(parents, node, keep) -> set:
+    """Ancestors of ``node`` that are in ``keep``, reached without passing through another kept
+    node (nodes not kept are walked through). ``parents``: node -> iterable of its parents."""
+    found, stack, seen = set(), list(parents[node]), set()
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        if p in keep:
+            found.add(p)
+        else:
+            stack.extend(parents[p])
+    return found
+
+
 class OntologyError(ValueError):
     """An ontology file that is missing, not ontology JSON, or not a DAG; the message names it."""
 
@@ -190,19 +206,8 @@ class Ontology:
         when "Domestic animals, pets" is not a class."""
         ids, _ = self.match(class_names)
         index = {v: i for i, v in enumerate(ids) if v is not None}
-        pairs = set()
-        for v, child in index.items():
-            stack, seen = list(self.parents[v]), set()
-            while stack:
-                p = stack.pop()
-                if p in seen:
-                    continue
-                seen.add(p)
-                if p in index:
-                    pairs.add((index[p], child))
-                else:
-                    stack.extend(self.parents[p])
-        return sorted(pairs)
+        return sorted((index[p], child) for v, child in index.items()
+                      for p in nearest_kept_ancestors(self.parents, v, index))
 
     def class_depths(self, class_names: Sequence[str]) -> list[int | None]:
         """``depth`` of each class's node; None for an unmatched class."""
