@@ -22,6 +22,7 @@ one window is one window (the CLAP processor repeat-pads it, as in the default r
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,8 +81,11 @@ def _decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
             sr = f.samplerate
             frames = f.read(dtype="float32", always_2d=True)  # (samples, channels)
     except (sf.SoundFileError, RuntimeError) as e:
+        # soundfile names the in-memory file by its address; drop it so that the same clip gives
+        # the same message on every run (skip examples are part of the results JSON).
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the audio bytes", str(e))
         raise AudioDecodeError(
-            "decode_error", f"soundfile could not decode {len(data)} audio bytes: {e}"
+            "decode_error", f"soundfile could not decode {len(data)} audio bytes: {reason}"
         ) from e
     # libsndfile silently returns fewer frames for a cut MP3 whose header declares the
     # full length; WAV/OGG headers are corrected to what is present, so only MP3 shows it.
