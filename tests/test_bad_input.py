@@ -9,19 +9,17 @@ that the two add up to the rows in the readable files.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import soxr
 import torch
 
 import test_clap_modelscope as eval_script
 import train_hyperbolic_clap as train_script
+from tests.helpers import corrupt_audio_page, run_main
 from data.synthetic import DEMO_CLASSES, encode_audio, synthesize, write_parquet_shard
 from hyperbolic.projector import Projector
 
@@ -108,17 +106,6 @@ LABELS = {  # video_id -> known labels, as matched (class-list order)
 UNKNOWN_LABELS = [{"label": "Not a class", "count": 4}, {"label": "Also unknown", "count": 1}]
 
 
-def _corrupt_second_row_group(path: Path) -> None:
-    """Flip bytes in the middle of row group 1's audio page: page checksums catch it there."""
-    chunk = pq.ParquetFile(path).metadata.row_group(1).column(1)
-    assert chunk.path_in_schema == "audio.bytes"
-    start = chunk.dictionary_page_offset or chunk.data_page_offset
-    data = bytearray(path.read_bytes())
-    mid = start + chunk.total_compressed_size // 2
-    data[mid:mid + 4] = bytes(b ^ 0x55 for b in data[mid:mid + 4])
-    path.write_bytes(bytes(data))
-
-
 def write_messy_folder(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     w = {vid: _wav(*SOURCES[vid]) for vid in SOURCES if not vid.startswith("c_")}
@@ -166,23 +153,12 @@ def write_messy_folder(folder: Path) -> Path:
     write_parquet_shard(folder / "f_badpage.parquet", [
         _row("f_ok0", w["f_ok0"], ["Sine wave"]), _row("f_ok1", w["f_ok1"], ["Sine wave"]), *filler,
     ], row_group_size=2)
-    _corrupt_second_row_group(folder / "f_badpage.parquet")
+    corrupt_audio_page(folder / "f_badpage.parquet")
     (folder / "zz_readme.txt").write_text("not .parquet: ignored, not counted")
     return folder
 
 
 # ------------------------------------------------------------------ running the scripts
-
-def run_main(script, argv) -> tuple[int, str]:
-    """``script.main(argv)`` -> (exit status, stderr). Usage errors (argparse) exit via SystemExit."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            code = script.main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
-    return code, err.getvalue()
-
 
 @pytest.fixture(scope="module")
 def classes_file(tmp_path_factory) -> Path:

@@ -18,6 +18,7 @@ import soxr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import corrupt_audio_page
 from data.audio import (
     MAX_SAMPLES,
     PREPROCESSING,
@@ -503,13 +504,7 @@ def test_combine_shards():
 def test_corrupt_page_mid_file_is_counted_and_earlier_rows_kept(tmp_path, matcher):
     rows = [_row(f"v{i}", bytes_cell(sine(440.0, 16000, 0.5), 16000, "wav"), ["Speech"]) for i in range(4)]
     path = write_parquet_shard(tmp_path / "x.parquet", rows, row_group_size=2)
-    chunk = pq.ParquetFile(path).metadata.row_group(1).column(1)
-    assert chunk.path_in_schema == "audio.bytes"
-    start = chunk.dictionary_page_offset or chunk.data_page_offset
-    data = bytearray(path.read_bytes())
-    mid = start + chunk.total_compressed_size // 2
-    data[mid : mid + 4] = bytes(b ^ 0x55 for b in data[mid : mid + 4])
-    path.write_bytes(bytes(data))
+    corrupt_audio_page(path)
     skips = SkipLog()
     clips = list(iter_clips(tmp_path, matcher=matcher, skips=skips))
     assert [c.meta.video_id for c in clips] == ["v0", "v1"]

@@ -10,10 +10,10 @@ import shutil
 from collections import Counter
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tests.helpers import corrupt_audio_page
 from data import audio as audio_rules
 from data.audioset import SkipLog, iter_clips
 from data.labels import LabelMatcher
@@ -354,13 +354,7 @@ def torn(tmp_path_factory):
                                                for i in range(2)])
     path = write_parquet_shard(folder / "b.parquet", [row(f"b{i}", cell(tone(500.0 + 50 * i)), ["Dog"])
                                                       for i in range(4)], row_group_size=2)
-    chunk = pq.ParquetFile(path).metadata.row_group(1).column(1)
-    assert chunk.path_in_schema == "audio.bytes"
-    start = chunk.dictionary_page_offset or chunk.data_page_offset
-    data = bytearray(path.read_bytes())
-    mid = start + chunk.total_compressed_size // 2
-    data[mid:mid + 4] = bytes(b ^ 0x55 for b in data[mid:mid + 4])
-    path.write_bytes(bytes(data))
+    corrupt_audio_page(path)
     write_parquet_shard(folder / "c.parquet", [row(f"c{i}", cell(tone(800.0 + 100 * i)), ["Music"])
                                                for i in range(3)])
     return folder

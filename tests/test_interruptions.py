@@ -8,8 +8,6 @@ results are never overwritten, and a non-empty output folder needs ``--resume`` 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -27,6 +25,7 @@ import torch
 
 import test_clap_modelscope as eval_script
 import train_hyperbolic_clap as train_script
+from tests.helpers import run_main
 from data.synthetic import DEMO_CLASSES, write_demo_dataset
 from hyperbolic.cache import decode_npz
 
@@ -65,16 +64,6 @@ def train_argv(data, clap_dir, classes, out, *extra):
             "--batch-size", "4", "--learning-rate", "1e-2", "--seed", "9",
             "--num-workers", "1",  # the same decoding worker on any machine: extraction paces alike
             *map(str, extra)]
-
-
-def run_main(script, argv) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            code = script.main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
-    return code, err.getvalue()
 
 
 class Run:
