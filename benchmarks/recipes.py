@@ -127,6 +127,9 @@ def main(argv=None) -> int:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="TrainConfig overrides applied to every recipe, e.g. entailment_weight=0.2")
     args = p.parse_args(argv)
+    # The steps are tiny matmuls: one thread is fastest, and several contend with other jobs.
+    import torch
+    torch.set_num_threads(1)
     setup_logging(False)
     logging.getLogger().setLevel(logging.WARNING)
     overrides = {}

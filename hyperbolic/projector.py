@@ -86,9 +86,10 @@ def clip_tangent(u: torch.Tensor, *, c: torch.Tensor | float, clip_r: float,
     r_t = math.atanh(clip_r) / sqrt_c
     # Norms are clamped away from zero only to keep the division finite; such vectors are kept.
     norm = u.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
-    clipped = norm > r_t.detach()
-    if mode == "hard":
+    if mode == "hard" or not (torch.is_grad_enabled() and u.requires_grad):
+        # Without a gradient to shape, every mode is this value (plain ops, so ONNX export traces it).
         return u * (r_t / norm).clamp(max=1.0)
+    clipped = norm > r_t.detach()
     if mode == "straight-through":
         out = u * (r_t.detach() / norm).clamp(max=1.0).detach()
     else:
