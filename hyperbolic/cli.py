@@ -31,6 +31,12 @@ def add_embedding_args(p: argparse.ArgumentParser) -> None:
                         "the last one aligned to the end (default: the first 10 s)")
     p.add_argument("--hop", type=float, default=None, metavar="SECONDS",
                    help="seconds between --segment windows (default: --segment, no overlap)")
+    p.add_argument("--text-column", nargs="+", default=None, metavar="COL",
+                   help="caption column(s): a caption (string) or several (list) per row. Evaluation: caption "
+                        "retrieval (t2a/a2t R@k, mAP@10); training: captions are the clip's positives")
+    p.add_argument("--clip-id-column", default="video_id",
+                   help="with --text-column: rows sharing this value are one clip with all their captions, "
+                        "its audio embedded once (a file without the column: each row is a clip)")
     p.add_argument("--verbose", action="store_true")
 
 

@@ -595,7 +595,11 @@ def _excluded(clips, labelled) -> dict:
 
 def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple[dict, Path]:
     """Evaluate every model on the same clips; write the results JSON (and the npz and plots
-    when asked); return (results, path)."""
+    when asked); return (results, path). With ``cfg.text_column``: caption retrieval instead
+    (``hyperbolic.retrieval``)."""
+    if cfg.text_column:
+        from hyperbolic.retrieval import evaluate_captions
+        return evaluate_captions(cfg, models)
     device = resolve_device(cfg.device)
     class_names = load_class_labels(cfg.class_labels)
     matcher = LabelMatcher(class_names)
