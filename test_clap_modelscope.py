@@ -107,13 +107,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     from data.audioset import DatasetError
-    from data.labels import load_class_labels
+    from data.class_list import resolve_class_names
     from hyperbolic.clap import ClapNotFoundError, ClapPrecisionError
     from hyperbolic.evaluate import CheckpointError, evaluate, format_metrics_table
     from hyperbolic.ontology import OntologyError
     cfg = config_from_args(args)
     try:
-        num_classes = None if cfg.text_column else len(load_class_labels(cfg.class_labels))
+        num_classes = None if cfg.text_column else len(resolve_class_names(
+            cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column, limit=cfg.num_samples))
         if num_classes is not None and args.top_k > num_classes:
             build_parser().error(f"--top-k must be <= the number of classes in --class-labels "
                                  f"({num_classes}) (got {args.top_k})")

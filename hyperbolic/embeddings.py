@@ -95,8 +95,17 @@ class ClipEmbeddings:
                               [self.metas[i] for i in rows])
 
 
+PROMPT_NAME_RULE = ("in prompts, underscores in a class name are spaces and runs of spaces are one "
+                    "(dog_bark -> 'dog bark'); the class name itself is unchanged everywhere else")
+
+
+def prompt_name(name: str) -> str:
+    """How a class name is written in a prompt: ``PROMPT_NAME_RULE``."""
+    return " ".join(name.replace("_", " ").split())
+
+
 def prompts_for(class_names: list[str], template: str) -> list[str]:
-    return [template.format(label=name) for name in class_names]
+    return [template.format(label=prompt_name(name)) for name in class_names]
 
 
 def embed_prompts(clap, texts: list[str], *, batch_size: int = 64,
