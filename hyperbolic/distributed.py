@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoding worker processes per rank (default: spare cores / ranks on this machine)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="of the CLAP forward")
     p.add_argument("--segment", type=float, default=None, metavar="SECONDS",
-                   help="embed whole recordings as overlapping windows of this length (see README)")
+                   help="embed whole recordings as overlapping windows of this length (see docs/performance.md)")
     p.add_argument("--hop", type=float, default=None, metavar="SECONDS", help="window hop (default: --segment)")
     p.add_argument("--timeout-hours", type=float, default=48.0,
                    help="how long the barrier waits for the slowest rank")

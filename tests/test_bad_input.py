@@ -1,6 +1,6 @@
 """Bad input end to end: both entry scripts (``main([...])``) on the tiny offline CLAP.
 
-One test group per row of the README table "What the tools do with bad data". The big fixture is
+One test group per row of the table "What the tools do with bad data" in docs/data.md. The big fixture is
 one parquet folder that holds every kind of bad and awkward row among good ones; each script reads
 it once (module scope) and the tests check the exit code, the messages and the JSON it wrote:
 what was embedded, what was skipped (reason -> count, examples naming file, row and video_id), and
