@@ -102,11 +102,9 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    from data.audioset import DatasetError
     from data.labels import load_class_labels
-    from hyperbolic.clap import ClapNotFoundError, ClapPrecisionError
-    from hyperbolic.evaluate import CheckpointError, evaluate, format_metrics_table
-    from hyperbolic.ontology import OntologyError
+    from hyperbolic.errors import UserError
+    from hyperbolic.evaluate import evaluate, format_metrics_table
     cfg = config_from_args(args)
     try:
         num_classes = len(load_class_labels(cfg.class_labels))
@@ -114,7 +112,7 @@ def main(argv=None) -> int:
             build_parser().error(f"--top-k must be <= the number of classes in --class-labels "
                                  f"({num_classes}) (got {args.top_k})")
         results, path = evaluate(cfg)
-    except (DatasetError, ClapNotFoundError, ClapPrecisionError, CheckpointError, OntologyError) as err:
+    except UserError as err:
         log.error("%s", err)
         return 2
     print(format_metrics_table(results))

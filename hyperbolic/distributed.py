@@ -169,11 +169,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from hyperbolic.outputs import setup_logging
     setup_logging(args.verbose)
-    from data.audioset import DatasetError
-    from hyperbolic.clap import ClapNotFoundError, ClapPrecisionError
+    from hyperbolic.errors import UserError
     try:
         summary = run(args)
-    except (DatasetError, ClapNotFoundError, ClapPrecisionError) as err:
+    except UserError as err:
         log.error("%s", err)
         return 2
     if summary is not None:

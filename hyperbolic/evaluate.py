@@ -48,6 +48,7 @@ from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
 from hyperbolic.embeddings import embed_clips, embed_prompts, prompts_for
 from hyperbolic.entailment import DEFAULT_K, Hierarchy, cone_consistency, cone_report
+from hyperbolic.errors import UserError
 from hyperbolic.metrics import (
     bootstrap_ci,
     classification_metrics,
@@ -91,7 +92,7 @@ BOOTSTRAP_NOTE = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A projection checkpoint that is missing, unreadable or does not fit the CLAP model."""
 
 

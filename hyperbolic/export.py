@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hyperbolic.errors import UserError
 from hyperbolic.projector import Projector, similarity
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ MIN_OPSET = 9  # ONNX Asinh
 # onnxruntime and PyTorch order float32 reductions differently, so scores agree to a few ulps of
 # their size: the check is |onnx - torch| <= VERIFY_TOL * (1 + |torch|).
 VERIFY_TOL = 1e-5
+
+
+class ExportError(UserError, ValueError):
+    """The export cannot be made as asked (opset), or its check against PyTorch failed."""
 
 
 class SimilarityHead(nn.Module):
@@ -116,7 +121,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = DEFAULT
 
     from hyperbolic.outputs import atomic_write_bytes
     if opset < MIN_OPSET:
-        raise ValueError(f"opset must be >= {MIN_OPSET} (ONNX Asinh); got {opset}")
+        raise ExportError(f"opset must be >= {MIN_OPSET} (ONNX Asinh); got {opset}")
     head, meta = head_from_checkpoint(checkpoint)
     register_symbolics(opset)
     a, t = _sample_inputs(meta["embed_dim"], 3, 2, seed=0)
@@ -137,7 +142,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = DEFAULT
     path = atomic_write_bytes(out, model.SerializeToString())
     diff = verify(path, head) if check else None
     if diff is not None and diff > VERIFY_TOL:
-        raise ValueError(f"{path}: onnxruntime scores differ from PyTorch's by {diff:.3g} x (1 + |score|) "
+        raise ExportError(f"{path}: onnxruntime scores differ from PyTorch's by {diff:.3g} x (1 + |score|) "
                          f"(> {VERIFY_TOL:g})")
     log.info("exported %s -> %s (opset %d; onnxruntime vs torch: max |diff| / (1 + |score|) %s)", checkpoint,
              path, opset, "not checked" if diff is None else f"{diff:.2g}")
@@ -161,12 +166,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from hyperbolic.evaluate import CheckpointError
     from hyperbolic.outputs import setup_logging
     setup_logging()
     try:
         info = export_onnx(args.checkpoint, args.out, opset=args.opset, check=not args.no_check)
-    except (CheckpointError, ValueError) as err:
+    except UserError as err:
         log.error("%s", err)
         return 2
     error = "not checked" if info["max_error"] is None else f"{info['max_error']:.2g}"

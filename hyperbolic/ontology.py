@@ -27,6 +27,7 @@ from functools import cached_property
 from pathlib import Path
 
 from data.labels import label_key
+from hyperbolic.errors import UserError
 
 __all__ = ["Ontology", "OntologyError", "OntologyNode"]
 
@@ -47,7 +48,7 @@ def nearest_kept_ancestors(parents, node, keep) -> set:
     return found
 
 
-class OntologyError(ValueError):
+class OntologyError(UserError, ValueError):
     """An ontology file that is missing, not ontology JSON, or not a DAG; the message names it."""
 
 

@@ -25,6 +25,7 @@ from hyperbolic.config import TrainConfig
 from hyperbolic.embeddings import ClipEmbeddings, embed_clips, embed_prompts, prompts_for
 from hyperbolic.entailment import EntailmentObjective, Hierarchy
 from hyperbolic.losses import clip_contrastive, multi_positive_contrastive
+from hyperbolic.errors import UserError
 from hyperbolic.metrics import classification_metrics
 from hyperbolic.ontology import Ontology
 from hyperbolic.outputs import atomic_torch_save, atomic_write_json
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 2
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """A run that cannot go on (bad split, diverged loss, bad resume); the message says what to do."""
 
 

@@ -9,8 +9,6 @@ import pytest
 from data.synthetic import write_demo_dataset
 from hyperbolic.tiny_clap import build_tiny_clap
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_embedding_cache(tmp_path_factory):

@@ -100,22 +100,6 @@ def test_evaluation_reports_differing_flag(tmp_path, trained, tiny_clap_dir, dem
     assert hyp["model_info"]["ignored_flags"] == {"c": 2.0}
 
 
-def test_results_are_never_overwritten(tmp_path, tiny_clap_dir, demo_eval_dir):
-    # A short class list: the point is the file name, not the 527 prompts.
-    classes = tmp_path / "classes.txt"
-    classes.write_text("Sine wave\nWhite noise\nBuzz\n")
-    first = _eval(tmp_path, tiny_clap_dir, demo_eval_dir, "--num-samples", "3", "--class-labels", str(classes),
-                  "--top-k", "3")
-    argv = ["--parquet-dir", str(demo_eval_dir), "--checkpoint", str(tiny_clap_dir), "--device", "cpu",
-            "--output-json", str(tmp_path / "results.json"), "--num-samples", "3", "--class-labels", str(classes),
-            "--top-k", "3"]
-    assert test_script.main(argv) == 0
-    second = json.loads((tmp_path / "results_1.json").read_text())
-    assert json.loads((tmp_path / "results.json").read_text()) == first
-    assert first["metrics"]["valid_samples"] >= 2
-    assert second["metrics"] == first["metrics"]  # deterministic
-
-
 @pytest.mark.parametrize("argv, flag", [
     (["--c", "-1"], "--c must be > 0"),
     (["--temperature", "0"], "--temperature must be > 0"),
@@ -153,3 +137,32 @@ def test_missing_clap_is_one_clear_error(tmp_path, monkeypatch, demo_eval_dir, c
     assert "modelscope download --model laion/larger_clap_general" in err
     assert str(tmp_path / "empty_cache") in err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_every_main_exits_2_on_a_user_error_and_nothing_else(monkeypatch, tmp_path):
+    """One base class (hyperbolic.errors.UserError) is what every main turns into exit status 2;
+    any other exception is a bug and keeps its traceback."""
+    from data.errors import DatasetError
+    from hyperbolic import distributed, export
+    from hyperbolic.clap import ClapNotFoundError, ClapPrecisionError
+    from hyperbolic.errors import UserError
+    from hyperbolic.evaluate import CheckpointError
+    from hyperbolic.ontology import OntologyError
+    from hyperbolic.train import TrainingError
+    for cls in (DatasetError, ClapNotFoundError, ClapPrecisionError, OntologyError, CheckpointError,
+                TrainingError, export.ExportError):
+        assert issubclass(cls, UserError), cls
+
+    def raising(error):
+        def run(*args, **kwargs):
+            raise error
+        return run
+
+    argv = [str(tmp_path / "a.pth"), str(tmp_path / "a.onnx")]
+    monkeypatch.setattr(export, "export_onnx", raising(export.ExportError("onnxruntime scores differ")))
+    assert export.main(argv) == 2
+    monkeypatch.setattr(export, "export_onnx", raising(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):  # the earlier main took any ValueError for bad input
+        export.main(argv)
+    monkeypatch.setattr(distributed, "run", raising(UserError("bad flag")))
+    assert distributed.main(["--parquet-dir", str(tmp_path), "--checkpoint", str(tmp_path), "--device", "cpu"]) == 2

@@ -28,10 +28,7 @@ from hyperbolic.entailment import (
     entailment_loss,
 )
 from hyperbolic.ontology import Ontology
-from tests.conftest import SHARED_DATA
-
-ONTOLOGY = SHARED_DATA / "audioset_ontology.json"
-needs_ontology = pytest.mark.skipif(not ONTOLOGY.is_file(), reason=f"{ONTOLOGY} not present")
+from tests.helpers import random_ontology
 
 DTYPES = [torch.float32, torch.float64]
 # Violation (radians) against the 50-digit reference at the same stored inputs. float32: near
@@ -230,27 +227,36 @@ def test_demo_ontology_hierarchy(tmp_path):
         Hierarchy.build(ontology, ["Buzz", "buzz"])
 
 
-@needs_ontology
-def test_audioset_hierarchy():
-    ontology = Ontology.load(ONTOLOGY)
+def test_hierarchy_over_every_audioset_class():
+    """Prompt nodes, edges, ancestors and depth on a generated ontology over the 527 classes
+    (shaped like AudioSet's), against brute force over the records."""
     names = load_class_labels(DEFAULT_CLASS_LABELS)
-    h = Hierarchy.build(ontology, names)
-    assert len(names) == 527 and h.unmatched == ()
-    # 30 abstract parents get prompts: every node above a class that is not a class itself
-    assert len(h.extra_names) == 30
-    assert {"Source-ambiguous sounds", "Onomatopoeia", "Brief tone", "Sounds of things", "Human voice"} <= set(
-        h.extra_names)
-    assert "Animal" not in h.extra_names and "Music" not in h.extra_names  # roots that are classes
+    records = random_ontology(names, abstract=30, roots=7, seed=3)
+    h = Hierarchy.build(Ontology(records), names)
+    parents = {r["id"]: set() for r in records}
+    for r in records:
+        for k in r["child_ids"]:
+            parents[k].add(r["id"])
+    name_of = {r["id"]: r["name"] for r in records}
+
+    def above(v):
+        return set().union(*({p} | above(p) for p in parents[v]))
+
+    def shortest(v):
+        return 0 if not parents[v] else 1 + min(shortest(p) for p in parents[v])
+
+    class_ids = [f"/gen/{i}" for i in range(527)]
+    assert len(names) == 527 and h.unmatched == () and list(h.node_ids[:527]) == class_ids
+    # every node above a class that is not a class itself gets a prompt; groups above no class do not
+    groups_above = set().union(*(above(v) for v in class_ids)) - set(class_ids)
+    assert set(h.extra_names) == {name_of[g] for g in groups_above} and 0 < len(groups_above) < 30
     node = {v: i for i, v in enumerate(h.node_ids)}
-    expected = {(node[p], node[v]) for v in h.node_ids for p in ontology.parents[v]}
+    expected = {(node[p], node[v]) for v in h.node_ids for p in parents[v]}
     assert set(map(tuple, h.parent_child.tolist())) == expected and len(expected) == h.parent_child.shape[0]
-    roots = set(range(len(h.prompt_names))) - set(h.parent_child[:, 1].tolist())
-    assert {h.prompt_names[r] for r in roots} == {ontology.name(r) for r in ontology.roots}
-    for i, v in enumerate(h.node_ids[:527]):
-        assert {h.node_ids[a] for a in h.ancestors[i]} == set(ontology.ancestors(v))
-    for p, k in h.parent_child.tolist():  # shallowest-path depth: a child is at most one below
-        assert 1 <= h.depth[k] <= h.depth[p] + 1
-    assert h.edges(range(527)).tolist() == [list(p) for p in ontology.entailment_pairs(names)]
+    for i, v in enumerate(h.node_ids):
+        assert h.depth[i] == shortest(v)
+        if i < 527:
+            assert {h.node_ids[a] for a in h.ancestors[i]} == above(v)
 
 
 def test_objective_keeps_held_out_prompts_out():

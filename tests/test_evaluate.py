@@ -19,7 +19,14 @@ from sklearn.metrics import average_precision_score
 import test_clap_modelscope as test_script
 from data.audioset import SkipLog
 from data.labels import LabelMatcher
-from data.synthetic import DEMO_CLASSES, encode_audio, synthesize, write_parquet_shard
+from data.synthetic import (
+    DEMO_CLASSES,
+    demo_ontology,
+    encode_audio,
+    synthesize,
+    write_demo_ontology,
+    write_parquet_shard,
+)
 from hyperbolic import poincare
 from hyperbolic.config import DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, EvalConfig
 from hyperbolic.embeddings import embed_clips, embed_prompts, prompts_for
@@ -33,10 +40,8 @@ from hyperbolic.metrics import (
 )
 from hyperbolic.ontology import Ontology, OntologyError
 from hyperbolic.projector import Projector
-from tests.conftest import SHARED_DATA
+from tests.helpers import random_ontology
 
-ONTOLOGY = SHARED_DATA / "audioset_ontology.json"
-needs_ontology = pytest.mark.skipif(not ONTOLOGY.is_file(), reason=f"{ONTOLOGY} not present")
 DIM = 32  # the tiny CLAP's embedding size
 
 
@@ -72,6 +77,7 @@ def setup(tmp_path_factory, tiny_clap_dir, demo_eval_dir):
     root = tmp_path_factory.mktemp("evaluate")
     classes = root / "demo_classes.json"
     classes.write_text(json.dumps(list(DEMO_CLASSES)))
+    ontology = write_demo_ontology(root / "ontology.json")
     ckpts = {
         "hyp": _checkpoint(root / "hyp.pth", c=0.5, temperature=0.2, seed=1),
         "euc": _checkpoint(root / "euc.pth", geometry="euclidean", c=1.0, temperature=0.1,
@@ -81,14 +87,14 @@ def setup(tmp_path_factory, tiny_clap_dir, demo_eval_dir):
     }
     base = ["--parquet-dir", demo_eval_dir, "--checkpoint", tiny_clap_dir, "--device", "cpu",
             "--class-labels", classes, "--num-samples", "100"]
-    return {"root": root, "classes": classes, "ckpts": ckpts, "base": base}
+    return {"root": root, "classes": classes, "ckpts": ckpts, "base": base, "ontology": ontology}
 
 
 def _comparison_argv(setup, out):
     return [*setup["base"], "--projection-checkpoint", *setup["ckpts"].values(),
             "--output-json", out / "results.json", "--save-scores", out / "scores.npz",
             "--bootstrap", "30", "--bootstrap-seed", "5", "--plots",
-            *(["--ontology", ONTOLOGY] if ONTOLOGY.is_file() else [])]
+            "--ontology", setup["ontology"]]
 
 
 @pytest.fixture(scope="module")
@@ -176,11 +182,17 @@ def test_same_command_twice_gives_identical_results(comparison):
         assert np.array_equal(npz1[f"scores_{name}"], npz2[f"scores_{name}"])
 
 
-@needs_ontology
 def test_hierarchy_block(comparison, setup, tiny_clap):
     results, npz = comparison[0]
-    onto = Ontology.load(ONTOLOGY)
-    depths = np.array(onto.class_depths(list(DEMO_CLASSES)), dtype=float)
+    onto = Ontology.load(setup["ontology"])
+    records = demo_ontology()
+    parents, node = _parents(records), {r["name"]: r["id"] for r in records}
+
+    def shortest(v):
+        return 0 if not parents[v] else 1 + min(shortest(p) for p in parents[v])
+
+    depths = np.array([shortest(node[name]) for name in DEMO_CLASSES], dtype=float)
+    assert len(set(depths)) > 1
     assert results["ontology"]["classes_matched"] == len(DEMO_CLASSES) and results["ontology"]["unmatched"] == []
 
     hyp = results["models"]["hyp"]["hierarchy"]
@@ -432,19 +444,35 @@ def test_ontology_rejects_bad_files(records, message):
         Ontology(records)
 
 
-@needs_ontology
-def test_audioset_ontology_matches_every_class():
-    o = Ontology.load(ONTOLOGY)
+def _parents(records) -> dict[str, set[str]]:
+    parents = {r["id"]: set() for r in records}
+    for r in records:
+        for k in r["child_ids"]:
+            parents[k].add(r["id"])
+    return parents
+
+
+def test_ontology_over_every_audioset_class():
+    """Matching, roots, depth and ancestors on a generated ontology over the 527 classes (shaped
+    like AudioSet's: several roots, nodes with two parents, groups that are not classes), against
+    brute force over the records."""
     names = list(json.loads(DEFAULT_CLASS_LABELS.read_text()).values())
-    ids, unmatched = o.match(names)
-    assert unmatched == [] and len(set(ids)) == 527
-    assert len(o.roots) == 7 and o.depth(o.node_id("Animal")) == 0
-    assert o.depth(o.node_id("Dog")) == 2  # Animal > Domestic animals, pets > Dog
-    assert o.node_id("Sine wave") in o.ancestors(o.node_id("Chirp tone"))
-    # Depth is the shortest path: brute force over all upward paths agrees for every class.
-    def shortest(v):
-        return 0 if not o.parents[v] else 1 + min(shortest(p) for p in o.parents[v])
+    records = random_ontology(names, abstract=30, roots=7, seed=3)
+    o = Ontology(records)
+    ids, unmatched = o.match([n.upper() for n in names])  # case-insensitive
+    assert unmatched == [] and ids == [f"/gen/{i}" for i in range(527)]
+    parents = _parents(records)
+    assert set(o.roots) == {v for v, ps in parents.items() if not ps} and len(o.roots) == 7
+
+    def shortest(v):  # depth is the shortest path: every upward path tried
+        return 0 if not parents[v] else 1 + min(shortest(p) for p in parents[v])
+
+    def above(v):
+        return set().union(*({p} | above(p) for p in parents[v]))
+
+    assert any(len({shortest(p) for p in parents[v]}) > 1 for v in ids)  # a shorter and a longer path
     assert [o.depth(v) for v in ids] == [shortest(v) for v in ids]
+    assert all(set(o.ancestors(v)) == above(v) for v in ids)
 
 
 # --------------------------------------------------------------------------- plots
