@@ -385,20 +385,17 @@ class HierarchyContext:
 
     ``hierarchy`` is the one training builds (``entailment.Hierarchy``): prompt nodes are the
     classes, then every ontology node above a matched class that is not a class (abstract
-    parents), and its direct parent -> child edges among them are the cone pairs.
+    parents), and its direct parent -> child edges among them are the cone pairs. The class-level
+    views below are read from it.
     """
 
     ontology: Ontology
-    node_ids: list[str | None]
-    unmatched: list[str]
-    depths: list[int | None]
-    parents: dict[int, set[int]]
     hierarchy: Hierarchy
 
     @classmethod
     def build(cls, ontology: Ontology, class_names: list[str], *,
               expand_ancestors: bool = False) -> "HierarchyContext":
-        ids, unmatched = ontology.match(class_names)
+        _, unmatched = ontology.match(class_names)
         if unmatched:
             log.warning("%d of %d classes match no ontology node (first: %s)", len(unmatched),
                         len(class_names), unmatched[:5])
@@ -406,8 +403,26 @@ class HierarchyContext:
             hierarchy = Hierarchy.build(ontology, class_names, expand_ancestors=expand_ancestors)
         except ValueError as err:  # two class names on one node: cones and ancestors are ambiguous
             raise OntologyError(f"--ontology {ontology.source}: {err}; give each class a distinct name") from err
-        return cls(ontology, ids, unmatched, ontology.class_depths(class_names),
-                   ontology.class_parents(class_names), hierarchy)
+        return cls(ontology, hierarchy)
+
+    @property
+    def node_ids(self) -> list[str | None]:
+        """Each class's ontology node id; None for an unmatched class."""
+        return list(self.hierarchy.node_ids[:self.hierarchy.num_classes])
+
+    @property
+    def unmatched(self) -> list[str]:
+        return list(self.hierarchy.unmatched)
+
+    @property
+    def depths(self) -> list[int | None]:
+        return list(self.hierarchy.depth[:self.hierarchy.num_classes])
+
+    @property
+    def parents(self) -> dict[int, set[int]]:
+        """Direct parents over prompt indices (classes, then the nodes above them), as
+        ``metrics.mistake_severity`` takes them; nodes without a parent have no entry."""
+        return {k: set(ps) for k, ps in enumerate(self.hierarchy.parents) if ps}
 
     def summary(self, path: str) -> dict:
         h = self.hierarchy
@@ -572,7 +587,7 @@ def _plots(json_path: Path, model: ScoringModel, block: dict, text_pts, class_na
         if hier is not None:
             categories = [None if v is None else hier.ontology.name(hier.ontology.top_level(v)[0])
                           for v in hier.node_ids]
-            edges = hier.ontology.entailment_pairs(class_names)
+            edges = [tuple(p) for p in hier.hierarchy.edges(range(len(class_names))).tolist()]
         written["poincare_disk"] = str(plots.plot_poincare_disk(
             plots.disk_layout(text_pts, c=model.c), unique_path(json_path.with_name(
                 f"{json_path.stem}_{model.name}_poincare.png")),

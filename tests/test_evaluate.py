@@ -30,7 +30,7 @@ from data.synthetic import (
 from hyperbolic import poincare
 from hyperbolic.config import DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, EvalConfig
 from hyperbolic.embeddings import embed_clips, embed_prompts, prompts_for
-from hyperbolic.evaluate import format_metrics_table, model_names, plan_models
+from hyperbolic.evaluate import HierarchyContext, format_metrics_table, model_names, plan_models
 from hyperbolic.metrics import (
     bootstrap_ci,
     class_distance_matrix,
@@ -184,7 +184,6 @@ def test_same_command_twice_gives_identical_results(comparison):
 
 def test_hierarchy_block(comparison, setup, tiny_clap):
     results, npz = comparison[0]
-    onto = Ontology.load(setup["ontology"])
     records = demo_ontology()
     parents, node = _parents(records), {r["name"]: r["id"] for r in records}
 
@@ -216,9 +215,12 @@ def test_hierarchy_block(comparison, setup, tiny_clap):
     assert cos["prompt_norm_vs_depth"]["rho"] is None and "unit vectors" in cos["prompt_norm_vs_depth"]["skipped"]
     assert "Euclidean" in cos["audio_mean_norm_vs_depth"]["norm"]
     # Mistake severity from the saved scores and the ontology's class hierarchy.
-    parents = onto.class_parents(list(DEMO_CLASSES))
+    # parents over prompt indices: classes 0..9, then the groups above them in file order
+    groups = [r["id"] for r in records if r["name"] not in DEMO_CLASSES]
+    index = {**{node[n]: i for i, n in enumerate(DEMO_CLASSES)}, **{g: 10 + j for j, g in enumerate(groups)}}
+    class_parents = {index[v]: {index[p] for p in ps} for v, ps in parents.items() if ps}
     for name, block in results["models"].items():
-        expected = mistake_severity(npz[f"scores_{name}"], npz["targets"], parents, k=5)
+        expected = mistake_severity(npz[f"scores_{name}"], npz["targets"], class_parents, k=5)
         assert {k: block["hierarchy"][k] for k in expected} == expected
 
 
@@ -419,15 +421,18 @@ def test_ontology_maps_depth_and_ancestors():
     assert ids == ["b", "g", None] and unmatched == ["Kazoo"]
 
 
-def test_ontology_class_views_feed_the_hierarchy_metrics():
-    o = Ontology(SMALL)
+def test_hierarchy_feeds_the_hierarchy_metrics():
     classes = ["Bark", "Animal", "Guitar, electric", "Kazoo"]
+    hier = HierarchyContext.build(Ontology(SMALL), classes)
+    h = hier.hierarchy
     # Non-class nodes above a class get numbers from 4 up in file order: Pets 4, House pets 5, Dog 6, Music 7.
-    assert o.class_parents(classes) == {0: {6}, 2: {7}, 4: {1}, 5: {4}, 6: {1, 5}}
-    assert o.class_ancestors(classes) == [{1}, set(), set(), set()]
-    assert o.entailment_pairs(classes) == [(1, 0)]  # Animal -> Bark through the non-class Dog
-    assert o.class_depths(classes) == [2, 0, 1, None]
-    d = class_distance_matrix(o.class_parents(classes), len(classes))
+    assert h.prompt_names[4:] == ("Pets", "House pets", "Dog", "Music")
+    assert hier.parents == {0: {6}, 2: {7}, 4: {1}, 5: {4}, 6: {1, 5}}
+    assert h.ancestors == ((1, 4, 5, 6), (), (7,), ())
+    assert h.edges(range(4)).tolist() == [[1, 0]]  # Animal -> Bark through the non-class Dog
+    assert hier.depths == [2, 0, 1, None] and hier.node_ids == ["b", "a", "g", None]
+    assert hier.unmatched == ["Kazoo"]
+    d = class_distance_matrix(hier.parents, len(classes))
     # Bark and Animal meet at Animal (height 4: Animal-Pets-House pets-Dog-Bark); Bark and Guitar
     # only at the virtual root (1 + max height); the unmatched class too.
     assert d[0, 1] == 4 and d[0, 2] == 5 and d[3, 0] == 5 and d[2, 2] == 0
