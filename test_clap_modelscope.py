@@ -95,7 +95,6 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     values = {k: v for k, v in vars(args).items() if k in fields}
     paths = args.projection_checkpoint or []
     values["projection_checkpoints"] = list(paths)
-    values["projection_checkpoint"] = paths[0] if len(paths) == 1 else None
     return EvalConfig(**values)
 
 

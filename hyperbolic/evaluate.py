@@ -253,10 +253,8 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
 # ------------------------------------------------------------------------------ planning
 
 def checkpoint_paths(cfg: EvalConfig) -> list[str]:
-    """``cfg.projection_checkpoints``, else ``[cfg.projection_checkpoint]`` when set."""
-    if cfg.projection_checkpoints:
-        return list(cfg.projection_checkpoints)
-    return [cfg.projection_checkpoint] if cfg.projection_checkpoint else []
+    """The checkpoints of ``--projection-checkpoint``, in the order given."""
+    return list(cfg.projection_checkpoints)
 
 
 def plan_models(cfg: EvalConfig) -> tuple[str, bool]:

@@ -166,3 +166,27 @@ def test_every_main_exits_2_on_a_user_error_and_nothing_else(monkeypatch, tmp_pa
         export.main(argv)
     monkeypatch.setattr(distributed, "run", raising(UserError("bad flag")))
     assert distributed.main(["--parquet-dir", str(tmp_path), "--checkpoint", str(tmp_path), "--device", "cpu"]) == 2
+
+
+def _option_defaults(parser) -> dict:
+    return {a.option_strings[0]: a.default for a in parser._actions if a.option_strings}
+
+
+def test_distributed_shares_the_embedding_flags_and_their_checks(capsys):
+    """hyperbolic.distributed declares the embedding flags through hyperbolic.cli like both scripts;
+    only the per-rank defaults differ, and the same value is refused with the same message."""
+    from hyperbolic import distributed
+    train_flags, dist_flags = _option_defaults(train_script.build_parser()), _option_defaults(distributed.build_parser())
+    shared = ["--checkpoint", "--class-labels", "--label-column", "--embed-batch-size", "--cache-dir", "--precision",
+              "--segment", "--hop", "--verbose"]
+    assert {f: dist_flags[f] for f in shared} == {f: train_flags[f] for f in shared}
+    assert dist_flags["--device"] == "cpu" and dist_flags["--num-workers"] is None and "--no-cache" not in dist_flags
+    for bad in (["--precision", "fp16", "--device", "cpu"], ["--hop", "5"], ["--segment", "20"],
+                ["--num-workers", "-1"], ["--embed-batch-size", "0"]):
+        messages = []
+        for parse in (train_script.parse_args, distributed.parse_args):
+            with pytest.raises(SystemExit) as exit_info:
+                parse(["--parquet-dir", "x", *bad])
+            assert exit_info.value.code == 2
+            messages.append(capsys.readouterr().err.strip().splitlines()[-1].split("error: ")[1])
+        assert messages[0] == messages[1], bad

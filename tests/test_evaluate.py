@@ -386,7 +386,11 @@ def test_missing_ontology_exits_2(setup, capsys, tmp_path):
     (["a.pth", "b.pth"], False, ("comparison", True)),
 ])
 def test_plan_models(paths, use_hyperbolic, expected):
-    cfg = EvalConfig(parquet_dir="x", projection_checkpoints=paths, use_hyperbolic=use_hyperbolic)
+    argv = ["--parquet-dir", "x", *(["--projection-checkpoint", *paths] if paths else []),
+            *(["--use-hyperbolic"] if use_hyperbolic else [])]
+    cfg = test_script.config_from_args(test_script.parse_args(argv))
+    # one field holds the flag's paths, however many: no second field for the one-path case
+    assert cfg.projection_checkpoints == paths and "projection_checkpoint" not in EvalConfig.__dataclass_fields__
     assert plan_models(cfg) == expected
 
 
