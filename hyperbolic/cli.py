@@ -15,8 +15,8 @@ def positive(x: float) -> bool:
 def add_embedding_args(p: argparse.ArgumentParser, *, per_rank: bool = False) -> None:
     """The embedding-stage flags. ``per_rank``: as ``hyperbolic.distributed`` declares them, for
     ranks that default to the CPU (``cuda``: each rank its own GPU), share a machine's cores
-    (``--num-workers`` unset: resolved per rank at run time) and only fill the cache (no
-    ``--no-cache``)."""
+    (``--num-workers`` unset: resolved per rank at run time) and only fill the audio and
+    class-prompt cache (no ``--no-cache``, no caption flags)."""
     if per_rank:
         p.add_argument("--device", default="cpu",
                        help="cpu, or cuda (each rank takes cuda:LOCAL_RANK), or an explicit cuda:N")
@@ -24,7 +24,10 @@ def add_embedding_args(p: argparse.ArgumentParser, *, per_rank: bool = False) ->
         p.add_argument("--device", default="cuda:0", help="torch device; falls back to cpu without CUDA")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                    help="CLAP model folder, or a model id looked up in the ModelScope cache")
-    p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS))
+    p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS),
+                   help="class names: a .json/.csv/text file" if per_rank else
+                        "class names: a .json/.csv/text file, or from-data: the sorted distinct labels of "
+                        "--label-column in the rows read (ESC-50: --label-column category)")
     p.add_argument("--label-column", default="human_labels")
     p.add_argument("--embed-batch-size", type=int, default=32, help="clips per CLAP forward")
     if per_rank:
@@ -45,6 +48,15 @@ def add_embedding_args(p: argparse.ArgumentParser, *, per_rank: bool = False) ->
                         "the last one aligned to the end (default: the first 10 s)")
     p.add_argument("--hop", type=float, default=None, metavar="SECONDS",
                    help="seconds between --segment windows (default: --segment, no overlap)")
+    if per_rank:  # the ranks embed audio and class prompts; captions are embedded by the scripts
+        p.add_argument("--verbose", action="store_true")
+        return
+    p.add_argument("--text-column", nargs="+", default=None, metavar="COL",
+                   help="caption column(s): a caption (string) or several (list) per row. Evaluation: caption "
+                        "retrieval (t2a/a2t R@k, mAP@10); training: captions are the clip's positives")
+    p.add_argument("--clip-id-column", default="video_id",
+                   help="with --text-column: rows sharing this value are one clip with all their captions, "
+                        "its audio embedded once (a file without the column: each row is a clip)")
     p.add_argument("--verbose", action="store_true")
 
 
