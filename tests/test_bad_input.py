@@ -23,6 +23,8 @@ from tests.helpers import corrupt_audio_page, run_main
 from data.synthetic import DEMO_CLASSES, encode_audio, synthesize, write_parquet_shard
 from hyperbolic.projector import Projector
 
+pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
+
 SR = 48000
 MAX_SAMPLES = 480000  # 10 s at 48 kHz: the README's crop
 

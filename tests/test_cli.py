@@ -26,6 +26,7 @@ def trained(tmp_path_factory, tiny_clap_dir, demo_train_dir):
     return out
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoints_and_setup(trained):
     setup = json.loads((trained / "setup.json").read_text())
     assert [row["epoch"] for row in setup["history"]] == [1, 2, 3]
@@ -47,6 +48,7 @@ def test_training_writes_checkpoints_and_setup(trained):
     assert not list(trained.glob(".*.tmp"))  # atomic writes leave no temporary file behind
 
 
+@pytest.mark.slow
 def test_training_is_reproducible(tmp_path, trained, tiny_clap_dir, demo_train_dir):
     assert train_script.main(_train_argv(demo_train_dir, tiny_clap_dir, tmp_path / "again")) == 0
     a = torch.load(trained / "projection_epoch_3.pth", weights_only=False)["projection_state_dict"]
@@ -54,6 +56,7 @@ def test_training_is_reproducible(tmp_path, trained, tiny_clap_dir, demo_train_d
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_training_refuses_non_empty_output_dir(trained, tiny_clap_dir, demo_train_dir):
     argv = ["--parquet-dir", str(demo_train_dir), "--checkpoint", str(tiny_clap_dir), "--device", "cpu",
             "--output-dir", str(trained), "--epochs", "1"]
@@ -68,6 +71,7 @@ def _eval(tmp_path, tiny_clap_dir, eval_dir, *extra):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_evaluation_plain_and_hyperbolic(tmp_path, trained, tiny_clap_dir, demo_eval_dir, tiny_clap):
     plain = _eval(tmp_path / "p", tiny_clap_dir, demo_eval_dir)
     assert set(plain) >= {"test_info", "model_info", "similarity_stats", "metrics", "predictions", "skipped"}
@@ -92,6 +96,7 @@ def test_evaluation_plain_and_hyperbolic(tmp_path, trained, tiny_clap_dir, demo_
     assert 0.0 <= hyp["metrics"]["mAP"] <= 1.0
 
 
+@pytest.mark.slow
 def test_evaluation_reports_differing_flag(tmp_path, trained, tiny_clap_dir, demo_eval_dir):
     ckpt = sorted(trained.glob("projection_epoch_*.pth"))[0]
     hyp = _eval(tmp_path, tiny_clap_dir, demo_eval_dir, "--use-hyperbolic", "--projection-checkpoint",

@@ -313,6 +313,7 @@ def _train(weight, clips, prompts, h, seed, tmp_path, monkeypatch):
     return trainers[-1]
 
 
+@pytest.mark.slow
 def test_entailment_training_puts_the_ontology_into_the_geometry(tmp_path, monkeypatch, tiny_clap, demo_train_dir):
     h = Hierarchy.build(Ontology(demo_ontology()), DEMO_CLASSES)
     clips = embed_clips(tiny_clap, demo_train_dir, matcher=LabelMatcher(list(DEMO_CLASSES)), skips=SkipLog())

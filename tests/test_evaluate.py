@@ -112,6 +112,7 @@ def comparison(setup):
     return runs
 
 
+@pytest.mark.slow
 def test_comparison_has_one_block_per_model_on_the_same_clips(comparison):
     results, npz = comparison[0]
     names = ["clap_cosine", "hyp", "euc", "legacy"]
@@ -139,6 +140,7 @@ def test_comparison_has_one_block_per_model_on_the_same_clips(comparison):
     assert map_row.split()[1:] == [f"{results['models'][n]['metrics']['mAP']:.4f}" for n in names]
 
 
+@pytest.mark.slow
 def test_metrics_recomputed_from_saved_scores_equal_the_json(comparison):
     results, npz = comparison[0]
     assert list(npz["model_names"]) == list(results["models"])
@@ -173,6 +175,7 @@ def test_metrics_recomputed_from_saved_scores_equal_the_json(comparison):
         assert "biased upward" in block["bootstrap"]["note"]
 
 
+@pytest.mark.slow
 def test_same_command_twice_gives_identical_results(comparison):
     (first, npz1), (second, npz2) = comparison
     for name in first["models"]:
@@ -182,6 +185,7 @@ def test_same_command_twice_gives_identical_results(comparison):
         assert np.array_equal(npz1[f"scores_{name}"], npz2[f"scores_{name}"])
 
 
+@pytest.mark.slow
 def test_hierarchy_block(comparison, setup, tiny_clap):
     results, npz = comparison[0]
     records = demo_ontology()
@@ -224,6 +228,7 @@ def test_hierarchy_block(comparison, setup, tiny_clap):
         assert {k: block["hierarchy"][k] for k in expected} == expected
 
 
+@pytest.mark.slow
 def test_plots_are_written_next_to_the_json(comparison, setup):
     image = pytest.importorskip("matplotlib.image")
     results, _ = comparison[0]
@@ -253,6 +258,7 @@ def _old_scripts_scores(audio, text, weight, bias, c, tau):
     return -np.arccosh(1 + 2 * sq / den) / math.sqrt(c) / tau, np.concatenate([a_norm, t_norm])
 
 
+@pytest.mark.slow
 def test_legacy_checkpoint_reproduces_the_earlier_scripts(comparison, setup, tiny_clap, demo_eval_dir):
     out = setup["root"] / "legacy"
     _run([*setup["base"], "--use-hyperbolic", "--legacy-distance", "--projection-checkpoint",
@@ -298,6 +304,7 @@ def _custom_dataset(folder):
     return classes
 
 
+@pytest.mark.slow
 def test_custom_class_list_and_label_column(setup, tiny_clap_dir):
     data = setup["root"] / "custom"
     classes = _custom_dataset(data)

@@ -29,6 +29,8 @@ from tests.helpers import run_main
 from data.synthetic import DEMO_CLASSES, write_demo_dataset
 from hyperbolic.cache import decode_npz
 
+pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
+
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 16
 PNG_START, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
