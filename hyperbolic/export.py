@@ -17,7 +17,7 @@ and the source checkpoint.
 
 The exporter is PyTorch's TorchScript one (``dynamo=False``: the dynamo exporter needs
 onnxscript). It has no symbolic for ``aten::asinh`` (the distance is computed through asinh, see
-``poincare.dist``), so one is registered that maps it to ONNX's ``Asinh`` (opset >= 9), the same
+``poincare.pairwise_dist``), so one is registered that maps it to ONNX's ``Asinh`` (opset >= 9), the same
 function. Every export is checked with onnxruntime (when installed) against the PyTorch head.
 """
 

@@ -86,7 +86,17 @@ def along_geodesic(x, theta, t, *, c, seed):
     e = e - (e * xh).sum(-1, keepdim=True) * xh
     e = e / e.norm(dim=-1, keepdim=True)
     d = torch.cos(theta)[:, None] * xh + torch.sin(theta)[:, None] * e
-    return pm.mobius_add(x, math.tanh(t) * d / math.sqrt(c), c=c)
+    return mobius_add(x, math.tanh(t) * d / math.sqrt(c), c=c)
+
+
+def mobius_add(x, y, *, c):
+    """Mobius addition ``x (+)_c y`` (a reference for building test points, not library code):
+    ``((1 + 2c<x,y> + c|y|^2) x + (1 - c|x|^2) y) / (1 + 2c<x,y> + c^2|x|^2|y|^2)``, evaluated as the
+    equal ``(a_x (x + y) + c|x + y|^2 x) / (a_x a_y + c|x + y|^2)`` with ``a = 1 - c|.|^2``, whose terms
+    are all >= 0 inside the ball, so nothing cancels near the boundary."""
+    ax, ay = 1 - c * x.square().sum(-1, keepdim=True), 1 - c * y.square().sum(-1, keepdim=True)
+    q = c * (x + y).square().sum(-1, keepdim=True)
+    return (ax * (x + y) + q * x) / (ax * ay + q)
 
 
 # ---------------------------------------------------------------- geometry of the term
