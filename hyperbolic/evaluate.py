@@ -45,11 +45,11 @@ from data.class_list import FROM_DATA, resolve_class_names
 from data.labels import LabelMatcher
 from hyperbolic import poincare
 from hyperbolic.cache import EmbeddingCache
+from hyperbolic.checkpoint import read_projection
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
 from hyperbolic.embeddings import PROMPT_NAME_RULE, embed_clips, embed_prompts, prompts_for
 from hyperbolic.entailment import DEFAULT_K, Hierarchy, cone_consistency, cone_report
-from hyperbolic.errors import UserError
 from hyperbolic.metrics import (
     bootstrap_ci,
     classification_metrics,
@@ -91,10 +91,6 @@ BOOTSTRAP_NOTE = (
     "counts as an extra hit, so resampled mAP runs above the point estimate when AP is low and "
     "the interval need not contain it (see mAP.contains_point). acc@1 has no such bias."
 )
-
-
-class CheckpointError(UserError, ValueError):
-    """A projection checkpoint that is missing, unreadable or does not fit the CLAP model."""
 
 
 def legacy_project(projector: Projector, x: torch.Tensor, *, c: float) -> torch.Tensor:
@@ -147,16 +143,6 @@ class ScoringModel:
         return self.score_points(self.project(audio), self.project(text))
 
 
-def _positive_float(value, what: str, path: Path) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{path}: {what} {value!r} is not a number") from None
-    if not np.isfinite(out) or out <= 0:
-        raise CheckpointError(f"{path}: {what} must be a finite number > 0 (got {out})")
-    return out
-
-
 def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: float | None = None,
                     temperature_flag: float | None = None, legacy_distance: bool = False,
                     prompt_template_flag: str | None = None, name: str | None = None) -> ScoringModel:
@@ -171,37 +157,10 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
     ``legacy_distance`` (hyperbolic checkpoints only) selects the earlier scripts' projection
     and distance, to reproduce their numbers.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"--projection-checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for non-checkpoint files
-        raise CheckpointError(f"--projection-checkpoint {path} is not a readable torch checkpoint ({err})") from err
-    if not isinstance(ckpt, dict) or "projection_state_dict" not in ckpt:
-        raise CheckpointError(f"--projection-checkpoint {path} has no 'projection_state_dict'; "
-                              "is it a projection checkpoint from train_hyperbolic_clap.py?")
-    state = ckpt["projection_state_dict"]
-    weight = state.get("linear.weight") if isinstance(state, dict) else None
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[0] != weight.shape[1]:
-        raise CheckpointError(f"{path}: projection_state_dict has no square 'linear.weight'")
-    dim = weight.shape[1]
-    if embed_dim is not None and dim != embed_dim:
-        raise CheckpointError(f"{path}: projector expects {dim}-d embeddings but the CLAP model gives "
-                              f"{embed_dim}-d; use the checkpoint trained on this CLAP model")
-    legacy_format = "config" not in ckpt
-    geometry = ckpt.get("geometry", "hyperbolic")
-    if geometry not in ("hyperbolic", "euclidean"):
-        raise CheckpointError(f"{path}: unknown geometry {geometry!r}")
-    projector = Projector(dim, geometry=geometry, clip_r=ckpt.get("clip_r", 0.9))
-    try:
-        projector.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: projection_state_dict does not fit a {dim}-d projector ({err})") from err
-    projector.eval()
-    c = _positive_float(ckpt.get("c", 1.0 if c_flag is None else c_flag), "c", path)
-    temperature = _positive_float(ckpt.get("temperature", 1.0 if temperature_flag is None else temperature_flag),
-                                  "temperature", path)
+    read = read_projection(path, embed_dim=embed_dim, c_default=1.0 if c_flag is None else c_flag,
+                           temperature_default=1.0 if temperature_flag is None else temperature_flag)
+    path, ckpt, projector, geometry = read.path, read.raw, read.projector, read.geometry
+    c, temperature, dim, legacy_format = read.c, read.temperature, read.embed_dim, read.legacy_format
     ignored: dict = {}
     if c_flag is not None and not np.isclose(c_flag, c):
         ignored["c"] = c_flag
@@ -218,12 +177,11 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
     if legacy_distance and geometry != "hyperbolic":
         ignored["legacy_distance"] = True
         legacy_distance = False
-    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    config = read.config
     # The cones are measured with the K the run trained with (train.py stores it in "config");
     # a run without an entailment term, or an earlier checkpoint, is measured at the default.
-    if config.get("entailment_k") is not None:
-        entailment_k = _positive_float(config["entailment_k"], "config entailment_k", path)
-        k_source = "checkpoint config entailment_k"
+    if read.entailment_k is not None:
+        entailment_k, k_source = read.entailment_k, "checkpoint config entailment_k"
     else:
         entailment_k, k_source = DEFAULT_K, "default (hyperbolic.entailment.DEFAULT_K)"
     for flag, value in ignored.items():
@@ -233,7 +191,7 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
                      "legacy_distance": f"geometry {geometry}"}[flag])
     info = {"projection_checkpoint": str(path), "epoch": ckpt.get("epoch"), "geometry": geometry,
             "c": c, "temperature": temperature, "clip_r": projector.clip_r, "embed_dim": dim,
-            "checkpoint_format": "legacy (no config)" if legacy_format else ckpt.get("format_version"),
+            "checkpoint_format": read.format,
             "prompt_template_source": template_source, "legacy_distance": legacy_distance,
             "projection": PROJECTION_TEXT["legacy" if legacy_distance else geometry],
             "distance": (DISTANCE_TEXT["legacy" if legacy_distance else "geodesic"]
@@ -466,8 +424,7 @@ def _cones(model: ScoringModel, prompt_pts, audio_pts, clip_labels: list[list[in
 
     ``prompt_pts`` (P, D): the projected prompts of ``hier.hierarchy.prompt_names``;
     ``audio_pts`` (N, D) the labelled clips' points; ``clip_labels`` their prompt indices.
-    ``entailment.cone_report`` plus ``class_pairs_in_cone`` and ``clips_in_all_label_cones``
-    (fraction of clips lying in the cone of every one of their labels). K is the checkpoint's.
+    ``entailment.cone_report`` plus ``class_pairs_in_cone``. K is the checkpoint's.
     """
     h = hier.hierarchy
     class_pairs = h.edges(range(h.num_classes))
@@ -482,15 +439,7 @@ def _cones(model: ScoringModel, prompt_pts, audio_pts, clip_labels: list[list[in
     out.update(counts, K_source=model.info.get("entailment_k_source", "default (hyperbolic.entailment.DEFAULT_K)"))
     out["class_pairs_in_cone"] = (cone_consistency(prompt_pts[class_pairs[:, 0]], prompt_pts[class_pairs[:, 1]],
                                                    c=c, K=K) if len(class_pairs) else None)
-    clip = torch.tensor([i for i, row in enumerate(clip_labels) for _ in row], dtype=torch.long)
-    label = torch.tensor([k for row in clip_labels for k in row], dtype=torch.long)
-    out["clips_in_all_label_cones"] = None
-    if len(clip):
-        u, v = prompt_pts[label], audio_pts[clip]
-        inside = poincare.oxy_angle(u, v, c=c) <= poincare.half_aperture(u, c=c, K=K)  # cone_consistency's rule
-        outside_per_clip = torch.zeros(len(clip_labels), dtype=torch.long).index_add_(0, clip, (~inside).long())
-        has_label = torch.tensor([len(row) > 0 for row in clip_labels])
-        out["clips_in_all_label_cones"] = float((outside_per_clip[has_label] == 0).double().mean())
+    out["clips_in_all_label_cones"] = out.pop("clips_in_all_label_cones")  # the JSON's key order
     out["norm_depth_over"] = "dist0 of every prompt node (classes and abstract parents) against its ontology depth"
     return out
 

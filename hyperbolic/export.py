@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hyperbolic.checkpoint import read_projection
+from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE
 from hyperbolic.errors import UserError
 from hyperbolic.projector import Projector, similarity
 
@@ -75,14 +77,13 @@ def register_symbolics(opset: int) -> None:
 def head_from_checkpoint(checkpoint: str | Path) -> tuple[SimilarityHead, dict]:
     """The head of a projection checkpoint (train_hyperbolic_clap.py's or the earlier scripts')
     and the metadata stored with the export."""
-    from hyperbolic.evaluate import load_projection
-    model = load_projection(checkpoint)
+    model = read_projection(checkpoint)
     head = SimilarityHead(model.projector, geometry=model.geometry, c=model.c,
                           temperature=model.temperature).eval()
-    info = model.info
+    template = model.raw["prompt_template"] if "prompt_template" in model.raw else DEFAULT_PROMPT_TEMPLATE
     meta = {"geometry": model.geometry, "c": model.c, "temperature": model.temperature,
-            "clip_r": info["clip_r"], "embed_dim": info["embed_dim"], "prompt_template": model.prompt_template,
-            "epoch": info.get("epoch"), "source_checkpoint": str(Path(checkpoint).resolve()),
+            "clip_r": model.projector.clip_r, "embed_dim": model.embed_dim, "prompt_template": template,
+            "epoch": model.raw.get("epoch"), "source_checkpoint": str(Path(checkpoint).resolve()),
             "inputs": "audio_emb (N, D), text_emb (M, D): L2-normalised float32 CLAP embeddings",
             "output": "scores (N, M) = -d_c(proj(a), proj(t)) / tau" if model.geometry == "hyperbolic"
                       else "scores (N, M) = cos(proj(a), proj(t)) / tau"}

@@ -151,7 +151,7 @@ def test_every_main_exits_2_on_a_user_error_and_nothing_else(monkeypatch, tmp_pa
     from hyperbolic import distributed, export
     from hyperbolic.clap import ClapNotFoundError, ClapPrecisionError
     from hyperbolic.errors import UserError
-    from hyperbolic.evaluate import CheckpointError
+    from hyperbolic.checkpoint import CheckpointError
     from hyperbolic.ontology import OntologyError
     from hyperbolic.train import TrainingError
     for cls in (DatasetError, ClapNotFoundError, ClapPrecisionError, OntologyError, CheckpointError,

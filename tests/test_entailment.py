@@ -140,6 +140,36 @@ def test_violation_matches_mpmath(dtype, c, K):
     assert cone_consistency(x[clear], y[clear], c=c, K=K) == pytest.approx(np.mean(margin[clear] <= 0))
 
 
+def test_cone_report_counts_clips_inside_all_their_label_cones():
+    c, K = 1.0, DEFAULT_K
+    prompts = unit_rows(2, 4, seed=20) * torch.tensor([[0.3], [0.5]], dtype=torch.float64)
+    psi = pm.half_aperture(prompts, c=c, K=K)
+    # clip -> (label, inside?): built on the geodesics leaving each label's prompt, at an exterior
+    # angle below (inside) or above (outside) its cone's half-aperture
+    plan = [[(0, True), (1, True)], [(0, False)], [], [(1, True)], [(0, True), (1, False)]]
+    clips = []
+    for i, row in enumerate(plan):
+        k, inside = row[0] if row else (0, True)
+        theta = psi[k:k + 1] * (0.5 if inside else 1.5)
+        clips.append(along_geodesic(prompts[k:k + 1], theta, 0.4, c=c, seed=30 + i))
+    clips = torch.cat(clips)
+    # the second label of clips 0 and 4: is the clip built for the first one in that cone too?
+    for i in (0, 4):
+        xi = pm.oxy_angle(prompts[1:2], clips[i:i + 1], c=c)
+        plan[i][1] = (1, bool(xi <= psi[1]))
+    labels = [[k for k, _ in row] for row in plan]
+    pairs_inside = [inside for row in plan for _, inside in row]
+    all_inside = [all(inside for _, inside in row) for row in plan if row]
+    report = cone_report(prompts, torch.zeros(0, 2, dtype=torch.long), [None, None], c=c, K=K,
+                         clip_pts=clips, labels=labels)
+    assert report["clip_label_pairs"] == len(pairs_inside) == 6
+    assert report["clip_label_pairs_in_cone"] == pytest.approx(np.mean(pairs_inside))
+    assert report["clips_in_all_label_cones"] == pytest.approx(np.mean(all_inside))
+    assert 0 < np.mean(all_inside) < 1
+    assert cone_report(prompts, torch.zeros(0, 2, dtype=torch.long), [None, None], c=c, K=K)[
+        "clips_in_all_label_cones"] is None
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_zero_inside_positive_outside(dtype):
     c, K = 1.0, DEFAULT_K
