@@ -139,7 +139,7 @@ class Hierarchy:
         ``keep=None``: ``parent_child``. Otherwise each kept node is linked to its nearest kept
         ancestors, passing through nodes that are not kept: with "Sine wave" held out,
         "Other sourceless" -> "Chirp tone" is a pair. ``keep=range(C)`` gives the class-to-class
-        pairs (those of ``Ontology.entailment_pairs``).
+        pairs (each class to its nearest class ancestors).
         """
         if keep is None:
             return self.parent_child.clone()
