@@ -43,7 +43,7 @@ from data.audioset import SkipLog
 from data.errors import DatasetError
 from data.class_list import FROM_DATA, resolve_class_names
 from data.labels import LabelMatcher
-from hyperbolic import poincare
+from hyperbolic import legacy, poincare
 from hyperbolic.cache import EmbeddingCache
 from hyperbolic.checkpoint import read_projection
 from hyperbolic.clap import FrozenClap, resolve_device
@@ -69,11 +69,6 @@ PLAIN_MODEL_NAME = "clap_cosine"
 HIER_K = 5  # hier_dist@k reported with --ontology
 EXCLUDED_EXAMPLES = 5
 
-# The earlier public scripts' projection: y = expmap0(linear(x), c), then y rescaled so that
-# |y| <= 0.9 in absolute units (whatever c is), with 1e-10 added to |y| before dividing.
-LEGACY_MAX_NORM = 0.9
-LEGACY_NORM_EPS = 1e-10
-
 PROJECTION_TEXT = {
     "cosine": "none: CLAP embeddings (unit vectors), cosine similarity",
     "euclidean": "linear, then L2-normalised; score <a, t> / tau",
@@ -93,14 +88,6 @@ BOOTSTRAP_NOTE = (
 )
 
 
-def legacy_project(projector: Projector, x: torch.Tensor, *, c: float) -> torch.Tensor:
-    """The earlier scripts' projection: ``y = expmap0(W x + b, c)``, then
-    ``y * min(1, 0.9 / (|y| + 1e-10))``; ``(N, D) -> (N, D)``, ``|y| <= 0.9``."""
-    y = poincare.expmap0(projector.linear(x.float()), c=c)
-    scale = (LEGACY_MAX_NORM / (y.norm(dim=-1, keepdim=True) + LEGACY_NORM_EPS)).clamp(max=1.0)
-    return y * scale
-
-
 @dataclass
 class ScoringModel:
     """How to turn CLAP embeddings into class scores: cosine, or projector + geometry."""
@@ -111,7 +98,7 @@ class ScoringModel:
     geometry: str = "cosine"
     c: float | None = None
     temperature: float | None = None
-    legacy_distance: bool = False  # with it, the legacy projection too (see legacy_project)
+    legacy_distance: bool = False  # with it, the legacy projection too (hyperbolic.legacy.project)
     info: dict = field(default_factory=dict)
     entailment_k: float = DEFAULT_K  # cone aperture K for the --ontology cone numbers (hyperbolic only)
 
@@ -120,7 +107,7 @@ class ScoringModel:
         """(N, D) CLAP embeddings -> (N, D) points the scores are computed from."""
         if self.projector is None:
             return x.float()
-        parts = [legacy_project(self.projector, x[i:i + SCORE_CHUNK], c=self.c) if self.legacy_distance
+        parts = [legacy.project(self.projector, x[i:i + SCORE_CHUNK], c=self.c) if self.legacy_distance
                  else self.projector(x[i:i + SCORE_CHUNK], c=self.c) for i in range(0, len(x), SCORE_CHUNK)]
         return torch.cat(parts) if parts else x.new_empty(0, x.shape[1])
 

@@ -56,14 +56,6 @@ MIN_NORM = 1e-15
 # a largest aperture of asin(1 - 1e-3) = pi/2 - 0.045 rad instead of pi/2.
 CONE_ARG_MARGIN = 1e-3
 
-# Clamps of the earlier public implementation reproduced by legacy_pairwise_dist.
-# They are applied in the input's dtype, as the old code did (in float32,
-# 1 - 1e-10 and 1 + 1e-10 both round to 1).
-_LEGACY_EPS = 1e-10
-
-# legacy_pairwise_dist builds (rows, M, D) differences at most this many elements.
-_LEGACY_CHUNK_ELEMENTS = 1 << 22
-
 
 def _check_dtype(x: Tensor) -> None:
     if x.dtype not in BALL_EPS:
@@ -217,32 +209,6 @@ def dist0(x: Tensor, *, c: float | Tensor) -> Tensor:
     c = _curvature(c, x)
     r = _norm(x, keepdim=False)
     return 2 * r * _artanhc(c.sqrt() * r)
-
-
-def legacy_pairwise_dist(x: Tensor, y: Tensor, *, c: float | Tensor) -> Tensor:
-    """The distance of an earlier public implementation, kept only to reproduce the
-    numbers of old checkpoints. It is WRONG geometry for ``c != 1``: ``c`` is
-    missing inside the fraction, so it equals ``pairwise_dist(x, y, c=1)/sqrt(c)``
-    (up to the clamps), not the distance in the ball of curvature ``-c``.
-
-    ``d = (1/sqrt(c)) arcosh(max(1 + 1e-10, 1 + 2|x-y|^2 / max(1e-10, (1 - X)(1 - Y))))``
-    with ``X = min(|x|^2, 1 - 1e-10)``, ``Y = min(|y|^2, 1 - 1e-10)``, the clamps of
-    the old code, applied in the input's dtype. ``(N, D), (M, D) -> (N, M)``;
-    ``|x-y|^2`` is summed from explicit differences, built a chunk of rows at a time.
-    """
-    c = _curvature(c, x)
-    if x.dim() != 2 or y.dim() != 2:
-        raise ValueError(
-            f"legacy_pairwise_dist takes (N, D) and (M, D) (got {tuple(x.shape)} and {tuple(y.shape)})"
-        )
-    x2 = x.square().sum(-1).clamp_max(1 - _LEGACY_EPS)
-    y2 = y.square().sum(-1).clamp_max(1 - _LEGACY_EPS)
-    den = ((1 - x2).unsqueeze(1) * (1 - y2).unsqueeze(0)).clamp_min(_LEGACY_EPS)
-    rows = max(1, _LEGACY_CHUNK_ELEMENTS // max(1, y.shape[0] * y.shape[1]))
-    chunks = [(x[i : i + rows].unsqueeze(1) - y).square().sum(-1) for i in range(0, x.shape[0], rows)]
-    sq = torch.cat(chunks) if chunks else x.new_zeros(0, y.shape[0])
-    arg = (1 + 2 * sq / den).clamp_min(1 + _LEGACY_EPS)
-    return torch.acosh(arg) / c.sqrt()
 
 
 def _cone_root(K: float, t: float) -> float:

@@ -163,13 +163,6 @@ def write_messy_folder(folder: Path) -> Path:
 # ------------------------------------------------------------------ running the scripts
 
 @pytest.fixture(scope="module")
-def classes_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("classes") / "demo_classes.txt"
-    path.write_text("\n".join(DEMO_CLASSES) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
 def messy(tmp_path_factory) -> Path:
     return write_messy_folder(tmp_path_factory.mktemp("messy"))
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mpmath import mp
 
+from hyperbolic import legacy
 from hyperbolic import poincare as pm
 
 DTYPES = [torch.float32, torch.float64]
@@ -487,13 +488,13 @@ def numpy_legacy_dist(x, y, c):
 
 @pytest.mark.parametrize("c", CURVATURES)
 def test_legacy_pairwise_dist_matches_old_formula(c, monkeypatch):
-    monkeypatch.setattr(pm, "_LEGACY_CHUNK_ELEMENTS", 50)  # several chunks of rows
+    monkeypatch.setattr(legacy, "_CHUNK_ELEMENTS", 50)  # several chunks of rows
     x = ball_points(20, 6, c=1.0, dtype=torch.float64, seed=17)
     y = ball_points(13, 6, c=1.0, dtype=torch.float64, seed=18)
     x[0] = y[0]  # arcosh-argument clamp
     x[1] *= 1.5  # |x|^2 clamp: outside the unit ball
     y[1] = y[1] / y[1].norm() * (1 - 1e-12)  # with x[1]: denominator clamp
-    got = pm.legacy_pairwise_dist(x, y, c=c).numpy()
+    got = legacy.pairwise_dist(x, y, c=c).numpy()
     np.testing.assert_allclose(got, numpy_legacy_dist(x, y, c), rtol=1e-12, atol=0)
     assert got[0, 0] == pytest.approx(math.acosh(1 + 1e-10) / math.sqrt(c), rel=1e-12)
 
@@ -502,10 +503,10 @@ def test_legacy_pairwise_dist_has_c_outside_the_fraction():
     # inside the ball of curvature -4 (radius 0.5), where both formulas are defined
     x = ball_points(20, 6, c=4.0, dtype=torch.float64, seed=19, max_frac=0.9)
     y = ball_points(15, 6, c=4.0, dtype=torch.float64, seed=20, max_frac=0.9)
-    legacy = pm.legacy_pairwise_dist(x, y, c=4.0)
-    torch.testing.assert_close(legacy, pm.pairwise_dist(x, y, c=1.0) / 2, rtol=1e-9, atol=0)
-    assert (rel_err(legacy, pm.pairwise_dist(x, y, c=4.0)) > 0.05).all()
-    legacy_1 = pm.legacy_pairwise_dist(x, y, c=1.0)
+    legacy_4 = legacy.pairwise_dist(x, y, c=4.0)
+    torch.testing.assert_close(legacy_4, pm.pairwise_dist(x, y, c=1.0) / 2, rtol=1e-9, atol=0)
+    assert (rel_err(legacy_4, pm.pairwise_dist(x, y, c=4.0)) > 0.05).all()
+    legacy_1 = legacy.pairwise_dist(x, y, c=1.0)
     torch.testing.assert_close(legacy_1, pm.pairwise_dist(x, y, c=1.0), rtol=1e-9, atol=0)
 
 
