@@ -181,10 +181,10 @@ def test_distributed_shares_the_embedding_flags_and_their_checks(capsys):
     """hyperbolic.distributed declares the embedding flags through hyperbolic.cli like both scripts;
     only the per-rank defaults differ, and the same value is refused with the same message."""
     from hyperbolic import distributed
-    train_flags, dist_flags = _option_defaults(train_script.build_parser()), _option_defaults(distributed.build_parser())
+    eval_flags, dist_flags = _option_defaults(test_script.build_parser()), _option_defaults(distributed.build_parser())
     shared = ["--checkpoint", "--class-labels", "--label-column", "--embed-batch-size", "--cache-dir", "--precision",
               "--segment", "--hop", "--verbose"]
-    assert {f: dist_flags[f] for f in shared} == {f: train_flags[f] for f in shared}
+    assert {f: dist_flags[f] for f in shared} == {f: eval_flags[f] for f in shared}
     assert dist_flags["--device"] == "cpu" and dist_flags["--num-workers"] is None and "--no-cache" not in dist_flags
     for bad in (["--precision", "fp16", "--device", "cpu"], ["--hop", "5"], ["--segment", "20"],
                 ["--num-workers", "-1"], ["--embed-batch-size", "0"]):
