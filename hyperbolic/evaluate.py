@@ -43,8 +43,9 @@ from data.audioset import SkipLog
 from data.errors import DatasetError
 from data.class_list import FROM_DATA, resolve_class_names
 from data.labels import LabelMatcher
-from hyperbolic import poincare
+from hyperbolic import legacy, poincare
 from hyperbolic.cache import EmbeddingCache
+from hyperbolic.checkpoint import read_projection
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
 from hyperbolic.embeddings import PROMPT_NAME_RULE, embed_clips, embed_prompts, prompts_for
@@ -69,11 +70,6 @@ PLAIN_MODEL_NAME = "clap_cosine"
 HIER_K = 5  # hier_dist@k reported with --ontology
 EXCLUDED_EXAMPLES = 5
 
-# The earlier public scripts' projection: y = expmap0(linear(x), c), then y rescaled so that
-# |y| <= 0.9 in absolute units (whatever c is), with 1e-10 added to |y| before dividing.
-LEGACY_MAX_NORM = 0.9
-LEGACY_NORM_EPS = 1e-10
-
 PROJECTION_TEXT = {
     "cosine": "none: CLAP embeddings (unit vectors), cosine similarity",
     "euclidean": "linear, then L2-normalised; score <a, t> / tau",
@@ -93,18 +89,6 @@ BOOTSTRAP_NOTE = (
 )
 
 
-class CheckpointError(ValueError):
-    """A projection checkpoint that is missing, unreadable or does not fit the CLAP model."""
-
-
-def legacy_project(projector: Projector, x: torch.Tensor, *, c: float) -> torch.Tensor:
-    """The earlier scripts' projection: ``y = expmap0(W x + b, c)``, then
-    ``y * min(1, 0.9 / (|y| + 1e-10))``; ``(N, D) -> (N, D)``, ``|y| <= 0.9``."""
-    y = poincare.expmap0(projector.linear(x.float()), c=c)
-    scale = (LEGACY_MAX_NORM / (y.norm(dim=-1, keepdim=True) + LEGACY_NORM_EPS)).clamp(max=1.0)
-    return y * scale
-
-
 @dataclass
 class ScoringModel:
     """How to turn CLAP embeddings into class scores: cosine, or projector + geometry."""
@@ -115,7 +99,7 @@ class ScoringModel:
     geometry: str = "cosine"
     c: float | None = None
     temperature: float | None = None
-    legacy_distance: bool = False  # with it, the legacy projection too (see legacy_project)
+    legacy_distance: bool = False  # with it, the legacy projection too (hyperbolic.legacy.project)
     info: dict = field(default_factory=dict)
     entailment_k: float = DEFAULT_K  # cone aperture K for the --ontology cone numbers (hyperbolic only)
 
@@ -124,7 +108,7 @@ class ScoringModel:
         """(N, D) CLAP embeddings -> (N, D) points the scores are computed from."""
         if self.projector is None:
             return x.float()
-        parts = [legacy_project(self.projector, x[i:i + SCORE_CHUNK], c=self.c) if self.legacy_distance
+        parts = [legacy.project(self.projector, x[i:i + SCORE_CHUNK], c=self.c) if self.legacy_distance
                  else self.projector(x[i:i + SCORE_CHUNK], c=self.c) for i in range(0, len(x), SCORE_CHUNK)]
         return torch.cat(parts) if parts else x.new_empty(0, x.shape[1])
 
@@ -147,16 +131,6 @@ class ScoringModel:
         return self.score_points(self.project(audio), self.project(text))
 
 
-def _positive_float(value, what: str, path: Path) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{path}: {what} {value!r} is not a number") from None
-    if not np.isfinite(out) or out <= 0:
-        raise CheckpointError(f"{path}: {what} must be a finite number > 0 (got {out})")
-    return out
-
-
 def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: float | None = None,
                     temperature_flag: float | None = None, legacy_distance: bool = False,
                     prompt_template_flag: str | None = None, name: str | None = None) -> ScoringModel:
@@ -171,37 +145,10 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
     ``legacy_distance`` (hyperbolic checkpoints only) selects the earlier scripts' projection
     and distance, to reproduce their numbers.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"--projection-checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for non-checkpoint files
-        raise CheckpointError(f"--projection-checkpoint {path} is not a readable torch checkpoint ({err})") from err
-    if not isinstance(ckpt, dict) or "projection_state_dict" not in ckpt:
-        raise CheckpointError(f"--projection-checkpoint {path} has no 'projection_state_dict'; "
-                              "is it a projection checkpoint from train_hyperbolic_clap.py?")
-    state = ckpt["projection_state_dict"]
-    weight = state.get("linear.weight") if isinstance(state, dict) else None
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[0] != weight.shape[1]:
-        raise CheckpointError(f"{path}: projection_state_dict has no square 'linear.weight'")
-    dim = weight.shape[1]
-    if embed_dim is not None and dim != embed_dim:
-        raise CheckpointError(f"{path}: projector expects {dim}-d embeddings but the CLAP model gives "
-                              f"{embed_dim}-d; use the checkpoint trained on this CLAP model")
-    legacy_format = "config" not in ckpt
-    geometry = ckpt.get("geometry", "hyperbolic")
-    if geometry not in ("hyperbolic", "euclidean"):
-        raise CheckpointError(f"{path}: unknown geometry {geometry!r}")
-    projector = Projector(dim, geometry=geometry, clip_r=ckpt.get("clip_r", 0.9))
-    try:
-        projector.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: projection_state_dict does not fit a {dim}-d projector ({err})") from err
-    projector.eval()
-    c = _positive_float(ckpt.get("c", 1.0 if c_flag is None else c_flag), "c", path)
-    temperature = _positive_float(ckpt.get("temperature", 1.0 if temperature_flag is None else temperature_flag),
-                                  "temperature", path)
+    read = read_projection(path, embed_dim=embed_dim, c_default=1.0 if c_flag is None else c_flag,
+                           temperature_default=1.0 if temperature_flag is None else temperature_flag)
+    path, ckpt, projector, geometry = read.path, read.raw, read.projector, read.geometry
+    c, temperature, dim, legacy_format = read.c, read.temperature, read.embed_dim, read.legacy_format
     ignored: dict = {}
     if c_flag is not None and not np.isclose(c_flag, c):
         ignored["c"] = c_flag
@@ -218,12 +165,11 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
     if legacy_distance and geometry != "hyperbolic":
         ignored["legacy_distance"] = True
         legacy_distance = False
-    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    config = read.config
     # The cones are measured with the K the run trained with (train.py stores it in "config");
     # a run without an entailment term, or an earlier checkpoint, is measured at the default.
-    if config.get("entailment_k") is not None:
-        entailment_k = _positive_float(config["entailment_k"], "config entailment_k", path)
-        k_source = "checkpoint config entailment_k"
+    if read.entailment_k is not None:
+        entailment_k, k_source = read.entailment_k, "checkpoint config entailment_k"
     else:
         entailment_k, k_source = DEFAULT_K, "default (hyperbolic.entailment.DEFAULT_K)"
     for flag, value in ignored.items():
@@ -235,7 +181,7 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
             "c": c, "temperature": temperature,
             "effective_temperature": effective_temperature(c, temperature) if geometry == "hyperbolic" else None,
             "clip_r": projector.clip_r, "embed_dim": dim,
-            "checkpoint_format": "legacy (no config)" if legacy_format else ckpt.get("format_version"),
+            "checkpoint_format": read.format,
             "prompt_template_source": template_source, "legacy_distance": legacy_distance,
             "projection": PROJECTION_TEXT["legacy" if legacy_distance else geometry],
             "distance": (DISTANCE_TEXT["legacy" if legacy_distance else "geodesic"]
@@ -256,10 +202,8 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
 # ------------------------------------------------------------------------------ planning
 
 def checkpoint_paths(cfg: EvalConfig) -> list[str]:
-    """``cfg.projection_checkpoints``, else ``[cfg.projection_checkpoint]`` when set."""
-    if cfg.projection_checkpoints:
-        return list(cfg.projection_checkpoints)
-    return [cfg.projection_checkpoint] if cfg.projection_checkpoint else []
+    """The checkpoints of ``--projection-checkpoint``, in the order given."""
+    return list(cfg.projection_checkpoints)
 
 
 def plan_models(cfg: EvalConfig) -> tuple[str, bool]:
@@ -388,20 +332,17 @@ class HierarchyContext:
 
     ``hierarchy`` is the one training builds (``entailment.Hierarchy``): prompt nodes are the
     classes, then every ontology node above a matched class that is not a class (abstract
-    parents), and its direct parent -> child edges among them are the cone pairs.
+    parents), and its direct parent -> child edges among them are the cone pairs. The class-level
+    views below are read from it.
     """
 
     ontology: Ontology
-    node_ids: list[str | None]
-    unmatched: list[str]
-    depths: list[int | None]
-    parents: dict[int, set[int]]
     hierarchy: Hierarchy
 
     @classmethod
     def build(cls, ontology: Ontology, class_names: list[str], *,
               expand_ancestors: bool = False) -> "HierarchyContext":
-        ids, unmatched = ontology.match(class_names)
+        _, unmatched = ontology.match(class_names)
         if unmatched:
             log.warning("%d of %d classes match no ontology node (first: %s)", len(unmatched),
                         len(class_names), unmatched[:5])
@@ -409,8 +350,26 @@ class HierarchyContext:
             hierarchy = Hierarchy.build(ontology, class_names, expand_ancestors=expand_ancestors)
         except ValueError as err:  # two class names on one node: cones and ancestors are ambiguous
             raise OntologyError(f"--ontology {ontology.source}: {err}; give each class a distinct name") from err
-        return cls(ontology, ids, unmatched, ontology.class_depths(class_names),
-                   ontology.class_parents(class_names), hierarchy)
+        return cls(ontology, hierarchy)
+
+    @property
+    def node_ids(self) -> list[str | None]:
+        """Each class's ontology node id; None for an unmatched class."""
+        return list(self.hierarchy.node_ids[:self.hierarchy.num_classes])
+
+    @property
+    def unmatched(self) -> list[str]:
+        return list(self.hierarchy.unmatched)
+
+    @property
+    def depths(self) -> list[int | None]:
+        return list(self.hierarchy.depth[:self.hierarchy.num_classes])
+
+    @property
+    def parents(self) -> dict[int, set[int]]:
+        """Direct parents over prompt indices (classes, then the nodes above them), as
+        ``metrics.mistake_severity`` takes them; nodes without a parent have no entry."""
+        return {k: set(ps) for k, ps in enumerate(self.hierarchy.parents) if ps}
 
     def summary(self, path: str) -> dict:
         h = self.hierarchy
@@ -455,8 +414,7 @@ def _cones(model: ScoringModel, prompt_pts, audio_pts, clip_labels: list[list[in
 
     ``prompt_pts`` (P, D): the projected prompts of ``hier.hierarchy.prompt_names``;
     ``audio_pts`` (N, D) the labelled clips' points; ``clip_labels`` their prompt indices.
-    ``entailment.cone_report`` plus ``class_pairs_in_cone`` and ``clips_in_all_label_cones``
-    (fraction of clips lying in the cone of every one of their labels). K is the checkpoint's.
+    ``entailment.cone_report`` plus ``class_pairs_in_cone``. K is the checkpoint's.
     """
     h = hier.hierarchy
     class_pairs = h.edges(range(h.num_classes))
@@ -471,15 +429,7 @@ def _cones(model: ScoringModel, prompt_pts, audio_pts, clip_labels: list[list[in
     out.update(counts, K_source=model.info.get("entailment_k_source", "default (hyperbolic.entailment.DEFAULT_K)"))
     out["class_pairs_in_cone"] = (cone_consistency(prompt_pts[class_pairs[:, 0]], prompt_pts[class_pairs[:, 1]],
                                                    c=c, K=K) if len(class_pairs) else None)
-    clip = torch.tensor([i for i, row in enumerate(clip_labels) for _ in row], dtype=torch.long)
-    label = torch.tensor([k for row in clip_labels for k in row], dtype=torch.long)
-    out["clips_in_all_label_cones"] = None
-    if len(clip):
-        u, v = prompt_pts[label], audio_pts[clip]
-        inside = poincare.oxy_angle(u, v, c=c) <= poincare.half_aperture(u, c=c, K=K)  # cone_consistency's rule
-        outside_per_clip = torch.zeros(len(clip_labels), dtype=torch.long).index_add_(0, clip, (~inside).long())
-        has_label = torch.tensor([len(row) > 0 for row in clip_labels])
-        out["clips_in_all_label_cones"] = float((outside_per_clip[has_label] == 0).double().mean())
+    out["clips_in_all_label_cones"] = out.pop("clips_in_all_label_cones")  # the JSON's key order
     out["norm_depth_over"] = "dist0 of every prompt node (classes and abstract parents) against its ontology depth"
     return out
 
@@ -539,7 +489,7 @@ def _ball_usage(model: ScoringModel, audio_pts, text_pts, scores) -> dict | None
     absolute 0.9 (relative ``0.9 sqrt(c)``, no clip where that is >= 1)."""
     if model.projector is None or model.geometry != "hyperbolic":
         return None
-    clip = LEGACY_MAX_NORM * model.c ** 0.5 if model.legacy_distance else model.projector.clip_r
+    clip = legacy.MAX_NORM * model.c ** 0.5 if model.legacy_distance else model.projector.clip_r
     return ball_usage(audio_pts, text_pts, scores, c=model.c, clip_radius=clip if clip < 1 else None)
 
 
@@ -586,7 +536,7 @@ def _plots(json_path: Path, model: ScoringModel, block: dict, text_pts, class_na
         if hier is not None:
             categories = [None if v is None else hier.ontology.name(hier.ontology.top_level(v)[0])
                           for v in hier.node_ids]
-            edges = hier.ontology.entailment_pairs(class_names)
+            edges = [tuple(p) for p in hier.hierarchy.edges(range(len(class_names))).tolist()]
         written["poincare_disk"] = str(plots.plot_poincare_disk(
             plots.disk_layout(text_pts, c=model.c), unique_path(json_path.with_name(
                 f"{json_path.stem}_{model.name}_poincare.png")),
