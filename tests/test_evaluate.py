@@ -30,7 +30,8 @@ from data.synthetic import (
 from hyperbolic import poincare
 from hyperbolic.config import DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, EvalConfig
 from hyperbolic.embeddings import embed_clips, embed_prompts, prompts_for
-from hyperbolic.evaluate import HierarchyContext, format_metrics_table, model_names, plan_models
+from hyperbolic.eval_hierarchy import HierarchyContext
+from hyperbolic.evaluate import format_metrics_table, model_names, plan_models
 from hyperbolic.metrics import (
     bootstrap_ci,
     class_distance_matrix,
