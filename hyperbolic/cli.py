@@ -16,7 +16,9 @@ def add_embedding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda:0", help="torch device; falls back to cpu without CUDA")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                    help="CLAP model folder, or a model id looked up in the ModelScope cache")
-    p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS))
+    p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS),
+                   help="class names: a .json/.csv/text file, or from-data: the sorted distinct labels of "
+                        "--label-column in the rows read (ESC-50: --label-column category)")
     p.add_argument("--label-column", default="human_labels")
     p.add_argument("--embed-batch-size", type=int, default=32, help="clips per CLAP forward")
     p.add_argument("--num-workers", type=int, default=default_num_workers(),
@@ -31,6 +33,12 @@ def add_embedding_args(p: argparse.ArgumentParser) -> None:
                         "the last one aligned to the end (default: the first 10 s)")
     p.add_argument("--hop", type=float, default=None, metavar="SECONDS",
                    help="seconds between --segment windows (default: --segment, no overlap)")
+    p.add_argument("--text-column", nargs="+", default=None, metavar="COL",
+                   help="caption column(s): a caption (string) or several (list) per row. Evaluation: caption "
+                        "retrieval (t2a/a2t R@k, mAP@10); training: captions are the clip's positives")
+    p.add_argument("--clip-id-column", default="video_id",
+                   help="with --text-column: rows sharing this value are one clip with all their captions, "
+                        "its audio embedded once (a file without the column: each row is a clip)")
     p.add_argument("--verbose", action="store_true")
 
 

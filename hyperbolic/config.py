@@ -12,7 +12,7 @@ DEFAULT_PROMPT_TEMPLATE = "This is a sound of {label}."
 DEFAULT_CHECKPOINT = "laion/larger_clap_general"
 TEXT_PAIRINGS = ("all-labels", "first-label")
 LR_SCHEDULES = ("cosine", "constant")
-SELECT_METRICS = ("val_mAP", "val_loss")
+SELECT_METRICS = ("val_mAP", "val_loss", "val_t2a_R@10", "val_t2a_mAP@10")  # the last two: --text-column
 PRECISIONS = ("fp32", "bf16", "fp16")  # of the CLAP forward; see hyperbolic.clap
 
 
@@ -37,6 +37,8 @@ class EmbeddingConfig:
     precision: str = "fp32"          # of the CLAP forward: fp32, bf16, fp16 (hyperbolic.clap)
     segment: float | None = None     # seconds per window over whole recordings (data.audio.Segmenting)
     hop: float | None = None         # seconds between windows (default: segment)
+    text_column: list[str] | None = None  # caption column(s): retrieval / caption training (data.captions)
+    clip_id_column: str = "video_id"      # rows sharing it are one clip (with --text-column)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +72,7 @@ class TrainConfig(EmbeddingConfig):
     entailment_weight: float = 0.0
     entailment_k: float = 0.1
     expand_ancestors: bool = False
+    caption_labels: bool = False     # with text_column: class labels (--label-column given) mixed in
     resume: str | None = None
     overwrite: bool = False
     use_swanlab: bool = False
