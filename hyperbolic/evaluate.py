@@ -42,11 +42,9 @@ from data.errors import DatasetError
 from data.class_list import FROM_DATA, resolve_class_names
 from data.labels import LabelMatcher
 from hyperbolic import legacy
-from hyperbolic.cache import EmbeddingCache
 from hyperbolic.checkpoint import read_projection
-from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
-from hyperbolic.embeddings import PROMPT_NAME_RULE, embed_clips, embed_prompts, prompts_for
+from hyperbolic.embeddings import PROMPT_NAME_RULE, embed_clips, embed_prompts, open_cache, open_clap, prompts_for
 from hyperbolic.entailment import DEFAULT_K
 from hyperbolic.eval_hierarchy import HIER_K, HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
 from hyperbolic.metrics import (
@@ -414,7 +412,6 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     if cfg.text_column:
         from hyperbolic.retrieval import evaluate_captions
         return evaluate_captions(cfg, models)
-    device = resolve_device(cfg.device)
     class_names = resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
                                       limit=cfg.num_samples)
     matcher = LabelMatcher(class_names)
@@ -422,7 +419,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         raise ValueError("expand_ancestors needs an ontology (--expand-ancestors needs --ontology PATH)")
     hier = (HierarchyContext.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
             if cfg.ontology else None)
-    clap = FrozenClap.load(cfg.checkpoint, device, precision=cfg.precision)
+    clap = open_clap(cfg)
     if models is None:
         models = build_models(cfg, clap.embed_dim)
     if len({m.name for m in models}) != len(models):
@@ -432,7 +429,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         log.warning("--threshold %g applies to the raw scores of every model, and cosine, euclidean and "
                     "hyperbolic scores have different scales; compare the top-k rule (--set-k) instead",
                     cfg.threshold)
-    cache = None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
+    cache = open_cache(cfg)
     skips = SkipLog()
     clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
                         limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=False,
@@ -513,7 +510,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
                                                  class_names, hier)
 
     test_info = {"timestamp": datetime.now().isoformat(), "parquet_dir": str(cfg.parquet_dir),
-                 "num_samples": cfg.num_samples, "device": str(device), "model_path": str(clap.path),
+                 "num_samples": cfg.num_samples, "device": str(clap.device), "model_path": str(clap.path),
                  "class_labels": str(cfg.class_labels), "num_classes": len(class_names),
                  **({"class_names": class_names} if str(cfg.class_labels) == FROM_DATA else {}),
                  "label_column": cfg.label_column, "layout": layout, "models": [m.name for m in models],

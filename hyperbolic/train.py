@@ -23,10 +23,16 @@ from data.audioset import SkipLog
 from data.class_list import resolve_class_names
 from data.labels import LabelMatcher
 from hyperbolic import checkpoint
-from hyperbolic.cache import EmbeddingCache
-from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import TrainConfig
-from hyperbolic.embeddings import PROMPT_NAME_RULE, ClipEmbeddings, embed_clips, embed_prompts, prompts_for
+from hyperbolic.embeddings import (
+    PROMPT_NAME_RULE,
+    ClipEmbeddings,
+    embed_clips,
+    embed_prompts,
+    open_cache,
+    open_clap,
+    prompts_for,
+)
 from hyperbolic.entailment import EntailmentObjective, Hierarchy
 from hyperbolic.losses import clip_contrastive, multi_positive_contrastive
 from hyperbolic.errors import UserError
@@ -479,13 +485,11 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
             log.info("--resume: continuing in %s", run_dir)
         cfg = replace(cfg, output_dir=str(run_dir))
     out = prepare_output_dir(cfg)
-    device = resolve_device(cfg.device)
     # Captions alone use no class list; with --label-column given too, its classes are mixed in.
     class_names = (resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
                                        limit=cfg.num_samples) if not cfg.text_column or cfg.caption_labels else [])
     matcher = LabelMatcher(class_names)
-    clap = FrozenClap.load(cfg.checkpoint, device, precision=cfg.precision)
-    cache = None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
+    clap, cache = open_clap(cfg), open_cache(cfg)
     skips = SkipLog()
     trainer_cls, caption_info = None, None
     if cfg.text_column:  # captions are the texts: hyperbolic.caption_train
