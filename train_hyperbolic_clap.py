@@ -23,11 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="./checkpoints_hyperbolic")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--learning-rate", type=float, default=1e-2,
+                   help="AdamW learning rate (the earlier scripts' default was 1e-4; see docs/geometry.md)")
     p.add_argument("--c", type=float, nargs="+", default=[1.0],
                    help="curvature: the ball has curvature -c; several values run a sweep")
-    p.add_argument("--temperature", type=float, nargs="+", default=[1.0],
-                   help="logits are -d_c / temperature; several values run a sweep")
+    p.add_argument("--temperature", type=float, nargs="+", default=[0.1],
+                   help="logits are -d_c / temperature (its initial value when learned); several values run a "
+                        "sweep (the earlier scripts' default was 1.0)")
     p.add_argument("--train-ratio", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--clip-r", type=float, default=0.9,
@@ -35,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-mode", choices=CLIP_MODES, default="inward",
                    help="gradient of a clipped point: inward (never pushed further out, can come back), "
                         "straight-through (earlier rule: the pre-clip norm can run away), hard")
-    p.add_argument("--init-radius", type=float, default=None, metavar="R",
+    p.add_argument("--init-radius", type=float, default=0.5, metavar="R",
                    help="scale the initial layer so the training audio's median point sits at this fraction "
-                        "of the ball radius (hyperbolic only; default: Xavier init as is)")
+                        "of the ball radius (hyperbolic only; 0: Xavier init as is)")
     p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE)
     p.add_argument("--text-pairing", choices=TEXT_PAIRINGS, default="all-labels",
                    help="all-labels: multi-positive loss over class prompts; first-label: earlier scripts")
@@ -92,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.learn_temperature is None:
         args.learn_temperature = not args.learn_c
+    if args.init_radius == 0:
+        args.init_radius = None
     args.caption_labels = bool(args.text_column) and args.label_column is not None
     if args.label_column is None:
         args.label_column = "human_labels"
@@ -108,8 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.learn_c and len(args.c) > 1, "--learn-c with several --c values: sweep or learn, not both"),
         (not 0 < args.train_ratio < 1, f"--train-ratio must be in (0, 1) (got {args.train_ratio})"),
         (not 0 < args.clip_r <= 1, f"--clip-r must be in (0, 1] (got {args.clip_r})"),
-        (args.init_radius is not None and not 0 < args.init_radius < min(1.0, args.clip_r),
-         f"--init-radius must be in (0, --clip-r) (got {args.init_radius})"),
+        (not 0 <= args.init_radius < min(1.0, args.clip_r),
+         f"--init-radius must be in [0, --clip-r) (0: no rescaling; got {args.init_radius})"),
         (args.learn_c and args.learn_temperature,
          "--learn-c with --learn-temperature: (W, b, c, tau) and (sqrt(c) W, sqrt(c) b, 1, tau sqrt(c)) give the "
          "same logits, so with a learned layer c only moves the effective temperature tau*sqrt(c), which "

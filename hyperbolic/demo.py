@@ -47,8 +47,9 @@ def run_demo(output_dir: str | Path | None = None, *, seed: int = 42, epochs: in
              train_clips_per_class: int = 32, eval_clips_per_class: int = 8) -> dict:
     """Build, train, evaluate; print the comparison and return the results dict.
 
-    The recipe (60 epochs at learning rate 1e-2, temperature 0.1) is fixed: the projector has to
-    bridge two unrelated random towers, which takes more steps than aligning a trained CLAP.
+    The recipe is the training defaults (learning rate 1e-2, learned temperature from 0.1, inward
+    clip, initial radius 0.5; docs/geometry.md) with 60 epochs: the projector has to bridge two
+    unrelated random towers, which takes more steps than aligning a trained CLAP.
     """
     out = Path(output_dir or Path("demo_runs") / datetime.now().strftime("%Y%m%d_%H%M%S"))
     clap_dir, labels = _demo_inputs(out, seed, train_clips_per_class, eval_clips_per_class)
