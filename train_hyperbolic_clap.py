@@ -127,10 +127,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    from data.audioset import DatasetError
-    from hyperbolic.clap import ClapNotFoundError, ClapPrecisionError
-    from hyperbolic.ontology import OntologyError
-    from hyperbolic.train import TrainingError, train
+    from hyperbolic.errors import UserError
+    from hyperbolic.train import train
     try:
         if args.demo:
             from hyperbolic.demo import run_demo
@@ -141,7 +139,7 @@ def main(argv=None) -> int:
         values = {k: v for k, v in vars(args).items() if k in fields}
         cfg = TrainConfig(**{**values, "c": args.c[0], "temperature": args.temperature[0]})
         summary = train(cfg, c_values=args.c, temperatures=args.temperature)
-    except (DatasetError, ClapNotFoundError, ClapPrecisionError, OntologyError, TrainingError) as err:
+    except UserError as err:
         log.error("%s", err)
         return 2
     log.info("best epoch %s: %s", summary["best_epoch"], summary["best_checkpoint"])

@@ -133,6 +133,7 @@ def audiocaps(tmp_path_factory):
     return folder, write_audiocaps_like(folder)
 
 
+@pytest.mark.slow
 def test_audiocaps_like_end_to_end(audiocaps, tiny_clap_dir, tmp_path):
     folder, expected = audiocaps
     ckpt = _checkpoint(tmp_path / "hyp.pth", seed=1)
@@ -186,6 +187,7 @@ def test_audiocaps_like_end_to_end(audiocaps, tiny_clap_dir, tmp_path):
     assert code == 2 and "--plots is for class labels" in err
 
 
+@pytest.mark.slow
 def test_repeated_clip_audio_is_embedded_once(audiocaps, tiny_clap):
     folder, expected = audiocaps
     skips = SkipLog()
@@ -201,6 +203,7 @@ def test_repeated_clip_audio_is_embedded_once(audiocaps, tiny_clap):
     assert list(limited.clips) == ["c0", "c1"] and limited.rows_read == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("as_list", [False, True])
 def test_clotho_like_captions_and_shared_strings(tmp_path, tiny_clap_dir, as_list):
     folder = tmp_path / "clotho"
@@ -237,6 +240,7 @@ def test_caption_cells_and_errors(tmp_path):
         read_captions(folder, text_columns=["caption"], skips=SkipLog())
 
 
+@pytest.mark.slow
 def test_caption_embeddings_are_cached_per_text(tiny_clap, tmp_path):
     cache = EmbeddingCache(tmp_path / "cache")
     texts = [f"caption number {i}" for i in range(40)]
