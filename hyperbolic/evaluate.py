@@ -51,7 +51,10 @@ from hyperbolic.entailment import DEFAULT_K
 from hyperbolic.eval_hierarchy import HIER_K, HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
 from hyperbolic.metrics import (
     bootstrap_ci,
+    bootstrap_difference,
+    bootstrap_samples,
     classification_metrics,
+    legacy_set_metrics,
     per_class_ap,
     retrieval_metrics,
 )
@@ -78,9 +81,10 @@ DISTANCE_TEXT = {
 }
 BOOTSTRAP_NOTE = (
     "Percentile bootstrap over the labelled clips; every model uses the same resamples (same seed). "
-    "The mAP interval is biased upward: a positive clip drawn twice ties with its copy, which "
-    "counts as an extra hit, so resampled mAP runs above the point estimate when AP is low and "
-    "the interval need not contain it (see mAP.contains_point). acc@1 has no such bias."
+    "A clip drawn m times counts m times but its copies do not rank against each other "
+    "(metrics.bootstrap_samples), which removes the upward bias of resampled mAP that copies tied "
+    "with each other gave. vs_clap_cosine: this model minus plain CLAP on each shared resample "
+    "(paired), diff the difference of the point estimates."
 )
 
 
@@ -303,13 +307,26 @@ def _holdout_metrics(model: ScoringModel, scores, targets, class_names, cfg: Eva
     return out
 
 
-def _bootstrap(scores, targets, metrics, cfg: EvalConfig) -> dict:
-    ci = bootstrap_ci(scores, targets, n=cfg.bootstrap, seed=cfg.bootstrap_seed)
+def _bootstrap(scores, targets, metrics, cfg: EvalConfig) -> tuple[dict, dict]:
+    """The model's bootstrap block and its per-resample values (for the paired differences)."""
+    samples = bootstrap_samples(scores, targets, n=cfg.bootstrap, seed=cfg.bootstrap_seed)
+    ci = bootstrap_ci(scores, targets, n=cfg.bootstrap, seed=cfg.bootstrap_seed, samples=samples)
     for key in ("mAP", "acc@1"):
         point = metrics[key]
         ci[key].update(point=point, contains_point=bool(ci[key]["low"] <= point <= ci[key]["high"]))
     ci["note"] = BOOTSTRAP_NOTE
-    return ci
+    return ci, samples
+
+
+def _paired_with_plain(blocks: dict[str, dict], samples: dict[str, dict]) -> None:
+    """Add ``bootstrap.vs_clap_cosine`` to every other model's block when plain CLAP ran."""
+    if PLAIN_MODEL_NAME not in samples:
+        return
+    plain = blocks[PLAIN_MODEL_NAME]["metrics"]
+    for name, own in samples.items():
+        if name != PLAIN_MODEL_NAME:
+            blocks[name]["bootstrap"][f"vs_{PLAIN_MODEL_NAME}"] = bootstrap_difference(
+                own, samples[PLAIN_MODEL_NAME], blocks[name]["metrics"], plain)
 
 
 def _model_info(model: ScoringModel, model_path: str) -> dict:
@@ -429,6 +446,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     blocks: dict[str, dict] = {}
     score_sets: dict[str, np.ndarray] = {}
     text_points: dict[str, torch.Tensor] = {}
+    boot_samples: dict[str, dict] = {}
     for model in models:
         template = model.prompt_template
         if template not in prompt_cache:
@@ -456,14 +474,19 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
             "metrics": metrics,
             "metrics_by_split": (_holdout_metrics(model, s, t, class_names, cfg, rows_read)
                                  if metrics else None),
-            "bootstrap": _bootstrap(s, t, metrics, cfg) if cfg.bootstrap and metrics else None,
+            "bootstrap": None,
             "hierarchy": hierarchy,
             "per_class": per_class_ap(s, t, class_names) if metrics else [],
             "predictions": _predictions(scores, clips, class_names, cfg.top_k,
                                         targets if cfg.expand_ancestors else None),
         }
+        if cfg.bootstrap and metrics:
+            blocks[model.name]["bootstrap"], boot_samples[model.name] = _bootstrap(s, t, metrics, cfg)
+        if cfg.legacy_distance and metrics:
+            blocks[model.name]["legacy_metrics"] = legacy_set_metrics(s, t, set_k=cfg.set_k, threshold=cfg.threshold)
         score_sets[model.name] = scores
         text_points[model.name] = text_pts
+    _paired_with_plain(blocks, boot_samples)
 
     path = unique_path(cfg.output_json or Path(cfg.result_dir) /
                        f"clap_modelscope_results_{datetime.now().strftime('%Y%m%d_%H%M%S')}.json")
@@ -506,9 +529,9 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
 
 # ------------------------------------------------------------------------------- table
 
-SUMMARY_KEYS = ("mAP", "mAUC", "d_prime", "map", "acc@1", "acc@5", "f1_micro", "f1_macro",
+SUMMARY_KEYS = ("mAP", "mAUC", "d_prime", "map", "mAP_per_clip", "acc@1", "acc@5", "f1_micro", "f1_macro",
                 "t2a_R@1", "t2a_mAP@10", "a2t_R@1")
-TABLE_KEYS = ("mAP", "mAUC", "d_prime", "map", "acc@1", "acc@3", "acc@5", "acc@10", "precision_micro",
+TABLE_KEYS = ("mAP", "mAUC", "d_prime", "mAP_per_clip", "acc@1", "acc@3", "acc@5", "acc@10", "precision_micro",
               "recall_micro", "f1_micro", "precision_macro", "recall_macro", "f1_macro", "t2a_R@1", "t2a_R@5",
               "t2a_R@10", "t2a_mAP@10", "a2t_R@1", "a2t_R@5", "a2t_R@10", "valid_samples", "total_samples")
 
@@ -517,6 +540,11 @@ def _fmt(value) -> str:
     if value is None:
         return "-"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _fmt_diff(d: dict | None) -> str:
+    """A paired difference as ``+0.1234 [+0.0800, +0.1600]``."""
+    return "-" if not d else f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
 
 
 def format_metrics_table(results: dict) -> str:
@@ -532,6 +560,16 @@ def format_metrics_table(results: dict) -> str:
             rows.append((f"{key} 95% CI", [
                 f"[{b['bootstrap'][key]['low']:.4f}, {b['bootstrap'][key]['high']:.4f}]" if b.get("bootstrap")
                 else "-" for b in blocks.values()]))
+        paired = f"vs_{PLAIN_MODEL_NAME}"
+        if any((b.get("bootstrap") or {}).get(paired) for b in blocks.values()):
+            for key in ("mAP", "acc@1"):
+                rows.append((f"{key} - cosine", [_fmt_diff((b.get("bootstrap") or {}).get(paired, {}).get(key))
+                                                 for b in blocks.values()]))
+    if any(b.get("legacy_metrics") for b in blocks.values()):
+        for key, label in (("precision_macro", "legacy P_macro"), ("recall_macro", "legacy R_macro"),
+                           ("f1_macro", "legacy F1_macro")):
+            rows.append((label, [
+                _fmt(b["legacy_metrics"][key]) if b.get("legacy_metrics") else "-" for b in blocks.values()]))
     if any(b.get("hierarchy") for b in blocks.values()):
         for label, get in (("rho(prompt,dep)", lambda h: h["prompt_norm_vs_depth"]["rho"]),
                            ("rho(audio,dep)", lambda h: h["audio_mean_norm_vs_depth"]["rho"]),

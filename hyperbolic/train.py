@@ -11,6 +11,7 @@ import itertools
 from functools import partial
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -85,25 +86,61 @@ def choose_holdout(spec: str | None, class_names: list[str], present: list[int],
     return sorted(present[i] for i in order[:count])
 
 
-def mask_holdout(clips: ClipEmbeddings, holdout: list[int], matcher: LabelMatcher) -> tuple[ClipEmbeddings, int]:
-    """Remove held-out classes from every clip's labels; drop clips left without a label.
+def drop_holdout_clips(clips: ClipEmbeddings, holdout: list[int]) -> tuple[ClipEmbeddings, dict]:
+    """Drop every clip that carries a held-out class, whatever its other labels.
 
-    Returns the masked clips and how many were dropped. The first label becomes the first label
-    that is not held out, in the file's order."""
+    Keeping such a clip under its other labels (a {Music, Guitar} clip trained as Music with
+    Guitar held out) would let held-out audio shape the projector, so the held-out classes
+    would not be unseen at evaluation. Returns the kept clips and the counts:
+    ``clips_dropped_holdout`` (every dropped clip) and ``clips_dropped_only_holdout_labels``
+    (those of them with no other label, the earlier key)."""
     if not holdout:
-        return clips, 0
+        return clips, {"clips_dropped_holdout": 0, "clips_dropped_only_holdout_labels": 0}
     held = set(holdout)
-    keep, labels, firsts = [], [], []
-    for i, row in enumerate(clips.label_indices):
-        seen = [k for k in row if k not in held]
-        if seen:
-            keep.append(i)
-            labels.append(seen)
-            in_file_order = [k for label in clips.raw_labels[i] for k in matcher.match([label])[0]]
-            firsts.append(next(k for k in in_file_order if k not in held))
-    masked = clips.subset(keep)
-    masked.label_indices, masked.first_label = labels, firsts
-    return masked, len(clips) - len(keep)
+    keep = [i for i, row in enumerate(clips.label_indices) if not held.intersection(row)]
+    only = sum(1 for row in clips.label_indices if row and held.issuperset(row))
+    return clips.subset(keep), {"clips_dropped_holdout": len(clips) - len(keep),
+                                "clips_dropped_only_holdout_labels": only}
+
+
+def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
+    """AdamW groups: ``decay`` holds the weight matrices (ndim >= 2) with ``weight_decay``;
+    ``no_decay`` holds everything else (biases, log c, log tau, any other scalar) with 0, as
+    CLIP and MERU do: decaying log c or log tau would pull c and tau towards 1 whatever their
+    start. Empty groups are left out. The names show in the checkpoint's optimizer state."""
+    groups = [{"name": "decay", "params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"name": "no_decay", "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def upgrade_optimizer_state(saved: dict, optimizer: torch.optim.Optimizer, params: list) -> dict:
+    """A checkpoint's optimizer state in ``optimizer``'s groups.
+
+    Checkpoints written before ``param_groups`` hold one group over ``params`` in that order
+    (weight decay on every parameter); their per-parameter state (Adam moments, step) is moved
+    to the parameters' new groups, and the hyperparameters other than weight_decay kept."""
+    if len(saved["param_groups"]) == len(optimizer.param_groups):
+        return saved
+    (old_group,) = saved["param_groups"]
+    if len(old_group["params"]) != len(params):
+        raise TrainingError(f"the checkpoint's optimizer holds {len(old_group['params'])} parameters, this run "
+                            f"trains {len(params)}; resume with the run's settings")
+    old_id = {id(p): i for p, i in zip(params, old_group["params"])}
+    groups, state, new_id = [], {}, 0
+    for group in optimizer.param_groups:
+        ids = []
+        for p in group["params"]:
+            if old_id[id(p)] in saved["state"]:
+                state[new_id] = saved["state"][old_id[id(p)]]
+            ids.append(new_id)
+            new_id += 1
+        groups.append({**{k: v for k, v in old_group.items() if k != "params"},
+                       "name": group["name"], "weight_decay": group["weight_decay"], "params": ids})
+    if old_group.get("weight_decay"):
+        log.warning("resuming a checkpoint whose optimizer decayed every parameter (weight_decay %g); from now "
+                    "on only the weight matrix decays, so the run differs from its uninterrupted self",
+                    old_group["weight_decay"])
+    return {"state": state, "param_groups": groups}
 
 
 def lr_factor(step: int, *, total: int, warmup: int, schedule: str) -> float:
@@ -137,7 +174,12 @@ class Trainer:
         self.seen = seen
         self.entailment = entailment
         self.params = [p for p in [*self.projector.parameters(), *self.geometry.parameters()] if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(self.params, cfg.weight_decay), lr=cfg.learning_rate)
+        # Validation scores the prompts training contrasts with: the seen classes and, when
+        # ancestors are positives, the abstract parents' prompts (prompt rows C..P-1).
+        expands = entailment is not None and entailment.hierarchy.expand_ancestors
+        self.val_columns = list(seen) + (list(range(entailment.hierarchy.num_classes, prompts.shape[0]))
+                                         if expands else [])
 
     def logits(self, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         c, tau = self.geometry.c, self.geometry.temperature
@@ -176,11 +218,18 @@ class Trainer:
 
         The loss is the all-labels objective over that full (N_val, C_seen) matrix, whatever
         --text-pairing trains with: it does not depend on batching, and a set of one clip (or of
-        clips sharing one label set) still has negatives, so it is never a placeholder 0."""
-        scores = self.logits(clips.audio, self.prompts[self.seen])
-        targets = clips.targets(self.prompts.shape[0])[:, self.seen]
-        loss = multi_positive_contrastive(scores, torch.from_numpy(targets))
-        scores = scores.numpy()
+        clips sharing one label set) still has negatives, so it is never a placeholder 0.
+        The ground truth is the one training uses (``batch_loss``): with --expand-ancestors every
+        ancestor of a clip's labels is a positive, and the abstract parents' prompts are columns
+        (``val_columns``), so an epoch that learns the hierarchy is not scored as wrong."""
+        labels = clips.label_indices if self.entailment is None else self.entailment.expand(clips.label_indices)
+        full = torch.zeros(len(labels), self.prompts.shape[0], dtype=torch.bool)
+        for i, row in enumerate(labels):
+            full[i, row] = True
+        scores = self.logits(clips.audio, self.prompts[self.val_columns])
+        targets = full[:, self.val_columns]
+        loss = multi_positive_contrastive(scores, targets)
+        scores, targets = scores.numpy(), targets.numpy()
         return {
             "val_loss": loss.item(),
             "val_mAP": classification_metrics(scores, targets)["mAP"],
@@ -227,7 +276,8 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
         ckpt = checkpoint.read_resume(resume, cfg.to_dict(), split_ids, clips.audio.shape[1])
         trainer.projector.load_state_dict(ckpt["projection_state_dict"])
         trainer.geometry.load_state_dict(ckpt["geometry_state_dict"])
-        trainer.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        trainer.optimizer.load_state_dict(upgrade_optimizer_state(ckpt["optimizer_state_dict"], trainer.optimizer,
+                                                                  trainer.params))
         scheduler.load_state_dict(ckpt["scheduler_state_dict"])
         generator.set_state(ckpt["generator_state"])
         best, best_epoch, stale = ckpt["best_metric"], ckpt["best_epoch"], ckpt["stale_epochs"]
@@ -358,12 +408,33 @@ def sweep_dir_name(c: float, temperature: float) -> str:
     return f"c{c:g}_t{temperature:g}"
 
 
+SWEEP_DIR = re.compile(r"c[^_/\\]+_t[^_/\\]+")  # the names sweep_dir_name gives
+
+
+def _check_sweep_resume(resume: Path, combinations: int) -> None:
+    """A sweep resumes from its folder (each combination from its own latest checkpoint); a
+    checkpoint file, or one combination's folder, holds a single (c, temperature)."""
+    if resume.suffix == ".pth":
+        folder = resume.parent
+        sweep = folder.parent if SWEEP_DIR.fullmatch(folder.name) else folder
+        raise TrainingError(f"--resume {resume} is the checkpoint of one (c, temperature) run, but --c/--temperature "
+                            f"ask for a sweep of {combinations} combinations; resume the sweep from its folder: "
+                            f"--resume {sweep} (each combination continues from its latest checkpoint), or resume "
+                            f"this one run with a single --c and --temperature")
+    if resume.is_dir() and SWEEP_DIR.fullmatch(resume.name) and any(resume.glob("projection_epoch_*.pth")):
+        raise TrainingError(f"--resume {resume} is one combination of a sweep, but --c/--temperature ask for "
+                            f"{combinations} combinations; resume the sweep from its folder: --resume {resume.parent}")
+
+
 def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
           temperatures: list[float] | None = None) -> dict:
     """Embed the folder with the frozen CLAP once, then fit one projector per (c, temperature).
 
     A single combination writes into ``output_dir``; several write one subfolder each plus
     ``sweep.json``. Returns the summary (of the winner, for a sweep)."""
+    combos = list(itertools.product(c_values or [cfg.c], temperatures or [cfg.temperature]))
+    if cfg.resume and len(combos) > 1:
+        _check_sweep_resume(Path(cfg.resume), len(combos))
     if cfg.resume:
         resume = Path(cfg.resume)
         if not resume.exists():
@@ -388,14 +459,19 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
         clips, prompts, caption_info = caption_training_data(cfg, clap, class_names=class_names, matcher=matcher,
                                                              cache=cache, skips=skips)
         trainer_cls = partial(CaptionTrainer, num_classes=len(class_names))
-        holdout, dropped, hierarchy = [], 0, None
+        holdout, hierarchy = [], None
+        dropped = {"clips_dropped_holdout": 0, "clips_dropped_only_holdout_labels": 0}
     else:
         clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
                             limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=True,
                             cache=cache, num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop))
         present = sorted({k for row in clips.label_indices for k in row})
         holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.seed)
-        clips, dropped = mask_holdout(clips, holdout, matcher)
+        clips, dropped = drop_holdout_clips(clips, holdout)
+        if dropped["clips_dropped_holdout"]:
+            log.info("--holdout-classes: %d clips carry a held-out class and are left out of training and "
+                     "validation (%d of them had no other label)", dropped["clips_dropped_holdout"],
+                     dropped["clips_dropped_only_holdout_labels"])
         if len(clips) < 2:
             raise TrainingError(f"only {len(clips)} usable clips in {cfg.parquet_dir} "
                                 f"(skipped: {skips.to_dict()}); training needs at least 2")
@@ -418,7 +494,7 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
              "class_names": class_names, "prompt_label_rule": PROMPT_NAME_RULE,
              "holdout_classes": [class_names[k] for k in holdout],
              "data": {"clips": len(clips), "train_clips": len(split.train), "val_clips": len(split.val),
-                      "clips_dropped_only_holdout_labels": dropped,
+                      **dropped,
                       "skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list()}}
     if caption_info is not None:
         extra.update(text_column=list(cfg.text_column), captions=caption_info)
@@ -428,7 +504,6 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
                               "parent_child_pairs": int(hierarchy.parent_child.shape[0])}
     log.info("%d clips (%d train / %d val), %d classes (%d held out)", len(clips), len(split.train),
              len(split.val), len(class_names), len(holdout))
-    combos = list(itertools.product(c_values or [cfg.c], temperatures or [cfg.temperature]))
     tracker = _swanlab(cfg)
     try:
         if len(combos) == 1:
