@@ -42,11 +42,9 @@ from data.errors import DatasetError
 from data.class_list import FROM_DATA, resolve_class_names
 from data.labels import LabelMatcher
 from hyperbolic import legacy
-from hyperbolic.cache import EmbeddingCache
 from hyperbolic.checkpoint import read_projection
-from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
-from hyperbolic.embeddings import PROMPT_NAME_RULE, embed_clips, embed_prompts, prompts_for
+from hyperbolic.embeddings import PROMPT_NAME_RULE, embed_clips, embed_prompts, open_cache, open_clap, prompts_for
 from hyperbolic.entailment import DEFAULT_K
 from hyperbolic.eval_hierarchy import HIER_K, HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
 from hyperbolic.metrics import (
@@ -60,7 +58,8 @@ from hyperbolic.metrics import (
 )
 from hyperbolic.ontology import Ontology
 from hyperbolic.outputs import atomic_write_bytes, atomic_write_json, unique_path
-from hyperbolic.projector import Projector, similarity
+from hyperbolic.ball_usage import ball_usage
+from hyperbolic.projector import Projector, effective_temperature, similarity
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +176,9 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
                     {"c": c, "temperature": temperature, "prompt_template": repr(template),
                      "legacy_distance": f"geometry {geometry}"}[flag])
     info = {"projection_checkpoint": str(path), "epoch": ckpt.get("epoch"), "geometry": geometry,
-            "c": c, "temperature": temperature, "clip_r": projector.clip_r, "embed_dim": dim,
+            "c": c, "temperature": temperature,
+            "effective_temperature": effective_temperature(c, temperature) if geometry == "hyperbolic" else None,
+            "clip_r": projector.clip_r, "embed_dim": dim,
             "checkpoint_format": read.format,
             "prompt_template_source": template_source, "legacy_distance": legacy_distance,
             "projection": PROJECTION_TEXT["legacy" if legacy_distance else geometry],
@@ -329,6 +330,16 @@ def _paired_with_plain(blocks: dict[str, dict], samples: dict[str, dict]) -> Non
                 own, samples[PLAIN_MODEL_NAME], blocks[name]["metrics"], plain)
 
 
+def _ball_usage(model: ScoringModel, audio_pts, text_pts, scores) -> dict | None:
+    """``ball_usage.ball_usage`` of a hyperbolic model over every embedded clip (None otherwise).
+    The clip sphere is ``clip_r`` of the radius, or for ``--legacy-distance`` the earlier scripts'
+    absolute 0.9 (relative ``0.9 sqrt(c)``, no clip where that is >= 1)."""
+    if model.projector is None or model.geometry != "hyperbolic":
+        return None
+    clip = legacy.MAX_NORM * model.c ** 0.5 if model.legacy_distance else model.projector.clip_r
+    return ball_usage(audio_pts, text_pts, scores, c=model.c, clip_radius=clip if clip < 1 else None)
+
+
 def _model_info(model: ScoringModel, model_path: str) -> dict:
     hyperbolic = model.projector is not None and model.geometry == "hyperbolic"
     info = {"name": model.name,
@@ -337,7 +348,7 @@ def _model_info(model: ScoringModel, model_path: str) -> dict:
             "model_path": model_path, "use_hyperbolic": hyperbolic, "prompt_template": model.prompt_template,
             "prompt_label_rule": PROMPT_NAME_RULE,
             **model.info}
-    for key in ("projection_checkpoint", "c", "temperature"):
+    for key in ("projection_checkpoint", "c", "temperature", "effective_temperature"):
         info.setdefault(key, None)
     return info
 
@@ -401,7 +412,6 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     if cfg.text_column:
         from hyperbolic.retrieval import evaluate_captions
         return evaluate_captions(cfg, models)
-    device = resolve_device(cfg.device)
     class_names = resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
                                       limit=cfg.num_samples)
     matcher = LabelMatcher(class_names)
@@ -409,7 +419,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         raise ValueError("expand_ancestors needs an ontology (--expand-ancestors needs --ontology PATH)")
     hier = (HierarchyContext.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
             if cfg.ontology else None)
-    clap = FrozenClap.load(cfg.checkpoint, device, precision=cfg.precision)
+    clap = open_clap(cfg)
     if models is None:
         models = build_models(cfg, clap.embed_dim)
     if len({m.name for m in models}) != len(models):
@@ -419,7 +429,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         log.warning("--threshold %g applies to the raw scores of every model, and cosine, euclidean and "
                     "hyperbolic scores have different scales; compare the top-k rule (--set-k) instead",
                     cfg.threshold)
-    cache = None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
+    cache = open_cache(cfg)
     skips = SkipLog()
     clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
                         limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=False,
@@ -476,6 +486,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
                                  if metrics else None),
             "bootstrap": None,
             "hierarchy": hierarchy,
+            "ball_usage": _ball_usage(model, audio_pts, text_pts, scores),
             "per_class": per_class_ap(s, t, class_names) if metrics else [],
             "predictions": _predictions(scores, clips, class_names, cfg.top_k,
                                         targets if cfg.expand_ancestors else None),
@@ -499,7 +510,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
                                                  class_names, hier)
 
     test_info = {"timestamp": datetime.now().isoformat(), "parquet_dir": str(cfg.parquet_dir),
-                 "num_samples": cfg.num_samples, "device": str(device), "model_path": str(clap.path),
+                 "num_samples": cfg.num_samples, "device": str(clap.device), "model_path": str(clap.path),
                  "class_labels": str(cfg.class_labels), "num_classes": len(class_names),
                  **({"class_names": class_names} if str(cfg.class_labels) == FROM_DATA else {}),
                  "label_column": cfg.label_column, "layout": layout, "models": [m.name for m in models],
@@ -570,6 +581,12 @@ def format_metrics_table(results: dict) -> str:
                            ("f1_macro", "legacy F1_macro")):
             rows.append((label, [
                 _fmt(b["legacy_metrics"][key]) if b.get("legacy_metrics") else "-" for b in blocks.values()]))
+    if any(b.get("ball_usage") for b in blocks.values()):
+        for label, get in (("audio_on_clip", lambda u: u["audio"]["on_clip_sphere"]),
+                           ("text_on_clip", lambda u: u["text"]["on_clip_sphere"]),
+                           ("top1_same_cos", lambda u: u["top1_same_as_cosine"])):
+            rows.append((label, [_fmt(get(b["ball_usage"])) if b.get("ball_usage") else "-"
+                                 for b in blocks.values()]))
     if any(b.get("hierarchy") for b in blocks.values()):
         for label, get in (("rho(prompt,dep)", lambda h: h["prompt_norm_vs_depth"]["rho"]),
                            ("rho(audio,dep)", lambda h: h["audio_mean_norm_vs_depth"]["rho"]),

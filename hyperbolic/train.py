@@ -23,16 +23,23 @@ from data.audioset import SkipLog
 from data.class_list import resolve_class_names
 from data.labels import LabelMatcher
 from hyperbolic import checkpoint
-from hyperbolic.cache import EmbeddingCache
-from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import TrainConfig
-from hyperbolic.embeddings import PROMPT_NAME_RULE, ClipEmbeddings, embed_clips, embed_prompts, prompts_for
+from hyperbolic.embeddings import (
+    PROMPT_NAME_RULE,
+    ClipEmbeddings,
+    embed_clips,
+    embed_prompts,
+    open_cache,
+    open_clap,
+    prompts_for,
+)
 from hyperbolic.entailment import EntailmentObjective, Hierarchy
 from hyperbolic.losses import clip_contrastive, multi_positive_contrastive
 from hyperbolic.errors import UserError
 from hyperbolic.metrics import classification_metrics
 from hyperbolic.ontology import Ontology
 from hyperbolic.outputs import atomic_write_json
+from hyperbolic.ball_usage import epoch_usage
 from hyperbolic.projector import Geometry, Projector, similarity
 
 log = logging.getLogger(__name__)
@@ -164,10 +171,13 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, embed_dim: int, prompts: torch.Tensor, seen: list[int],
-                 entailment: EntailmentObjective | None = None):
+                 entailment: EntailmentObjective | None = None, init_audio: torch.Tensor | None = None):
         torch.manual_seed(cfg.seed)
         self.cfg = cfg
-        self.projector = Projector(embed_dim, geometry=cfg.geometry, clip_r=cfg.clip_r)
+        self.projector = Projector(embed_dim, geometry=cfg.geometry, clip_r=cfg.clip_r, clip_mode=cfg.clip_mode)
+        if cfg.init_radius is not None and cfg.geometry == "hyperbolic" and init_audio is not None:
+            # --init-radius: the training audio starts at this fraction of the ball radius.
+            self.projector.scale_to_radius_(init_audio, c=cfg.c, radius=cfg.init_radius)
         self.geometry = Geometry(cfg.c, cfg.temperature, learn_c=cfg.learn_c and cfg.geometry == "hyperbolic",
                                  learn_temperature=cfg.learn_temperature)
         self.prompts = prompts
@@ -182,27 +192,35 @@ class Trainer:
                                          if expands else [])
 
     def logits(self, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        c, tau = self.geometry.c, self.geometry.temperature
-        return similarity(self.projector(audio, c=c), self.projector(text, c=c),
-                          geometry=self.cfg.geometry, c=c, temperature=tau)
+        return self.point_logits(*self.points(audio, text))
+
+    def points(self, audio: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.geometry.c
+        return self.projector(audio, c=c), self.projector(text, c=c)
+
+    def point_logits(self, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return similarity(a, t, geometry=self.cfg.geometry, c=self.geometry.c, temperature=self.geometry.temperature)
 
     def batch_loss(self, audio: torch.Tensor, labels: list[list[int]], first: list[int]) -> torch.Tensor:
         if self.entailment is not None:
             labels = self.entailment.expand(labels)  # + every ancestor with --expand-ancestors
+        c = self.geometry.c
+        a = self.projector(audio, c=c)
         if self.cfg.text_pairing == "first-label":
-            loss = clip_contrastive(self.logits(audio, self.prompts[first]))
+            loss = clip_contrastive(self.point_logits(a, self.projector(self.prompts[first], c=c)))
         else:
             classes = sorted({k for row in labels for k in row})
+            if self.cfg.negatives == "all-classes":  # every seen class is a candidate, in the batch or not
+                classes = sorted(set(classes) | set(self.seen))
             column = {k: j for j, k in enumerate(classes)}
             positives = torch.zeros(len(labels), len(classes), dtype=torch.bool)
             for i, row in enumerate(labels):
                 positives[i, [column[k] for k in row]] = True
-            loss = multi_positive_contrastive(self.logits(audio, self.prompts[classes]), positives)
+            loss = multi_positive_contrastive(self.point_logits(a, self.projector(self.prompts[classes], c=c)),
+                                              positives)
         if self.entailment is not None and self.cfg.entailment_weight > 0:
-            c = self.geometry.c
             rows = self.projector(self.prompts[self.entailment.rows], c=c)
-            loss = loss + self.cfg.entailment_weight * self.entailment.term(self.projector(audio, c=c), labels,
-                                                                            rows, c=c)
+            loss = loss + self.cfg.entailment_weight * self.entailment.term(a, labels, rows, c=c)
         return loss
 
     def batches(self, clips: ClipEmbeddings, order: list[int]):
@@ -226,7 +244,8 @@ class Trainer:
         full = torch.zeros(len(labels), self.prompts.shape[0], dtype=torch.bool)
         for i, row in enumerate(labels):
             full[i, row] = True
-        scores = self.logits(clips.audio, self.prompts[self.val_columns])
+        a, t = self.points(clips.audio, self.prompts[self.val_columns])
+        scores = self.point_logits(a, t)
         targets = full[:, self.val_columns]
         loss = multi_positive_contrastive(scores, targets)
         scores, targets = scores.numpy(), targets.numpy()
@@ -235,10 +254,20 @@ class Trainer:
             "val_mAP": classification_metrics(scores, targets)["mAP"],
             "val_mean_pos_sim": float(scores[targets].mean()),
             "val_mean_neg_sim": float(scores[~targets].mean()),
+            **self.usage(a, t),
         }
 
+    def usage(self, a: torch.Tensor, t: torch.Tensor) -> dict:
+        """Median relative radius and fraction on the clip sphere of validation audio ``a`` and
+        texts ``t`` (hyperbolic only; ``ball_usage.epoch_usage``)."""
+        if self.cfg.geometry != "hyperbolic":
+            return {}
+        clip = self.projector.clip_r if self.projector.clip_r < 1 else None
+        return epoch_usage(a, t, c=self.geometry.c.item(), clip_radius=clip)
+
     def state(self) -> dict:
-        return {"c": self.geometry.c.item(), "temperature": self.geometry.temperature.item()}
+        return {"c": self.geometry.c.item(), "temperature": self.geometry.temperature.item(),
+                "effective_temperature": self.geometry.effective_temperature.item()}
 
 
 def _check_finite(value: torch.Tensor, what: str, epoch: int, batch: int) -> None:
@@ -260,8 +289,9 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
     seen = list(range(num_classes)) if seen is None else seen
     entailment = None if hierarchy is None else EntailmentObjective(
         hierarchy, K=cfg.entailment_k, exclude=sorted(set(range(num_classes)) - set(seen)))
-    trainer = (trainer_cls or Trainer)(cfg, clips.audio.shape[1], prompts, seen, entailment=entailment)
     train_clips, val_clips = clips.subset(split.train), clips.subset(split.val)
+    trainer = (trainer_cls or Trainer)(cfg, clips.audio.shape[1], prompts, seen, entailment=entailment,
+                                       init_audio=train_clips.audio)
     steps_per_epoch = math.ceil(len(train_clips) / cfg.batch_size)
     total_steps, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -323,17 +353,22 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
             "geometry_state_dict": trainer.geometry.state_dict(),
             "generator_state": generator.get_state(),
             "train_loss": row["train_loss"], "val_loss": row["val_loss"], "val_mAP": row["val_mAP"],
-            "c": row["c"], "temperature": row["temperature"], "embed_dim": clips.audio.shape[1],
-            "geometry": cfg.geometry, "clip_r": cfg.clip_r, "prompt_template": cfg.prompt_template,
+            "c": row["c"], "temperature": row["temperature"], "effective_temperature": row["effective_temperature"],
+            "embed_dim": clips.audio.shape[1], "geometry": cfg.geometry, "clip_r": cfg.clip_r,
+            "clip_mode": cfg.clip_mode, "prompt_template": cfg.prompt_template,
             "best_metric": best, "best_epoch": best_epoch, "stale_epochs": stale,
             "history": setup["history"], "split": split_ids, "config": cfg.to_dict(), **(extra or {}),
         }
         checkpoint.save_epoch(out, epoch, ckpt, best=improved)
         setup["summary"] = _summary(cfg, setup["history"], best_epoch, out)
         atomic_write_json(out / "setup.json", setup)
-        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mAP %.4f  c %.4g  tau %.4g  lr %.3g%s",
+        ball = ("" if "val_audio_radius_median" not in row else
+                "  radius audio %.2f text %.2f  on clip sphere audio %.0f%% text %.0f%%" % (
+                    row["val_audio_radius_median"], row["val_text_radius_median"],
+                    100 * row["val_audio_on_clip_sphere"], 100 * row["val_text_on_clip_sphere"]))
+        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mAP %.4f  c %.4g  tau %.4g (eff. %.4g)  lr %.3g%s%s",
                  epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_mAP"], row["c"],
-                 row["temperature"], row["lr"], "  *best*" if improved else "")
+                 row["temperature"], row["effective_temperature"], row["lr"], ball, "  *best*" if improved else "")
         if tracker is not None:
             tracker.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
     if cfg.patience and stale >= cfg.patience:
@@ -348,7 +383,8 @@ def _summary(cfg: TrainConfig, history: list[dict], best_epoch: int, out: Path) 
             "best_val_mAP": best_row["val_mAP"], "best_val_loss": best_row["val_loss"],
             "best_train_loss": best_row["train_loss"],
             "best_checkpoint": str(checkpoint.epoch_path(out, best_epoch, best=True)),
-            "epochs_run": len(history), "c": history[-1]["c"], "temperature": history[-1]["temperature"]}
+            "epochs_run": len(history), "c": history[-1]["c"], "temperature": history[-1]["temperature"],
+            "effective_temperature": history[-1].get("effective_temperature")}
 
 
 def _plot_curves(out: Path) -> None:
@@ -432,6 +468,10 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
 
     A single combination writes into ``output_dir``; several write one subfolder each plus
     ``sweep.json``. Returns the summary (of the winner, for a sweep)."""
+    if cfg.learn_c and cfg.learn_temperature:
+        raise TrainingError("learn_c with learn_temperature: c only moves the effective temperature tau*sqrt(c) "
+                            "when the layer is learned, so the pair has a direction the loss cannot see; "
+                            "learn one of them (--learn-c with --no-learn-temperature, or --learn-temperature)")
     combos = list(itertools.product(c_values or [cfg.c], temperatures or [cfg.temperature]))
     if cfg.resume and len(combos) > 1:
         _check_sweep_resume(Path(cfg.resume), len(combos))
@@ -445,13 +485,11 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
             log.info("--resume: continuing in %s", run_dir)
         cfg = replace(cfg, output_dir=str(run_dir))
     out = prepare_output_dir(cfg)
-    device = resolve_device(cfg.device)
     # Captions alone use no class list; with --label-column given too, its classes are mixed in.
     class_names = (resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
                                        limit=cfg.num_samples) if not cfg.text_column or cfg.caption_labels else [])
     matcher = LabelMatcher(class_names)
-    clap = FrozenClap.load(cfg.checkpoint, device, precision=cfg.precision)
-    cache = None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
+    clap, cache = open_clap(cfg), open_cache(cfg)
     skips = SkipLog()
     trainer_cls, caption_info = None, None
     if cfg.text_column:  # captions are the texts: hyperbolic.caption_train
@@ -489,6 +527,11 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
                     "for any model, so val_mAP cannot tell epochs apart and the first epoch stays best; use more "
                     "clips, a lower --train-ratio, or --select-metric val_loss", cfg.train_ratio)
     seen = [k for k in range(len(class_names)) if k not in set(holdout)]
+    candidates = len(seen) if cfg.negatives == "all-classes" else len({k for row in clips.label_indices for k in row})
+    if cfg.text_pairing == "all-labels" and candidates < 2:
+        raise TrainingError(f"every clip's candidates are its own labels ({candidates} class in reach with "
+                            f"--negatives {cfg.negatives}), so the loss has no negative and nothing trains; "
+                            "use --negatives all-classes with a class list of several classes, or data with more classes")
     extra = {"clap": {"path": str(clap.path), "embed_dim": clap.embed_dim},
              "cache_dir": None if cache is None else str(cache.root),
              "class_names": class_names, "prompt_label_rule": PROMPT_NAME_RULE,
@@ -525,7 +568,8 @@ def _sweep(cfg, combos, clips, prompts, split, out, seen, extra, hierarchy, trai
         run_cfg = replace(cfg, c=c, temperature=temperature, output_dir=str(run_dir))
         summary = fit(run_cfg, clips, prompts, split, run_dir, seen=seen, extra=extra,
                       resume=_resume_point(run_dir, cfg), hierarchy=hierarchy, trainer_cls=trainer_cls)
-        rows.append({"c": c, "temperature": temperature, "best_val_mAP": summary["best_val_mAP"],
+        rows.append({"c": c, "temperature": temperature,
+                     "effective_temperature": summary["effective_temperature"], "best_val_mAP": summary["best_val_mAP"],
                      "best_val_loss": summary["best_val_loss"], "best_epoch": summary["best_epoch"],
                      "best_checkpoint": summary["best_checkpoint"], "output_dir": str(run_dir),
                      "selected_by": summary[f"best_{cfg.select_metric}"]})
