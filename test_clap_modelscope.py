@@ -8,7 +8,7 @@ import logging
 import math
 import sys
 
-from hyperbolic.cli import add_embedding_args, embedding_arg_errors, positive
+from hyperbolic.cli import add_embedding_args, embedding_arg_errors, num_samples_arg, positive
 from hyperbolic.config import EvalConfig
 from hyperbolic.outputs import setup_logging
 
@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --use-hyperbolic: that projector alone. Otherwise (one path without "
                         "--use-hyperbolic, or several paths): plain CLAP and every checkpoint compared on "
                         "the same clips, one block per model under 'models'")
-    p.add_argument("--num-samples", type=int, default=100, help="evaluate the first N rows")
+    p.add_argument("--num-samples", type=num_samples_arg, default=100, metavar="N|all",
+                   help="evaluate the first N rows of the folder; 'all' or 0: every row (the log and "
+                        "test_info say how many rows the folder holds and how many were used)")
     p.add_argument("--output-json", default=None,
                    help="results file (default result/clap_modelscope_results_<time>.json); never overwritten")
     p.add_argument("--top-k", type=int, default=10, help="predictions listed per clip")
@@ -66,7 +68,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     paths = args.projection_checkpoint or []
     checks = [
-        (args.num_samples < 1, f"--num-samples must be >= 1 (got {args.num_samples})"),
         (args.top_k < 1, f"--top-k must be >= 1 (got {args.top_k})"),
         (args.set_k < 1, f"--set-k must be >= 1 (got {args.set_k})"),
         (args.c is not None and not positive(args.c), f"--c must be > 0 and finite (got {args.c})"),

@@ -7,7 +7,7 @@ import logging
 import math
 import sys
 
-from hyperbolic.cli import add_embedding_args, embedding_arg_errors, positive
+from hyperbolic.cli import add_embedding_args, embedding_arg_errors, num_samples_arg, positive
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, LR_SCHEDULES, SELECT_METRICS, TEXT_PAIRINGS, TrainConfig
 from hyperbolic.outputs import setup_logging
 from hyperbolic.projector import GEOMETRIES
@@ -18,7 +18,8 @@ log = logging.getLogger("train_hyperbolic_clap")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--parquet-dir", help="folder of AudioSet-style .parquet files (required unless --demo)")
-    p.add_argument("--num-samples", type=int, default=None, help="use the first N rows (default: all)")
+    p.add_argument("--num-samples", type=num_samples_arg, default=None, metavar="N|all",
+                   help="use the first N rows; 'all' or 0: every row (default: all)")
     p.add_argument("--output-dir", default="./checkpoints_hyperbolic")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=16)
@@ -76,7 +77,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     checks = [
         (args.parquet_dir is None and not args.demo, "--parquet-dir is required (or use --demo)"),
-        (args.num_samples is not None and args.num_samples < 1, f"--num-samples must be >= 1 (got {args.num_samples})"),
         (args.epochs < 1, f"--epochs must be >= 1 (got {args.epochs})"),
         (args.batch_size < 1, f"--batch-size must be >= 1 (got {args.batch_size})"),
         (not positive(args.learning_rate), f"--learning-rate must be a finite number > 0 (got {args.learning_rate})"),

@@ -44,6 +44,7 @@ __all__ = [
     "LabelCounter",
     "SkipLog",
     "combine_shards",
+    "count_rows",
     "iter_clips",
     "list_parquet_files",
 ]
@@ -152,6 +153,20 @@ def list_parquet_files(folder: str | Path) -> list[Path]:
         )
         raise DatasetError(f"dataset folder {folder} holds no .parquet file{hint}")
     return files
+
+
+def count_rows(folder: str | Path) -> tuple[int, list[str]]:
+    """``(rows, unreadable)``: the rows the folder's parquet files hold, from their footers (no
+    data is read), and the names of the files whose footer cannot be read (their rows are not
+    in the count)."""
+    rows, unreadable = 0, []
+    for path in list_parquet_files(folder):
+        try:
+            with pq.ParquetFile(path) as pf:
+                rows += pf.metadata.num_rows
+        except (pa.ArrowException, OSError):
+            unreadable.append(path.name)
+    return rows, unreadable
 
 
 def combine_shards(*, rank: int = 0, world_size: int = 1, worker_id: int = 0, num_workers: int = 1) -> tuple[int, int]:

@@ -12,6 +12,19 @@ def positive(x: float) -> bool:
     return math.isfinite(x) and x > 0
 
 
+def num_samples_arg(text: str) -> int | None:
+    """``--num-samples``: a count of rows, or ``all`` / ``0`` for every row (None)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of rows or 'all' (got {text!r})") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 or 'all': every row) (got {n})")
+    return None if n == 0 else n
+
+
 def add_embedding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda:0", help="torch device; falls back to cpu without CUDA")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,

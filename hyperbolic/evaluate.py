@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from data.audio import segmenting_from
-from data.audioset import SkipLog
+from data.audioset import SkipLog, count_rows
 from data.errors import DatasetError
 from data.labels import LabelMatcher, load_class_labels
 from hyperbolic import poincare
@@ -593,6 +593,18 @@ def _excluded(clips, labelled) -> dict:
 
 # ----------------------------------------------------------------------------- evaluate
 
+def _rows_rule(num_samples: int | None, used: int, held: int, folder) -> str:
+    """How many of the folder's rows were scored, and by which rule; logged when some were not."""
+    if num_samples is None:
+        rule = f"every row (--num-samples all): {used} of the {held} rows in the folder"
+    else:
+        rule = f"the first {num_samples} rows (--num-samples {num_samples}): {used} of the {held} rows in the folder"
+    if num_samples is not None and used < held:
+        log.info("scored the first %d of the %d rows in %s (--num-samples %d); --num-samples all scores "
+                 "every row", used, held, folder, num_samples)
+    return rule
+
+
 def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple[dict, Path]:
     """Evaluate every model on the same clips; write the results JSON (and the npz and plots
     when asked); return (results, path)."""
@@ -621,6 +633,8 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     if len(clips) == 0:
         raise DatasetError(f"no clip of {cfg.parquet_dir} could be read (skipped: {skips.to_dict()})")
     rows_read = len(clips) + skips.rows_skipped()
+    rows_held, _ = count_rows(cfg.parquet_dir)
+    rows_rule = _rows_rule(cfg.num_samples, rows_read, rows_held, cfg.parquet_dir)
     targets = clips.targets(len(class_names))
     labelled = targets.any(axis=1)
     if not labelled.any():
@@ -690,6 +704,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
                  "num_samples": cfg.num_samples, "device": str(device), "model_path": str(clap.path),
                  "class_labels": str(cfg.class_labels), "num_classes": len(class_names),
                  "label_column": cfg.label_column, "layout": layout, "models": [m.name for m in models],
+                 "rows_in_folder": rows_held, "rows_used": rows_read, "rows_rule": rows_rule,
                  "clips_read": rows_read, "clips_embedded": len(clips),
                  "clips_with_known_label": int(labelled.sum()),
                  "top_k": cfg.top_k, "set_k": cfg.set_k, "threshold": cfg.threshold,

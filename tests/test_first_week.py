@@ -57,3 +57,30 @@ def test_written_files_get_the_mode_open_would_give(tmp_path, umask, tiny_clap_d
     assert any(k.endswith(".parquet") for k in written)
     assert {k: oct(v) for k, v in written.items() if v != expected} == {}
     assert expected == (0o644 if umask == 0o022 else 0o600)
+
+
+# ------------------------------------------------------------------ 1: rows held vs rows used
+
+def _eval_argv(data, clap, out, *extra):
+    return ["--parquet-dir", data, "--checkpoint", clap, "--device", "cpu", "--num-workers", "0",
+            "--output-json", out, *extra]
+
+
+@pytest.mark.parametrize("flag, expect_all", [("3", False), ("all", True), ("0", True), (None, True)])
+def test_results_say_how_many_rows_the_folder_holds_and_how_many_were_used(
+        tmp_path, tiny_clap_dir, demo_eval_dir, flag, expect_all):
+    import pyarrow.parquet as pq
+    held = sum(pq.read_table(p).num_rows for p in Path(demo_eval_dir).glob("*.parquet"))
+    assert held > 3  # the fixture has 20 rows; the default 100 then reads them all
+    out = tmp_path / "r.json"
+    extra = [] if flag is None else ["--num-samples", flag]
+    code, err = run_main(eval_script, _eval_argv(demo_eval_dir, tiny_clap_dir, out, *extra))
+    assert code == 0
+    info = json.loads(out.read_text())["test_info"]
+    assert info["rows_in_folder"] == held
+    assert info["rows_used"] == (held if expect_all else 3)
+    assert info["num_samples"] == (None if flag in ("all", "0") else 100 if flag is None else 3)
+    told = [line for line in err.splitlines() if "--num-samples all scores every row" in line]
+    assert len(told) == (0 if expect_all else 1)
+    if not expect_all:
+        assert f"first 3 of the {held} rows" in told[0]
