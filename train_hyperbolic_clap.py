@@ -7,7 +7,7 @@ import logging
 import math
 import sys
 
-from hyperbolic.cli import add_embedding_args, embedding_arg_errors, num_samples_arg, positive
+from hyperbolic.cli import add_embedding_args, embedding_arg_errors, explicit_dests, num_samples_arg, positive
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, LR_SCHEDULES, SELECT_METRICS, TEXT_PAIRINGS, TrainConfig
 from hyperbolic.outputs import setup_logging
 from hyperbolic.projector import GEOMETRIES
@@ -58,9 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cone aperture constant K: psi(x) = arcsin(K (1 - c|x|^2) / (sqrt(c)|x|))")
     p.add_argument("--expand-ancestors", action="store_true",
                    help="every ontology ancestor of a clip's labels is a positive in training")
-    p.add_argument("--resume", default=None, metavar="PATH",
-                   help="continue a run from its output dir (latest epoch) or a projection_epoch_*.pth")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue a run from its output dir (latest epoch) or a projection_epoch_*.pth; the "
+                        "run's settings (data, CLAP, every training flag) come from it, flags given here "
+                        "must match them except where and how it runs (--device, --num-workers, "
+                        "--cache-dir, --no-cache, --keep-epochs, swanlab)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output-dir")
+    p.add_argument("--keep-epochs", type=int, default=3, metavar="N",
+                   help="keep the newest N projection_epoch_*.pth (enough to --resume); 0 keeps every epoch. "
+                        "One best_projection_epoch_*.pth is always kept")
     p.add_argument("--use-swanlab", action="store_true")
     p.add_argument("--swanlab-project", default="Hyperbolic_CLAP")
     p.add_argument("--swanlab-workspace", default=None)
@@ -76,7 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     checks = [
-        (args.parquet_dir is None and not args.demo, "--parquet-dir is required (or use --demo)"),
+        (args.parquet_dir is None and not args.demo and not args.resume,
+         "--parquet-dir is required (or use --demo, or --resume RUN_DIR to continue a run)"),
         (args.epochs < 1, f"--epochs must be >= 1 (got {args.epochs})"),
         (args.batch_size < 1, f"--batch-size must be >= 1 (got {args.batch_size})"),
         (not positive(args.learning_rate), f"--learning-rate must be a finite number > 0 (got {args.learning_rate})"),
@@ -92,6 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
          f"--warmup-epochs must be a finite number >= 0 (got {args.warmup_epochs})"),
         (not positive(args.grad_clip), f"--grad-clip must be a finite number > 0 (got {args.grad_clip})"),
         (args.patience < 0, f"--patience must be >= 0 (got {args.patience})"),
+        (args.keep_epochs < 0, f"--keep-epochs must be >= 0 (0 keeps every epoch) (got {args.keep_epochs})"),
         (args.export_onnx is not None and not args.export_onnx.endswith(".onnx"),
          f"--export-onnx must name a .onnx file (got {args.export_onnx!r})"),
         (args.entailment_weight < 0, f"--entailment-weight must be >= 0 (got {args.entailment_weight})"),
@@ -109,23 +117,50 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def config_from_args(args: argparse.Namespace, argv=None) -> tuple[TrainConfig, list[float], list[float]]:
+    """The run's configuration and sweep lists. With ``--resume``, the resumed run's settings with
+    the flags typed on this command line on top (``hyperbolic.train.resume_settings``)."""
+    from hyperbolic.train import TrainingError, resume_settings
+    fields = TrainConfig.__dataclass_fields__
+    if args.resume:
+        typed = explicit_dests(build_parser(), sys.argv[1:] if argv is None else [str(a) for a in argv])
+        given = {k: getattr(args, k) for k in typed if k in fields and k not in ("c", "temperature")}
+        if "c" in typed:
+            given["c_values"] = args.c
+        if "temperature" in typed:
+            given["temperatures"] = args.temperature
+        resumed = resume_settings(args.resume, given)
+        if resumed is not None:
+            return resumed
+        if args.parquet_dir is None:
+            raise TrainingError(f"--resume {args.resume} holds no setup.json of a run (it stopped before its "
+                                "first epoch, or is not a run folder); give the run's flags again with --resume")
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    return TrainConfig(**{**values, "c": args.c[0], "temperature": args.temperature[0]}), args.c, args.temperature
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     from data.audioset import DatasetError
     from hyperbolic.clap import ClapNotFoundError, ClapPrecisionError
     from hyperbolic.ontology import OntologyError
-    from hyperbolic.train import TrainingError, train
+    from hyperbolic.train import TrainingError, TrainingInterrupted, train
     try:
         if args.demo:
             from hyperbolic.demo import run_demo
             default_out = build_parser().get_default("output_dir")
             run_demo(output_dir=None if args.output_dir == default_out else args.output_dir, seed=args.seed)
             return 0
-        fields = TrainConfig.__dataclass_fields__
-        values = {k: v for k, v in vars(args).items() if k in fields}
-        cfg = TrainConfig(**{**values, "c": args.c[0], "temperature": args.temperature[0]})
-        summary = train(cfg, c_values=args.c, temperatures=args.temperature)
+        cfg, c_values, temperatures = config_from_args(args, argv)
+        summary = train(cfg, c_values=c_values, temperatures=temperatures)
+    except TrainingInterrupted as stop:
+        print(stop.line(), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted before training started; the embeddings computed so far are cached, so the same "
+              "command goes on from there", file=sys.stderr)
+        return 130
     except (DatasetError, ClapNotFoundError, ClapPrecisionError, OntologyError, TrainingError) as err:
         log.error("%s", err)
         return 2

@@ -12,6 +12,15 @@ def positive(x: float) -> bool:
     return math.isfinite(x) and x > 0
 
 
+def explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the flags ``argv`` gives, even those given their default value:
+    ``parser`` (a fresh one: its defaults are changed) parses ``argv`` with every default
+    replaced by a marker."""
+    unset = object()
+    parser.set_defaults(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
+    return {k for k, v in vars(parser.parse_args(argv)).items() if v is not unset}
+
+
 def num_samples_arg(text: str) -> int | None:
     """``--num-samples``: a count of rows, or ``all`` / ``0`` for every row (None)."""
     if text.strip().lower() == "all":

@@ -72,6 +72,7 @@ class TrainConfig(EmbeddingConfig):
     expand_ancestors: bool = False
     resume: str | None = None
     overwrite: bool = False
+    keep_epochs: int = 3             # per-epoch checkpoints kept (the newest); 0 keeps all
     use_swanlab: bool = False
     swanlab_project: str = "Hyperbolic_CLAP"
     swanlab_workspace: str | None = None

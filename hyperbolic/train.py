@@ -8,8 +8,10 @@ and runs one fit per (c, temperature) combination of a sweep, all from the same 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
+import shlex
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +39,22 @@ CHECKPOINT_FORMAT = 2
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (bad split, diverged loss, bad resume); the message says what to do."""
+
+
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C during the epochs. ``epoch``: the last epoch whose checkpoint is complete (0: none);
+    ``run_dir``: the folder ``--resume`` continues (the sweep's root for a sweep)."""
+
+    def __init__(self, epoch: int, run_dir: Path, part: str = ""):
+        self.epoch, self.run_dir, self.part = epoch, Path(run_dir), part
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        where = f" of {self.part}" if self.part else ""
+        done = (f"epoch {self.epoch}{where} is the last complete epoch" if self.epoch
+                else f"no epoch{where} was complete")
+        return (f"interrupted: {done}; continue with: python train_hyperbolic_clap.py "
+                f"--resume {shlex.quote(str(self.run_dir))}")
 
 
 @dataclass
@@ -196,9 +214,28 @@ def _check_finite(value: torch.Tensor, what: str, epoch: int, batch: int) -> Non
                             "The last good checkpoint is kept; try a lower --learning-rate or --clip-r.")
 
 
+def _epoch_of(path: Path) -> int:
+    return int(path.stem.rsplit("_", 1)[1])
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
-    found = sorted(out.glob("projection_epoch_*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    found = sorted(out.glob("projection_epoch_*.pth"), key=_epoch_of)
     return found[-1] if found else None
+
+
+def prune_checkpoints(out: Path, *, epoch: int, best_epoch: int, keep_epochs: int) -> list[Path]:
+    """Called once ``epoch``'s files are written: remove every ``best_projection_epoch_*.pth``
+    but ``best_epoch``'s, and (``keep_epochs > 0``) the per-epoch checkpoints older than the
+    newest ``keep_epochs`` up to ``epoch``. Returns the removed paths.
+
+    Removal comes after the newer file is in place (``atomic_torch_save`` has replaced it), so
+    a crash at any point leaves a best checkpoint and a checkpoint to resume from."""
+    removed = [p for p in out.glob("best_projection_epoch_*.pth") if _epoch_of(p) != best_epoch]
+    if keep_epochs > 0:
+        removed += [p for p in out.glob("projection_epoch_*.pth") if _epoch_of(p) <= epoch - keep_epochs]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: Split, out: Path,
@@ -219,7 +256,6 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
     total_steps, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         trainer.optimizer, lambda s: lr_factor(s, total=total_steps, warmup=warmup, schedule=cfg.lr_schedule))
-    higher_is_better = cfg.select_metric == "val_mAP"
     split_ids = {part: [f"{clips.metas[i].file}:{clips.metas[i].row}:{clips.metas[i].video_id}" for i in rows]
                  for part, rows in (("train", split.train), ("val", split.val))}
     setup = {"config": cfg.to_dict(), **(extra or {}), "history": [], "summary": None}
@@ -237,6 +273,20 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
         setup["summary"] = _summary(cfg, setup["history"], best_epoch, out)
         start = ckpt["epoch"] + 1
         log.info("resuming %s after epoch %d", resume, ckpt["epoch"])
+    else:  # the configuration is in the folder from the start, so --resume RUN_DIR alone works
+        atomic_write_json(out / "setup.json", setup)
+    try:
+        _epochs(cfg, trainer, scheduler, generator, train_clips, val_clips, clips, split_ids, setup, out,
+                extra, tracker, start, best, best_epoch, stale)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_epoch_of(last) if (last := _latest_checkpoint(out)) else 0, out) from None
+    _plot_curves(out)
+    return setup["summary"]
+
+
+def _epochs(cfg, trainer, scheduler, generator, train_clips, val_clips, clips, split_ids, setup, out, extra,
+            tracker, start, best, best_epoch, stale) -> None:
+    higher_is_better = cfg.select_metric == "val_mAP"
     for epoch in range(start, cfg.epochs + 1):
         if cfg.patience and stale >= cfg.patience:
             break
@@ -285,6 +335,7 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
         # The per-epoch checkpoint is written last: a run killed before it resumes from the
         # previous epoch and rewrites this epoch's files identically.
         atomic_torch_save(out / f"projection_epoch_{epoch}.pth", ckpt)
+        prune_checkpoints(out, epoch=epoch, best_epoch=best_epoch, keep_epochs=cfg.keep_epochs)
         setup["summary"] = _summary(cfg, setup["history"], best_epoch, out)
         atomic_write_json(out / "setup.json", setup)
         log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mAP %.4f  c %.4g  tau %.4g  lr %.3g%s",
@@ -294,8 +345,6 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
             tracker.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
     if cfg.patience and stale >= cfg.patience:
         log.info("no %s improvement for %d epochs: stopped early", cfg.select_metric, cfg.patience)
-    _plot_curves(out)
-    return setup["summary"]
 
 
 def _summary(cfg: TrainConfig, history: list[dict], best_epoch: int, out: Path) -> dict:
@@ -309,6 +358,7 @@ def _summary(cfg: TrainConfig, history: list[dict], best_epoch: int, out: Path) 
 
 # Settings that may differ when a run is resumed: where and how it runs, not what it computes.
 RESUME_MAY_DIFFER = {"resume", "overwrite", "output_dir", "device", "num_workers", "cache_dir", "no_cache",
+                     "keep_epochs",
                      "use_swanlab", "swanlab_project", "swanlab_workspace", "swanlab_mode"}
 
 
@@ -377,6 +427,56 @@ def _swanlab(cfg: TrainConfig):
         kwargs["mode"] = cfg.swanlab_mode
     swanlab.init(**kwargs)
     return swanlab
+
+
+def resume_settings(resume: str | Path, given: dict) -> tuple[TrainConfig, list[float], list[float]] | None:
+    """``--resume RUN_DIR`` (or a checkpoint): the run's configuration, with ``given`` (the flags
+    typed on this command line, TrainConfig field -> value) on top, and the run's sweep lists
+    (c values, temperatures). Flags that differ from the run are refused later by
+    ``load_resume_checkpoint``, except those of ``RESUME_MAY_DIFFER``.
+
+    The configuration is read from RUN_DIR/setup.json, else from a sweep's first
+    RUN_DIR/c*_t*/setup.json, else (a .pth) from the checkpoint's own ``config``. None: a folder
+    that holds none of them (a run stopped before its first epoch began): the command line alone
+    then describes the run."""
+    path = Path(resume)
+    if not path.exists():
+        raise TrainingError(f"--resume {path} does not exist; pass the run's --output-dir or one of its "
+                            "projection_epoch_*.pth")
+    if path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # torch raises several types for torn or foreign files
+            raise TrainingError(f"--resume {path} is not a readable checkpoint ({err}); resume from the "
+                                "run's folder or an earlier projection_epoch_*.pth") from err
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            raise TrainingError(f"--resume {path} is not a resumable checkpoint of train_hyperbolic_clap.py")
+        setups = [saved]
+    else:
+        own = path / "setup.json"
+        files = [own] if own.is_file() else sorted(path.glob("c*_t*/setup.json"))
+        if not files:
+            return None
+        setups = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    config = dict(setups[0]["config"])
+    fields = TrainConfig.__dataclass_fields__
+    unknown = sorted(k for k in config if k not in fields)
+    if unknown:
+        log.warning("--resume %s: the run has settings this version does not know, ignored: %s", path,
+                    ", ".join(unknown))
+    values = {k: v for k, v in config.items() if k in fields}
+    # A sweep's lists come from its folders (a run before "sweep" was recorded: the combinations
+    # started so far); a single run or one checkpoint is its own c and temperature.
+    sweep = {"c": [config["c"]], "temperature": [config["temperature"]]}
+    if path.is_dir() and not (path / "setup.json").is_file():
+        sweep = setups[0].get("sweep") or {
+            "c": list(dict.fromkeys(s["config"]["c"] for s in setups)),
+            "temperature": list(dict.fromkeys(s["config"]["temperature"] for s in setups))}
+    c_values = list(given.pop("c_values", sweep["c"]))
+    temperatures = list(given.pop("temperatures", sweep["temperature"]))
+    values.update(given, c=c_values[0], temperature=temperatures[0], resume=str(path))
+    values.setdefault("overwrite", False)
+    return TrainConfig(**values), c_values, temperatures
 
 
 def _resume_point(run_dir: Path, cfg: TrainConfig) -> Path | None:
@@ -451,7 +551,9 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
                               "parent_child_pairs": int(hierarchy.parent_child.shape[0])}
     log.info("%d clips (%d train / %d val), %d classes (%d held out)", len(clips), len(split.train),
              len(split.val), len(class_names), len(holdout))
-    combos = list(itertools.product(c_values or [cfg.c], temperatures or [cfg.temperature]))
+    c_values, temperatures = c_values or [cfg.c], temperatures or [cfg.temperature]
+    extra["sweep"] = {"c": list(c_values), "temperature": list(temperatures)}  # for --resume RUN_DIR alone
+    combos = list(itertools.product(c_values, temperatures))
     tracker = _swanlab(cfg)
     try:
         if len(combos) == 1:
@@ -459,6 +561,10 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
             return fit(run_cfg, clips, prompts, split, out, seen=seen, extra=extra, tracker=tracker,
                        resume=_resume_point(out, cfg), hierarchy=hierarchy)
         return _sweep(cfg, combos, clips, prompts, split, out, seen, extra, hierarchy)
+    except TrainingInterrupted as stop:
+        if stop.run_dir == out:
+            raise
+        raise TrainingInterrupted(stop.epoch, out, part=stop.run_dir.name) from None
     finally:
         if tracker is not None:
             tracker.finish()

@@ -84,3 +84,89 @@ def test_results_say_how_many_rows_the_folder_holds_and_how_many_were_used(
     assert len(told) == (0 if expect_all else 1)
     if not expect_all:
         assert f"first 3 of the {held} rows" in told[0]
+
+
+# ------------------------------------------------------------------ 5, 6: resume and checkpoint files
+
+def _weights(path):
+    import torch
+    return torch.load(path, map_location="cpu", weights_only=False)["projection_state_dict"]
+
+
+def _same(a, b) -> bool:
+    import torch
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def five_epochs(tmp_path_factory, tiny_clap_dir, demo_train_dir):
+    out = tmp_path_factory.mktemp("five") / "run"
+    code, err = run_main(train_script, _train_argv(demo_train_dir, tiny_clap_dir, out, "--epochs", "5",
+                                                   "--keep-epochs", "0", "--select-metric", "val_loss"))
+    assert code == 0, err
+    return out
+
+
+def test_keep_epochs_and_a_single_best_checkpoint(tmp_path, five_epochs, tiny_clap_dir, demo_train_dir):
+    history = json.loads((five_epochs / "setup.json").read_text())["history"]
+    best = min(history, key=lambda r: r["val_loss"])["epoch"]  # first of the lowest, as training picks
+    # --keep-epochs 0 keeps every epoch, and still one best file
+    assert sorted(p.name for p in five_epochs.glob("*.pth")) == sorted(
+        [f"projection_epoch_{e}.pth" for e in range(1, 6)] + [f"best_projection_epoch_{best}.pth"])
+    out = tmp_path / "run"
+    code, err = run_main(train_script, _train_argv(demo_train_dir, tiny_clap_dir, out, "--epochs", "5",
+                                                   "--keep-epochs", "2", "--select-metric", "val_loss"))
+    assert code == 0, err
+    assert sorted(p.name for p in out.glob("*.pth")) == sorted(
+        ["projection_epoch_4.pth", "projection_epoch_5.pth", f"best_projection_epoch_{best}.pth"])
+    assert _same(_weights(out / f"best_projection_epoch_{best}.pth"),
+                 _weights(five_epochs / f"projection_epoch_{best}.pth"))
+    assert json.loads((out / "setup.json").read_text())["summary"]["best_checkpoint"].endswith(
+        f"best_projection_epoch_{best}.pth")
+
+
+def test_resume_run_dir_alone_continues_with_the_runs_settings(tmp_path, five_epochs, tiny_clap_dir,
+                                                               demo_train_dir, monkeypatch):
+    out = tmp_path / "run"
+    code, _ = run_main(train_script, _train_argv(demo_train_dir, tiny_clap_dir, out, "--epochs", "5",
+                                                 "--select-metric", "val_loss"))
+    assert code == 0
+    for path in out.glob("*_5.pth"):  # what a kill after epoch 4 leaves
+        path.unlink()
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(train_script, ["--resume", out])
+    assert code == 0, err
+    assert _same(_weights(out / "projection_epoch_5.pth"), _weights(five_epochs / "projection_epoch_5.pth"))
+    # an explicit flag that changes what is computed is still refused; where it runs may differ
+    code, err = run_main(train_script, ["--resume", out, "--learning-rate", "1e-4"])
+    assert code == 2 and "--learning-rate 0.0001 (run: 0.01)" in err
+    code, err = run_main(train_script, ["--resume", out, "--device", "cpu", "--keep-epochs", "1"])
+    assert code == 0, err
+
+
+def test_ctrl_c_names_the_last_epoch_and_the_resume_command(tmp_path, five_epochs, tiny_clap_dir, demo_train_dir,
+                                                            monkeypatch):
+    import shlex
+
+    from hyperbolic import train as train_module
+    out = tmp_path / "run dir"
+    original = train_module.Trainer.batch_loss
+
+    def interrupt_in_epoch_4(self, *args):
+        if (out / "projection_epoch_3.pth").exists():
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(train_module.Trainer, "batch_loss", interrupt_in_epoch_4)
+    code, err = run_main(train_script, _train_argv(demo_train_dir, tiny_clap_dir, out, "--epochs", "5",
+                                                   "--select-metric", "val_loss"))
+    monkeypatch.setattr(train_module.Trainer, "batch_loss", original)
+    assert code == 130
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    assert "epoch 3 is the last complete epoch" in line
+    command = shlex.split(line.split("continue with: ", 1)[1])
+    assert command[:2] == ["python", "train_hyperbolic_clap.py"]
+    code, err = run_main(train_script, command[2:])
+    assert code == 0, err
+    assert _same(_weights(out / "projection_epoch_5.pth"), _weights(five_epochs / "projection_epoch_5.pth"))
