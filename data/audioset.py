@@ -127,6 +127,20 @@ class SkipLog:
         self.unknown_labels.update(other.unknown_labels)
         return self
 
+    def describe(self, label_column: str | None = None) -> str:
+        """One line for a message: counts by reason, the commonest unknown labels, and with rows
+        lacking a known label, the flags that decide which labels are read."""
+        if not self.total:
+            return "nothing skipped"
+        text = ", ".join(f"{self._counts[r]} {r}" for r in self.reasons)
+        unknown = [item["label"] for item in self.unknown_labels_list(3)]
+        if unknown:
+            text += f"; commonest unknown labels: {', '.join(repr(u) for u in unknown)}"
+        if self._counts["no_known_label"] and label_column is not None:
+            text += (f"; check --label-column (now {label_column!r}) and --class-labels: a row's labels must "
+                     "name a class or its AudioSet id")
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "total": self.total,
@@ -306,9 +320,10 @@ def _columns_to_read(schema: pa.Schema, path: Path, label_column: str | None, de
     for col in needed:
         if col not in present:
             raise DatasetError(
-                f"parquet file {path} has no column {col!r} (columns: {present}); "
+                f"parquet file {path} has no column {col!r} (its columns: {', '.join(present)}); "
                 + (
-                    "pass the name of the column that holds the labels as label_column"
+                    "pass the column that holds the labels with --label-column (e.g. --label-column labels "
+                    "for AudioSet's machine ids)"
                     if col == label_column
                     else "the audio must be in a column named 'audio'"
                 )

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> dict | None:
 
     from data.audio import Segmenting
     from data.audioset import SkipLog, list_parquet_files
-    from data.labels import LabelMatcher, load_class_labels
+    from data.labels import LabelMatcher, load_class_ids, load_class_labels
     from hyperbolic.cache import EmbeddingCache
     from hyperbolic.clap import FrozenClap, resolve_device
     from hyperbolic.embeddings import embed_clips, embed_prompts, embed_shard, prompts_for
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> dict | None:
             workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         segmenting = None if args.segment is None else Segmenting(args.segment, args.hop or args.segment)
         class_names = load_class_labels(args.class_labels)
-        matcher = LabelMatcher(class_names)
+        matcher = LabelMatcher(class_names, load_class_ids(args.class_labels, class_names))
         clap = FrozenClap.load(args.checkpoint, resolve_device(rank_device(args.device, local_rank)),
                                precision=args.precision)
         cache = EmbeddingCache(args.cache_dir)

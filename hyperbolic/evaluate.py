@@ -41,7 +41,7 @@ import torch
 from data.audio import segmenting_from
 from data.audioset import SkipLog, count_rows
 from data.errors import DatasetError
-from data.labels import LabelMatcher, load_class_labels
+from data.labels import LabelMatcher, load_class_ids, load_class_labels
 from hyperbolic import poincare
 from hyperbolic.cache import EmbeddingCache
 from hyperbolic.clap import FrozenClap, resolve_device
@@ -610,7 +610,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     when asked); return (results, path)."""
     device = resolve_device(cfg.device)
     class_names = load_class_labels(cfg.class_labels)
-    matcher = LabelMatcher(class_names)
+    matcher = LabelMatcher(class_names, load_class_ids(cfg.class_labels, class_names))
     if cfg.expand_ancestors and not cfg.ontology:
         raise ValueError("expand_ancestors needs an ontology (--expand-ancestors needs --ontology PATH)")
     hier = (HierarchyContext.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
@@ -631,14 +631,14 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
                         limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=False,
                         cache=cache, num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop))
     if len(clips) == 0:
-        raise DatasetError(f"no clip of {cfg.parquet_dir} could be read (skipped: {skips.to_dict()})")
+        raise DatasetError(f"no clip of {cfg.parquet_dir} could be read (skipped: {skips.describe(cfg.label_column)})")
     rows_read = len(clips) + skips.rows_skipped()
     rows_held, _ = count_rows(cfg.parquet_dir)
     rows_rule = _rows_rule(cfg.num_samples, rows_read, rows_held, cfg.parquet_dir)
     targets = clips.targets(len(class_names))
     labelled = targets.any(axis=1)
     if not labelled.any():
-        log.warning("no clip has a label among the %d classes of %s (column %r): metrics are null",
+        log.warning("no clip has a label among the %d classes of %s (--label-column %r): metrics are null",
                     len(class_names), cfg.class_labels, cfg.label_column)
     annotated_positives = int(targets.sum())
     if cfg.expand_ancestors:

@@ -20,7 +20,7 @@ import torch
 
 from data.audio import segmenting_from
 from data.audioset import SkipLog
-from data.labels import LabelMatcher, load_class_labels
+from data.labels import LabelMatcher, load_class_ids, load_class_labels
 from hyperbolic.cache import EmbeddingCache
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import TrainConfig
@@ -511,7 +511,7 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
     out = prepare_output_dir(cfg)
     device = resolve_device(cfg.device)
     class_names = load_class_labels(cfg.class_labels)
-    matcher = LabelMatcher(class_names)
+    matcher = LabelMatcher(class_names, load_class_ids(cfg.class_labels, class_names))
     clap = FrozenClap.load(cfg.checkpoint, device, precision=cfg.precision)
     cache = None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
     skips = SkipLog()
@@ -523,7 +523,7 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
     clips, dropped = mask_holdout(clips, holdout, matcher)
     if len(clips) < 2:
         raise TrainingError(f"only {len(clips)} usable clips in {cfg.parquet_dir} "
-                            f"(skipped: {skips.to_dict()}); training needs at least 2")
+                            f"(skipped: {skips.describe(cfg.label_column)}); training needs at least 2")
     hierarchy = None
     if cfg.ontology:
         hierarchy = Hierarchy.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)

@@ -170,3 +170,66 @@ def test_ctrl_c_names_the_last_epoch_and_the_resume_command(tmp_path, five_epoch
     code, err = run_main(train_script, command[2:])
     assert code == 0, err
     assert _same(_weights(out / "projection_epoch_5.pth"), _weights(five_epochs / "projection_epoch_5.pth"))
+
+
+# ------------------------------------------------------------------ 4: AudioSet machine ids
+
+# Published AudioSet ids of the demo classes (class_labels_indices.csv of AudioSet).
+DEMO_MIDS = {"Sine wave": "/m/01v_m0", "White noise": "/m/0chx_", "Pink noise": "/m/0cj0r", "Silence": "/m/028v0c",
+             "Mains hum": "/m/06xkwv", "Chirp tone": "/m/0hdsk", "Clicking": "/m/07qc9xj", "Beep, bleep": "/m/02fs_r",
+             "Dial tone": "/m/015jpf", "Buzz": "/m/07pjwq1"}
+
+
+@pytest.fixture(scope="module")
+def with_mids(tmp_path_factory, demo_eval_dir):
+    """The demo eval shards plus a ``labels`` column of machine ids, as AudioSet's shards have;
+    the first row's ids also hold one id that is no class."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    folder = tmp_path_factory.mktemp("mids")
+    for i, path in enumerate(sorted(Path(demo_eval_dir).glob("*.parquet"))):
+        table = pq.read_table(path)
+        ids = [[DEMO_MIDS[name] for name in row] + (["/m/0not_a_class"] if (i, r) == (0, 0) else [])
+               for r, row in enumerate(table.column("human_labels").to_pylist())]
+        pq.write_table(table.append_column("labels", pa.array(ids)), folder / path.name)
+    return folder
+
+
+def test_label_column_of_machine_ids_gives_the_same_results_as_names(tmp_path, with_mids, tiny_clap_dir):
+    results = {}
+    for column in ("human_labels", "labels"):
+        out = tmp_path / f"{column}.json"
+        code, err = run_main(eval_script, _eval_argv(with_mids, tiny_clap_dir, out, "--label-column", column))
+        assert code == 0, err
+        results[column] = json.loads(out.read_text())
+    names, ids = results["human_labels"], results["labels"]
+    assert [p["ground_truth_indices"] for p in ids["predictions"]] == [
+        p["ground_truth_indices"] for p in names["predictions"]]
+    assert [p["ground_truth_human_labels"] for p in ids["predictions"]][1:] == [
+        p["ground_truth_human_labels"] for p in names["predictions"]][1:]  # recorded as class names
+    assert ids["metrics"]["mAP"] == names["metrics"]["mAP"]
+    assert ids["unknown_labels"] == [{"label": "/m/0not_a_class", "count": 1}]
+    speech = next(i for i, name in enumerate(json.loads(
+        (Path(train_script.__file__).parent / "CLAP/class_labels/audioset_class_labels_indices.json").read_text()
+    ).values()) if name == "Speech")
+    from data.labels import LabelMatcher, load_class_ids, load_class_labels
+    from hyperbolic.config import DEFAULT_CLASS_LABELS
+    classes = load_class_labels(DEFAULT_CLASS_LABELS)
+    matcher = LabelMatcher(classes, load_class_ids(DEFAULT_CLASS_LABELS, classes))
+    assert matcher.match("/m/09x0r,/m/0chx_") == (sorted([speech, classes.index("White noise")]), [])
+
+
+def test_missing_label_column_names_the_flag_and_no_message_dumps_a_dict(tmp_path, demo_eval_dir, tiny_clap_dir):
+    code, err = run_main(eval_script, _eval_argv(demo_eval_dir, tiny_clap_dir, tmp_path / "r.json",
+                                                 "--label-column", "labels"))
+    assert code == 2
+    assert "--label-column" in err and "'labels'" in err
+    assert "[" not in err.splitlines()[-1] and "{" not in err.splitlines()[-1]
+    # No usable clip for training: counts by reason and the flags to check, no dict
+    classes = tmp_path / "classes.txt"
+    classes.write_text("Speech\nMusic\n")
+    code, err = run_main(train_script, _train_argv(demo_eval_dir, tiny_clap_dir, tmp_path / "run",
+                                                   "--class-labels", classes))
+    assert code == 2
+    last = err.strip().splitlines()[-1]
+    assert "20 no_known_label" in last and "--label-column" in last and "{" not in last
