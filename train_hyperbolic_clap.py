@@ -7,50 +7,60 @@ import logging
 import math
 import sys
 
-from hyperbolic.cli import add_embedding_args, embedding_arg_errors, explicit_dests, num_samples_arg, positive
+from hyperbolic.cli import HelpFormatter, add_embedding_args, embedding_arg_errors, explicit_dests, num_samples_arg, positive
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, LR_SCHEDULES, SELECT_METRICS, TEXT_PAIRINGS, TrainConfig
 from hyperbolic.outputs import setup_logging
 from hyperbolic.projector import GEOMETRIES
 
 log = logging.getLogger("train_hyperbolic_clap")
 
+DEMO_FLAGS = {"demo", "seed", "output_dir", "verbose"}  # the flags --demo uses; it names the others it ignores
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--parquet-dir", help="folder of AudioSet-style .parquet files (required unless --demo)")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--parquet-dir", help="folder of AudioSet-style .parquet files (required unless --demo or "
+                                         "--resume; no default)")
     p.add_argument("--num-samples", type=num_samples_arg, default=None, metavar="N|all",
                    help="use the first N rows; 'all' or 0: every row (default: all)")
-    p.add_argument("--output-dir", default="./checkpoints_hyperbolic")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--output-dir", default="./checkpoints_hyperbolic",
+                   help="run folder: checkpoints, setup.json, training_curves.png")
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training clips")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per training step")
+    p.add_argument("--learning-rate", type=float, default=1e-4, help="AdamW learning rate (peak of --lr-schedule)")
     p.add_argument("--c", type=float, nargs="+", default=[1.0],
                    help="curvature: the ball has curvature -c; several values run a sweep")
     p.add_argument("--temperature", type=float, nargs="+", default=[1.0],
                    help="logits are -d_c / temperature; several values run a sweep")
-    p.add_argument("--train-ratio", type=float, default=0.8)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--train-ratio", type=float, default=0.8, help="fraction of the clips that train; the rest validate")
+    p.add_argument("--seed", type=int, default=42, help="seed of the split, the initialisation and the shuffling")
     p.add_argument("--clip-r", type=float, default=0.9,
                    help="clip embeddings to this fraction of the ball radius 1/sqrt(c) (1 = no clip)")
-    p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE)
+    p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE, help="text of each class prompt; {label} is "
+                                                                          "the class name")
     p.add_argument("--text-pairing", choices=TEXT_PAIRINGS, default="all-labels",
                    help="all-labels: multi-positive loss over class prompts; first-label: earlier scripts")
-    p.add_argument("--geometry", choices=GEOMETRIES, default="hyperbolic")
-    p.add_argument("--learn-c", action="store_true")
-    p.add_argument("--learn-temperature", action="store_true")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine")
-    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--geometry", choices=GEOMETRIES, default="hyperbolic",
+                   help="hyperbolic: Poincare ball, score -d_c / tau; euclidean: cosine / tau (a baseline)")
+    p.add_argument("--learn-c", action="store_true", help="learn the curvature, starting from --c")
+    p.add_argument("--learn-temperature", action="store_true", help="learn the temperature, starting from --temperature")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
+                   help="learning rate after warmup: cosine decay to 0, or constant")
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warmup, in epochs (fractions allowed)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm")
     p.add_argument("--patience", type=int, default=0, help="early stop after N epochs without improvement (0: off)")
-    p.add_argument("--select-metric", choices=SELECT_METRICS, default="val_mAP")
+    p.add_argument("--select-metric", choices=SELECT_METRICS, default="val_mAP",
+                   help="validation number that picks the best epoch")
     p.add_argument("--export-onnx", default=None, metavar="PATH.onnx",
-                   help="after training, export the best checkpoint's projector and similarity head to ONNX")
+                   help="after training, export the best checkpoint's projector and similarity head to ONNX "
+                        "(default: no export)")
     p.add_argument("--holdout-classes", default=None, metavar="FRACTION|FILE",
                    help="keep these classes out of training entirely: a seeded fraction of the classes "
-                        "present, or a file with one class name per line")
+                        "present, or a file with one class name per line (default: none)")
     p.add_argument("--ontology", default=None, metavar="PATH",
-                   help="AudioSet ontology.json: its abstract parents get prompts too (needed by the two below)")
+                   help="AudioSet ontology.json (CLAP/class_labels/audioset_ontology.json): its abstract parents "
+                        "get prompts too (needed by the two below) (default: none)")
     p.add_argument("--entailment-weight", type=float, default=0.0,
                    help="weight of the entailment-cone term (clip in its labels' cones, child prompt in its "
                         "parent's); 0: off")
@@ -62,15 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a run from its output dir (latest epoch) or a projection_epoch_*.pth; the "
                         "run's settings (data, CLAP, every training flag) come from it, flags given here "
                         "must match them except where and how it runs (--device, --num-workers, "
-                        "--cache-dir, --no-cache, --keep-epochs, swanlab)")
+                        "--cache-dir, --no-cache, --keep-epochs, swanlab) (default: start a new run)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output-dir")
     p.add_argument("--keep-epochs", type=int, default=3, metavar="N",
                    help="keep the newest N projection_epoch_*.pth (enough to --resume); 0 keeps every epoch. "
                         "One best_projection_epoch_*.pth is always kept")
-    p.add_argument("--use-swanlab", action="store_true")
-    p.add_argument("--swanlab-project", default="Hyperbolic_CLAP")
-    p.add_argument("--swanlab-workspace", default=None)
-    p.add_argument("--swanlab-mode", default=None, choices=["cloud", "local", "offline", "disabled"])
+    p.add_argument("--use-swanlab", action="store_true",
+                   help="log the epochs to SwanLab; its local files go under --output-dir/swanlog")
+    p.add_argument("--swanlab-project", default="Hyperbolic_CLAP", help="SwanLab project")
+    p.add_argument("--swanlab-workspace", default=None, help="SwanLab workspace (default: your own)")
+    p.add_argument("--swanlab-mode", default=None, choices=["cloud", "local", "offline", "disabled"],
+                   help="SwanLab mode (default: SwanLab's own, cloud when logged in)")
     p.add_argument("--demo", action="store_true",
                    help="train and evaluate on generated sounds with a tiny random CLAP (no download); "
                         "uses its own recipe, only --seed and --output-dir apply")
@@ -149,6 +161,11 @@ def main(argv=None) -> int:
     try:
         if args.demo:
             from hyperbolic.demo import run_demo
+            typed = explicit_dests(build_parser(), sys.argv[1:] if argv is None else [str(a) for a in argv])
+            ignored = sorted(typed - DEMO_FLAGS)
+            if ignored:
+                log.warning("--demo runs its own recipe and data; ignoring %s (only --seed, --output-dir and "
+                            "--verbose apply)", ", ".join("--" + k.replace("_", "-") for k in ignored))
             default_out = build_parser().get_default("output_dir")
             run_demo(output_dir=None if args.output_dir == default_out else args.output_dir, seed=args.seed)
             return 0

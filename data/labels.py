@@ -100,7 +100,7 @@ def _load_csv(path: Path) -> list[str]:
         if "index" not in fields or "display_name" not in fields:
             raise DatasetError(
                 f"class label file {path}: CSV needs columns 'index' and 'display_name' "
-                f"(as in AudioSet's class_labels_indices.csv); found {fields}"
+                f"(as in AudioSet's class_labels_indices.csv); found {', '.join(fields) or 'no header'}"
             )
         index_to_name: dict[int, str] = {}
         for line_no, row in enumerate(reader, start=2):

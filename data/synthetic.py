@@ -268,7 +268,7 @@ def write_demo_dataset(
     folder.mkdir(parents=True, exist_ok=True)
     existing = sorted(p.name for p in folder.glob("*.parquet"))
     if existing:
-        raise FileExistsError(f"{folder} already holds parquet files ({existing[:3]}); choose an empty folder")
+        raise FileExistsError(f"{folder} already holds parquet files ({', '.join(existing[:3])}); choose an empty folder")
 
     plan: list[list[str]] = [[c] for _ in range(clips_per_class) for c in DEMO_CLASSES]
     pair_rng = np.random.default_rng([seed, 1])

@@ -8,6 +8,21 @@ import math
 from hyperbolic.config import DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, PRECISIONS, default_num_workers
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, once: ``(default: X)`` is added unless the help
+    already says what the default is (an option whose default is None must say it in words, since
+    "None" tells a reader nothing), and on-off flags (off by default) get none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("(default" in text or action.default is None or action.default is argparse.SUPPRESS
+                or action.nargs == 0):
+            return text
+        if isinstance(action.default, (list, tuple)):  # nargs="+": "1.0", not "[1.0]"
+            return text + f" (default: {' '.join(str(v) for v in action.default)})"
+        return text + " (default: %(default)s)"
+
+
 def positive(x: float) -> bool:
     return math.isfinite(x) and x > 0
 
@@ -38,13 +53,17 @@ def add_embedding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda:0", help="torch device; falls back to cpu without CUDA")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                    help="CLAP model folder, or a model id looked up in the ModelScope cache")
-    p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS))
-    p.add_argument("--label-column", default="human_labels")
+    p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS), metavar="PATH",
+                   help="class list: .json (index -> name), .csv (index, mid, display_name) or one name per line "
+                        "(default: the 527 AudioSet classes, CLAP/class_labels/audioset_class_labels_indices.json)")
+    p.add_argument("--label-column", default="human_labels",
+                   help="parquet column holding each clip's labels: class names (human_labels) or AudioSet "
+                        "machine ids such as /m/09x0r (labels)")
     p.add_argument("--embed-batch-size", type=int, default=32, help="clips per CLAP forward")
     p.add_argument("--num-workers", type=int, default=default_num_workers(),
                    help="decoding worker processes (0: decode in the main process)")
     p.add_argument("--cache-dir", default=None,
-                   help="embedding cache (default $HYPERBOLIC_CLAP_CACHE or ~/.cache/hyperbolic_clap)")
+                   help="embedding cache (default: $HYPERBOLIC_CLAP_CACHE, else ~/.cache/hyperbolic_clap)")
     p.add_argument("--no-cache", action="store_true", help="compute every embedding, read and write no cache")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="CLAP forward: fp32, bf16 (CPU or GPU), fp16 (CUDA only); the geometry stays fp32")
@@ -53,7 +72,7 @@ def add_embedding_args(p: argparse.ArgumentParser) -> None:
                         "the last one aligned to the end (default: the first 10 s)")
     p.add_argument("--hop", type=float, default=None, metavar="SECONDS",
                    help="seconds between --segment windows (default: --segment, no overlap)")
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="debug-level log")
 
 
 def embedding_arg_errors(args: argparse.Namespace) -> list[str]:

@@ -28,6 +28,7 @@ the checkpoint's ``config.entailment_k`` (``entailment.DEFAULT_K`` if it has non
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from collections import Counter
@@ -155,6 +156,27 @@ def _positive_float(value, what: str, path: Path) -> float:
     return out
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``--projection-checkpoint``: a .pth as given; a training run's folder -> its best checkpoint
+    (the newest ``best_projection_epoch_*.pth``: one is written each time validation improves); a
+    sweep's folder -> the winner's (``sweep.json``)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    sweep = path / "sweep.json"
+    if sweep.is_file():
+        try:
+            return Path(json.loads(sweep.read_text(encoding="utf-8"))["winner"]["best_checkpoint"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"--projection-checkpoint {path}: its sweep.json names no winner ({err}); "
+                                  "pass one of its c*_t*/best_projection_epoch_*.pth") from None
+    best = sorted(path.glob("best_projection_epoch_*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    if not best:
+        raise CheckpointError(f"--projection-checkpoint {path} is a folder without best_projection_epoch_*.pth; "
+                              "pass a training run's --output-dir or a .pth checkpoint file")
+    return best[-1]
+
+
 def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: float | None = None,
                     temperature_flag: float | None = None, legacy_distance: bool = False,
                     prompt_template_flag: str | None = None, name: str | None = None) -> ScoringModel:
@@ -169,9 +191,10 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
     ``legacy_distance`` (hyperbolic checkpoints only) selects the earlier scripts' projection
     and distance, to reproduce their numbers.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not path.is_file():
-        raise CheckpointError(f"--projection-checkpoint {path} does not exist")
+        raise CheckpointError(f"--projection-checkpoint {path} does not exist; pass a .pth checkpoint file or "
+                              "a training run's --output-dir (its best checkpoint is used)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises several types for non-checkpoint files
@@ -227,7 +250,7 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
     for flag, value in ignored.items():
         log.warning("%s: --%s %s does not apply to this checkpoint (it has %s); ignored", path.name,
                     flag.replace("_", "-"), value,
-                    {"c": c, "temperature": temperature, "prompt_template": repr(template),
+                    {"c": c, "temperature": temperature, "prompt_template": f'"{template}"',
                      "legacy_distance": f"geometry {geometry}"}[flag])
     info = {"projection_checkpoint": str(path), "epoch": ckpt.get("epoch"), "geometry": geometry,
             "c": c, "temperature": temperature, "clip_r": projector.clip_r, "embed_dim": dim,
@@ -295,7 +318,7 @@ def model_names(paths: list[str], *, reserved: tuple[str, ...] = (PLAIN_MODEL_NA
 def build_models(cfg: EvalConfig, embed_dim: int) -> list[ScoringModel]:
     """The models of ``plan_models``, plain CLAP first; every checkpoint is read and checked."""
     _, with_plain = plan_models(cfg)
-    paths = checkpoint_paths(cfg)
+    paths = [str(resolve_checkpoint(p)) for p in checkpoint_paths(cfg)]
     models = []
     if with_plain:
         models.append(ScoringModel(name=PLAIN_MODEL_NAME,
@@ -400,7 +423,7 @@ class HierarchyContext:
         ids, unmatched = ontology.match(class_names)
         if unmatched:
             log.warning("%d of %d classes match no ontology node (first: %s)", len(unmatched),
-                        len(class_names), unmatched[:5])
+                        len(class_names), "; ".join(unmatched[:5]))
         try:
             hierarchy = Hierarchy.build(ontology, class_names, expand_ancestors=expand_ancestors)
         except ValueError as err:  # two class names on one node: cones and ancestors are ambiguous
@@ -619,7 +642,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     if models is None:
         models = build_models(cfg, clap.embed_dim)
     if len({m.name for m in models}) != len(models):
-        raise ValueError(f"model names must be unique (got {[m.name for m in models]})")
+        raise ValueError(f"model names must be unique (got {', '.join(m.name for m in models)})")
     layout = "single" if len(models) == 1 else "comparison"
     if cfg.threshold is not None and len({m.geometry for m in models}) > 1:
         log.warning("--threshold %g applies to the raw scores of every model, and cosine, euclidean and "

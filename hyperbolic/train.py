@@ -85,7 +85,7 @@ def choose_holdout(spec: str | None, class_names: list[str], present: list[int],
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         unknown = [n for n in names if n.casefold() not in index]
         if unknown:
-            raise TrainingError(f"--holdout-classes {path}: not in the class list: {unknown[:5]}")
+            raise TrainingError(f"--holdout-classes {path}: not in the class list: {'; '.join(unknown[:5])}")
         return sorted({index[n.casefold()] for n in names})
     try:
         fraction = float(spec)
@@ -529,7 +529,7 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
         hierarchy = Hierarchy.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
         if hierarchy.unmatched:
             log.warning("%d of %d classes match no node of --ontology %s (first: %s)", len(hierarchy.unmatched),
-                        len(class_names), cfg.ontology, list(hierarchy.unmatched[:5]))
+                        len(class_names), cfg.ontology, "; ".join(hierarchy.unmatched[:5]))
     prompt_names = class_names if hierarchy is None else list(hierarchy.prompt_names)
     prompts = embed_prompts(clap, prompts_for(prompt_names, cfg.prompt_template), cache=cache)
     split = split_indices(len(clips), cfg.train_ratio, cfg.seed)

@@ -233,3 +233,69 @@ def test_missing_label_column_names_the_flag_and_no_message_dumps_a_dict(tmp_pat
     assert code == 2
     last = err.strip().splitlines()[-1]
     assert "20 no_known_label" in last and "--label-column" in last and "{" not in last
+
+
+# ------------------------------------------------------------------ 8: --help shows every default
+
+def _help_blocks(parser) -> dict[str, str]:
+    """option -> its help text, from the rendered --help."""
+    import re
+    blocks, current = {}, None
+    for line in parser.format_help().splitlines():
+        m = re.match(r"^  (--[a-z0-9-]+)", line)
+        if m:
+            current = m.group(1)
+            blocks[current] = line
+        elif current and line.startswith("    "):
+            blocks[current] += " " + line.strip()
+        else:
+            current = None
+    return {k: " ".join(v.split()) for k, v in blocks.items()}
+
+
+@pytest.mark.parametrize("script", [train_script, eval_script])
+def test_help_states_every_default_once(script):
+    parser = script.build_parser()
+    blocks = _help_blocks(parser)
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(blocks) == len([o for a in options for o in a.option_strings if o.startswith("--")])
+    for action in options:
+        text = blocks[action.option_strings[-1]]
+        assert text.count("(default") <= 1, text
+        if action.nargs == 0 or action.required or "required" in text:
+            continue
+        assert text.count("(default") == 1, text
+        if action.default is not None and not isinstance(action.default, list) and "CLAP/class_labels" not in text:
+            assert f"(default: {action.default}" in text or f"(default: '{action.default}" in text, text
+    assert "(default: 1.0)" in _help_blocks(train_script.build_parser())["--c"]
+
+
+def test_demo_names_the_flags_it_ignores(monkeypatch):
+    import hyperbolic.demo
+    calls = []
+    monkeypatch.setattr(hyperbolic.demo, "run_demo", lambda **kw: calls.append(kw))
+    code, err = run_main(train_script, ["--demo", "--epochs", "5", "--learning-rate", "1e-4", "--seed", "7"])
+    assert code == 0 and calls == [{"output_dir": None, "seed": 7}]
+    assert "ignoring --epochs, --learning-rate (only --seed" in err
+    code, err = run_main(train_script, ["--demo", "--seed", "7"])
+    assert "ignoring" not in err
+
+
+# ------------------------------------------------------------------ 9: --projection-checkpoint RUN_DIR
+
+def test_projection_checkpoint_accepts_a_run_folder(tmp_path, five_epochs, tiny_clap_dir, demo_eval_dir):
+    history = json.loads((five_epochs / "setup.json").read_text())["history"]
+    best = min(history, key=lambda r: r["val_loss"])["epoch"]
+    out = tmp_path / "r.json"
+    code, err = run_main(eval_script, _eval_argv(demo_eval_dir, tiny_clap_dir, out, "--projection-checkpoint",
+                                                 five_epochs, "--use-hyperbolic"))
+    assert code == 0, err
+    info = json.loads(out.read_text())["model_info"]
+    assert info["projection_checkpoint"] == str(five_epochs / f"best_projection_epoch_{best}.pth")
+    assert info["epoch"] == best
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = run_main(eval_script, _eval_argv(demo_eval_dir, tiny_clap_dir, tmp_path / "r2.json",
+                                                 "--projection-checkpoint", empty))
+    assert code == 2
+    assert "is a folder without best_projection_epoch_*.pth" in err and "does not exist" not in err
