@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import shlex
 
 from hyperbolic.config import DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, PRECISIONS, default_num_workers
 
@@ -25,6 +27,21 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def positive(x: float) -> bool:
     return math.isfinite(x) and x > 0
+
+
+def command_line(script: str, cfg, *, extra: list[str] = ()) -> str:
+    """``python SCRIPT --flag value ...`` that gives ``cfg``: one flag per dataclass field whose value
+    differs from the field's default (True booleans as bare flags), then ``extra``; shell-quoted."""
+    args = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if value == default or value is None or value is False:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        args += [flag] if value is True else [flag, *(str(v) for v in (value if isinstance(value, list) else [value]))]
+    return " ".join(shlex.quote(a) for a in ["python", script, *args, *extra])
 
 
 def explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:

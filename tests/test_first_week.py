@@ -299,3 +299,32 @@ def test_projection_checkpoint_accepts_a_run_folder(tmp_path, five_epochs, tiny_
                                                  "--projection-checkpoint", empty))
     assert code == 2
     assert "is a folder without best_projection_epoch_*.pth" in err and "does not exist" not in err
+
+
+# ------------------------------------------------------------------ 10: the demo prints its commands
+
+def test_demo_commands_rerun_the_demo(tmp_path, capsys, monkeypatch):
+    import shlex
+
+    from hyperbolic.demo import run_demo
+    demo = tmp_path / "demo"
+    results = run_demo(demo, seed=3, epochs=3, train_clips_per_class=2, eval_clips_per_class=1, seconds=1.0)
+    printed = capsys.readouterr().out
+    commands = [shlex.split(line) for line in printed.splitlines() if line.strip().startswith("python ")]
+    assert [c[1] for c in commands] == ["train_hyperbolic_clap.py", "test_clap_modelscope.py"]
+    train_cmd, eval_cmd = commands[0][2:], commands[1][2:]
+    used = json.loads((demo / "checkpoints" / "setup.json").read_text())["config"]
+    for flag, key in (("--learning-rate", "learning_rate"), ("--temperature", "temperature"), ("--epochs", "epochs")):
+        assert float(train_cmd[train_cmd.index(flag) + 1]) == used[key]
+    best = next((demo / "checkpoints").glob("best_projection_epoch_*.pth"))
+    before = _weights(best)
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(train_script, train_cmd)
+    assert code == 0, err
+    assert _same(_weights(best), before)
+    out = tmp_path / "again.json"
+    code, err = run_main(eval_script, [*eval_cmd[:eval_cmd.index("--output-json")],
+                                       *eval_cmd[eval_cmd.index("--output-json") + 2:], "--output-json", out])
+    assert code == 0, err
+    again = json.loads(out.read_text())
+    assert again["summary"] == results["summary"]
