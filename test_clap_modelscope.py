@@ -89,6 +89,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.save_scores is not None and not args.save_scores.endswith(".npz"),
          f"--save-scores must name a .npz file (got {args.save_scores!r})"),
         (len(set(paths)) != len(paths), "--projection-checkpoint lists a path twice; give each checkpoint once"),
+        *[(args.text_column and value, f"{flag} is for class labels; caption retrieval (--text-column) "
+                                       "does not use it") for flag, value in (
+            ("--ontology", args.ontology), ("--expand-ancestors", args.expand_ancestors), ("--plots", args.plots),
+            ("--threshold", args.threshold is not None))],
     ]
     for message in [m for failed, m in checks if failed] + embedding_arg_errors(args):
         parser.error(message)
@@ -108,21 +112,26 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     from data.audioset import DatasetError
-    from data.labels import load_class_labels
+    from data.class_list import resolve_class_names
     from hyperbolic.clap import ClapNotFoundError, ClapPrecisionError
     from hyperbolic.evaluate import CheckpointError, evaluate, format_metrics_table
     from hyperbolic.ontology import OntologyError
     cfg = config_from_args(args)
     try:
-        num_classes = len(load_class_labels(cfg.class_labels))
-        if args.top_k > num_classes:
+        num_classes = None if cfg.text_column else len(resolve_class_names(
+            cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column, limit=cfg.num_samples))
+        if num_classes is not None and args.top_k > num_classes:
             build_parser().error(f"--top-k must be <= the number of classes in --class-labels "
                                  f"({num_classes}) (got {args.top_k})")
         results, path = evaluate(cfg)
     except (DatasetError, ClapNotFoundError, ClapPrecisionError, CheckpointError, OntologyError) as err:
         log.error("%s", err)
         return 2
-    print(format_metrics_table(results))
+    if results["test_info"].get("task") == "retrieval":
+        from hyperbolic.retrieval import format_retrieval_table
+        print(format_retrieval_table(results))
+    else:
+        print(format_metrics_table(results))
     print(f"Results saved to: {path}")
     if results["test_info"]["scores_file"]:
         print(f"Scores saved to: {results['test_info']['scores_file']}")

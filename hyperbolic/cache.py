@@ -8,6 +8,7 @@ Layout under the cache root (``default_cache_dir()``)::
     digests/<sha256(what)[:32]>.json                 memo: file stat -> sha256 of the bytes
     <model[:16]>/<audio_prep[:16]>/audio/<parquet sha256[:32]>/<chunk>.npz
     <model[:16]>/text/<tokenizer[:16]>/<sha256(prompts)[:32]>.npz
+    <model[:16]>/text/<tokenizer[:16]>/captions/<time>-<random>.npz   single texts (CaptionStore)
 
 - model: ``FrozenClap.fingerprint()`` (sha256 of the weight files). Hashing 1.7 GB takes
   seconds, so it is memoised under ``digests/`` by the weight files' (size, mtime_ns, ctime_ns,
@@ -288,6 +289,66 @@ class TextStore:
         return atomic_write_bytes(self._path(texts), encode_npz(meta, arrays))
 
 
+class CaptionStore:
+    """Embeddings of single texts (captions) of one (model, tokenizer) pair, by the exact string.
+
+    Chunks ``<time>-<random>.npz`` of (texts, embeddings); a run loads every chunk, looks each
+    text up, and writes the texts it computed as one new chunk, so adding a caption to 50,000
+    computes one embedding. Beyond ``MAX_CHUNKS`` chunks they are merged into one.
+    """
+
+    MAX_CHUNKS = 32
+
+    def __init__(self, folder: Path, *, model: str, prep: str):
+        self.folder, self.model, self.prep = folder, model, prep
+        self._expect = {"kind": "captions", "format": CACHE_FORMAT, "model": model, "prep": prep}
+
+    def _chunks(self) -> list[Path]:
+        return sorted(self.folder.glob("*.npz"))
+
+    def load(self) -> tuple[dict[str, np.ndarray], list[Path]]:
+        """``({text: (D,) float32}, chunks read)``; of two chunks holding a text, the older wins."""
+        known: dict[str, np.ndarray] = {}
+        read = []
+        for path in self._chunks():
+            loaded = _read_verified(path, ("texts", "embeddings"), self._expect)
+            if loaded is None:
+                continue
+            _, a = loaded
+            if a["embeddings"].ndim != 2 or len(a["texts"]) != len(a["embeddings"]):
+                log.warning("embedding cache file %s has inconsistent arrays; deleting it", path)
+                path.unlink(missing_ok=True)
+                continue
+            read.append(path)
+            for text, emb in zip(a["texts"].tolist(), a["embeddings"]):
+                known.setdefault(text, emb)
+        return known, read
+
+    def put(self, texts: list[str], embeddings: torch.Tensor) -> Path | None:
+        """One new chunk with ``texts``; merges the chunks when there are too many."""
+        if not texts:
+            return None
+        arrays = {"texts": np.array(list(texts), dtype=np.str_).reshape(-1),
+                  "embeddings": embeddings.detach().cpu().numpy().astype(np.float32, copy=False)}
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz"
+        path = atomic_write_bytes(self.folder / name, encode_npz(self._expect, arrays))
+        if len(self._chunks()) > self.MAX_CHUNKS:
+            self.compact()
+        return path
+
+    def compact(self) -> None:
+        known, read = self.load()
+        if len(read) > 1:
+            texts = list(known)
+            arrays = {"texts": np.array(texts, dtype=np.str_).reshape(-1),
+                      "embeddings": np.stack([known[t] for t in texts]).astype(np.float32, copy=False)}
+            # Named before every chunk it replaces' successors, after those it replaces.
+            name = f"{read[-1].stem.split('-')[0]}-{uuid.uuid4().hex[:8]}m.npz"
+            atomic_write_bytes(self.folder / name, encode_npz(self._expect, arrays))
+            for path in read:
+                path.unlink(missing_ok=True)
+
+
 class EmbeddingCache:
     """The cache root; hands out the stores for a model. ``EmbeddingCache()`` uses the default root."""
 
@@ -340,3 +401,9 @@ class EmbeddingCache:
         model = self.model_fingerprint(clap)
         prep = key_digest(text_preprocessing(clap))
         return TextStore(self.root / model[:16] / "text" / prep[:16], model=model, prep=prep)
+
+    def captions(self, clap) -> CaptionStore:
+        """Per-text store (captions): same key as ``text`` (model, tokenizer)."""
+        model = self.model_fingerprint(clap)
+        prep = key_digest(text_preprocessing(clap))
+        return CaptionStore(self.root / model[:16] / "text" / prep[:16] / "captions", model=model, prep=prep)

@@ -70,9 +70,11 @@ def add_embedding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda:0", help="torch device; falls back to cpu without CUDA")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                    help="CLAP model folder, or a model id looked up in the ModelScope cache")
-    p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS), metavar="PATH",
-                   help="class list: .json (index -> name), .csv (index, mid, display_name) or one name per line "
-                        "(default: the 527 AudioSet classes, CLAP/class_labels/audioset_class_labels_indices.json)")
+    p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS), metavar="PATH|from-data",
+                   help="class list: .json (index -> name), .csv (index, mid, display_name) or one name per line; "
+                        "or from-data: the sorted distinct labels of --label-column in the rows read (ESC-50: "
+                        "--label-column category) (default: the 527 AudioSet classes, "
+                        "CLAP/class_labels/audioset_class_labels_indices.json)")
     p.add_argument("--label-column", default="human_labels",
                    help="parquet column holding each clip's labels: class names (human_labels) or AudioSet "
                         "machine ids such as /m/09x0r (labels)")
@@ -89,6 +91,13 @@ def add_embedding_args(p: argparse.ArgumentParser) -> None:
                         "the last one aligned to the end (default: the first 10 s)")
     p.add_argument("--hop", type=float, default=None, metavar="SECONDS",
                    help="seconds between --segment windows (default: --segment, no overlap)")
+    p.add_argument("--text-column", nargs="+", default=None, metavar="COL",
+                   help="caption column(s): a caption (string) or several (list) per row. Evaluation: caption "
+                        "retrieval (t2a/a2t R@k, mAP@10); training: captions are the clip's positives (default: none, "
+                        "class labels)")
+    p.add_argument("--clip-id-column", default="video_id",
+                   help="with --text-column: rows sharing this value are one clip with all their captions, "
+                        "its audio embedded once (a file without the column: each row is a clip)")
     p.add_argument("--verbose", action="store_true", help="debug-level log")
 
 

@@ -37,6 +37,8 @@ class EmbeddingConfig:
     precision: str = "fp32"          # of the CLAP forward: fp32, bf16, fp16 (hyperbolic.clap)
     segment: float | None = None     # seconds per window over whole recordings (data.audio.Segmenting)
     hop: float | None = None         # seconds between windows (default: segment)
+    text_column: list[str] | None = None  # caption column(s): retrieval / caption training (data.captions)
+    clip_id_column: str = "video_id"      # rows sharing it are one clip (with --text-column)
 
     def to_dict(self) -> dict:
         return asdict(self)

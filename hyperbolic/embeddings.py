@@ -45,7 +45,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -95,8 +95,17 @@ class ClipEmbeddings:
                               [self.metas[i] for i in rows])
 
 
+PROMPT_NAME_RULE = ("in prompts, underscores in a class name are spaces and runs of spaces are one "
+                    "(dog_bark -> 'dog bark'); the class name itself is unchanged everywhere else")
+
+
+def prompt_name(name: str) -> str:
+    """How a class name is written in a prompt: ``PROMPT_NAME_RULE``."""
+    return " ".join(name.replace("_", " ").split())
+
+
 def prompts_for(class_names: list[str], template: str) -> list[str]:
-    return [template.format(label=name) for name in class_names]
+    return [template.format(label=prompt_name(name)) for name in class_names]
 
 
 def embed_prompts(clap, texts: list[str], *, batch_size: int = 64,
@@ -335,8 +344,10 @@ class _FilePlan:
 class _ClipRun:
     def __init__(self, clap, *, matcher: LabelMatcher, label_column: str | None, require_labels: bool,
                  batch_size: int, num_workers: int, store: AudioStore | None, cache: EmbeddingCache | None,
-                 segmenting: Segmenting | None = None, rank: int = 0, world_size: int = 1):
+                 segmenting: Segmenting | None = None, rank: int = 0, world_size: int = 1,
+                 keep: Callable[[ClipMeta], bool] | None = None):
         self.clap, self.matcher, self.label_column = clap, matcher, label_column
+        self.keep = keep
         self.require_labels, self.unit_rows, self.num_workers = require_labels, batch_size, num_workers
         self.store, self.cache = store, cache
         self.segmenting, self.rank, self.world_size = segmenting, rank, world_size
@@ -372,7 +383,7 @@ class _ClipRun:
         # A cached outcome counts only for the clip it was computed for.
         byrow = {c.meta.row: c for c in clips}
         plan.known = {r: o for r, o in known.items() if r in byrow and o.video_id == byrow[r].meta.video_id}
-        plan.clips, plan.log, plan.considered = clips, skips, len(clips) + skips.rows_skipped()
+        plan.clips, plan.log, plan.considered = self._kept(clips), skips, len(clips) + skips.rows_skipped()
         if skips.count("unreadable_file"):
             plan.damaged = True
             self._damaged_read(plan)
@@ -504,6 +515,9 @@ class _ClipRun:
                                    require_labels=self.require_labels, read_batch_rows=self.unit_rows,
                                    max_samples=None if self.segmenting is not None else MAX_SAMPLES):
                 clips.append(clip)
+                if self.keep is not None and not self.keep(clip.meta):
+                    clip.waveform = None
+                    continue
                 known = plan.known.get(clip.meta.row)
                 if (known is not None and known.reason in ("", NON_FINITE)
                         and known.video_id == clip.meta.video_id):
@@ -518,8 +532,13 @@ class _ClipRun:
         finally:
             plan.damaged = plan.damaged or skips.count("unreadable_file") > 0
             self._save(plan, finished=True)
-        plan.clips, plan.log, plan.plain = clips, skips, True
+        plan.clips, plan.log, plan.plain = self._kept(clips), skips, True
         plan.considered = len(clips) + skips.rows_skipped()
+
+    def _kept(self, clips: list[Clip]) -> list[Clip]:
+        """The clips ``keep`` selects (all without it); the others are read and counted as
+        considered, never embedded or returned."""
+        return clips if self.keep is None else [c for c in clips if self.keep(c.meta)]
 
     def settle(self, files: list[Path], limit: int | None, progress: tqdm) -> None:
         """Compute, then re-read the files found damaged; re-plan what follows one whose count of
@@ -570,7 +589,8 @@ def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: 
                 label_column: str = "human_labels", limit: int | None = None,
                 batch_size: int = 32, require_labels: bool = True,
                 cache: EmbeddingCache | None = None, num_workers: int = 0,
-                segmenting: Segmenting | None = None, stats: dict | None = None) -> ClipEmbeddings:
+                segmenting: Segmenting | None = None, stats: dict | None = None,
+                keep: Callable[[ClipMeta], bool] | None = None) -> ClipEmbeddings:
     """Embed the clips of a parquet folder; only embeddings stay in memory.
 
     limit: the first ``limit`` rows considered, across the sorted files (see ``iter_clips``).
@@ -579,6 +599,9 @@ def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: 
     segmenting: embed whole recordings as the pooled embedding of overlapping windows (see
     ``data.audio.Segmenting``); None: the first 10 s of each clip.
     stats: a dict that receives the counts ``reused`` (from the cache) and ``computed``.
+    keep: a predicate on a row's ``ClipMeta``; rows it rejects count towards ``limit`` but are
+    neither embedded nor returned nor counted as skipped (``data.captions``: later rows of a clip
+    already read, whose audio is embedded once). None: every row.
     Clips that cannot be used are counted in ``skips`` by reason and never replaced by zeros; the
     result and the counts are the same with or without cache and for any ``num_workers``.
     """
@@ -587,7 +610,7 @@ def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: 
     store = cache.audio(clap, segmenting) if cache is not None else None
     run = _ClipRun(clap, matcher=matcher, label_column=label_column, require_labels=require_labels,
                    batch_size=batch_size, num_workers=num_workers, store=store, cache=cache,
-                   segmenting=segmenting)
+                   segmenting=segmenting, keep=keep)
     run.plan(files, 0, limit)
     todo = sum(len(p.needed()) for p in run.plans if not p.plain)
     with tqdm(total=todo, desc="embed audio", unit="clip", leave=False, disable=todo == 0) as progress:

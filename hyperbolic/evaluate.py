@@ -42,12 +42,13 @@ import torch
 from data.audio import segmenting_from
 from data.audioset import SkipLog, count_rows
 from data.errors import DatasetError
-from data.labels import LabelMatcher, load_class_ids, load_class_labels
+from data.class_list import FROM_DATA, resolve_class_names
+from data.labels import LabelMatcher, load_class_ids
 from hyperbolic import poincare
 from hyperbolic.cache import EmbeddingCache
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
-from hyperbolic.embeddings import embed_clips, embed_prompts, prompts_for
+from hyperbolic.embeddings import PROMPT_NAME_RULE, embed_clips, embed_prompts, prompts_for
 from hyperbolic.entailment import DEFAULT_K, Hierarchy, cone_consistency, cone_report
 from hyperbolic.metrics import (
     bootstrap_ci,
@@ -558,6 +559,7 @@ def _model_info(model: ScoringModel, model_path: str) -> dict:
             "model_type": "hyperbolic_clap_modelscope" if hyperbolic else (
                 "euclidean_projection_clap_modelscope" if model.projector is not None else "modelscope"),
             "model_path": model_path, "use_hyperbolic": hyperbolic, "prompt_template": model.prompt_template,
+            "prompt_label_rule": PROMPT_NAME_RULE,
             **model.info}
     for key in ("projection_checkpoint", "c", "temperature"):
         info.setdefault(key, None)
@@ -630,9 +632,14 @@ def _rows_rule(num_samples: int | None, used: int, held: int, folder) -> str:
 
 def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple[dict, Path]:
     """Evaluate every model on the same clips; write the results JSON (and the npz and plots
-    when asked); return (results, path)."""
+    when asked); return (results, path). With ``cfg.text_column``: caption retrieval instead
+    (``hyperbolic.retrieval``)."""
+    if cfg.text_column:
+        from hyperbolic.retrieval import evaluate_captions
+        return evaluate_captions(cfg, models)
     device = resolve_device(cfg.device)
-    class_names = load_class_labels(cfg.class_labels)
+    class_names = resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
+                                      limit=cfg.num_samples)
     matcher = LabelMatcher(class_names, load_class_ids(cfg.class_labels, class_names))
     if cfg.expand_ancestors and not cfg.ontology:
         raise ValueError("expand_ancestors needs an ontology (--expand-ancestors needs --ontology PATH)")
@@ -726,6 +733,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     test_info = {"timestamp": datetime.now().isoformat(), "parquet_dir": str(cfg.parquet_dir),
                  "num_samples": cfg.num_samples, "device": str(device), "model_path": str(clap.path),
                  "class_labels": str(cfg.class_labels), "num_classes": len(class_names),
+                 **({"class_names": class_names} if str(cfg.class_labels) == FROM_DATA else {}),
                  "label_column": cfg.label_column, "layout": layout, "models": [m.name for m in models],
                  "rows_in_folder": rows_held, "rows_used": rows_read, "rows_rule": rows_rule,
                  "clips_read": rows_read, "clips_embedded": len(clips),

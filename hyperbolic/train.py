@@ -20,11 +20,12 @@ import torch
 
 from data.audio import segmenting_from
 from data.audioset import SkipLog
-from data.labels import LabelMatcher, load_class_ids, load_class_labels
+from data.class_list import resolve_class_names
+from data.labels import LabelMatcher, load_class_ids
 from hyperbolic.cache import EmbeddingCache
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import TrainConfig
-from hyperbolic.embeddings import ClipEmbeddings, embed_clips, embed_prompts, prompts_for
+from hyperbolic.embeddings import PROMPT_NAME_RULE, ClipEmbeddings, embed_clips, embed_prompts, prompts_for
 from hyperbolic.entailment import EntailmentObjective, Hierarchy
 from hyperbolic.losses import clip_contrastive, multi_positive_contrastive
 from hyperbolic.metrics import classification_metrics
@@ -510,7 +511,8 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
         cfg = replace(cfg, output_dir=str(run_dir))
     out = prepare_output_dir(cfg)
     device = resolve_device(cfg.device)
-    class_names = load_class_labels(cfg.class_labels)
+    class_names = resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
+                                      limit=cfg.num_samples)
     matcher = LabelMatcher(class_names, load_class_ids(cfg.class_labels, class_names))
     clap = FrozenClap.load(cfg.checkpoint, device, precision=cfg.precision)
     cache = None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
@@ -540,7 +542,7 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
     seen = [k for k in range(len(class_names)) if k not in set(holdout)]
     extra = {"clap": {"path": str(clap.path), "embed_dim": clap.embed_dim},
              "cache_dir": None if cache is None else str(cache.root),
-             "class_names": class_names,
+             "class_names": class_names, "prompt_label_rule": PROMPT_NAME_RULE,
              "holdout_classes": [class_names[k] for k in holdout],
              "data": {"clips": len(clips), "train_clips": len(split.train), "val_clips": len(split.val),
                       "clips_dropped_only_holdout_labels": dropped,

@@ -1,0 +1,252 @@
+"""Caption retrieval (``--text-column``): every clip against every caption, per model.
+
+Scores are an ``(N clips, M captions)`` matrix, higher = closer; ``caption_clip[j]`` is the clip
+caption j was written for. Rankings are stable (ties go to the lower index), as in
+``hyperbolic.metrics``.
+
+Text to audio (each caption is a query ranking the N clips; its one relevant clip is its own):
+
+- ``t2a_R@k`` (k = 1, 5, 10): fraction of captions whose clip is in the top k.
+- ``t2a_mAP@10``: mean over captions of AP@10, which with one relevant item is ``1/rank`` when
+  the clip is at rank <= 10 and 0 otherwise: the mAP@10 of DCASE 2022 task 6b, language-based
+  audio retrieval (https://dcase.community/challenge2022/task-language-based-audio-retrieval).
+
+Audio to text (each clip is a query ranking the M captions; its relevant items are all of its
+own captions, n_i of them):
+
+- ``a2t_R@k``: fraction of clips with at least one of their captions in the top k.
+- ``a2t_mAP@10``: mean over clips of ``(1 / min(10, n_i)) * sum_{r<=10} P@r * rel_r`` (``rel_r``:
+  the caption at rank r is the clip's; ``P@r``: fraction of the clip's captions in the top r).
+
+Captions are compared as instances: two clips with the same caption string have two captions,
+each relevant to its own clip only (as AudioCaps and Clotho are evaluated).
+
+Bootstrap (``--bootstrap N``): resample the clips with replacement, each drawn clip bringing all
+its captions; the ranking pool stays the full set, only the queries averaged over change, and
+every model uses the same resamples, so ``vs_clap_cosine`` holds the paired difference to plain
+CLAP with its percentile interval.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.audio import segmenting_from
+from data.audioset import SkipLog
+from data.captions import caption_counts, read_captions
+from data.errors import DatasetError
+from data.labels import LabelMatcher
+from hyperbolic.cache import EmbeddingCache
+from hyperbolic.captions import embed_texts, pair_captions
+from hyperbolic.clap import FrozenClap, resolve_device
+from hyperbolic.config import EvalConfig
+from hyperbolic.embeddings import embed_clips
+from hyperbolic.metrics import _first_hit_rank, _topk_order
+from hyperbolic.outputs import atomic_write_bytes, atomic_write_json, unique_path
+
+log = logging.getLogger(__name__)
+
+KS = (1, 5, 10)
+MAP_K = 10
+METRIC_KEYS = (*(f"t2a_R@{k}" for k in KS), f"t2a_mAP@{MAP_K}", *(f"a2t_R@{k}" for k in KS), f"a2t_mAP@{MAP_K}")
+PLAIN_MODEL_NAME = "clap_cosine"
+DEFINITIONS = {
+    "t2a": "each caption ranks all clips; its one relevant clip is its own. R@k: fraction of captions with "
+           "their clip in the top k; mAP@10: mean of 1/rank (0 beyond rank 10), DCASE 2022 task 6b "
+           "(https://dcase.community/challenge2022/task-language-based-audio-retrieval)",
+    "a2t": "each clip ranks all captions; its relevant items are all of its captions. R@k: fraction of clips "
+           "with one of their captions in the top k; mAP@10: mean of (1/min(10, n)) sum_{r<=10} P@r rel_r",
+    "ties": "stable ranking: ties go to the lower clip (caption) index",
+}
+
+
+def _check(scores, caption_clip) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores)
+    owner = np.asarray(caption_clip, dtype=np.int64)
+    if s.ndim != 2 or owner.shape != (s.shape[1],):
+        raise ValueError(f"scores must be (N clips, M captions) and caption_clip (M,); got {s.shape}, {owner.shape}")
+    if s.shape[0] == 0 or s.shape[1] == 0:
+        raise ValueError("no clip or no caption to evaluate")
+    if s.dtype not in (np.float32, np.float64):
+        s = s.astype(np.float64)
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    if owner.min() < 0 or owner.max() >= s.shape[0]:
+        raise ValueError("caption_clip holds an index outside [0, N)")
+    if np.bincount(owner, minlength=s.shape[0]).min() == 0:
+        raise ValueError("every clip needs at least one caption")
+    return s, owner
+
+
+def per_query(scores, caption_clip) -> dict[str, np.ndarray]:
+    """Per-query values whose means are the metrics: ``t2a_*`` (M,), one per caption, and
+    ``a2t_*`` (N,), one per clip (hits as 0/1 floats, AP@10 values)."""
+    s, owner = _check(scores, caption_clip)
+    n, m = s.shape
+    relevant = np.zeros((n, m), dtype=bool)
+    relevant[owner, np.arange(m)] = True
+    out: dict[str, np.ndarray] = {}
+    rank = _first_hit_rank(np.ascontiguousarray(s.T), np.ascontiguousarray(relevant.T))  # (M,) 0-based
+    for k in KS:
+        out[f"t2a_R@{k}"] = (rank < k).astype(np.float64)
+    out[f"t2a_mAP@{MAP_K}"] = np.where(rank < MAP_K, 1.0 / (rank + 1), 0.0)
+    first = _first_hit_rank(s, relevant)  # (N,)
+    for k in KS:
+        out[f"a2t_R@{k}"] = (first < k).astype(np.float64)
+    top = _topk_order(s, MAP_K)  # (N, min(10, M))
+    rel = np.take_along_axis(relevant, top, axis=1)
+    precision_at = np.cumsum(rel, axis=1) / np.arange(1, top.shape[1] + 1)
+    n_rel = np.bincount(owner, minlength=n)
+    out[f"a2t_mAP@{MAP_K}"] = (precision_at * rel).sum(axis=1) / np.minimum(MAP_K, n_rel)
+    return out
+
+
+def caption_retrieval_metrics(scores, caption_clip) -> dict:
+    """The metrics of the module docstring, plus ``num_clips`` and ``num_captions``."""
+    values = per_query(scores, caption_clip)
+    out = {key: float(values[key].mean()) for key in METRIC_KEYS}
+    out.update(num_clips=int(np.asarray(scores).shape[0]), num_captions=int(np.asarray(scores).shape[1]))
+    return out
+
+
+def bootstrap_retrieval(score_sets: dict[str, np.ndarray], caption_clip, *, n: int, seed: int,
+                        alpha: float = 0.05, baseline: str | None = PLAIN_MODEL_NAME) -> dict[str, dict]:
+    """Percentile intervals of every metric per model, over resamples of the clips (see module doc).
+
+    Resample b draws ``idx = rng.integers(0, N, size=N)`` from ``np.random.default_rng(seed)``; a
+    clip drawn w times weighs w in the a2t means and gives each of its captions weight w in the
+    t2a means. With ``baseline`` among the models, every other model also gets ``vs_<baseline>``:
+    ``{metric: {diff, low, high}}``, model minus baseline on the same resamples."""
+    if int(n) < 1:
+        raise ValueError(f"n must be >= 1 (got {n})")
+    owner = np.asarray(caption_clip, dtype=np.int64)
+    values = {name: per_query(s, owner) for name, s in score_sets.items()}
+    num_clips = next(iter(score_sets.values())).shape[0]
+    rng = np.random.default_rng(seed)
+    draws = {name: {k: np.empty(int(n)) for k in METRIC_KEYS} for name in score_sets}
+    for b in range(int(n)):
+        w = np.bincount(rng.integers(0, num_clips, size=num_clips), minlength=num_clips).astype(np.float64)
+        wc = w[owner]
+        for name, v in values.items():
+            for key in METRIC_KEYS:
+                weights = wc if key.startswith("t2a") else w
+                draws[name][key][b] = np.dot(weights, v[key]) / weights.sum()
+    q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
+    out = {}
+    for name in score_sets:
+        block: dict = {}
+        for key in METRIC_KEYS:
+            low, high = np.percentile(draws[name][key], q)
+            point = float(values[name][key].mean())
+            block[key] = {"low": float(low), "high": float(high), "point": point,
+                          "contains_point": bool(low <= point <= high)}
+        if baseline in score_sets and name != baseline:
+            block[f"vs_{baseline}"] = {}
+            for key in METRIC_KEYS:
+                d = draws[name][key] - draws[baseline][key]
+                low, high = np.percentile(d, q)
+                block[f"vs_{baseline}"][key] = {
+                    "diff": float(values[name][key].mean() - values[baseline][key].mean()),
+                    "low": float(low), "high": float(high)}
+        block.update(n=int(n), seed=int(seed), alpha=float(alpha),
+                     unit="clips, each with all its captions; rankings over the full set")
+        out[name] = block
+    return out
+
+
+def save_caption_scores(path: Path, score_sets: dict[str, np.ndarray], pairs, clips) -> Path:
+    """The npz: ``scores_<model>`` (N clips, M captions) float32, ``model_names``,
+    ``caption_clip`` (M,) int64, ``captions`` (M,), ``clip_id``, ``clip_file``, ``clip_row`` (N,)."""
+    arrays = {f"scores_{name}": s for name, s in score_sets.items()}
+    arrays.update(model_names=np.array(list(score_sets), dtype=str),
+                  caption_clip=np.array(pairs.caption_clip, dtype=np.int64),
+                  captions=np.array(pairs.captions, dtype=str), clip_id=np.array(pairs.clip_ids, dtype=str),
+                  clip_file=np.array([m.file for m in clips.metas], dtype=str),
+                  clip_row=np.array([m.row for m in clips.metas], dtype=np.int64))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
+    """Retrieval evaluation of every model on the same clips and captions; writes the JSON."""
+    from hyperbolic.evaluate import _model_info, build_models  # the classification side's helpers
+    device = resolve_device(cfg.device)
+    clap = FrozenClap.load(cfg.checkpoint, device, precision=cfg.precision)
+    if models is None:
+        models = build_models(cfg, clap.embed_dim)
+    cache = None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
+    skips = SkipLog()
+    table = read_captions(cfg.parquet_dir, text_columns=list(cfg.text_column), clip_id_column=cfg.clip_id_column,
+                          skips=skips, limit=cfg.num_samples)
+    audio_skips = SkipLog()
+    clips = embed_clips(clap, cfg.parquet_dir, matcher=LabelMatcher([]), skips=audio_skips, label_column=None,
+                        limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=False, cache=cache,
+                        num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop),
+                        keep=table.keep)
+    skips.merge(audio_skips)
+    if len(clips) == 0:
+        raise DatasetError(f"no clip of {cfg.parquet_dir} has both readable audio and a caption in "
+                           f"{cfg.text_column} (skipped: {skips.to_dict()})")
+    pairs = pair_captions(clips, table)
+    text_stats: dict = {}
+    text_emb = embed_texts(clap, pairs.texts, cache=cache, stats=text_stats)
+    index = torch.tensor(pairs.text_of, dtype=torch.long)
+    blocks, score_sets = {}, {}
+    for model in models:
+        scores = model.score_points(model.project(clips.audio), model.project(text_emb)[index])
+        score_sets[model.name] = scores
+        info = _model_info(model, str(clap.path))
+        info["text"] = "captions as written (no prompt template)"
+        blocks[model.name] = {
+            "model_info": info,
+            "similarity_stats": {"min": float(scores.min()), "max": float(scores.max()),
+                                 "mean": float(scores.mean()), "std": float(scores.std())},
+            "metrics": caption_retrieval_metrics(scores, pairs.caption_clip),
+            "bootstrap": None,
+        }
+    if cfg.bootstrap:
+        for name, block in bootstrap_retrieval(score_sets, pairs.caption_clip, n=cfg.bootstrap,
+                                               seed=cfg.bootstrap_seed).items():
+            blocks[name]["bootstrap"] = block
+    path = unique_path(cfg.output_json or Path(cfg.result_dir) /
+                       f"clap_modelscope_results_{datetime.now().strftime('%Y%m%d_%H%M%S')}.json")
+    scores_file = (save_caption_scores(unique_path(cfg.save_scores), score_sets, pairs, clips)
+                   if cfg.save_scores else None)
+    lost = sum(len(c.captions) for c in table.clips.values()) - len(pairs.captions)
+    layout = "single" if len(models) == 1 else "comparison"
+    test_info = {"timestamp": datetime.now().isoformat(), "task": "retrieval", "parquet_dir": str(cfg.parquet_dir),
+                 "num_samples": cfg.num_samples, "device": str(device), "model_path": str(clap.path),
+                 "layout": layout, "models": [m.name for m in models], **table.summary(),
+                 "captions_per_clip": {str(k): v for k, v in sorted(caption_counts(table).items())},
+                 "clips_read": table.rows_read, "clips_embedded": len(clips),
+                 "captions_evaluated": len(pairs.captions), "distinct_caption_texts": len(pairs.texts),
+                 "captions_lost_with_their_clip_audio": lost, "caption_embeddings": text_stats,
+                 "metric_definitions": DEFINITIONS, "bootstrap": cfg.bootstrap,
+                 "bootstrap_seed": cfg.bootstrap_seed if cfg.bootstrap else None,
+                 "scores_file": None if scores_file is None else str(scores_file),
+                 "cache_dir": None if cache is None else str(cache.root)}
+    data_quality = {"skipped": skips.to_dict()}
+    if layout == "single":
+        results = {"test_info": test_info, **next(iter(blocks.values())), **data_quality}
+    else:
+        summary = {name: {k: b["metrics"][k] for k in METRIC_KEYS} for name, b in blocks.items()}
+        results = {"test_info": test_info, "summary": summary, "models": blocks, **data_quality}
+    atomic_write_json(path, results)
+    return results, path
+
+
+def format_retrieval_table(results: dict) -> str:
+    """One row per metric, one column per model."""
+    blocks = results.get("models") or {results["model_info"].get("name", "model"): results}
+    width = max(14, *(len(n) for n in blocks))
+    lines = [f"{'metric':<14}" + "".join(f"{n:>{width + 2}}" for n in blocks)]
+    for key in METRIC_KEYS:
+        lines.append(f"{key:<14}" + "".join(f"{b['metrics'][key]:>{width + 2}.4f}" for b in blocks.values()))
+    return "\n".join(lines)
