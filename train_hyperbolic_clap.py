@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log the epochs to SwanLab; its local files go under --output-dir/swanlog")
     p.add_argument("--swanlab-project", default="Hyperbolic_CLAP", help="SwanLab project")
     p.add_argument("--swanlab-workspace", default=None, help="SwanLab workspace (default: your own)")
-    p.add_argument("--swanlab-mode", default=None, choices=["cloud", "local", "offline", "disabled"],
+    p.add_argument("--swanlab-mode", default=None, choices=["cloud", "online", "local", "offline", "disabled"],
                    help="SwanLab mode (default: SwanLab's own, cloud when logged in)")
     p.add_argument("--demo", action="store_true",
                    help="train and evaluate on generated sounds with a tiny random CLAP (no download); "

@@ -416,16 +416,30 @@ def prepare_output_dir(cfg: TrainConfig) -> Path:
     return out
 
 
-def _swanlab(cfg: TrainConfig):
+SWANLAB_DIR = "swanlog"  # under --output-dir: SwanLab's local and offline logs
+
+
+def _swanlab_module(cfg: TrainConfig):
+    """The swanlab module when --use-swanlab; checked before any embedding, so a missing package
+    costs seconds, not an embedding pass."""
     if not cfg.use_swanlab:
         return None
     try:
         import swanlab
     except ImportError as err:
-        raise TrainingError("--use-swanlab needs the swanlab package: pip install swanlab") from err
-    kwargs = {"project": cfg.swanlab_project, "workspace": cfg.swanlab_workspace, "config": cfg.to_dict()}
+        raise TrainingError("--use-swanlab needs the swanlab package (in requirements.txt): "
+                            "pip install -r requirements.txt, or drop --use-swanlab") from err
+    return swanlab
+
+
+def _swanlab(cfg: TrainConfig, out: Path):
+    swanlab = _swanlab_module(cfg)
+    if swanlab is None:
+        return None
+    kwargs = {"project": cfg.swanlab_project, "workspace": cfg.swanlab_workspace, "config": cfg.to_dict(),
+              "log_dir": str(out / SWANLAB_DIR)}
     if cfg.swanlab_mode:
-        kwargs["mode"] = cfg.swanlab_mode
+        kwargs["mode"] = {"cloud": "online"}.get(cfg.swanlab_mode, cfg.swanlab_mode)  # "cloud": earlier name
     swanlab.init(**kwargs)
     return swanlab
 
@@ -509,6 +523,7 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
         if cfg.output_dir != str(run_dir):
             log.info("--resume: continuing in %s", run_dir)
         cfg = replace(cfg, output_dir=str(run_dir))
+    _swanlab_module(cfg)
     out = prepare_output_dir(cfg)
     device = resolve_device(cfg.device)
     class_names = resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
@@ -556,7 +571,7 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
     c_values, temperatures = c_values or [cfg.c], temperatures or [cfg.temperature]
     extra["sweep"] = {"c": list(c_values), "temperature": list(temperatures)}  # for --resume RUN_DIR alone
     combos = list(itertools.product(c_values, temperatures))
-    tracker = _swanlab(cfg)
+    tracker = _swanlab(cfg, out)
     try:
         if len(combos) == 1:
             run_cfg = replace(cfg, c=combos[0][0], temperature=combos[0][1])

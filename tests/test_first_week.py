@@ -328,3 +328,29 @@ def test_demo_commands_rerun_the_demo(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     again = json.loads(out.read_text())
     assert again["summary"] == results["summary"]
+
+
+# ------------------------------------------------------------------ 7: SwanLab
+
+def test_swanlab_offline_logs_go_under_the_output_dir(tmp_path, tiny_clap_dir, demo_train_dir, monkeypatch):
+    pytest.importorskip("swanlab")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    out = tmp_path / "run"
+    code, err = run_main(train_script, _train_argv(demo_train_dir, tiny_clap_dir, out, "--use-swanlab",
+                                                   "--swanlab-mode", "offline"))
+    assert code == 0, err
+    assert list(cwd.iterdir()) == []
+    assert any(p.is_file() for p in (out / "swanlog").rglob("*"))
+
+
+def test_missing_swanlab_fails_before_embedding(tmp_path, tiny_clap_dir, demo_train_dir, monkeypatch):
+    import sys
+
+    import hyperbolic.train
+    monkeypatch.setitem(sys.modules, "swanlab", None)  # import swanlab -> ImportError
+    monkeypatch.setattr(hyperbolic.train, "embed_clips", lambda *a, **k: pytest.fail("embedded before the check"))
+    code, err = run_main(train_script, _train_argv(demo_train_dir, tiny_clap_dir, tmp_path / "run", "--use-swanlab"))
+    assert code == 2
+    assert "--use-swanlab needs the swanlab package" in err
