@@ -276,13 +276,36 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
         log.info("resuming %s after epoch %d", resume, ckpt["epoch"])
     else:  # the configuration is in the folder from the start, so --resume RUN_DIR alone works
         atomic_write_json(out / "setup.json", setup)
+    before = torch.get_num_threads()
+    threads = training_threads(cfg.batch_size, len(seen), clips.audio.shape[1], before)
+    if start <= cfg.epochs:
+        log.info("training on %d intra-op thread%s (of %d) for a %d-clip x %d-d step over %d prompts",
+                 threads, "" if threads == 1 else "s", before, cfg.batch_size, clips.audio.shape[1], len(seen))
+    torch.set_num_threads(threads)
     try:
         _epochs(cfg, trainer, scheduler, generator, train_clips, val_clips, clips, split_ids, setup, out,
                 extra, tracker, start, best, best_epoch, stale)
     except KeyboardInterrupt:
         raise TrainingInterrupted(_epoch_of(last) if (last := _latest_checkpoint(out)) else 0, out) from None
+    finally:
+        torch.set_num_threads(before)
     _plot_curves(out)
     return setup["summary"]
+
+
+# Projector work per thread before a second thread pays (forward + backward flops of one step).
+# Measured (docs/performance.md): one thread is fastest for the default step (16 clips, 527
+# prompts, 512-d: ~0.85 GFLOP), and with other jobs on the cores several threads are 5-16x slower.
+STEP_FLOPS_PER_THREAD = 1e9
+
+
+def training_threads(batch_size: int, num_prompts: int, dim: int, available: int) -> int:
+    """Intra-op threads for the epoch loop: one per STEP_FLOPS_PER_THREAD of a step's projector
+    work ``6 (batch + prompts) dim^2`` (forward and backward of the dim x dim linear map over the
+    batch and the prompts), between 1 and ``available``. A function of the step only, so a
+    resumed run uses the same count (and the same floating-point reductions)."""
+    flops = 6 * (batch_size + num_prompts) * dim * dim
+    return max(1, min(available, int(flops // STEP_FLOPS_PER_THREAD)))
 
 
 def _epochs(cfg, trainer, scheduler, generator, train_clips, val_clips, clips, split_ids, setup, out, extra,
@@ -339,9 +362,9 @@ def _epochs(cfg, trainer, scheduler, generator, train_clips, val_clips, clips, s
         prune_checkpoints(out, epoch=epoch, best_epoch=best_epoch, keep_epochs=cfg.keep_epochs)
         setup["summary"] = _summary(cfg, setup["history"], best_epoch, out)
         atomic_write_json(out / "setup.json", setup)
-        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mAP %.4f  c %.4g  tau %.4g  lr %.3g%s",
+        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mAP %.4f  c %.4g  tau %.4g  lr %.3g  %.2fs%s",
                  epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_mAP"], row["c"],
-                 row["temperature"], row["lr"], "  *best*" if improved else "")
+                 row["temperature"], row["lr"], row["seconds"], "  *best*" if improved else "")
         if tracker is not None:
             tracker.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
     if cfg.patience and stale >= cfg.patience:

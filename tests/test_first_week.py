@@ -354,3 +354,44 @@ def test_missing_swanlab_fails_before_embedding(tmp_path, tiny_clap_dir, demo_tr
     code, err = run_main(train_script, _train_argv(demo_train_dir, tiny_clap_dir, tmp_path / "run", "--use-swanlab"))
     assert code == 2
     assert "--use-swanlab needs the swanlab package" in err
+
+
+# ------------------------------------------------------------------ 14: training-loop threads, epoch time
+
+def test_epoch_loop_runs_on_one_thread_for_a_small_step_and_restores_the_count(
+        tmp_path, tiny_clap_dir, demo_train_dir, monkeypatch):
+    import re
+
+    import torch
+
+    from hyperbolic import train as train_module
+    seen_threads, original = [], train_module.Trainer.batch_loss
+
+    def spy(self, *args):
+        seen_threads.append(torch.get_num_threads())
+        return original(self, *args)
+
+    monkeypatch.setattr(train_module.Trainer, "batch_loss", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        code, err = run_main(train_script, _train_argv(demo_train_dir, tiny_clap_dir, tmp_path / "run"))
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0, err
+    assert seen_threads and set(seen_threads) == {1}  # 16 clips x 512-d over 527 prompts: a small step
+    assert after == 2
+    seconds = json.loads((tmp_path / "run" / "setup.json").read_text())["history"][0]["seconds"]
+    line = next(line for line in err.splitlines() if "epoch 1/2" in line)
+    assert re.search(rf"\b{seconds:.2f}s\b", line), line
+    assert "training on 1 intra-op thread (of 2)" in err
+
+
+def test_training_threads_grow_with_the_step():
+    from hyperbolic.train import training_threads
+    # 6 (B + P) D^2 flops per step, one thread per 1e9: hand-computed
+    assert training_threads(16, 527, 512, 16) == 1          # 0.85e9
+    assert training_threads(4096, 527, 512, 16) == 7        # 7.27e9
+    assert training_threads(4096, 527, 512, 4) == 4         # capped by what is available
+    assert training_threads(1, 1, 8, 16) == 1
