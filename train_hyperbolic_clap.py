@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warmup, in epochs (fractions allowed)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm")
     p.add_argument("--patience", type=int, default=0, help="early stop after N epochs without improvement (0: off)")
-    p.add_argument("--select-metric", choices=SELECT_METRICS, default="val_mAP",
-                   help="validation number that picks the best epoch")
+    p.add_argument("--select-metric", choices=SELECT_METRICS, default=None,
+                   help="the best epoch is the one with the best value of this (default: val_mAP; with "
+                        "--text-column: val_t2a_R@10)")
     p.add_argument("--export-onnx", default=None, metavar="PATH.onnx",
                    help="after training, export the best checkpoint's projector and similarity head to ONNX "
                         "(default: no export)")
@@ -87,12 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train and evaluate on generated sounds with a tiny random CLAP (no download); "
                         "uses its own recipe, only --seed and --output-dir apply")
     add_embedding_args(p)
+    # None tells "not given" apart: with --text-column, a --label-column given mixes class labels in.
+    p.set_defaults(label_column=None)
     return p
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.caption_labels = bool(args.text_column) and args.label_column is not None
+    if args.label_column is None:
+        args.label_column = "human_labels"
+    if args.select_metric is None:
+        args.select_metric = "val_t2a_R@10" if args.text_column else "val_mAP"
     checks = [
         (args.parquet_dir is None and not args.demo and not args.resume,
          "--parquet-dir is required (or use --demo, or --resume RUN_DIR to continue a run)"),
@@ -116,8 +124,14 @@ def parse_args(argv=None) -> argparse.Namespace:
          f"--export-onnx must name a .onnx file (got {args.export_onnx!r})"),
         (args.entailment_weight < 0, f"--entailment-weight must be >= 0 (got {args.entailment_weight})"),
         (not args.entailment_k > 0, f"--entailment-k must be > 0 (got {args.entailment_k})"),
-        ((args.entailment_weight > 0 or args.expand_ancestors) and not args.ontology,
-         "--entailment-weight > 0 and --expand-ancestors need --ontology PATH (AudioSet's ontology.json)"),
+        ((args.entailment_weight > 0 and not args.text_column or args.expand_ancestors) and not args.ontology,
+         "--entailment-weight > 0 and --expand-ancestors need --ontology PATH (AudioSet's ontology.json); "
+         "with --text-column the cone pairs are caption -> clip and need no ontology"),
+        (args.select_metric.startswith("val_t2a") and not args.text_column,
+         f"--select-metric {args.select_metric} is a caption retrieval metric; it needs --text-column COL"),
+        *[(args.text_column and value, f"{flag} works on class labels and is not available with --text-column")
+          for flag, value in (("--ontology", args.ontology), ("--holdout-classes", args.holdout_classes),
+                              ("--expand-ancestors", args.expand_ancestors))],
         (args.entailment_weight > 0 and args.geometry != "hyperbolic",
          "--entailment-weight > 0 needs --geometry hyperbolic: entailment cones live on the Poincare ball"),
         (args.expand_ancestors and args.text_pairing == "first-label",

@@ -12,7 +12,7 @@ DEFAULT_PROMPT_TEMPLATE = "This is a sound of {label}."
 DEFAULT_CHECKPOINT = "laion/larger_clap_general"
 TEXT_PAIRINGS = ("all-labels", "first-label")
 LR_SCHEDULES = ("cosine", "constant")
-SELECT_METRICS = ("val_mAP", "val_loss")
+SELECT_METRICS = ("val_mAP", "val_loss", "val_t2a_R@10", "val_t2a_mAP@10")  # the last two: --text-column
 PRECISIONS = ("fp32", "bf16", "fp16")  # of the CLAP forward; see hyperbolic.clap
 
 
@@ -72,6 +72,7 @@ class TrainConfig(EmbeddingConfig):
     entailment_weight: float = 0.0
     entailment_k: float = 0.1
     expand_ancestors: bool = False
+    caption_labels: bool = False     # with text_column: class labels (--label-column given) mixed in
     resume: str | None = None
     overwrite: bool = False
     keep_epochs: int = 3             # per-epoch checkpoints kept (the newest); 0 keeps all

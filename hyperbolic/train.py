@@ -14,6 +14,7 @@ import math
 import shlex
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -241,17 +242,18 @@ def prune_checkpoints(out: Path, *, epoch: int, best_epoch: int, keep_epochs: in
 
 def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: Split, out: Path,
         *, seen: list[int] | None = None, extra: dict | None = None, tracker=None,
-        resume: Path | None = None, hierarchy: Hierarchy | None = None) -> dict:
+        resume: Path | None = None, hierarchy: Hierarchy | None = None, trainer_cls=None) -> dict:
     """Run the epochs; write checkpoints and setup.json under ``out``; return the summary.
 
     ``resume``: a checkpoint of this same run; training continues after its epoch with its
     weights, optimizer, schedule and shuffling state, so the result equals an uninterrupted run.
+    ``trainer_cls``: called like ``Trainer`` (captions: ``hyperbolic.caption_train.CaptionTrainer``).
     """
     num_classes = prompts.shape[0] if hierarchy is None else hierarchy.num_classes
     seen = list(range(num_classes)) if seen is None else seen
     entailment = None if hierarchy is None else EntailmentObjective(
         hierarchy, K=cfg.entailment_k, exclude=sorted(set(range(num_classes)) - set(seen)))
-    trainer = Trainer(cfg, clips.audio.shape[1], prompts, seen, entailment=entailment)
+    trainer = (trainer_cls or Trainer)(cfg, clips.audio.shape[1], prompts, seen, entailment=entailment)
     train_clips, val_clips = clips.subset(split.train), clips.subset(split.val)
     steps_per_epoch = math.ceil(len(train_clips) / cfg.batch_size)
     total_steps, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -310,7 +312,7 @@ def training_threads(batch_size: int, num_prompts: int, dim: int, available: int
 
 def _epochs(cfg, trainer, scheduler, generator, train_clips, val_clips, clips, split_ids, setup, out, extra,
             tracker, start, best, best_epoch, stale) -> None:
-    higher_is_better = cfg.select_metric == "val_mAP"
+    higher_is_better = cfg.select_metric != "val_loss"
     for epoch in range(start, cfg.epochs + 1):
         if cfg.patience and stale >= cfg.patience:
             break
@@ -549,29 +551,38 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
     _swanlab_module(cfg)
     out = prepare_output_dir(cfg)
     device = resolve_device(cfg.device)
-    class_names = resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
-                                      limit=cfg.num_samples)
+    # Captions alone use no class list; with --label-column given too, its classes are mixed in.
+    class_names = (resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
+                                       limit=cfg.num_samples) if not cfg.text_column or cfg.caption_labels else [])
     matcher = LabelMatcher(class_names, load_class_ids(cfg.class_labels, class_names))
     clap = FrozenClap.load(cfg.checkpoint, device, precision=cfg.precision)
     cache = None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
     skips = SkipLog()
-    clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
-                        limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=True,
-                        cache=cache, num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop))
-    present = sorted({k for row in clips.label_indices for k in row})
-    holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.seed)
-    clips, dropped = mask_holdout(clips, holdout, matcher)
-    if len(clips) < 2:
-        raise TrainingError(f"only {len(clips)} usable clips in {cfg.parquet_dir} "
-                            f"(skipped: {skips.describe(cfg.label_column)}); training needs at least 2")
-    hierarchy = None
-    if cfg.ontology:
-        hierarchy = Hierarchy.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
-        if hierarchy.unmatched:
-            log.warning("%d of %d classes match no node of --ontology %s (first: %s)", len(hierarchy.unmatched),
-                        len(class_names), cfg.ontology, "; ".join(hierarchy.unmatched[:5]))
-    prompt_names = class_names if hierarchy is None else list(hierarchy.prompt_names)
-    prompts = embed_prompts(clap, prompts_for(prompt_names, cfg.prompt_template), cache=cache)
+    trainer_cls, caption_info = None, None
+    if cfg.text_column:  # captions are the texts: hyperbolic.caption_train
+        from hyperbolic.caption_train import CaptionTrainer, caption_training_data
+        clips, prompts, caption_info = caption_training_data(cfg, clap, class_names=class_names, matcher=matcher,
+                                                             cache=cache, skips=skips)
+        trainer_cls = partial(CaptionTrainer, num_classes=len(class_names))
+        holdout, dropped, hierarchy = [], 0, None
+    else:
+        clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
+                            limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=True,
+                            cache=cache, num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop))
+        present = sorted({k for row in clips.label_indices for k in row})
+        holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.seed)
+        clips, dropped = mask_holdout(clips, holdout, matcher)
+        if len(clips) < 2:
+            raise TrainingError(f"only {len(clips)} usable clips in {cfg.parquet_dir} "
+                                f"(skipped: {skips.describe(cfg.label_column)}); training needs at least 2")
+        hierarchy = None
+        if cfg.ontology:
+            hierarchy = Hierarchy.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
+            if hierarchy.unmatched:
+                log.warning("%d of %d classes match no node of --ontology %s (first: %s)", len(hierarchy.unmatched),
+                            len(class_names), cfg.ontology, "; ".join(hierarchy.unmatched[:5]))
+        prompt_names = class_names if hierarchy is None else list(hierarchy.prompt_names)
+        prompts = embed_prompts(clap, prompts_for(prompt_names, cfg.prompt_template), cache=cache)
     split = split_indices(len(clips), cfg.train_ratio, cfg.seed)
     if len(split.val) == 1 and cfg.select_metric == "val_mAP":
         log.warning("--train-ratio %g leaves a single validation clip: average precision over one clip is 1.0 "
@@ -585,6 +596,8 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
              "data": {"clips": len(clips), "train_clips": len(split.train), "val_clips": len(split.val),
                       "clips_dropped_only_holdout_labels": dropped,
                       "skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list()}}
+    if caption_info is not None:
+        extra.update(text_column=list(cfg.text_column), captions=caption_info)
     if hierarchy is not None:
         extra["hierarchy"] = {"ontology": cfg.ontology, "unmatched": list(hierarchy.unmatched),
                               "extra_prompts": list(hierarchy.extra_names),
@@ -599,8 +612,8 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
         if len(combos) == 1:
             run_cfg = replace(cfg, c=combos[0][0], temperature=combos[0][1])
             return fit(run_cfg, clips, prompts, split, out, seen=seen, extra=extra, tracker=tracker,
-                       resume=_resume_point(out, cfg), hierarchy=hierarchy)
-        return _sweep(cfg, combos, clips, prompts, split, out, seen, extra, hierarchy)
+                       resume=_resume_point(out, cfg), hierarchy=hierarchy, trainer_cls=trainer_cls)
+        return _sweep(cfg, combos, clips, prompts, split, out, seen, extra, hierarchy, trainer_cls)
     except TrainingInterrupted as stop:
         if stop.run_dir == out:
             raise
@@ -610,7 +623,7 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
             tracker.finish()
 
 
-def _sweep(cfg, combos, clips, prompts, split, out, seen, extra, hierarchy) -> dict:
+def _sweep(cfg, combos, clips, prompts, split, out, seen, extra, hierarchy, trainer_cls=None) -> dict:
     rows = []
     for c, temperature in combos:
         run_dir = out / sweep_dir_name(c, temperature)
@@ -618,11 +631,12 @@ def _sweep(cfg, combos, clips, prompts, split, out, seen, extra, hierarchy) -> d
         log.info("sweep: c=%g temperature=%g -> %s", c, temperature, run_dir)
         run_cfg = replace(cfg, c=c, temperature=temperature, output_dir=str(run_dir))
         summary = fit(run_cfg, clips, prompts, split, run_dir, seen=seen, extra=extra,
-                      resume=_resume_point(run_dir, cfg), hierarchy=hierarchy)
+                      resume=_resume_point(run_dir, cfg), hierarchy=hierarchy, trainer_cls=trainer_cls)
         rows.append({"c": c, "temperature": temperature, "best_val_mAP": summary["best_val_mAP"],
                      "best_val_loss": summary["best_val_loss"], "best_epoch": summary["best_epoch"],
-                     "best_checkpoint": summary["best_checkpoint"], "output_dir": str(run_dir)})
-    key = (lambda r: r["best_val_mAP"]) if cfg.select_metric == "val_mAP" else (lambda r: -r["best_val_loss"])
+                     "best_checkpoint": summary["best_checkpoint"], "output_dir": str(run_dir),
+                     "selected_by": summary[f"best_{cfg.select_metric}"]})
+    key = (lambda r: -r["best_val_loss"]) if cfg.select_metric == "val_loss" else (lambda r: r["selected_by"])
     winner = max(rows, key=key)
     atomic_write_json(out / "sweep.json", {"config": cfg.to_dict(), "select_metric": cfg.select_metric,
                                            "runs": rows, "winner": winner})

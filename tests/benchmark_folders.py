@@ -100,3 +100,18 @@ def write_esc50_like(folder: Path, *, seed: int = 0, per_class: int = 3) -> dict
     write_parquet_shard(folder / "part-0.parquet", cells[:half])
     write_parquet_shard(folder / "part-1.parquet", cells[half:])
     return {"categories": [c["category"] for c in cells]}
+
+
+def write_caption_training_folder(folder: Path, *, clips: int = 12, seed: int = 0) -> dict:
+    """``clips`` clips (two rows each under ``video_id``, one caption per row) with a
+    ``human_labels`` column naming the demo class; clips of the same class share the caption
+    "the sound of <class>", the other caption is the clip's own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cells = []
+    for i in range(clips):
+        name = DEMO_CLASSES[i % len(DEMO_CLASSES)]
+        audio = _audio(f"clip{i}", seed, i)
+        for caption in (f"the sound of {name.lower()}", f"clip {i}: {name.lower()} recorded outdoors"):
+            cells.append({"video_id": f"v{i}", "caption": caption, "human_labels": [name], "audio": audio})
+    write_parquet_shard(folder / "train.parquet", cells)
+    return {"clips": clips, "classes": [DEMO_CLASSES[i % len(DEMO_CLASSES)] for i in range(clips)]}
