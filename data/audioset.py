@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.audio import MAX_SAMPLES, AudioDecodeError, load_waveform
+from data.audio import MAX_SAMPLES, AudioDecodeError, decode_audio_cell, to_mono_48k
 from data.errors import DatasetError
 from data.labels import LabelMatcher
 
@@ -63,6 +63,7 @@ class Clip:
     label_indices: list[int]
     raw_labels: list[str]  # the cell's labels as written, in order, known and unknown (LabelMatcher.split)
     waveform: np.ndarray | None  # 48 kHz mono float32 (samples,); None when decode=False
+    seconds: float | None = None  # the recording's length as decoded, before any crop; None when decode=False
 
 
 class LabelCounter(Counter):
@@ -390,13 +391,15 @@ def _process_row(
         detail = f"unknown labels {unknown}" if unknown else "no labels"
         skips.add("no_known_label", meta, detail=detail)
         return None
-    waveform = None
+    waveform, seconds = None, None
     if decode:
         try:
-            waveform = load_waveform(cells[AUDIO_COLUMN], max_samples=max_samples)
+            wave, sr = decode_audio_cell(cells[AUDIO_COLUMN])
+            seconds = wave.shape[-1] / sr
+            waveform = to_mono_48k(wave, sr, max_samples=max_samples)
         except AudioDecodeError as e:
             skips.add(e.reason, meta, detail=str(e))
             return None
         except (TypeError, ValueError) as e:
             raise DatasetError(f"parquet file {path}, row {meta.row}, column {AUDIO_COLUMN!r}: {e}") from e
-    return Clip(meta=meta, label_indices=indices, raw_labels=raw, waveform=waveform)
+    return Clip(meta=meta, label_indices=indices, raw_labels=raw, waveform=waveform, seconds=seconds)

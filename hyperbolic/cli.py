@@ -77,7 +77,7 @@ def add_embedding_args(p: argparse.ArgumentParser) -> None:
                         "CLAP/class_labels/audioset_class_labels_indices.json)")
     p.add_argument("--label-column", default="human_labels",
                    help="parquet column holding each clip's labels: class names (human_labels) or AudioSet "
-                        "machine ids such as /m/09x0r (labels)")
+                        "machine ids such as /m/09x0r (labels) (default: human_labels)")
     p.add_argument("--embed-batch-size", type=int, default=32, help="clips per CLAP forward")
     p.add_argument("--num-workers", type=int, default=default_num_workers(),
                    help="decoding worker processes (0: decode in the main process)")

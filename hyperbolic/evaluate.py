@@ -48,7 +48,7 @@ from hyperbolic import poincare
 from hyperbolic.cache import EmbeddingCache
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
-from hyperbolic.embeddings import PROMPT_NAME_RULE, embed_clips, embed_prompts, prompts_for
+from hyperbolic.embeddings import PROMPT_NAME_RULE, duration_report, embed_clips, embed_prompts, prompts_for
 from hyperbolic.entailment import DEFAULT_K, Hierarchy, cone_consistency, cone_report
 from hyperbolic.metrics import (
     bootstrap_ci,
@@ -664,6 +664,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         raise DatasetError(f"no clip of {cfg.parquet_dir} could be read (skipped: {skips.describe(cfg.label_column)})")
     rows_read = len(clips) + skips.rows_skipped()
     rows_held, _ = count_rows(cfg.parquet_dir)
+    durations = duration_report(clips, segmenting_from(cfg.segment, cfg.hop))
     rows_rule = _rows_rule(cfg.num_samples, rows_read, rows_held, cfg.parquet_dir)
     targets = clips.targets(len(class_names))
     labelled = targets.any(axis=1)
@@ -736,6 +737,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
                  **({"class_names": class_names} if str(cfg.class_labels) == FROM_DATA else {}),
                  "label_column": cfg.label_column, "layout": layout, "models": [m.name for m in models],
                  "rows_in_folder": rows_held, "rows_used": rows_read, "rows_rule": rows_rule,
+                 **durations,
                  "clips_read": rows_read, "clips_embedded": len(clips),
                  "clips_with_known_label": int(labelled.sum()),
                  "top_k": cfg.top_k, "set_k": cfg.set_k, "threshold": cfg.threshold,

@@ -26,7 +26,8 @@ from data.labels import LabelMatcher, load_class_ids
 from hyperbolic.cache import EmbeddingCache
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import TrainConfig
-from hyperbolic.embeddings import PROMPT_NAME_RULE, ClipEmbeddings, embed_clips, embed_prompts, prompts_for
+from hyperbolic.embeddings import (PROMPT_NAME_RULE, ClipEmbeddings, duration_report, embed_clips, embed_prompts,
+                                   prompts_for)
 from hyperbolic.entailment import EntailmentObjective, Hierarchy
 from hyperbolic.losses import clip_contrastive, multi_positive_contrastive
 from hyperbolic.metrics import classification_metrics
@@ -594,6 +595,7 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
              "class_names": class_names, "prompt_label_rule": PROMPT_NAME_RULE,
              "holdout_classes": [class_names[k] for k in holdout],
              "data": {"clips": len(clips), "train_clips": len(split.train), "val_clips": len(split.val),
+                      **duration_report(clips, segmenting_from(cfg.segment, cfg.hop)),
                       "clips_dropped_only_holdout_labels": dropped,
                       "skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list()}}
     if caption_info is not None:

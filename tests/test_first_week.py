@@ -395,3 +395,44 @@ def test_training_threads_grow_with_the_step():
     assert training_threads(4096, 527, 512, 16) == 7        # 7.27e9
     assert training_threads(4096, 527, 512, 4) == 4         # capped by what is available
     assert training_threads(1, 1, 8, 16) == 1
+
+
+# ------------------------------------------------------------------ 3: clips longer than 10 s
+
+@pytest.fixture(scope="module")
+def long_clips(tmp_path_factory):
+    """Six 1 s clips and three longer ones (12 s at 44.1 kHz, 10.5 s and exactly 10 s at 48 kHz)."""
+    import numpy as np
+
+    from data.synthetic import encode_audio, write_parquet_shard
+    folder = tmp_path_factory.mktemp("long")
+    rng = np.random.default_rng(0)
+    lengths = [(1.0, 48000)] * 6 + [(12.0, 44100), (10.5, 48000), (10.0, 48000)]
+    rows = [{"audio": {"bytes": encode_audio(0.1 * rng.standard_normal(int(s * sr)).astype(np.float32), sr, "flac"),
+                       "path": f"{i}.flac"},
+             "human_labels": ["White noise" if i % 2 else "Sine wave"], "video_id": f"v{i}"}
+            for i, (s, sr) in enumerate(lengths)]
+    write_parquet_shard(folder / "a.parquet", rows)
+    return folder
+
+
+def test_truncated_clips_are_counted_and_logged(tmp_path, long_clips, tiny_clap_dir):
+    cache = tmp_path / "cache"
+    for attempt in ("cold", "warm"):  # the counts come back from the embedding cache too
+        out = tmp_path / f"{attempt}.json"
+        code, err = run_main(eval_script, _eval_argv(long_clips, tiny_clap_dir, out, "--cache-dir", cache))
+        assert code == 0, err
+        info = json.loads(out.read_text())["test_info"]
+        assert info["clips_truncated"] == 2  # 12 s and 10.5 s; exactly 10 s is not cut
+        assert info["longest_seconds"] == pytest.approx(12.0)
+        assert info["clips_length_unknown"] == 0
+        told = [line for line in err.splitlines() if "--segment" in line]
+        assert len(told) == 1 and "2 of 9 clips are longer than 10 s (longest 12.0 s)" in told[0]
+    code, err = run_main(train_script, _train_argv(long_clips, tiny_clap_dir, tmp_path / "run", "--no-cache"))
+    assert code == 0, err
+    data = json.loads((tmp_path / "run" / "setup.json").read_text())["data"]
+    assert (data["clips_truncated"], data["longest_seconds"]) == (2, pytest.approx(12.0))
+    out = tmp_path / "seg.json"
+    code, err = run_main(eval_script, _eval_argv(long_clips, tiny_clap_dir, out, "--no-cache", "--segment", "5"))
+    assert code == 0, err
+    assert json.loads(out.read_text())["test_info"]["clips_truncated"] == 0
