@@ -584,24 +584,36 @@ def save_scores(path: Path, score_sets: dict[str, np.ndarray], targets: np.ndarr
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def _plots(json_path: Path, model: ScoringModel, block: dict, text_pts, class_names, hier) -> dict:
+PLOT_CLIPS_MAX = 5000  # clips drawn (faintly) on the disk: the first ones, enough to see where they sit
+
+
+def _plots(json_path: Path, model: ScoringModel, block: dict, text_pts, class_names, hier,
+           audio_pts=None, targets=None) -> dict:
+    """``audio_pts`` (N, D) and ``targets`` (N, C): the labelled clips' points and ground truth
+    (chance levels, label choice, the clips on the disk)."""
     from hyperbolic import plots  # matplotlib is imported only when plots are asked for
     written: dict = {}
+    num_clips = None if targets is None else len(targets)
     if block["per_class"]:
         written["per_class_ap"] = str(plots.plot_per_class_ap(
             block["per_class"], unique_path(json_path.with_name(f"{json_path.stem}_{model.name}_per_class_ap.png")),
-            title=f"{model.name}: per-class AP"))
+            title=f"{model.name}: per-class AP", num_clips=num_clips))
     if model.projector is not None and model.geometry == "hyperbolic":
         categories = edges = None
         if hier is not None:
             categories = [None if v is None else hier.ontology.name(hier.ontology.top_level(v)[0])
                           for v in hier.node_ids]
             edges = hier.ontology.entailment_pairs(class_names)
+        clips = None if audio_pts is None else audio_pts[:PLOT_CLIPS_MAX]
+        xy, audio_xy = plots.disk_layout(text_pts, c=model.c, others=clips) if clips is not None else (
+            plots.disk_layout(text_pts, c=model.c), None)
+        held = {n.casefold() for n in model.info.get("holdout_classes", [])}
         written["poincare_disk"] = str(plots.plot_poincare_disk(
-            plots.disk_layout(text_pts, c=model.c), unique_path(json_path.with_name(
-                f"{json_path.stem}_{model.name}_poincare.png")),
-            c=model.c, names=class_names, categories=categories, edges=edges,
-            title=f"{model.name}: class prompts (c={model.c:.3g})"))
+            xy, unique_path(json_path.with_name(f"{json_path.stem}_{model.name}_poincare.png")),
+            c=model.c, names=class_names, categories=categories, edges=edges, audio_xy=audio_xy,
+            held_out=[i for i, n in enumerate(class_names) if n.casefold() in held],
+            counts=None if targets is None else targets.sum(axis=0).tolist(),
+            title=f"{model.name}: class prompts and clips (c={model.c:.3g})"))
     else:
         written["poincare_disk"] = None
         written["poincare_disk_skipped"] = "not a hyperbolic model"
@@ -685,6 +697,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     blocks: dict[str, dict] = {}
     score_sets: dict[str, np.ndarray] = {}
     text_points: dict[str, torch.Tensor] = {}
+    audio_points: dict[str, torch.Tensor] = {}
     for model in models:
         template = model.prompt_template
         if template not in prompt_cache:
@@ -720,16 +733,25 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         }
         score_sets[model.name] = scores
         text_points[model.name] = text_pts
+        if cfg.plots:
+            audio_points[model.name] = audio_pts[torch.from_numpy(labelled)]
 
     path = unique_path(cfg.output_json or Path(cfg.result_dir) /
                        f"clap_modelscope_results_{datetime.now().strftime('%Y%m%d_%H%M%S')}.json")
     scores_file = None
     if cfg.save_scores:
         scores_file = save_scores(unique_path(cfg.save_scores), score_sets, targets, labelled, class_names, clips)
+    comparison_plot = None
     if cfg.plots:
         for model in models:
             blocks[model.name]["plots"] = _plots(path, model, blocks[model.name], text_points[model.name],
-                                                 class_names, hier)
+                                                 class_names, hier, audio_points.get(model.name),
+                                                 targets[labelled])
+        if len(models) > 1 and any(b["per_class"] for b in blocks.values()):
+            from hyperbolic import plots
+            comparison_plot = str(plots.plot_ap_comparison(
+                {name: b["per_class"] for name, b in blocks.items()},
+                unique_path(path.with_name(f"{path.stem}_per_class_ap_models.png")), num_clips=int(labelled.sum())))
 
     test_info = {"timestamp": datetime.now().isoformat(), "parquet_dir": str(cfg.parquet_dir),
                  "num_samples": cfg.num_samples, "device": str(device), "model_path": str(clap.path),
@@ -749,6 +771,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
                  "ground_truth_positives": {"annotated": annotated_positives,
                                             "added_ancestors": int(targets.sum()) - annotated_positives},
                  "scores_file": None if scores_file is None else str(scores_file),
+                 "comparison_plot": comparison_plot,
                  "cache_dir": None if cache is None else str(cache.root)}
     data_quality = {"skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list(),
                     "excluded_from_metrics": _excluded(clips, labelled)}

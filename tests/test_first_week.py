@@ -8,6 +8,7 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import test_clap_modelscope as eval_script
@@ -436,3 +437,63 @@ def test_truncated_clips_are_counted_and_logged(tmp_path, long_clips, tiny_clap_
     code, err = run_main(eval_script, _eval_argv(long_clips, tiny_clap_dir, out, "--no-cache", "--segment", "5"))
     assert code == 0, err
     assert json.loads(out.read_text())["test_info"]["clips_truncated"] == 0
+
+
+# ------------------------------------------------------------------ 13: plots
+
+def test_curve_panels_drop_what_was_not_learned():
+    from hyperbolic.plots import curve_panels
+    fixed = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 2.0, "val_mAP": 0.1 * e, "c": 1.0,
+              "temperature": 0.1} for e in (1, 2, 3)]
+    assert [t for t, _ in curve_panels(fixed)] == ["loss", "validation mAP"]
+    learned = [{**row, "temperature": 0.1 + 0.01 * row["epoch"]} for row in fixed]
+    assert [t for t, _ in curve_panels(learned)] == ["loss", "validation mAP", "temperature"]
+
+
+def test_training_curves_mark_the_best_epoch(tmp_path):
+    import numpy as np
+    from matplotlib.image import imread
+
+    from hyperbolic.plots import plot_training_curves
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 2.0 - 0.1 * e, "val_mAP": 0.1 * e, "c": 1.0,
+                "temperature": 0.1} for e in range(1, 6)]
+    images = {}
+    for best in (2, 4):
+        (tmp_path / "setup.json").write_text(json.dumps({"history": history, "summary": {"best_epoch": best}}))
+        images[best] = imread(plot_training_curves(tmp_path / "setup.json", tmp_path / f"b{best}.png"))
+    assert not np.array_equal(images[2], images[4])  # the mark moves with the best epoch
+
+
+def test_disk_labels_name_the_most_frequent_classes_when_there_are_many():
+    from hyperbolic.plots import disk_labels
+    names = [f"class {i}" for i in range(527)]
+    counts = [0] * 527
+    for i, n in zip(range(100, 150), range(50, 0, -1)):  # classes 100..149, decreasing counts
+        counts[i] = n
+    assert disk_labels(names, counts=counts) == list(range(100, 140))
+    assert disk_labels(names[:12], counts=counts[:12]) == list(range(12))  # few classes: all named
+
+
+def test_disk_layout_puts_clips_with_the_prompts_pca():
+    import torch
+
+    from hyperbolic import poincare
+    from hyperbolic.plots import disk_layout
+    g = torch.Generator().manual_seed(0)
+    text = poincare.expmap0(0.5 * torch.randn(20, 8, generator=g, dtype=torch.float64), c=1.0)
+    audio = poincare.expmap0(0.5 * torch.randn(7, 8, generator=g, dtype=torch.float64), c=1.0)
+    xy, audio_xy = disk_layout(text, c=1.0, others=audio)
+    assert np.allclose(xy, disk_layout(text, c=1.0))  # the prompts' layout does not depend on the clips
+    assert np.allclose(np.linalg.norm(audio_xy, axis=1), audio.norm(dim=1).numpy())  # dist0 kept
+
+
+def test_plots_of_a_comparison_run(tmp_path, five_epochs, tiny_clap_dir, demo_eval_dir):
+    out = tmp_path / "r.json"
+    code, err = run_main(eval_script, _eval_argv(demo_eval_dir, tiny_clap_dir, out, "--projection-checkpoint",
+                                                 five_epochs, "--plots"))
+    assert code == 0, err
+    results = json.loads(out.read_text())
+    figure = Path(results["test_info"]["comparison_plot"])
+    assert figure.is_file() and figure.name == "r_per_class_ap_models.png"
+    for block in results["models"].values():
+        assert Path(block["plots"]["per_class_ap"]).is_file()
