@@ -30,6 +30,8 @@ import os
 import sys
 from pathlib import Path
 
+from hyperbolic.cli import num_samples_arg
+
 log = logging.getLogger("hyperbolic.distributed")
 
 
@@ -45,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "~/.cache/hyperbolic_clap)")
     p.add_argument("--device", default="cpu",
                    help="cpu, or cuda (each rank takes cuda:LOCAL_RANK), or an explicit cuda:N")
-    p.add_argument("--num-samples", type=int, default=None,
-                   help="the first N rows, as --num-samples of the scripts (default: all)")
+    p.add_argument("--num-samples", type=num_samples_arg, default=None, metavar="N|all",
+                   help="the first N rows, as --num-samples of the scripts; 'all' or 0: every row (default: all)")
     p.add_argument("--labelled-only", action="store_true",
                    help="skip rows without a known label, as training does (default: embed every readable "
                         "row, which serves training and evaluation)")
@@ -72,7 +74,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     checks = [
-        (args.num_samples is not None and args.num_samples < 1, f"--num-samples must be >= 1 (got {args.num_samples})"),
         (args.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {args.embed_batch_size})"),
         (args.num_workers is not None and args.num_workers < 0, f"--num-workers must be >= 0 (got {args.num_workers})"),
         (args.hop is not None and args.segment is None, "--hop needs --segment SECONDS"),
