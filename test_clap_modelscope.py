@@ -104,18 +104,15 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     values = {k: v for k, v in vars(args).items() if k in fields}
     paths = args.projection_checkpoint or []
     values["projection_checkpoints"] = list(paths)
-    values["projection_checkpoint"] = paths[0] if len(paths) == 1 else None
     return EvalConfig(**values)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    from data.audioset import DatasetError
     from data.class_list import resolve_class_names
-    from hyperbolic.clap import ClapNotFoundError, ClapPrecisionError
-    from hyperbolic.evaluate import CheckpointError, evaluate, format_metrics_table
-    from hyperbolic.ontology import OntologyError
+    from hyperbolic.errors import UserError
+    from hyperbolic.evaluate import evaluate, format_metrics_table
     cfg = config_from_args(args)
     try:
         num_classes = None if cfg.text_column else len(resolve_class_names(
@@ -124,7 +121,7 @@ def main(argv=None) -> int:
             build_parser().error(f"--top-k must be <= the number of classes in --class-labels "
                                  f"({num_classes}) (got {args.top_k})")
         results, path = evaluate(cfg)
-    except (DatasetError, ClapNotFoundError, ClapPrecisionError, CheckpointError, OntologyError) as err:
+    except UserError as err:
         log.error("%s", err)
         return 2
     if results["test_info"].get("task") == "retrieval":

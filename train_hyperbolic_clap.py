@@ -168,10 +168,8 @@ def config_from_args(args: argparse.Namespace, argv=None) -> tuple[TrainConfig, 
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    from data.audioset import DatasetError
-    from hyperbolic.clap import ClapNotFoundError, ClapPrecisionError
-    from hyperbolic.ontology import OntologyError
-    from hyperbolic.train import TrainingError, TrainingInterrupted, train
+    from hyperbolic.errors import UserError
+    from hyperbolic.train import TrainingInterrupted, train
     try:
         if args.demo:
             from hyperbolic.demo import run_demo
@@ -192,7 +190,7 @@ def main(argv=None) -> int:
         print("interrupted before training started; the embeddings computed so far are cached, so the same "
               "command goes on from there", file=sys.stderr)
         return 130
-    except (DatasetError, ClapNotFoundError, ClapPrecisionError, OntologyError, TrainingError) as err:
+    except UserError as err:
         log.error("%s", err)
         return 2
     log.info("best epoch %s: %s", summary["best_epoch"], summary["best_checkpoint"])

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 from hyperbolic.config import PRECISIONS
+from hyperbolic.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,11 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class ClapNotFoundError(FileNotFoundError):
+class ClapNotFoundError(UserError, FileNotFoundError):
     """The CLAP checkpoint is neither a local folder nor in the ModelScope cache."""
 
 
-class ClapPrecisionError(ValueError):
+class ClapPrecisionError(UserError, ValueError):
     """``--precision`` names a precision the device cannot run the CLAP forward in."""
 
 

@@ -66,24 +66,38 @@ def num_samples_arg(text: str) -> int | None:
     return None if n == 0 else n
 
 
-def add_embedding_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cuda:0", help="torch device; falls back to cpu without CUDA")
+def add_embedding_args(p: argparse.ArgumentParser, *, per_rank: bool = False) -> None:
+    """The embedding-stage flags. ``per_rank``: as ``hyperbolic.distributed`` declares them, for
+    ranks that default to the CPU (``cuda``: each rank its own GPU), share a machine's cores
+    (``--num-workers`` unset: resolved per rank at run time) and only fill the audio and
+    class-prompt cache (no ``--no-cache``, no caption flags)."""
+    if per_rank:
+        p.add_argument("--device", default="cpu",
+                       help="cpu, or cuda (each rank takes cuda:LOCAL_RANK), or an explicit cuda:N")
+    else:
+        p.add_argument("--device", default="cuda:0", help="torch device; falls back to cpu without CUDA")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                    help="CLAP model folder, or a model id looked up in the ModelScope cache")
-    p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS), metavar="PATH|from-data",
-                   help="class list: .json (index -> name), .csv (index, mid, display_name) or one name per line; "
-                        "or from-data: the sorted distinct labels of --label-column in the rows read (ESC-50: "
-                        "--label-column category) (default: the 527 AudioSet classes, "
-                        "CLAP/class_labels/audioset_class_labels_indices.json)")
+    files = ("class list: .json (index -> name), .csv (index, mid, display_name) or one name per line")
+    p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS), metavar="PATH" if per_rank else "PATH|from-data",
+                   help=files + ("" if per_rank else "; or from-data: the sorted distinct labels of --label-column "
+                                 "in the rows read (ESC-50: --label-column category)")
+                        + " (default: the 527 AudioSet classes, CLAP/class_labels/audioset_class_labels_indices.json)")
     p.add_argument("--label-column", default="human_labels",
                    help="parquet column holding each clip's labels: class names (human_labels) or AudioSet "
                         "machine ids such as /m/09x0r (labels) (default: human_labels)")
     p.add_argument("--embed-batch-size", type=int, default=32, help="clips per CLAP forward")
-    p.add_argument("--num-workers", type=int, default=default_num_workers(),
-                   help="decoding worker processes (0: decode in the main process)")
+    if per_rank:
+        p.add_argument("--num-workers", type=int, default=None,
+                       help="decoding worker processes per rank (default: spare cores / ranks on this machine)")
+    else:
+        p.add_argument("--num-workers", type=int, default=default_num_workers(),
+                       help="decoding worker processes (0: decode in the main process)")
     p.add_argument("--cache-dir", default=None,
-                   help="embedding cache (default: $HYPERBOLIC_CLAP_CACHE, else ~/.cache/hyperbolic_clap)")
-    p.add_argument("--no-cache", action="store_true", help="compute every embedding, read and write no cache")
+                   help="embedding cache (default: $HYPERBOLIC_CLAP_CACHE, else ~/.cache/hyperbolic_clap)"
+                        + ("; the same for every rank" if per_rank else ""))
+    if not per_rank:
+        p.add_argument("--no-cache", action="store_true", help="compute every embedding, read and write no cache")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="CLAP forward: fp32, bf16 (CPU or GPU), fp16 (CUDA only); the geometry stays fp32")
     p.add_argument("--segment", type=float, default=None, metavar="SECONDS",
@@ -91,6 +105,9 @@ def add_embedding_args(p: argparse.ArgumentParser) -> None:
                         "the last one aligned to the end (default: the first 10 s)")
     p.add_argument("--hop", type=float, default=None, metavar="SECONDS",
                    help="seconds between --segment windows (default: --segment, no overlap)")
+    if per_rank:  # the ranks embed audio and class prompts; captions are embedded by the scripts
+        p.add_argument("--verbose", action="store_true", help="debug-level log")
+        return
     p.add_argument("--text-column", nargs="+", default=None, metavar="COL",
                    help="caption column(s): a caption (string) or several (list) per row. Evaluation: caption "
                         "retrieval (t2a/a2t R@k, mAP@10); training: captions are the clip's positives (default: none, "
@@ -106,7 +123,8 @@ def embedding_arg_errors(args: argparse.Namespace) -> list[str]:
     from data.audio import segmenting_from
     errors = [message for failed, message in [
         (args.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {args.embed_batch_size})"),
-        (args.num_workers < 0, f"--num-workers must be >= 0 (got {args.num_workers})"),
+        (args.num_workers is not None and args.num_workers < 0,
+         f"--num-workers must be >= 0 (got {args.num_workers})"),
         (args.precision == "fp16" and args.device == "cpu",
          "--precision fp16 needs a CUDA --device; on the CPU use --precision bf16 or fp32"),
     ] if failed]

@@ -84,7 +84,6 @@ class TrainConfig(EmbeddingConfig):
 
 @dataclass(kw_only=True)
 class EvalConfig(EmbeddingConfig):
-    projection_checkpoint: str | None = None
     num_samples: int | None = 100
     output_json: str | None = None
     top_k: int = 10
@@ -96,8 +95,8 @@ class EvalConfig(EmbeddingConfig):
     set_k: int = 5
     threshold: float | None = None
     result_dir: str = str(REPO_ROOT / "result")
-    # Several checkpoints (a comparison run with plain CLAP); projection_checkpoint holds the
-    # path when there is exactly one. See hyperbolic.evaluate.plan_models.
+    # --projection-checkpoint: none, one, or several (a comparison run with plain CLAP); which
+    # models run is hyperbolic.evaluate.plan_models.
     projection_checkpoints: list[str] = field(default_factory=list)
     bootstrap: int = 0
     bootstrap_seed: int = 0

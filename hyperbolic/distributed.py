@@ -30,65 +30,39 @@ import os
 import sys
 from pathlib import Path
 
-from hyperbolic.cli import num_samples_arg
-
 log = logging.getLogger("hyperbolic.distributed")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hyperbolic.config import DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, PRECISIONS
+    from hyperbolic.cli import add_embedding_args, num_samples_arg
+    from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE
     p = argparse.ArgumentParser(prog="python -m hyperbolic.distributed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parquet-dir", required=True, help="folder of AudioSet-style .parquet files")
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                   help="CLAP model folder, or a model id looked up in the ModelScope cache")
-    p.add_argument("--cache-dir", default=None,
-                   help="embedding cache, the same for every rank (default $HYPERBOLIC_CLAP_CACHE or "
-                        "~/.cache/hyperbolic_clap)")
-    p.add_argument("--device", default="cpu",
-                   help="cpu, or cuda (each rank takes cuda:LOCAL_RANK), or an explicit cuda:N")
     p.add_argument("--num-samples", type=num_samples_arg, default=None, metavar="N|all",
                    help="the first N rows, as --num-samples of the scripts; 'all' or 0: every row (default: all)")
     p.add_argument("--labelled-only", action="store_true",
                    help="skip rows without a known label, as training does (default: embed every readable "
                         "row, which serves training and evaluation)")
-    p.add_argument("--class-labels", default=str(DEFAULT_CLASS_LABELS))
-    p.add_argument("--label-column", default="human_labels")
     p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
                    help="the class prompts embedded by rank 0 after the merge")
-    p.add_argument("--embed-batch-size", type=int, default=32, help="clips per CLAP forward")
-    p.add_argument("--num-workers", type=int, default=None,
-                   help="decoding worker processes per rank (default: spare cores / ranks on this machine)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="of the CLAP forward")
-    p.add_argument("--segment", type=float, default=None, metavar="SECONDS",
-                   help="embed whole recordings as overlapping windows of this length (see README)")
-    p.add_argument("--hop", type=float, default=None, metavar="SECONDS", help="window hop (default: --segment)")
     p.add_argument("--timeout-hours", type=float, default=48.0,
                    help="how long the barrier waits for the slowest rank")
     p.add_argument("--summary-json", default=None, metavar="PATH", help="rank 0 also writes its summary here")
-    p.add_argument("--verbose", action="store_true")
+    add_embedding_args(p, per_rank=True)
     return p
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from hyperbolic.cli import embedding_arg_errors
     parser = build_parser()
     args = parser.parse_args(argv)
     checks = [
-        (args.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {args.embed_batch_size})"),
-        (args.num_workers is not None and args.num_workers < 0, f"--num-workers must be >= 0 (got {args.num_workers})"),
-        (args.hop is not None and args.segment is None, "--hop needs --segment SECONDS"),
         (not args.timeout_hours > 0, f"--timeout-hours must be > 0 (got {args.timeout_hours})"),
         ("{label}" not in args.prompt_template, f"--prompt-template must contain {{label}} (got {args.prompt_template!r})"),
     ]
-    for failed, message in checks:
-        if failed:
-            parser.error(message)
-    if args.segment is not None:
-        from data.audio import Segmenting
-        try:
-            Segmenting(args.segment, args.segment if args.hop is None else args.hop)
-        except ValueError as err:
-            parser.error(str(err))
+    for message in [m for failed, m in checks if failed] + embedding_arg_errors(args):
+        parser.error(message)
     return args
 
 
@@ -113,7 +87,7 @@ def run(args: argparse.Namespace) -> dict | None:
     """Embed this rank's shard; on rank 0, merge. Returns rank 0's summary (None on other ranks)."""
     import torch.distributed as dist
 
-    from data.audio import Segmenting
+    from data.audio import segmenting_from
     from data.audioset import SkipLog, list_parquet_files
     from data.labels import LabelMatcher, load_class_ids, load_class_labels
     from hyperbolic.cache import EmbeddingCache
@@ -127,7 +101,7 @@ def run(args: argparse.Namespace) -> dict | None:
         workers = args.num_workers
         if workers is None:
             workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-        segmenting = None if args.segment is None else Segmenting(args.segment, args.hop or args.segment)
+        segmenting = segmenting_from(args.segment, args.hop)
         class_names = load_class_labels(args.class_labels)
         matcher = LabelMatcher(class_names, load_class_ids(args.class_labels, class_names))
         clap = FrozenClap.load(args.checkpoint, resolve_device(rank_device(args.device, local_rank)),
@@ -170,11 +144,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from hyperbolic.outputs import setup_logging
     setup_logging(args.verbose)
-    from data.audioset import DatasetError
-    from hyperbolic.clap import ClapNotFoundError, ClapPrecisionError
+    from hyperbolic.errors import UserError
     try:
         summary = run(args)
-    except (DatasetError, ClapNotFoundError, ClapPrecisionError) as err:
+    except UserError as err:
         log.error("%s", err)
         return 2
     if summary is not None:

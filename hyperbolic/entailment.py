@@ -139,7 +139,7 @@ class Hierarchy:
         ``keep=None``: ``parent_child``. Otherwise each kept node is linked to its nearest kept
         ancestors, passing through nodes that are not kept: with "Sine wave" held out,
         "Other sourceless" -> "Chirp tone" is a pair. ``keep=range(C)`` gives the class-to-class
-        pairs (those of ``Ontology.entailment_pairs``).
+        pairs (each class to its nearest class ancestors).
         """
         if keep is None:
             return self.parent_child.clone()
@@ -245,9 +245,12 @@ def cone_consistency(points_general: Tensor, points_specific: Tensor, *, c: floa
     """
     if points_general.shape[0] == 0:
         raise ValueError("cone_consistency needs at least one pair")
-    inside = poincare.oxy_angle(points_general, points_specific, c=c) <= poincare.half_aperture(
-        points_general, c=c, K=K)
-    return float(inside.double().mean())
+    return float(_in_cone(points_general, points_specific, c=c, K=K).double().mean())
+
+
+def _in_cone(u: Tensor, v: Tensor, *, c: float | Tensor, K: float) -> Tensor:
+    """``Xi(u_i, v_i) <= psi(u_i)``: ``(N, D), (N, D) -> (N,)`` bool."""
+    return poincare.oxy_angle(u, v, c=c) <= poincare.half_aperture(u, c=c, K=K)
 
 
 @torch.no_grad()
@@ -263,20 +266,28 @@ def cone_report(prompt_pts: Tensor, parent_child: Tensor, depth: Sequence[int | 
       parent's cone (None without pairs); ``prompt_pairs``: E.
     - ``clip_label_pairs_in_cone``: fraction of (clip, label) pairs whose clip lies in the
       label prompt's cone (None without clips); ``clip_label_pairs``: their count.
+    - ``clips_in_all_label_cones``: fraction of the clips with a label that lie in the cone of
+      every one of their labels (None without clips).
     - ``norm_depth``: ``metrics.spearman_norm_depth`` of ``dist0`` of each prompt with a depth
       against that depth (rho > 0: deeper nodes farther out), or None for fewer than 2.
     - ``K``.
     """
     pairs = parent_child.to(prompt_pts.device)
     out: dict = {"K": float(K), "prompt_pairs": int(pairs.shape[0]), "prompt_pairs_in_cone": None,
-                 "clip_label_pairs": 0, "clip_label_pairs_in_cone": None, "norm_depth": None}
+                 "clip_label_pairs": 0, "clip_label_pairs_in_cone": None, "norm_depth": None,
+                 "clips_in_all_label_cones": None}
     if pairs.shape[0]:
         out["prompt_pairs_in_cone"] = cone_consistency(prompt_pts[pairs[:, 0]], prompt_pts[pairs[:, 1]], c=c, K=K)
     if clip_pts is not None and labels is not None:
         clip, label = _clip_label_pairs(labels, clip_pts.device)
         out["clip_label_pairs"] = int(clip.numel())
         if clip.numel():
-            out["clip_label_pairs_in_cone"] = cone_consistency(prompt_pts[label], clip_pts[clip], c=c, K=K)
+            inside = _in_cone(prompt_pts[label], clip_pts[clip], c=c, K=K)
+            out["clip_label_pairs_in_cone"] = float(inside.double().mean())
+            outside_per_clip = torch.zeros(len(labels), dtype=torch.long, device=clip.device).index_add_(
+                0, clip, (~inside).long())
+            has_label = torch.tensor([len(row) > 0 for row in labels], device=clip.device)
+            out["clips_in_all_label_cones"] = float((outside_per_clip[has_label] == 0).double().mean())
     known = [k for k, d in enumerate(depth) if d is not None]
     if len(known) >= 2:
         norms = poincare.dist0(prompt_pts[known], c=c).double().cpu().numpy()

@@ -20,15 +20,12 @@ metric, per-class AP, bootstrap, hierarchy block and the npz targets use the sam
 in ``test_info.ground_truth``; the set of labelled clips does not change. One ground truth per
 file keeps every number of it comparable; run twice for both.
 
-With an ontology, each hyperbolic model's ``hierarchy.cones`` measures entailment cones
-(``entailment.cone_report``) on the pairs training uses (see ``CONE_PAIRS_TEXT``), at the K of
-the checkpoint's ``config.entailment_k`` (``entailment.DEFAULT_K`` if it has none).
+With an ontology, each model gets a ``hierarchy`` block (``hyperbolic.eval_hierarchy``).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 from collections import Counter
@@ -44,21 +41,21 @@ from data.audioset import SkipLog, count_rows
 from data.errors import DatasetError
 from data.class_list import FROM_DATA, resolve_class_names
 from data.labels import LabelMatcher, load_class_ids
-from hyperbolic import poincare
+from hyperbolic import legacy
 from hyperbolic.cache import EmbeddingCache
+from hyperbolic.checkpoint import read_projection, resolve_checkpoint
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
 from hyperbolic.embeddings import PROMPT_NAME_RULE, duration_report, embed_clips, embed_prompts, prompts_for
-from hyperbolic.entailment import DEFAULT_K, Hierarchy, cone_consistency, cone_report
+from hyperbolic.entailment import DEFAULT_K
+from hyperbolic.eval_hierarchy import HIER_K, HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
 from hyperbolic.metrics import (
     bootstrap_ci,
     classification_metrics,
-    mistake_severity,
     per_class_ap,
     retrieval_metrics,
-    spearman_norm_depth,
 )
-from hyperbolic.ontology import Ontology, OntologyError
+from hyperbolic.ontology import Ontology
 from hyperbolic.outputs import atomic_write_bytes, atomic_write_json, unique_path
 from hyperbolic.projector import Projector, similarity
 
@@ -66,13 +63,7 @@ log = logging.getLogger(__name__)
 
 SCORE_CHUNK = 4096  # clips scored at a time: bounds memory at SCORE_CHUNK x C floats per step
 PLAIN_MODEL_NAME = "clap_cosine"
-HIER_K = 5  # hier_dist@k reported with --ontology
 EXCLUDED_EXAMPLES = 5
-
-# The earlier public scripts' projection: y = expmap0(linear(x), c), then y rescaled so that
-# |y| <= 0.9 in absolute units (whatever c is), with 1e-10 added to |y| before dividing.
-LEGACY_MAX_NORM = 0.9
-LEGACY_NORM_EPS = 1e-10
 
 PROJECTION_TEXT = {
     "cosine": "none: CLAP embeddings (unit vectors), cosine similarity",
@@ -93,18 +84,6 @@ BOOTSTRAP_NOTE = (
 )
 
 
-class CheckpointError(ValueError):
-    """A projection checkpoint that is missing, unreadable or does not fit the CLAP model."""
-
-
-def legacy_project(projector: Projector, x: torch.Tensor, *, c: float) -> torch.Tensor:
-    """The earlier scripts' projection: ``y = expmap0(W x + b, c)``, then
-    ``y * min(1, 0.9 / (|y| + 1e-10))``; ``(N, D) -> (N, D)``, ``|y| <= 0.9``."""
-    y = poincare.expmap0(projector.linear(x.float()), c=c)
-    scale = (LEGACY_MAX_NORM / (y.norm(dim=-1, keepdim=True) + LEGACY_NORM_EPS)).clamp(max=1.0)
-    return y * scale
-
-
 @dataclass
 class ScoringModel:
     """How to turn CLAP embeddings into class scores: cosine, or projector + geometry."""
@@ -115,7 +94,7 @@ class ScoringModel:
     geometry: str = "cosine"
     c: float | None = None
     temperature: float | None = None
-    legacy_distance: bool = False  # with it, the legacy projection too (see legacy_project)
+    legacy_distance: bool = False  # with it, the legacy projection too (hyperbolic.legacy.project)
     info: dict = field(default_factory=dict)
     entailment_k: float = DEFAULT_K  # cone aperture K for the --ontology cone numbers (hyperbolic only)
 
@@ -124,7 +103,7 @@ class ScoringModel:
         """(N, D) CLAP embeddings -> (N, D) points the scores are computed from."""
         if self.projector is None:
             return x.float()
-        parts = [legacy_project(self.projector, x[i:i + SCORE_CHUNK], c=self.c) if self.legacy_distance
+        parts = [legacy.project(self.projector, x[i:i + SCORE_CHUNK], c=self.c) if self.legacy_distance
                  else self.projector(x[i:i + SCORE_CHUNK], c=self.c) for i in range(0, len(x), SCORE_CHUNK)]
         return torch.cat(parts) if parts else x.new_empty(0, x.shape[1])
 
@@ -147,37 +126,6 @@ class ScoringModel:
         return self.score_points(self.project(audio), self.project(text))
 
 
-def _positive_float(value, what: str, path: Path) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{path}: {what} {value!r} is not a number") from None
-    if not np.isfinite(out) or out <= 0:
-        raise CheckpointError(f"{path}: {what} must be a finite number > 0 (got {out})")
-    return out
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """``--projection-checkpoint``: a .pth as given; a training run's folder -> its best checkpoint
-    (the newest ``best_projection_epoch_*.pth``: one is written each time validation improves); a
-    sweep's folder -> the winner's (``sweep.json``)."""
-    path = Path(path)
-    if not path.is_dir():
-        return path
-    sweep = path / "sweep.json"
-    if sweep.is_file():
-        try:
-            return Path(json.loads(sweep.read_text(encoding="utf-8"))["winner"]["best_checkpoint"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"--projection-checkpoint {path}: its sweep.json names no winner ({err}); "
-                                  "pass one of its c*_t*/best_projection_epoch_*.pth") from None
-    best = sorted(path.glob("best_projection_epoch_*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-    if not best:
-        raise CheckpointError(f"--projection-checkpoint {path} is a folder without best_projection_epoch_*.pth; "
-                              "pass a training run's --output-dir or a .pth checkpoint file")
-    return best[-1]
-
-
 def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: float | None = None,
                     temperature_flag: float | None = None, legacy_distance: bool = False,
                     prompt_template_flag: str | None = None, name: str | None = None) -> ScoringModel:
@@ -192,38 +140,10 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
     ``legacy_distance`` (hyperbolic checkpoints only) selects the earlier scripts' projection
     and distance, to reproduce their numbers.
     """
-    path = resolve_checkpoint(path)
-    if not path.is_file():
-        raise CheckpointError(f"--projection-checkpoint {path} does not exist; pass a .pth checkpoint file or "
-                              "a training run's --output-dir (its best checkpoint is used)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for non-checkpoint files
-        raise CheckpointError(f"--projection-checkpoint {path} is not a readable torch checkpoint ({err})") from err
-    if not isinstance(ckpt, dict) or "projection_state_dict" not in ckpt:
-        raise CheckpointError(f"--projection-checkpoint {path} has no 'projection_state_dict'; "
-                              "is it a projection checkpoint from train_hyperbolic_clap.py?")
-    state = ckpt["projection_state_dict"]
-    weight = state.get("linear.weight") if isinstance(state, dict) else None
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[0] != weight.shape[1]:
-        raise CheckpointError(f"{path}: projection_state_dict has no square 'linear.weight'")
-    dim = weight.shape[1]
-    if embed_dim is not None and dim != embed_dim:
-        raise CheckpointError(f"{path}: projector expects {dim}-d embeddings but the CLAP model gives "
-                              f"{embed_dim}-d; use the checkpoint trained on this CLAP model")
-    legacy_format = "config" not in ckpt
-    geometry = ckpt.get("geometry", "hyperbolic")
-    if geometry not in ("hyperbolic", "euclidean"):
-        raise CheckpointError(f"{path}: unknown geometry {geometry!r}")
-    projector = Projector(dim, geometry=geometry, clip_r=ckpt.get("clip_r", 0.9))
-    try:
-        projector.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: projection_state_dict does not fit a {dim}-d projector ({err})") from err
-    projector.eval()
-    c = _positive_float(ckpt.get("c", 1.0 if c_flag is None else c_flag), "c", path)
-    temperature = _positive_float(ckpt.get("temperature", 1.0 if temperature_flag is None else temperature_flag),
-                                  "temperature", path)
+    read = read_projection(path, embed_dim=embed_dim, c_default=1.0 if c_flag is None else c_flag,
+                           temperature_default=1.0 if temperature_flag is None else temperature_flag)
+    path, ckpt, projector, geometry = read.path, read.raw, read.projector, read.geometry
+    c, temperature, dim, legacy_format = read.c, read.temperature, read.embed_dim, read.legacy_format
     ignored: dict = {}
     if c_flag is not None and not np.isclose(c_flag, c):
         ignored["c"] = c_flag
@@ -240,12 +160,11 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
     if legacy_distance and geometry != "hyperbolic":
         ignored["legacy_distance"] = True
         legacy_distance = False
-    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    config = read.config
     # The cones are measured with the K the run trained with (train.py stores it in "config");
     # a run without an entailment term, or an earlier checkpoint, is measured at the default.
-    if config.get("entailment_k") is not None:
-        entailment_k = _positive_float(config["entailment_k"], "config entailment_k", path)
-        k_source = "checkpoint config entailment_k"
+    if read.entailment_k is not None:
+        entailment_k, k_source = read.entailment_k, "checkpoint config entailment_k"
     else:
         entailment_k, k_source = DEFAULT_K, "default (hyperbolic.entailment.DEFAULT_K)"
     for flag, value in ignored.items():
@@ -255,7 +174,7 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
                      "legacy_distance": f"geometry {geometry}"}[flag])
     info = {"projection_checkpoint": str(path), "epoch": ckpt.get("epoch"), "geometry": geometry,
             "c": c, "temperature": temperature, "clip_r": projector.clip_r, "embed_dim": dim,
-            "checkpoint_format": "legacy (no config)" if legacy_format else ckpt.get("format_version"),
+            "checkpoint_format": read.format,
             "prompt_template_source": template_source, "legacy_distance": legacy_distance,
             "projection": PROJECTION_TEXT["legacy" if legacy_distance else geometry],
             "distance": (DISTANCE_TEXT["legacy" if legacy_distance else "geodesic"]
@@ -276,10 +195,8 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
 # ------------------------------------------------------------------------------ planning
 
 def checkpoint_paths(cfg: EvalConfig) -> list[str]:
-    """``cfg.projection_checkpoints``, else ``[cfg.projection_checkpoint]`` when set."""
-    if cfg.projection_checkpoints:
-        return list(cfg.projection_checkpoints)
-    return [cfg.projection_checkpoint] if cfg.projection_checkpoint else []
+    """The checkpoints of ``--projection-checkpoint``, in the order given."""
+    return list(cfg.projection_checkpoints)
 
 
 def plan_models(cfg: EvalConfig) -> tuple[str, bool]:
@@ -395,164 +312,6 @@ def _bootstrap(scores, targets, metrics, cfg: EvalConfig) -> dict:
     return ci
 
 
-def _spearman(norms: np.ndarray, depths: np.ndarray, what: str) -> dict:
-    if len(norms) < 2:
-        return {"rho": None, "p_value": None, "n": int(len(norms)), "norm": what,
-                "skipped": "fewer than 2 classes"}
-    return {**spearman_norm_depth(norms, depths), "norm": what}
-
-
-@dataclass
-class HierarchyContext:
-    """What every model's hierarchy block shares: the ontology matched to the class list.
-
-    ``hierarchy`` is the one training builds (``entailment.Hierarchy``): prompt nodes are the
-    classes, then every ontology node above a matched class that is not a class (abstract
-    parents), and its direct parent -> child edges among them are the cone pairs.
-    """
-
-    ontology: Ontology
-    node_ids: list[str | None]
-    unmatched: list[str]
-    depths: list[int | None]
-    parents: dict[int, set[int]]
-    hierarchy: Hierarchy
-
-    @classmethod
-    def build(cls, ontology: Ontology, class_names: list[str], *,
-              expand_ancestors: bool = False) -> "HierarchyContext":
-        ids, unmatched = ontology.match(class_names)
-        if unmatched:
-            log.warning("%d of %d classes match no ontology node (first: %s)", len(unmatched),
-                        len(class_names), "; ".join(unmatched[:5]))
-        try:
-            hierarchy = Hierarchy.build(ontology, class_names, expand_ancestors=expand_ancestors)
-        except ValueError as err:  # two class names on one node: cones and ancestors are ambiguous
-            raise OntologyError(f"--ontology {ontology.source}: {err}; give each class a distinct name") from err
-        return cls(ontology, ids, unmatched, ontology.class_depths(class_names),
-                   ontology.class_parents(class_names), hierarchy)
-
-    def summary(self, path: str) -> dict:
-        h = self.hierarchy
-        return {"path": path, "nodes": len(self.ontology), "classes_matched": len(self.node_ids) - len(self.unmatched),
-                "unmatched": self.unmatched,
-                "depth": "fewest edges from a top-level category (depth 0) down to the class's node",
-                "distance": "LCA height (metrics.class_distance_matrix) over the classes and their "
-                            "ontology ancestors; unmatched classes meet the rest only at a virtual root",
-                "extra_prompts": list(h.extra_names), "cone_prompt_pairs": int(h.parent_child.shape[0]),
-                "cone_class_pairs": int(h.edges(range(h.num_classes)).shape[0]),
-                "cone_pairs": CONE_PAIRS_TEXT}
-
-
-CONE_PAIRS_TEXT = (
-    "prompt pairs: every direct ontology edge parent -> child among the prompt nodes (the classes and every "
-    "ontology node above a matched class; abstract parents get a prompt with the model's template), the "
-    "pairs training uses; class pairs: each class to its nearest class ancestors (abstract nodes passed "
-    "through); clip pairs: each labelled clip with each label of the run's ground truth (with "
-    "--expand-ancestors also every ontology ancestor, abstract ones included, as training does)")
-CONE_SKIPPED = ("entailment cones live on the Poincare ball (the aperture depends on the distance from the "
-                "origin); cosine and euclidean models have none")
-
-
-def expand_to_ancestors(targets: np.ndarray, hierarchy: Hierarchy) -> np.ndarray:
-    """Ground truth closed under ancestry: ``(N, C)`` bool -> ``(N, C)`` bool, each clip also
-    positive for every class above one of its labels in the ontology (classes only: abstract
-    nodes have no score column). Rows without a label stay empty."""
-    out = targets.copy()
-    num_classes = targets.shape[1]
-    for k, above in enumerate(hierarchy.ancestors):
-        classes = [a for a in above if a < num_classes]  # ancestors is already transitive
-        rows = np.flatnonzero(targets[:, k])
-        if classes and len(rows):
-            out[np.ix_(rows, classes)] = True
-    return out
-
-
-@torch.no_grad()
-def _cones(model: ScoringModel, prompt_pts, audio_pts, clip_labels: list[list[int]],
-           hier: HierarchyContext) -> dict:
-    """Entailment-cone consistency of one model; see ``CONE_PAIRS_TEXT`` for the pairs.
-
-    ``prompt_pts`` (P, D): the projected prompts of ``hier.hierarchy.prompt_names``;
-    ``audio_pts`` (N, D) the labelled clips' points; ``clip_labels`` their prompt indices.
-    ``entailment.cone_report`` plus ``class_pairs_in_cone`` and ``clips_in_all_label_cones``
-    (fraction of clips lying in the cone of every one of their labels). K is the checkpoint's.
-    """
-    h = hier.hierarchy
-    class_pairs = h.edges(range(h.num_classes))
-    counts = {"prompt_pairs": int(h.parent_child.shape[0]), "class_pairs": int(class_pairs.shape[0]),
-              "clip_label_pairs": sum(len(row) for row in clip_labels), "clips": len(clip_labels)}
-    if model.projector is None or model.geometry != "hyperbolic":
-        return {"K": None, **counts, "prompt_pairs_in_cone": None, "class_pairs_in_cone": None,
-                "clip_label_pairs_in_cone": None, "clips_in_all_label_cones": None, "norm_depth": None,
-                "skipped": CONE_SKIPPED}
-    c, K = model.c, model.entailment_k
-    out = cone_report(prompt_pts, h.parent_child, h.depth, c=c, K=K, clip_pts=audio_pts, labels=clip_labels)
-    out.update(counts, K_source=model.info.get("entailment_k_source", "default (hyperbolic.entailment.DEFAULT_K)"))
-    out["class_pairs_in_cone"] = (cone_consistency(prompt_pts[class_pairs[:, 0]], prompt_pts[class_pairs[:, 1]],
-                                                   c=c, K=K) if len(class_pairs) else None)
-    clip = torch.tensor([i for i, row in enumerate(clip_labels) for _ in row], dtype=torch.long)
-    label = torch.tensor([k for row in clip_labels for k in row], dtype=torch.long)
-    out["clips_in_all_label_cones"] = None
-    if len(clip):
-        u, v = prompt_pts[label], audio_pts[clip]
-        inside = poincare.oxy_angle(u, v, c=c) <= poincare.half_aperture(u, c=c, K=K)  # cone_consistency's rule
-        outside_per_clip = torch.zeros(len(clip_labels), dtype=torch.long).index_add_(0, clip, (~inside).long())
-        has_label = torch.tensor([len(row) > 0 for row in clip_labels])
-        out["clips_in_all_label_cones"] = float((outside_per_clip[has_label] == 0).double().mean())
-    out["norm_depth_over"] = "dist0 of every prompt node (classes and abstract parents) against its ontology depth"
-    return out
-
-
-@torch.no_grad()
-def _hierarchy(model: ScoringModel, audio_pts, text_pts, scores, targets, hier: HierarchyContext,
-               class_names: list[str], cones: dict) -> dict:
-    """Norm-vs-depth rank correlations, mistake severity and (``cones``, from ``_cones``)
-    entailment-cone consistency of one model. ``targets`` is the run's ground truth.
-
-    Hyperbolic: a prompt's norm is ``dist0`` of its projected point; a class's audio norm is
-    ``dist0(expmap0(m))`` with m the mean of ``logmap0`` of its labelled clips' points (the
-    mean taken in the tangent space at the origin; in this convention that equals 2|m|, the
-    same unit as the prompt norm). Cosine and euclidean models put every embedding on the unit
-    sphere, so the prompt norm is constant and skipped; their audio norm is the Euclidean
-    norm of the mean unit vector, a measure of how spread the class's clips are, not a depth.
-    """
-    hyperbolic = model.projector is not None and model.geometry == "hyperbolic"
-    depth = np.array([np.nan if d is None else d for d in hier.depths])
-    y = torch.from_numpy(targets).float()  # (N, C), labelled clips only
-    clips_per_class = y.sum(0)
-    if hyperbolic:
-        prompt_norm = poincare.dist0(text_pts, c=model.c).numpy()
-        tangent = poincare.logmap0(audio_pts, c=model.c)
-        mean = (y.T @ tangent) / clips_per_class.clamp_min(1)[:, None]
-        audio_norm = poincare.dist0(poincare.expmap0(mean, c=model.c), c=model.c).numpy()
-        prompt_what = "dist0 of the projected prompt (hyperbolic distance from the origin)"
-        audio_what = ("dist0(expmap0(mean of logmap0 of the class's clip points)) = 2 |tangent mean|, "
-                      "over the labelled clips of the class")
-    else:
-        prompt_norm = None
-        mean = (y.T @ audio_pts) / clips_per_class.clamp_min(1)[:, None]
-        audio_norm = mean.norm(dim=-1).numpy()
-        audio_what = ("Euclidean norm of the mean unit embedding of the class's labelled clips "
-                      "(spread of the clips, not a depth: this model has no hyperbolic norm)")
-    matched = ~np.isnan(depth)
-    has_audio = matched & (clips_per_class.numpy() > 0)
-    out = {
-        "prompt_norm_vs_depth": (_spearman(prompt_norm[matched], depth[matched], prompt_what) if hyperbolic else
-                                 {"rho": None, "p_value": None, "n": 0,
-                                  "skipped": "cosine/euclidean prompts are unit vectors; their norm is constant"}),
-        "audio_mean_norm_vs_depth": _spearman(audio_norm[has_audio], depth[has_audio], audio_what),
-        **mistake_severity(scores, targets, hier.parents, k=HIER_K),
-        "cones": cones,
-        "classes": [{"index": i, "name": class_names[i], "node_id": hier.node_ids[i], "depth": hier.depths[i],
-                     "prompt_norm": None if prompt_norm is None else float(prompt_norm[i]),
-                     "audio_mean_norm": float(audio_norm[i]) if clips_per_class[i] > 0 else None,
-                     "audio_clips": int(clips_per_class[i])}
-                    for i in range(len(class_names))],
-    }
-    return out
-
-
 def _model_info(model: ScoringModel, model_path: str) -> dict:
     hyperbolic = model.projector is not None and model.geometry == "hyperbolic"
     info = {"name": model.name,
@@ -603,7 +362,7 @@ def _plots(json_path: Path, model: ScoringModel, block: dict, text_pts, class_na
         if hier is not None:
             categories = [None if v is None else hier.ontology.name(hier.ontology.top_level(v)[0])
                           for v in hier.node_ids]
-            edges = hier.ontology.entailment_pairs(class_names)
+            edges = [tuple(p) for p in hier.hierarchy.edges(range(len(class_names))).tolist()]
         clips = None if audio_pts is None else audio_pts[:PLOT_CLIPS_MAX]
         xy, audio_xy = plots.disk_layout(text_pts, c=model.c, others=clips) if clips is not None else (
             plots.disk_layout(text_pts, c=model.c), None)
@@ -716,8 +475,8 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
                                          if extra_names else prompt_cache[template][:0])
             labelled_pts = audio_pts[torch.from_numpy(labelled)]
             prompt_pts = torch.cat([text_pts, model.project(extra_cache[template])])
-            hierarchy = _hierarchy(model, labelled_pts, text_pts, s, t, hier, class_names,
-                                   _cones(model, prompt_pts, labelled_pts, clip_labels, hier))
+            hierarchy = hierarchy_block(model, labelled_pts, text_pts, s, t, hier, class_names,
+                                        cone_block(model, prompt_pts, labelled_pts, clip_labels, hier))
         blocks[model.name] = {
             "model_info": _model_info(model, str(clap.path)),
             "similarity_stats": {"min": float(scores.min()), "max": float(scores.max()),

@@ -17,7 +17,7 @@ and the source checkpoint.
 
 The exporter is PyTorch's TorchScript one (``dynamo=False``: the dynamo exporter needs
 onnxscript). It has no symbolic for ``aten::asinh`` (the distance is computed through asinh, see
-``poincare.dist``), so one is registered that maps it to ONNX's ``Asinh`` (opset >= 9), the same
+``poincare.pairwise_dist``), so one is registered that maps it to ONNX's ``Asinh`` (opset >= 9), the same
 function. Every export is checked with onnxruntime (when installed) against the PyTorch head.
 """
 
@@ -34,6 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from hyperbolic.checkpoint import read_projection
+from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE
+from hyperbolic.errors import UserError
 from hyperbolic.projector import Projector, similarity
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,10 @@ MIN_OPSET = 9  # ONNX Asinh
 # onnxruntime and PyTorch order float32 reductions differently, so scores agree to a few ulps of
 # their size: the check is |onnx - torch| <= VERIFY_TOL * (1 + |torch|).
 VERIFY_TOL = 1e-5
+
+
+class ExportError(UserError, ValueError):
+    """The export cannot be made as asked (opset), or its check against PyTorch failed."""
 
 
 class SimilarityHead(nn.Module):
@@ -70,14 +77,13 @@ def register_symbolics(opset: int) -> None:
 def head_from_checkpoint(checkpoint: str | Path) -> tuple[SimilarityHead, dict]:
     """The head of a projection checkpoint (train_hyperbolic_clap.py's or the earlier scripts')
     and the metadata stored with the export."""
-    from hyperbolic.evaluate import load_projection
-    model = load_projection(checkpoint)
+    model = read_projection(checkpoint)
     head = SimilarityHead(model.projector, geometry=model.geometry, c=model.c,
                           temperature=model.temperature).eval()
-    info = model.info
+    template = model.raw["prompt_template"] if "prompt_template" in model.raw else DEFAULT_PROMPT_TEMPLATE
     meta = {"geometry": model.geometry, "c": model.c, "temperature": model.temperature,
-            "clip_r": info["clip_r"], "embed_dim": info["embed_dim"], "prompt_template": model.prompt_template,
-            "epoch": info.get("epoch"), "source_checkpoint": str(Path(checkpoint).resolve()),
+            "clip_r": model.projector.clip_r, "embed_dim": model.embed_dim, "prompt_template": template,
+            "epoch": model.raw.get("epoch"), "source_checkpoint": str(Path(checkpoint).resolve()),
             "inputs": "audio_emb (N, D), text_emb (M, D): L2-normalised float32 CLAP embeddings",
             "output": "scores (N, M) = -d_c(proj(a), proj(t)) / tau" if model.geometry == "hyperbolic"
                       else "scores (N, M) = cos(proj(a), proj(t)) / tau"}
@@ -116,7 +122,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = DEFAULT
 
     from hyperbolic.outputs import atomic_write_bytes
     if opset < MIN_OPSET:
-        raise ValueError(f"opset must be >= {MIN_OPSET} (ONNX Asinh); got {opset}")
+        raise ExportError(f"opset must be >= {MIN_OPSET} (ONNX Asinh); got {opset}")
     head, meta = head_from_checkpoint(checkpoint)
     register_symbolics(opset)
     a, t = _sample_inputs(meta["embed_dim"], 3, 2, seed=0)
@@ -137,7 +143,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = DEFAULT
     path = atomic_write_bytes(out, model.SerializeToString())
     diff = verify(path, head) if check else None
     if diff is not None and diff > VERIFY_TOL:
-        raise ValueError(f"{path}: onnxruntime scores differ from PyTorch's by {diff:.3g} x (1 + |score|) "
+        raise ExportError(f"{path}: onnxruntime scores differ from PyTorch's by {diff:.3g} x (1 + |score|) "
                          f"(> {VERIFY_TOL:g})")
     log.info("exported %s -> %s (opset %d; onnxruntime vs torch: max |diff| / (1 + |score|) %s)", checkpoint,
              path, opset, "not checked" if diff is None else f"{diff:.2g}")
@@ -161,12 +167,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from hyperbolic.evaluate import CheckpointError
     from hyperbolic.outputs import setup_logging
     setup_logging()
     try:
         info = export_onnx(args.checkpoint, args.out, opset=args.opset, check=not args.no_check)
-    except (CheckpointError, ValueError) as err:
+    except UserError as err:
         log.error("%s", err)
         return 2
     error = "not checked" if info["max_error"] is None else f"{info['max_error']:.2g}"

@@ -13,8 +13,8 @@ Terms, used the same way everywhere here:
 - class names match node names by ``data.labels.label_key`` (case-folded, whitespace
   collapsed, spacing around commas ignored), the rule that matches parquet labels to classes.
 
-Class-level views (``class_parents``, ``class_ancestors``, ``entailment_pairs``) index classes
-by their position in a class-name list, as every score matrix does.
+The ontology matched to a class list, over class and prompt indices (parents, ancestors,
+depth, the cone pairs), is ``hyperbolic.entailment.Hierarchy``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from functools import cached_property
 from pathlib import Path
 
 from data.labels import label_key
+from hyperbolic.errors import UserError
 
 __all__ = ["Ontology", "OntologyError", "OntologyNode"]
 
@@ -47,7 +48,7 @@ def nearest_kept_ancestors(parents, node, keep) -> set:
     return found
 
 
-class OntologyError(ValueError):
+class OntologyError(UserError, ValueError):
     """An ontology file that is missing, not ontology JSON, or not a DAG; the message names it."""
 
 
@@ -172,44 +173,3 @@ class Ontology:
         """``(node id or None per class, names of the unmatched classes in class order)``."""
         ids = [self.node_id(n) for n in class_names]
         return ids, [n for n, v in zip(class_names, ids) if v is None]
-
-    def class_parents(self, class_names: Sequence[str]) -> dict[int, set[int]]:
-        """The hierarchy over integer nodes, as ``metrics.mistake_severity`` takes it.
-
-        Classes are nodes ``0..C-1`` (their index in ``class_names``); every ontology node
-        above a matched class that is not itself a class gets an integer from ``C`` up, in file
-        order. ``out[v]`` holds v's parents, for every class and every such node that has any.
-        An unmatched class has no entry: it is a root of its own. Nodes that are neither
-        classes nor above one are left out, so heights (``metrics.class_distance_matrix``) are
-        measured in the part of the ontology the classes span.
-        """
-        ids, _ = self.match(class_names)
-        index = {v: i for i, v in enumerate(ids) if v is not None}
-        above: set[str] = set()
-        for v in index:
-            above |= self.ancestors(v)
-        extra = (v for v in self.nodes if v in above and v not in index)  # file order: reproducible
-        for i, v in enumerate(extra, start=len(class_names)):
-            index[v] = i
-        return {index[v]: {index[p] for p in self.parents[v]} for v in index if self.parents[v]}
-
-    def class_ancestors(self, class_names: Sequence[str]) -> list[set[int]]:
-        """For each class, the indices of the classes above it (for ancestor label expansion)."""
-        ids, _ = self.match(class_names)
-        index = {v: i for i, v in enumerate(ids) if v is not None}
-        return [set() if v is None else {index[a] for a in self.ancestors(v) if a in index} for v in ids]
-
-    def entailment_pairs(self, class_names: Sequence[str]) -> list[tuple[int, int]]:
-        """``(parent class, child class)`` index pairs, sorted, linking each class to its
-        nearest class ancestors: a parent that is not a class (e.g. an abstract category) is
-        passed through, so "Chirp tone" -> "Sine wave" is an edge and so is "Cat" -> "Animal"
-        when "Domestic animals, pets" is not a class."""
-        ids, _ = self.match(class_names)
-        index = {v: i for i, v in enumerate(ids) if v is not None}
-        return sorted((index[p], child) for v, child in index.items()
-                      for p in nearest_kept_ancestors(self.parents, v, index))
-
-    def class_depths(self, class_names: Sequence[str]) -> list[int | None]:
-        """``depth`` of each class's node; None for an unmatched class."""
-        ids, _ = self.match(class_names)
-        return [None if v is None else self.depth(v) for v in ids]

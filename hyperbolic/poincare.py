@@ -56,14 +56,6 @@ MIN_NORM = 1e-15
 # a largest aperture of asin(1 - 1e-3) = pi/2 - 0.045 rad instead of pi/2.
 CONE_ARG_MARGIN = 1e-3
 
-# Clamps of the earlier public implementation reproduced by legacy_pairwise_dist.
-# They are applied in the input's dtype, as the old code did (in float32,
-# 1 - 1e-10 and 1 + 1e-10 both round to 1).
-_LEGACY_EPS = 1e-10
-
-# legacy_pairwise_dist builds (rows, M, D) differences at most this many elements.
-_LEGACY_CHUNK_ELEMENTS = 1 << 22
-
 
 def _check_dtype(x: Tensor) -> None:
     if x.dtype not in BALL_EPS:
@@ -153,7 +145,7 @@ def expmap0(u: Tensor, *, c: float | Tensor) -> Tensor:
     ``expmap0(u) = tanh(sqrt(c)|u|) u / (sqrt(c)|u|)``; ``(..., D) -> (..., D)``.
     Range: ``|expmap0(u)| <= (1 - BALL_EPS)/sqrt(c)``. tanh rounds to exactly 1 for
     ``sqrt(c)|u|`` above ~9 (float32) or ~19 (float64), which would put the point
-    on the boundary, where logmap0 and dist are infinite; the result is therefore
+    on the boundary, where logmap0 and the distance are infinite; the result is therefore
     projected into the usable ball (see ``BALL_EPS``). Value and gradient are
     finite for every finite ``u``; at ``u = 0`` the value is 0 and the Jacobian is
     the identity.
@@ -174,65 +166,26 @@ def logmap0(y: Tensor, *, c: float | Tensor) -> Tensor:
     return y * _artanhc(c.sqrt() * _norm(y))
 
 
-def mobius_add(x: Tensor, y: Tensor, *, c: float | Tensor) -> Tensor:
-    """Mobius addition ``x (+)_c y``.
-
-    ``((1 + 2c<x,y> + c|y|^2) x + (1 - c|x|^2) y) / (1 + 2c<x,y> + c^2|x|^2|y|^2)``;
-    ``(..., D), (..., D) -> (..., D)`` with broadcasting. Maps the ball to itself;
-    the result is not projected.
-
-    Evaluated through the equal form
-    ``(a_x (x + y) + c|x + y|^2 x) / (a_x a_y + c|x + y|^2)`` with
-    ``a = 1 - c|.|^2 = (1 - s)(1 + s)``: inside the ball every term is >= 0, so
-    nothing cancels for nearly antipodal points near the boundary, where the
-    textbook coefficients ``1 + 2c<x,y> + ...`` cancel to rounding noise. The
-    denominator is 0 only for antipodal points exactly on the
-    boundary, where the numerator is 0 too; it is clamped to the smallest normal
-    number there.
-    """
-    c = _curvature(c, x)
-    sqrt_c = c.sqrt()
-    sx, sy = sqrt_c * _norm(x), sqrt_c * _norm(y)
-    ax, ay = (1 - sx) * (1 + sx), (1 - sy) * (1 + sy)
-    x_plus_y = x + y
-    q = c * x_plus_y.square().sum(-1, keepdim=True)
-    num = ax * x_plus_y + q * x
-    return num / (ax * ay + q).clamp_min(torch.finfo(x.dtype).tiny)
-
-
-def dist(x: Tensor, y: Tensor, *, c: float | Tensor) -> Tensor:
-    """Geodesic distance, row-wise with broadcasting: ``(..., D), (..., D) -> (...)``.
-
-    ``d_c(x, y) = (1/sqrt(c)) arcosh(1 + 2c|x-y|^2 / ((1 - c|x|^2)(1 - c|y|^2)))``,
-    evaluated as the equal
-    ``(2/sqrt(c)) asinh(sqrt(c)|x-y| / sqrt((1 - c|x|^2)(1 - c|y|^2)))``, which keeps
-    its relative accuracy for nearby points (arcosh(1 + 2q) with q below the dtype's
-    epsilon rounds to 0). ``1 - c|x|^2`` is formed as ``(1 - s)(1 + s)`` with
-    ``s = sqrt(c)|x|`` clamped to ``1 - BALL_EPS`` (so it is >= ~2 BALL_EPS, never 0).
-    Range about ``[0, 2 ln(2/BALL_EPS)/sqrt(c)]``; ``dist(x, x) == 0`` exactly, with a
-    finite (zero) gradient there.
-    """
-    c = _curvature(c, x)
-    sqrt_c = c.sqrt()
-    ax = _one_minus_s2(sqrt_c * _norm(x, keepdim=False))
-    ay = _one_minus_s2(sqrt_c * _norm(y, keepdim=False))
-    z = sqrt_c * _norm(x - y, keepdim=False) / torch.sqrt(ax * ay)
-    return 2 / sqrt_c * torch.asinh(z)
-
-
 def pairwise_dist(x: Tensor, y: Tensor, *, c: float | Tensor) -> Tensor:
     """All-pairs geodesic distance: ``(..., N, D), (..., M, D) -> (..., N, M)``.
 
-    Same formula as ``dist``, without building an ``(N, M, D)`` tensor:
+    ``d_c(x, y) = (1/sqrt(c)) arcosh(1 + 2c|x-y|^2 / ((1 - c|x|^2)(1 - c|y|^2)))``,
+    evaluated as the equal
+    ``(2/sqrt(c)) asinh(sqrt(c)|x-y| / sqrt((1 - c|x|^2)(1 - c|y|^2)))``, which has none of
+    arcosh(1 + 2q)'s cancellation (q below the dtype's epsilon rounds to 0 there); for nearby
+    pairs the accuracy is then that of ``|x-y|`` (Precision, below).
+    ``1 - c|x|^2`` is formed as ``(1 - s)(1 + s)`` with ``s = sqrt(c)|x|`` clamped to
+    ``1 - BALL_EPS`` (so it is >= ~2 BALL_EPS, never 0). Range about
+    ``[0, 2 ln(2/BALL_EPS)/sqrt(c)]``. No ``(N, M, D)`` tensor is built:
     ``|x-y|^2 = max(0, |x|^2 + |y|^2 - 2 x.y^T)`` by one matmul.
 
     Precision: that difference has an absolute error of a few ulps of
     ``|x|^2 + |y|^2 <= 2/c`` (~1e-6/c in float32, ~3e-15/c in float64 for D up to
     ~512), so ``|x-y|`` is resolved only down to ~1e-3/sqrt(c) (float32) or
-    ~5e-8/sqrt(c) (float64). Pairs farther apart than that agree with ``dist``;
-    closer pairs, identical ones included, can come out at a distance of up to
-    ~2e-3/(sqrt(c)(1 - c|x|^2)) in float32 (~2e-7/(...) in float64) instead of ~0:
-    use ``dist`` for them, or pass float64. On GPU, a float32 matmul in TF32 mode
+    ~5e-8/sqrt(c) (float64). Pairs farther apart than that get the closed form's relative
+    accuracy; closer pairs, identical ones included, can come out at a distance of up to
+    ~2e-3/(sqrt(c)(1 - c|x|^2)) in float32 (~2e-7/(...) in float64) instead of ~0: pass
+    float64 for them. On GPU, a float32 matmul in TF32 mode
     (``torch.set_float32_matmul_precision("high")``) has ~1e-3 relative error in
     ``x.y^T`` and loses far more.
     """
@@ -256,32 +209,6 @@ def dist0(x: Tensor, *, c: float | Tensor) -> Tensor:
     c = _curvature(c, x)
     r = _norm(x, keepdim=False)
     return 2 * r * _artanhc(c.sqrt() * r)
-
-
-def legacy_pairwise_dist(x: Tensor, y: Tensor, *, c: float | Tensor) -> Tensor:
-    """The distance of an earlier public implementation, kept only to reproduce the
-    numbers of old checkpoints. It is WRONG geometry for ``c != 1``: ``c`` is
-    missing inside the fraction, so it equals ``pairwise_dist(x, y, c=1)/sqrt(c)``
-    (up to the clamps), not the distance in the ball of curvature ``-c``.
-
-    ``d = (1/sqrt(c)) arcosh(max(1 + 1e-10, 1 + 2|x-y|^2 / max(1e-10, (1 - X)(1 - Y))))``
-    with ``X = min(|x|^2, 1 - 1e-10)``, ``Y = min(|y|^2, 1 - 1e-10)``, the clamps of
-    the old code, applied in the input's dtype. ``(N, D), (M, D) -> (N, M)``;
-    ``|x-y|^2`` is summed from explicit differences, built a chunk of rows at a time.
-    """
-    c = _curvature(c, x)
-    if x.dim() != 2 or y.dim() != 2:
-        raise ValueError(
-            f"legacy_pairwise_dist takes (N, D) and (M, D) (got {tuple(x.shape)} and {tuple(y.shape)})"
-        )
-    x2 = x.square().sum(-1).clamp_max(1 - _LEGACY_EPS)
-    y2 = y.square().sum(-1).clamp_max(1 - _LEGACY_EPS)
-    den = ((1 - x2).unsqueeze(1) * (1 - y2).unsqueeze(0)).clamp_min(_LEGACY_EPS)
-    rows = max(1, _LEGACY_CHUNK_ELEMENTS // max(1, y.shape[0] * y.shape[1]))
-    chunks = [(x[i : i + rows].unsqueeze(1) - y).square().sum(-1) for i in range(0, x.shape[0], rows)]
-    sq = torch.cat(chunks) if chunks else x.new_zeros(0, y.shape[0])
-    arg = (1 + 2 * sq / den).clamp_min(1 + _LEGACY_EPS)
-    return torch.acosh(arg) / c.sqrt()
 
 
 def _cone_root(K: float, t: float) -> float:

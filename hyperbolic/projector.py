@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperbolic import poincare
+from hyperbolic import legacy, poincare
 
 GEOMETRIES = ("hyperbolic", "euclidean")
 
@@ -105,5 +105,5 @@ def similarity(a: torch.Tensor, t: torch.Tensor, *, geometry: str, c: torch.Tens
     if geometry == "euclidean":
         return (a @ t.T) / temperature
     if legacy_distance:
-        return -poincare.legacy_pairwise_dist(a, t, c=c) / temperature
+        return -legacy.pairwise_dist(a, t, c=c) / temperature
     return -poincare.pairwise_dist(a, t, c=c) / temperature

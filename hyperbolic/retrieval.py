@@ -1,8 +1,9 @@
 """Caption retrieval (``--text-column``): every clip against every caption, per model.
 
 Scores are an ``(N clips, M captions)`` matrix, higher = closer; ``caption_clip[j]`` is the clip
-caption j was written for. Rankings are stable (ties go to the lower index), as in
-``hyperbolic.metrics``.
+caption j was written for. Ties: R@k is the expected value over a uniformly random order inside
+every tie (so item order never matters); AP@10 ranks ties by the lower index (stable), as
+``hyperbolic.metrics`` does.
 
 Text to audio (each caption is a query ranking the N clips; its one relevant clip is its own):
 
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import hypergeom
 
 from data.audio import segmenting_from
 from data.audioset import SkipLog
@@ -47,7 +49,6 @@ from hyperbolic.captions import embed_texts, pair_captions
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import EvalConfig
 from hyperbolic.embeddings import embed_clips
-from hyperbolic.metrics import _first_hit_rank, _topk_order
 from hyperbolic.outputs import atomic_write_bytes, atomic_write_json, unique_path
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ DEFINITIONS = {
            "(https://dcase.community/challenge2022/task-language-based-audio-retrieval)",
     "a2t": "each clip ranks all captions; its relevant items are all of its captions. R@k: fraction of clips "
            "with one of their captions in the top k; mAP@10: mean of (1/min(10, n)) sum_{r<=10} P@r rel_r",
-    "ties": "stable ranking: ties go to the lower clip (caption) index",
+    "ties": "R@k: expected value over a uniformly random order inside every tie; mAP@10: ties go to the "
+            "lower clip (caption) index",
 }
 
 
@@ -84,22 +86,49 @@ def _check(scores, caption_clip) -> tuple[np.ndarray, np.ndarray]:
     return s, owner
 
 
+def _stable_top(s: np.ndarray, k: int, rows: int = 1024) -> np.ndarray:
+    """``(N, min(k, M))`` column indices of each row's top k, best first, ties to the lower index
+    (``np.argsort(-s, kind="stable")[:, :k]``, a block of rows at a time to bound memory)."""
+    k = min(k, s.shape[1])
+    return np.concatenate([np.argsort(-s[a:a + rows], axis=1, kind="stable")[:, :k]
+                           for a in range(0, s.shape[0], rows)])
+
+
+def _expected_hits(above: np.ndarray, group: np.ndarray, relevant_in_group: np.ndarray, k: int) -> np.ndarray:
+    """P(a relevant item in the top k) when ties are ordered uniformly at random: ``above``
+    items score higher than the best relevant one, ``group`` items tie with it, of which
+    ``relevant_in_group`` are relevant; the group fills ``k - above`` places (hypergeometric)."""
+    places = np.clip(k - above, 0, group)
+    hit = 1.0 - hypergeom.pmf(0, group, relevant_in_group, places)
+    return np.where(places > 0, hit, 0.0)
+
+
 def per_query(scores, caption_clip) -> dict[str, np.ndarray]:
     """Per-query values whose means are the metrics: ``t2a_*`` (M,), one per caption, and
-    ``a2t_*`` (N,), one per clip (hits as 0/1 floats, AP@10 values)."""
+    ``a2t_*`` (N,), one per clip (expected hits in [0, 1], AP@10 values)."""
     s, owner = _check(scores, caption_clip)
     n, m = s.shape
-    relevant = np.zeros((n, m), dtype=bool)
-    relevant[owner, np.arange(m)] = True
+    cols = np.arange(m)
     out: dict[str, np.ndarray] = {}
-    rank = _first_hit_rank(np.ascontiguousarray(s.T), np.ascontiguousarray(relevant.T))  # (M,) 0-based
+    # text -> audio: the caption's own clip against the others, per column
+    own = s[owner, cols]
+    above = np.count_nonzero(s > own, axis=0)
+    tied = s == own
     for k in KS:
-        out[f"t2a_R@{k}"] = (rank < k).astype(np.float64)
-    out[f"t2a_mAP@{MAP_K}"] = np.where(rank < MAP_K, 1.0 / (rank + 1), 0.0)
-    first = _first_hit_rank(s, relevant)  # (N,)
+        out[f"t2a_R@{k}"] = _expected_hits(above, np.count_nonzero(tied, axis=0), np.ones(m, dtype=np.int64), k)
+    tied_before = np.count_nonzero(tied & (np.arange(n)[:, None] < owner), axis=0)
+    rank = above + tied_before + 1  # stable rank of the own clip, 1-based
+    out[f"t2a_mAP@{MAP_K}"] = np.where(rank <= MAP_K, 1.0 / rank, 0.0)
+    # audio -> text: per row, the clip's best-scoring caption and the tie group around it
+    relevant = np.zeros((n, m), dtype=bool)
+    relevant[owner, cols] = True
+    best = np.where(relevant, s, -np.inf).max(axis=1)
+    above = np.count_nonzero(s > best[:, None], axis=1)
+    tied = s == best[:, None]
+    group, in_group = np.count_nonzero(tied, axis=1), np.count_nonzero(tied & relevant, axis=1)
     for k in KS:
-        out[f"a2t_R@{k}"] = (first < k).astype(np.float64)
-    top = _topk_order(s, MAP_K)  # (N, min(10, M))
+        out[f"a2t_R@{k}"] = _expected_hits(above, group, in_group, k)
+    top = _stable_top(s, MAP_K)
     rel = np.take_along_axis(relevant, top, axis=1)
     precision_at = np.cumsum(rel, axis=1) / np.arange(1, top.shape[1] + 1)
     n_rel = np.bincount(owner, minlength=n)

@@ -23,6 +23,7 @@ from data.audio import segmenting_from
 from data.audioset import SkipLog
 from data.class_list import resolve_class_names
 from data.labels import LabelMatcher, load_class_ids
+from hyperbolic import checkpoint
 from hyperbolic.cache import EmbeddingCache
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import TrainConfig
@@ -30,17 +31,16 @@ from hyperbolic.embeddings import (PROMPT_NAME_RULE, ClipEmbeddings, duration_re
                                    prompts_for)
 from hyperbolic.entailment import EntailmentObjective, Hierarchy
 from hyperbolic.losses import clip_contrastive, multi_positive_contrastive
+from hyperbolic.errors import UserError
 from hyperbolic.metrics import classification_metrics
 from hyperbolic.ontology import Ontology
-from hyperbolic.outputs import atomic_torch_save, atomic_write_json
+from hyperbolic.outputs import atomic_write_json
 from hyperbolic.projector import Geometry, Projector, similarity
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 2
 
-
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """A run that cannot go on (bad split, diverged loss, bad resume); the message says what to do."""
 
 
@@ -221,11 +221,6 @@ def _epoch_of(path: Path) -> int:
     return int(path.stem.rsplit("_", 1)[1])
 
 
-def _latest_checkpoint(out: Path) -> Path | None:
-    found = sorted(out.glob("projection_epoch_*.pth"), key=_epoch_of)
-    return found[-1] if found else None
-
-
 def prune_checkpoints(out: Path, *, epoch: int, best_epoch: int, keep_epochs: int) -> list[Path]:
     """Called once ``epoch``'s files are written: remove every ``best_projection_epoch_*.pth``
     but ``best_epoch``'s, and (``keep_epochs > 0``) the per-epoch checkpoints older than the
@@ -266,7 +261,7 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
     best, best_epoch, stale, start = None, None, 0, 1
     generator = torch.Generator().manual_seed(cfg.seed)
     if resume is not None:
-        ckpt = load_resume_checkpoint(resume, cfg, split_ids, clips.audio.shape[1])
+        ckpt = checkpoint.read_resume(resume, cfg.to_dict(), split_ids, clips.audio.shape[1])
         trainer.projector.load_state_dict(ckpt["projection_state_dict"])
         trainer.geometry.load_state_dict(ckpt["geometry_state_dict"])
         trainer.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
@@ -289,7 +284,7 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
         _epochs(cfg, trainer, scheduler, generator, train_clips, val_clips, clips, split_ids, setup, out,
                 extra, tracker, start, best, best_epoch, stale)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(_epoch_of(last) if (last := _latest_checkpoint(out)) else 0, out) from None
+        raise TrainingInterrupted(_epoch_of(last) if (last := checkpoint.latest_epoch_file(out)) else 0, out) from None
     finally:
         torch.set_num_threads(before)
     _plot_curves(out)
@@ -345,7 +340,7 @@ def _epochs(cfg, trainer, scheduler, generator, train_clips, val_clips, clips, s
             stale += 1
         setup["history"].append(row)
         ckpt = {
-            "format_version": CHECKPOINT_FORMAT, "epoch": epoch,
+            "format_version": checkpoint.FORMAT_VERSION, "epoch": epoch,
             "projection_state_dict": trainer.projector.state_dict(),
             "optimizer_state_dict": trainer.optimizer.state_dict(),
             "scheduler_state_dict": scheduler.state_dict(),
@@ -357,11 +352,7 @@ def _epochs(cfg, trainer, scheduler, generator, train_clips, val_clips, clips, s
             "best_metric": best, "best_epoch": best_epoch, "stale_epochs": stale,
             "history": setup["history"], "split": split_ids, "config": cfg.to_dict(), **(extra or {}),
         }
-        if improved:
-            atomic_torch_save(out / f"best_projection_epoch_{epoch}.pth", ckpt)
-        # The per-epoch checkpoint is written last: a run killed before it resumes from the
-        # previous epoch and rewrites this epoch's files identically.
-        atomic_torch_save(out / f"projection_epoch_{epoch}.pth", ckpt)
+        checkpoint.save_epoch(out, epoch, ckpt, best=improved)
         prune_checkpoints(out, epoch=epoch, best_epoch=best_epoch, keep_epochs=cfg.keep_epochs)
         setup["summary"] = _summary(cfg, setup["history"], best_epoch, out)
         atomic_write_json(out / "setup.json", setup)
@@ -379,38 +370,8 @@ def _summary(cfg: TrainConfig, history: list[dict], best_epoch: int, out: Path) 
     return {"best_epoch": best_epoch, f"best_{cfg.select_metric}": best_row[cfg.select_metric],
             "best_val_mAP": best_row["val_mAP"], "best_val_loss": best_row["val_loss"],
             "best_train_loss": best_row["train_loss"],
-            "best_checkpoint": str(out / f"best_projection_epoch_{best_epoch}.pth"),
+            "best_checkpoint": str(checkpoint.epoch_path(out, best_epoch, best=True)),
             "epochs_run": len(history), "c": history[-1]["c"], "temperature": history[-1]["temperature"]}
-
-
-# Settings that may differ when a run is resumed: where and how it runs, not what it computes.
-RESUME_MAY_DIFFER = {"resume", "overwrite", "output_dir", "device", "num_workers", "cache_dir", "no_cache",
-                     "keep_epochs",
-                     "use_swanlab", "swanlab_project", "swanlab_workspace", "swanlab_mode"}
-
-
-def load_resume_checkpoint(path: Path, cfg: TrainConfig, split_ids: dict, embed_dim: int) -> dict:
-    """Read and check a checkpoint to resume from; every problem names the file and the fix."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for torn or foreign files
-        raise TrainingError(f"--resume {path} is not a readable checkpoint ({err}); resume from an earlier "
-                            "projection_epoch_*.pth of the run or start again with --overwrite") from err
-    if not isinstance(ckpt, dict) or "generator_state" not in ckpt or "config" not in ckpt:
-        raise TrainingError(f"--resume {path} is not a resumable checkpoint of train_hyperbolic_clap.py")
-    if ckpt.get("embed_dim") != embed_dim:
-        raise TrainingError(f"--resume {path} was trained on {ckpt.get('embed_dim')}-d CLAP embeddings, this "
-                            f"CLAP model gives {embed_dim}-d; resume with the --checkpoint the run used")
-    differ = {k: (v, cfg.to_dict().get(k)) for k, v in ckpt["config"].items()
-              if k not in RESUME_MAY_DIFFER and cfg.to_dict().get(k) != v}
-    if differ:
-        listing = ", ".join(f"--{k.replace('_', '-')} {new!r} (run: {old!r})" for k, (old, new) in differ.items())
-        raise TrainingError(f"--resume {path}: settings differ from the run being resumed: {listing}; resume with "
-                            "the run's settings (see its setup.json), or start a new run")
-    if ckpt.get("split") != split_ids:
-        raise TrainingError(f"--resume {path}: its train/val split differs from this run's data; "
-                            "resume with the same --parquet-dir, --num-samples, --seed and --train-ratio")
-    return ckpt
 
 
 def _plot_curves(out: Path) -> None:
@@ -527,7 +488,7 @@ def _resume_point(run_dir: Path, cfg: TrainConfig) -> Path | None:
     resume = Path(cfg.resume)
     if resume.suffix == ".pth":
         return resume
-    return _latest_checkpoint(run_dir)
+    return checkpoint.latest_epoch_file(run_dir)
 
 
 def sweep_dir_name(c: float, temperature: float) -> str:

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from data.synthetic import write_demo_dataset
+from data.synthetic import DEMO_CLASSES, write_demo_dataset
 from hyperbolic.tiny_clap import build_tiny_clap
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,3 +42,11 @@ def demo_eval_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("demo_eval")
     write_demo_dataset(folder, clips_per_class=2, seed=2, seconds=2.0)
     return folder
+
+
+@pytest.fixture(scope="session")
+def classes_file(tmp_path_factory) -> Path:
+    """The demo classes as a text class list, one name per line."""
+    path = tmp_path_factory.mktemp("classes") / "demo_classes.txt"
+    path.write_text("\n".join(DEMO_CLASSES) + "\n")
+    return path

@@ -29,3 +29,25 @@ def corrupt_audio_page(path: Path, row_group: int = 1) -> None:
     mid = start + chunk.total_compressed_size // 2
     data[mid:mid + 4] = bytes(b ^ 0x55 for b in data[mid:mid + 4])
     path.write_bytes(bytes(data))
+
+
+def random_ontology(class_names, *, abstract: int, roots: int, seed: int) -> list[dict]:
+    """An ontology.json-style record list over ``class_names`` plus ``abstract`` group nodes.
+
+    Shaped like AudioSet's: several roots (classes and groups), nodes with two parents, groups
+    that are not classes. Nodes are placed in a random order and each one after the first ``roots``
+    takes one or two parents among the nodes before it, so the graph has no cycle. Ids are
+    ``/gen/<n>``; group names are ``Group <n>``.
+    """
+    import random
+
+    rng = random.Random(seed)
+    names = [*class_names, *(f"Group {g}" for g in range(abstract))]
+    order = list(range(len(names)))
+    rng.shuffle(order)
+    children: dict[int, list[int]] = {v: [] for v in order}
+    for pos, v in enumerate(order[roots:], start=roots):
+        for p in rng.sample(order[:pos], 2 if rng.random() < 0.15 else 1):
+            children[p].append(v)
+    return [{"id": f"/gen/{v}", "name": names[v], "description": "", "restrictions": [],
+             "child_ids": [f"/gen/{k}" for k in children[v]]} for v in order]

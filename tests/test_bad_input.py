@@ -1,6 +1,6 @@
 """Bad input end to end: both entry scripts (``main([...])``) on the tiny offline CLAP.
 
-One test group per row of the README table "What the tools do with bad data". The big fixture is
+One test group per row of the table "What the tools do with bad data" in docs/data.md. The big fixture is
 one parquet folder that holds every kind of bad and awkward row among good ones; each script reads
 it once (module scope) and the tests check the exit code, the messages and the JSON it wrote:
 what was embedded, what was skipped (reason -> count, examples naming file, row and video_id), and
@@ -22,6 +22,8 @@ import train_hyperbolic_clap as train_script
 from tests.helpers import corrupt_audio_page, run_main
 from data.synthetic import DEMO_CLASSES, encode_audio, synthesize, write_parquet_shard
 from hyperbolic.projector import Projector
+
+pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
 
 SR = 48000
 MAX_SAMPLES = 480000  # 10 s at 48 kHz: the README's crop
@@ -159,13 +161,6 @@ def write_messy_folder(folder: Path) -> Path:
 
 
 # ------------------------------------------------------------------ running the scripts
-
-@pytest.fixture(scope="module")
-def classes_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("classes") / "demo_classes.txt"
-    path.write_text("\n".join(DEMO_CLASSES) + "\n")
-    return path
-
 
 @pytest.fixture(scope="module")
 def messy(tmp_path_factory) -> Path:

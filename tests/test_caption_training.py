@@ -106,6 +106,7 @@ def _t2a_by_hand(scores, relevant):
     return {"val_t2a_R@1": np.mean(r1), "val_t2a_R@10": np.mean(r10), "val_t2a_mAP@10": np.mean(ap)}
 
 
+@pytest.mark.slow
 def test_training_selects_on_validation_retrieval(captions_dir, tiny_clap_dir, tmp_path):
     folder, _ = captions_dir
     out = tmp_path / "run"
@@ -148,6 +149,7 @@ def _ap(s, y):
     return average_precision_score(y, s)
 
 
+@pytest.mark.slow
 def test_mixed_labels_and_flag_errors(captions_dir, tiny_clap_dir, tmp_path):
     folder, _ = captions_dir
     out = tmp_path / "mixed"

@@ -26,6 +26,7 @@ def trained(tmp_path_factory, tiny_clap_dir, demo_train_dir):
     return out
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoints_and_setup(trained):
     setup = json.loads((trained / "setup.json").read_text())
     assert [row["epoch"] for row in setup["history"]] == [1, 2, 3]
@@ -47,6 +48,7 @@ def test_training_writes_checkpoints_and_setup(trained):
     assert not list(trained.glob(".*.tmp"))  # atomic writes leave no temporary file behind
 
 
+@pytest.mark.slow
 def test_training_is_reproducible(tmp_path, trained, tiny_clap_dir, demo_train_dir):
     assert train_script.main(_train_argv(demo_train_dir, tiny_clap_dir, tmp_path / "again")) == 0
     a = torch.load(trained / "projection_epoch_3.pth", weights_only=False)["projection_state_dict"]
@@ -54,6 +56,7 @@ def test_training_is_reproducible(tmp_path, trained, tiny_clap_dir, demo_train_d
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_training_refuses_non_empty_output_dir(trained, tiny_clap_dir, demo_train_dir):
     argv = ["--parquet-dir", str(demo_train_dir), "--checkpoint", str(tiny_clap_dir), "--device", "cpu",
             "--output-dir", str(trained), "--epochs", "1"]
@@ -68,6 +71,7 @@ def _eval(tmp_path, tiny_clap_dir, eval_dir, *extra):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_evaluation_plain_and_hyperbolic(tmp_path, trained, tiny_clap_dir, demo_eval_dir, tiny_clap):
     plain = _eval(tmp_path / "p", tiny_clap_dir, demo_eval_dir)
     assert set(plain) >= {"test_info", "model_info", "similarity_stats", "metrics", "predictions", "skipped"}
@@ -92,28 +96,13 @@ def test_evaluation_plain_and_hyperbolic(tmp_path, trained, tiny_clap_dir, demo_
     assert 0.0 <= hyp["metrics"]["mAP"] <= 1.0
 
 
+@pytest.mark.slow
 def test_evaluation_reports_differing_flag(tmp_path, trained, tiny_clap_dir, demo_eval_dir):
     ckpt = sorted(trained.glob("projection_epoch_*.pth"))[0]
     hyp = _eval(tmp_path, tiny_clap_dir, demo_eval_dir, "--use-hyperbolic", "--projection-checkpoint",
                 str(ckpt), "--c", "2.0")
     assert hyp["model_info"]["c"] == pytest.approx(0.5)
     assert hyp["model_info"]["ignored_flags"] == {"c": 2.0}
-
-
-def test_results_are_never_overwritten(tmp_path, tiny_clap_dir, demo_eval_dir):
-    # A short class list: the point is the file name, not the 527 prompts.
-    classes = tmp_path / "classes.txt"
-    classes.write_text("Sine wave\nWhite noise\nBuzz\n")
-    first = _eval(tmp_path, tiny_clap_dir, demo_eval_dir, "--num-samples", "3", "--class-labels", str(classes),
-                  "--top-k", "3")
-    argv = ["--parquet-dir", str(demo_eval_dir), "--checkpoint", str(tiny_clap_dir), "--device", "cpu",
-            "--output-json", str(tmp_path / "results.json"), "--num-samples", "3", "--class-labels", str(classes),
-            "--top-k", "3"]
-    assert test_script.main(argv) == 0
-    second = json.loads((tmp_path / "results_1.json").read_text())
-    assert json.loads((tmp_path / "results.json").read_text()) == first
-    assert first["metrics"]["valid_samples"] >= 2
-    assert second["metrics"] == first["metrics"]  # deterministic
 
 
 @pytest.mark.parametrize("argv, flag", [
@@ -153,3 +142,56 @@ def test_missing_clap_is_one_clear_error(tmp_path, monkeypatch, demo_eval_dir, c
     assert "modelscope download --model laion/larger_clap_general" in err
     assert str(tmp_path / "empty_cache") in err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_every_main_exits_2_on_a_user_error_and_nothing_else(monkeypatch, tmp_path):
+    """One base class (hyperbolic.errors.UserError) is what every main turns into exit status 2;
+    any other exception is a bug and keeps its traceback."""
+    from data.errors import DatasetError
+    from hyperbolic import distributed, export
+    from hyperbolic.clap import ClapNotFoundError, ClapPrecisionError
+    from hyperbolic.errors import UserError
+    from hyperbolic.checkpoint import CheckpointError
+    from hyperbolic.ontology import OntologyError
+    from hyperbolic.train import TrainingError
+    for cls in (DatasetError, ClapNotFoundError, ClapPrecisionError, OntologyError, CheckpointError,
+                TrainingError, export.ExportError):
+        assert issubclass(cls, UserError), cls
+
+    def raising(error):
+        def run(*args, **kwargs):
+            raise error
+        return run
+
+    argv = [str(tmp_path / "a.pth"), str(tmp_path / "a.onnx")]
+    monkeypatch.setattr(export, "export_onnx", raising(export.ExportError("onnxruntime scores differ")))
+    assert export.main(argv) == 2
+    monkeypatch.setattr(export, "export_onnx", raising(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):  # the earlier main took any ValueError for bad input
+        export.main(argv)
+    monkeypatch.setattr(distributed, "run", raising(UserError("bad flag")))
+    assert distributed.main(["--parquet-dir", str(tmp_path), "--checkpoint", str(tmp_path), "--device", "cpu"]) == 2
+
+
+def _option_defaults(parser) -> dict:
+    return {a.option_strings[0]: a.default for a in parser._actions if a.option_strings}
+
+
+def test_distributed_shares_the_embedding_flags_and_their_checks(capsys):
+    """hyperbolic.distributed declares the embedding flags through hyperbolic.cli like both scripts;
+    only the per-rank defaults differ, and the same value is refused with the same message."""
+    from hyperbolic import distributed
+    eval_flags, dist_flags = _option_defaults(test_script.build_parser()), _option_defaults(distributed.build_parser())
+    shared = ["--checkpoint", "--class-labels", "--label-column", "--embed-batch-size", "--cache-dir", "--precision",
+              "--segment", "--hop", "--verbose"]
+    assert {f: dist_flags[f] for f in shared} == {f: eval_flags[f] for f in shared}
+    assert dist_flags["--device"] == "cpu" and dist_flags["--num-workers"] is None and "--no-cache" not in dist_flags
+    for bad in (["--precision", "fp16", "--device", "cpu"], ["--hop", "5"], ["--segment", "20"],
+                ["--num-workers", "-1"], ["--embed-batch-size", "0"]):
+        messages = []
+        for parse in (train_script.parse_args, distributed.parse_args):
+            with pytest.raises(SystemExit) as exit_info:
+                parse(["--parquet-dir", "x", *bad])
+            assert exit_info.value.code == 2
+            messages.append(capsys.readouterr().err.strip().splitlines()[-1].split("error: ")[1])
+        assert messages[0] == messages[1], bad

@@ -5,6 +5,7 @@ Every fixture is generated here with data.synthetic; nothing is downloaded.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -47,7 +48,6 @@ from data.synthetic import (
 
 REPO = Path(__file__).resolve().parents[1]
 CLAP_LABELS = REPO / "CLAP" / "class_labels" / "audioset_class_labels_indices.json"
-SHARED = Path("/work/shared/data")
 
 
 @pytest.fixture(scope="module")
@@ -226,8 +226,15 @@ def test_preprocessing_describes_the_rules():
 
 def test_class_label_formats_agree(tmp_path, class_names):
     assert len(class_names) == 527 and class_names[0] == "Speech"
-    assert load_class_labels(SHARED / "audioset_class_labels_indices.json") == class_names
-    assert load_class_labels(SHARED / "audioset_class_labels_indices.csv") == class_names
+    # AudioSet's class_labels_indices.csv layout (index,mid,display_name; names with commas quoted),
+    # written here from the repository's list, rows out of order so the index column must be used.
+    with open(tmp_path / "indices.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "mid", "display_name"])
+        for i in reversed(range(len(class_names))):
+            writer.writerow([i, f"/m/{i:05d}", class_names[i]])
+    assert '"Male speech, man speaking"' in (tmp_path / "indices.csv").read_text()
+    assert load_class_labels(tmp_path / "indices.csv") == class_names
     (tmp_path / "names.txt").write_text("\n".join(class_names) + "\n\n")
     assert load_class_labels(tmp_path / "names.txt") == class_names
     (tmp_path / "inv.json").write_text(json.dumps({n: i for i, n in reversed(list(enumerate(class_names)))}))
@@ -571,9 +578,8 @@ def test_skiplog_caps_examples_and_merges():
 
 def test_demo_classes_are_audioset_classes(class_names):
     assert len(DEMO_CLASSES) >= 8
-    shared = load_class_labels(SHARED / "audioset_class_labels_indices.json")
     for name in DEMO_CLASSES:
-        assert name in class_names and name in shared  # exact spelling
+        assert name in class_names  # exact spelling
 
 
 def test_demo_dataset_is_deterministic(tmp_path, matcher, class_names):

@@ -24,6 +24,8 @@ from hyperbolic.embeddings import (embed_clips, embed_prompts,
                                    prompts_for)
 from hyperbolic.tiny_clap import build_tiny_clap
 
+pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
+
 CLASSES = ["Speech", "Dog", "Music", "Sine wave", "Beep, bleep", "Mains hum"]
 
 

@@ -10,6 +10,8 @@ from data.synthetic import DEMO_CLASSES, write_demo_ontology
 from hyperbolic.outputs import atomic_write_json
 from hyperbolic import projector as projector_module
 
+pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
+
 
 def _argv(data, clap, out, *extra):
     return ["--parquet-dir", str(data), "--checkpoint", str(clap), "--device", "cpu", "--output-dir", str(out),

@@ -19,10 +19,18 @@ from sklearn.metrics import average_precision_score
 import test_clap_modelscope as test_script
 from data.audioset import SkipLog
 from data.labels import LabelMatcher
-from data.synthetic import DEMO_CLASSES, encode_audio, synthesize, write_parquet_shard
+from data.synthetic import (
+    DEMO_CLASSES,
+    demo_ontology,
+    encode_audio,
+    synthesize,
+    write_demo_ontology,
+    write_parquet_shard,
+)
 from hyperbolic import poincare
 from hyperbolic.config import DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, EvalConfig
 from hyperbolic.embeddings import embed_clips, embed_prompts, prompts_for
+from hyperbolic.eval_hierarchy import HierarchyContext
 from hyperbolic.evaluate import format_metrics_table, model_names, plan_models
 from hyperbolic.metrics import (
     bootstrap_ci,
@@ -33,10 +41,8 @@ from hyperbolic.metrics import (
 )
 from hyperbolic.ontology import Ontology, OntologyError
 from hyperbolic.projector import Projector
-from tests.conftest import SHARED_DATA
+from tests.helpers import random_ontology
 
-ONTOLOGY = SHARED_DATA / "audioset_ontology.json"
-needs_ontology = pytest.mark.skipif(not ONTOLOGY.is_file(), reason=f"{ONTOLOGY} not present")
 DIM = 32  # the tiny CLAP's embedding size
 
 
@@ -72,6 +78,7 @@ def setup(tmp_path_factory, tiny_clap_dir, demo_eval_dir):
     root = tmp_path_factory.mktemp("evaluate")
     classes = root / "demo_classes.json"
     classes.write_text(json.dumps(list(DEMO_CLASSES)))
+    ontology = write_demo_ontology(root / "ontology.json")
     ckpts = {
         "hyp": _checkpoint(root / "hyp.pth", c=0.5, temperature=0.2, seed=1),
         "euc": _checkpoint(root / "euc.pth", geometry="euclidean", c=1.0, temperature=0.1,
@@ -81,14 +88,14 @@ def setup(tmp_path_factory, tiny_clap_dir, demo_eval_dir):
     }
     base = ["--parquet-dir", demo_eval_dir, "--checkpoint", tiny_clap_dir, "--device", "cpu",
             "--class-labels", classes, "--num-samples", "100"]
-    return {"root": root, "classes": classes, "ckpts": ckpts, "base": base}
+    return {"root": root, "classes": classes, "ckpts": ckpts, "base": base, "ontology": ontology}
 
 
 def _comparison_argv(setup, out):
     return [*setup["base"], "--projection-checkpoint", *setup["ckpts"].values(),
             "--output-json", out / "results.json", "--save-scores", out / "scores.npz",
             "--bootstrap", "30", "--bootstrap-seed", "5", "--plots",
-            *(["--ontology", ONTOLOGY] if ONTOLOGY.is_file() else [])]
+            "--ontology", setup["ontology"]]
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +113,7 @@ def comparison(setup):
     return runs
 
 
+@pytest.mark.slow
 def test_comparison_has_one_block_per_model_on_the_same_clips(comparison):
     results, npz = comparison[0]
     names = ["clap_cosine", "hyp", "euc", "legacy"]
@@ -133,6 +141,7 @@ def test_comparison_has_one_block_per_model_on_the_same_clips(comparison):
     assert map_row.split()[1:] == [f"{results['models'][n]['metrics']['mAP']:.4f}" for n in names]
 
 
+@pytest.mark.slow
 def test_metrics_recomputed_from_saved_scores_equal_the_json(comparison):
     results, npz = comparison[0]
     assert list(npz["model_names"]) == list(results["models"])
@@ -167,6 +176,7 @@ def test_metrics_recomputed_from_saved_scores_equal_the_json(comparison):
         assert "biased upward" in block["bootstrap"]["note"]
 
 
+@pytest.mark.slow
 def test_same_command_twice_gives_identical_results(comparison):
     (first, npz1), (second, npz2) = comparison
     for name in first["models"]:
@@ -176,11 +186,17 @@ def test_same_command_twice_gives_identical_results(comparison):
         assert np.array_equal(npz1[f"scores_{name}"], npz2[f"scores_{name}"])
 
 
-@needs_ontology
+@pytest.mark.slow
 def test_hierarchy_block(comparison, setup, tiny_clap):
     results, npz = comparison[0]
-    onto = Ontology.load(ONTOLOGY)
-    depths = np.array(onto.class_depths(list(DEMO_CLASSES)), dtype=float)
+    records = demo_ontology()
+    parents, node = _parents(records), {r["name"]: r["id"] for r in records}
+
+    def shortest(v):
+        return 0 if not parents[v] else 1 + min(shortest(p) for p in parents[v])
+
+    depths = np.array([shortest(node[name]) for name in DEMO_CLASSES], dtype=float)
+    assert len(set(depths)) > 1
     assert results["ontology"]["classes_matched"] == len(DEMO_CLASSES) and results["ontology"]["unmatched"] == []
 
     hyp = results["models"]["hyp"]["hierarchy"]
@@ -204,12 +220,16 @@ def test_hierarchy_block(comparison, setup, tiny_clap):
     assert cos["prompt_norm_vs_depth"]["rho"] is None and "unit vectors" in cos["prompt_norm_vs_depth"]["skipped"]
     assert "Euclidean" in cos["audio_mean_norm_vs_depth"]["norm"]
     # Mistake severity from the saved scores and the ontology's class hierarchy.
-    parents = onto.class_parents(list(DEMO_CLASSES))
+    # parents over prompt indices: classes 0..9, then the groups above them in file order
+    groups = [r["id"] for r in records if r["name"] not in DEMO_CLASSES]
+    index = {**{node[n]: i for i, n in enumerate(DEMO_CLASSES)}, **{g: 10 + j for j, g in enumerate(groups)}}
+    class_parents = {index[v]: {index[p] for p in ps} for v, ps in parents.items() if ps}
     for name, block in results["models"].items():
-        expected = mistake_severity(npz[f"scores_{name}"], npz["targets"], parents, k=5)
+        expected = mistake_severity(npz[f"scores_{name}"], npz["targets"], class_parents, k=5)
         assert {k: block["hierarchy"][k] for k in expected} == expected
 
 
+@pytest.mark.slow
 def test_plots_are_written_next_to_the_json(comparison, setup):
     image = pytest.importorskip("matplotlib.image")
     results, _ = comparison[0]
@@ -239,6 +259,7 @@ def _old_scripts_scores(audio, text, weight, bias, c, tau):
     return -np.arccosh(1 + 2 * sq / den) / math.sqrt(c) / tau, np.concatenate([a_norm, t_norm])
 
 
+@pytest.mark.slow
 def test_legacy_checkpoint_reproduces_the_earlier_scripts(comparison, setup, tiny_clap, demo_eval_dir):
     out = setup["root"] / "legacy"
     _run([*setup["base"], "--use-hyperbolic", "--legacy-distance", "--projection-checkpoint",
@@ -284,6 +305,7 @@ def _custom_dataset(folder):
     return classes
 
 
+@pytest.mark.slow
 def test_custom_class_list_and_label_column(setup, tiny_clap_dir):
     data = setup["root"] / "custom"
     classes = _custom_dataset(data)
@@ -372,7 +394,11 @@ def test_missing_ontology_exits_2(setup, capsys, tmp_path):
     (["a.pth", "b.pth"], False, ("comparison", True)),
 ])
 def test_plan_models(paths, use_hyperbolic, expected):
-    cfg = EvalConfig(parquet_dir="x", projection_checkpoints=paths, use_hyperbolic=use_hyperbolic)
+    argv = ["--parquet-dir", "x", *(["--projection-checkpoint", *paths] if paths else []),
+            *(["--use-hyperbolic"] if use_hyperbolic else [])]
+    cfg = test_script.config_from_args(test_script.parse_args(argv))
+    # one field holds the flag's paths, however many: no second field for the one-path case
+    assert cfg.projection_checkpoints == paths and "projection_checkpoint" not in EvalConfig.__dataclass_fields__
     assert plan_models(cfg) == expected
 
 
@@ -407,15 +433,18 @@ def test_ontology_maps_depth_and_ancestors():
     assert ids == ["b", "g", None] and unmatched == ["Kazoo"]
 
 
-def test_ontology_class_views_feed_the_hierarchy_metrics():
-    o = Ontology(SMALL)
+def test_hierarchy_feeds_the_hierarchy_metrics():
     classes = ["Bark", "Animal", "Guitar, electric", "Kazoo"]
+    hier = HierarchyContext.build(Ontology(SMALL), classes)
+    h = hier.hierarchy
     # Non-class nodes above a class get numbers from 4 up in file order: Pets 4, House pets 5, Dog 6, Music 7.
-    assert o.class_parents(classes) == {0: {6}, 2: {7}, 4: {1}, 5: {4}, 6: {1, 5}}
-    assert o.class_ancestors(classes) == [{1}, set(), set(), set()]
-    assert o.entailment_pairs(classes) == [(1, 0)]  # Animal -> Bark through the non-class Dog
-    assert o.class_depths(classes) == [2, 0, 1, None]
-    d = class_distance_matrix(o.class_parents(classes), len(classes))
+    assert h.prompt_names[4:] == ("Pets", "House pets", "Dog", "Music")
+    assert hier.parents == {0: {6}, 2: {7}, 4: {1}, 5: {4}, 6: {1, 5}}
+    assert h.ancestors == ((1, 4, 5, 6), (), (7,), ())
+    assert h.edges(range(4)).tolist() == [[1, 0]]  # Animal -> Bark through the non-class Dog
+    assert hier.depths == [2, 0, 1, None] and hier.node_ids == ["b", "a", "g", None]
+    assert hier.unmatched == ["Kazoo"]
+    d = class_distance_matrix(hier.parents, len(classes))
     # Bark and Animal meet at Animal (height 4: Animal-Pets-House pets-Dog-Bark); Bark and Guitar
     # only at the virtual root (1 + max height); the unmatched class too.
     assert d[0, 1] == 4 and d[0, 2] == 5 and d[3, 0] == 5 and d[2, 2] == 0
@@ -432,19 +461,35 @@ def test_ontology_rejects_bad_files(records, message):
         Ontology(records)
 
 
-@needs_ontology
-def test_audioset_ontology_matches_every_class():
-    o = Ontology.load(ONTOLOGY)
+def _parents(records) -> dict[str, set[str]]:
+    parents = {r["id"]: set() for r in records}
+    for r in records:
+        for k in r["child_ids"]:
+            parents[k].add(r["id"])
+    return parents
+
+
+def test_ontology_over_every_audioset_class():
+    """Matching, roots, depth and ancestors on a generated ontology over the 527 classes (shaped
+    like AudioSet's: several roots, nodes with two parents, groups that are not classes), against
+    brute force over the records."""
     names = list(json.loads(DEFAULT_CLASS_LABELS.read_text()).values())
-    ids, unmatched = o.match(names)
-    assert unmatched == [] and len(set(ids)) == 527
-    assert len(o.roots) == 7 and o.depth(o.node_id("Animal")) == 0
-    assert o.depth(o.node_id("Dog")) == 2  # Animal > Domestic animals, pets > Dog
-    assert o.node_id("Sine wave") in o.ancestors(o.node_id("Chirp tone"))
-    # Depth is the shortest path: brute force over all upward paths agrees for every class.
-    def shortest(v):
-        return 0 if not o.parents[v] else 1 + min(shortest(p) for p in o.parents[v])
+    records = random_ontology(names, abstract=30, roots=7, seed=3)
+    o = Ontology(records)
+    ids, unmatched = o.match([n.upper() for n in names])  # case-insensitive
+    assert unmatched == [] and ids == [f"/gen/{i}" for i in range(527)]
+    parents = _parents(records)
+    assert set(o.roots) == {v for v, ps in parents.items() if not ps} and len(o.roots) == 7
+
+    def shortest(v):  # depth is the shortest path: every upward path tried
+        return 0 if not parents[v] else 1 + min(shortest(p) for p in parents[v])
+
+    def above(v):
+        return set().union(*({p} | above(p) for p in parents[v]))
+
+    assert any(len({shortest(p) for p in parents[v]}) > 1 for v in ids)  # a shorter and a longer path
     assert [o.depth(v) for v in ids] == [shortest(v) for v in ids]
+    assert all(set(o.ancestors(v)) == above(v) for v in ids)
 
 
 # --------------------------------------------------------------------------- plots

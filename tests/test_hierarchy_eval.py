@@ -25,6 +25,8 @@ from hyperbolic.metrics import classification_metrics
 from hyperbolic.projector import Projector
 from tests.test_evaluate import DIM, _checkpoint, _load_npz
 
+pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
+
 # The demo ontology (data.synthetic.demo_ontology) written out by hand: its 15 direct edges.
 DEMO_EDGES = [
     ("Synthetic tone", "Sine wave"), ("Synthetic tone", "Brief tone"), ("Synthetic tone", "Telephone signal"),

@@ -26,8 +26,10 @@ import torch
 import test_clap_modelscope as eval_script
 import train_hyperbolic_clap as train_script
 from tests.helpers import run_main
-from data.synthetic import DEMO_CLASSES, write_demo_dataset
+from data.synthetic import write_demo_dataset
 from hyperbolic.cache import decode_npz
+
+pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 16
@@ -35,13 +37,6 @@ PNG_START, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 
 
 # ------------------------------------------------------------------ fixtures and helpers
-
-@pytest.fixture(scope="module")
-def classes_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("classes") / "demo_classes.txt"
-    path.write_text("\n".join(DEMO_CLASSES) + "\n")
-    return path
-
 
 @pytest.fixture(scope="module")
 def data20(tmp_path_factory) -> Path:

@@ -90,7 +90,10 @@ def test_similarity_is_negative_distance_over_temperature():
     s = similarity(a, t, geometry="hyperbolic", c=2.0, temperature=0.5)
     for i in range(3):
         for j in range(5):
-            assert s[i, j].item() == pytest.approx(-poincare.dist(a[i], t[j], c=2.0).item() / 0.5, rel=1e-9)
+            # the textbook closed form, written out here: arcosh(1 + 2c|a-t|^2 / ((1-c|a|^2)(1-c|t|^2))) / sqrt(c)
+            q = 2.0 * (a[i] - t[j]).square().sum() / ((1 - 2.0 * a[i].square().sum()) * (1 - 2.0 * t[j].square().sum()))
+            d = math.acosh(1 + 2 * q.item()) / math.sqrt(2.0)
+            assert s[i, j].item() == pytest.approx(-d / 0.5, rel=1e-9)
 
 
 def test_multi_positive_loss_matches_hand_computation():

@@ -18,6 +18,8 @@ from hyperbolic.embeddings import PROMPT_NAME_RULE, embed_clips, embed_prompts, 
 from tests.benchmark_folders import ESC_CATEGORIES, write_esc50_like
 from tests.helpers import run_main
 
+pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
+
 
 @pytest.fixture(scope="module")
 def esc50(tmp_path_factory):

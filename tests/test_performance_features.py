@@ -29,6 +29,8 @@ from hyperbolic.projector import Projector
 from hyperbolic.tiny_clap import _configs
 from tests.test_embeddings import CLASSES, count_forwards, skip_counts, write_messy
 
+pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
+
 REPO = Path(__file__).resolve().parents[1]
 
 

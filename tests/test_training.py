@@ -9,6 +9,8 @@ import train_hyperbolic_clap as train_script
 from hyperbolic import train as train_module
 from hyperbolic.projector import C_RANGE_FACTOR
 
+pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
+
 
 def _argv(data, clap, out, *extra):
     return ["--parquet-dir", str(data), "--checkpoint", str(clap), "--device", "cpu", "--output-dir", str(out),

@@ -1,0 +1,194 @@
+"""The ``hierarchy`` block of the results (``--ontology``): the ontology matched to the class
+list, the ground truth closed under ancestry (``--expand-ancestors``), norm-versus-depth rank
+correlations, mistake severity and entailment-cone consistency of one model.
+
+With an ontology, each hyperbolic model's ``hierarchy.cones`` measures entailment cones
+(``entailment.cone_report``) on the pairs training uses (see ``CONE_PAIRS_TEXT``), at the K of
+the checkpoint's ``config.entailment_k`` (``entailment.DEFAULT_K`` if it has none). Cosine and
+euclidean models have no cones (``CONE_SKIPPED``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from hyperbolic import poincare
+from hyperbolic.entailment import Hierarchy, cone_consistency, cone_report
+from hyperbolic.metrics import mistake_severity, spearman_norm_depth
+from hyperbolic.ontology import Ontology, OntologyError
+
+if TYPE_CHECKING:  # annotations only: evaluate imports this module
+    from hyperbolic.evaluate import ScoringModel
+
+log = logging.getLogger("hyperbolic.evaluate")
+
+HIER_K = 5  # hier_dist@k reported with --ontology
+
+
+def _spearman(norms: np.ndarray, depths: np.ndarray, what: str) -> dict:
+    if len(norms) < 2:
+        return {"rho": None, "p_value": None, "n": int(len(norms)), "norm": what,
+                "skipped": "fewer than 2 classes"}
+    return {**spearman_norm_depth(norms, depths), "norm": what}
+
+
+@dataclass
+class HierarchyContext:
+    """What every model's hierarchy block shares: the ontology matched to the class list.
+
+    ``hierarchy`` is the one training builds (``entailment.Hierarchy``): prompt nodes are the
+    classes, then every ontology node above a matched class that is not a class (abstract
+    parents), and its direct parent -> child edges among them are the cone pairs. The class-level
+    views below are read from it.
+    """
+
+    ontology: Ontology
+    hierarchy: Hierarchy
+
+    @classmethod
+    def build(cls, ontology: Ontology, class_names: list[str], *,
+              expand_ancestors: bool = False) -> "HierarchyContext":
+        _, unmatched = ontology.match(class_names)
+        if unmatched:
+            log.warning("%d of %d classes match no ontology node (first: %s)", len(unmatched),
+                        len(class_names), "; ".join(unmatched[:5]))
+        try:
+            hierarchy = Hierarchy.build(ontology, class_names, expand_ancestors=expand_ancestors)
+        except ValueError as err:  # two class names on one node: cones and ancestors are ambiguous
+            raise OntologyError(f"--ontology {ontology.source}: {err}; give each class a distinct name") from err
+        return cls(ontology, hierarchy)
+
+    @property
+    def node_ids(self) -> list[str | None]:
+        """Each class's ontology node id; None for an unmatched class."""
+        return list(self.hierarchy.node_ids[:self.hierarchy.num_classes])
+
+    @property
+    def unmatched(self) -> list[str]:
+        return list(self.hierarchy.unmatched)
+
+    @property
+    def depths(self) -> list[int | None]:
+        return list(self.hierarchy.depth[:self.hierarchy.num_classes])
+
+    @property
+    def parents(self) -> dict[int, set[int]]:
+        """Direct parents over prompt indices (classes, then the nodes above them), as
+        ``metrics.mistake_severity`` takes them; nodes without a parent have no entry."""
+        return {k: set(ps) for k, ps in enumerate(self.hierarchy.parents) if ps}
+
+    def summary(self, path: str) -> dict:
+        h = self.hierarchy
+        return {"path": path, "nodes": len(self.ontology), "classes_matched": len(self.node_ids) - len(self.unmatched),
+                "unmatched": self.unmatched,
+                "depth": "fewest edges from a top-level category (depth 0) down to the class's node",
+                "distance": "LCA height (metrics.class_distance_matrix) over the classes and their "
+                            "ontology ancestors; unmatched classes meet the rest only at a virtual root",
+                "extra_prompts": list(h.extra_names), "cone_prompt_pairs": int(h.parent_child.shape[0]),
+                "cone_class_pairs": int(h.edges(range(h.num_classes)).shape[0]),
+                "cone_pairs": CONE_PAIRS_TEXT}
+
+
+CONE_PAIRS_TEXT = (
+    "prompt pairs: every direct ontology edge parent -> child among the prompt nodes (the classes and every "
+    "ontology node above a matched class; abstract parents get a prompt with the model's template), the "
+    "pairs training uses; class pairs: each class to its nearest class ancestors (abstract nodes passed "
+    "through); clip pairs: each labelled clip with each label of the run's ground truth (with "
+    "--expand-ancestors also every ontology ancestor, abstract ones included, as training does)")
+CONE_SKIPPED = ("entailment cones live on the Poincare ball (the aperture depends on the distance from the "
+                "origin); cosine and euclidean models have none")
+
+
+def expand_to_ancestors(targets: np.ndarray, hierarchy: Hierarchy) -> np.ndarray:
+    """Ground truth closed under ancestry: ``(N, C)`` bool -> ``(N, C)`` bool, each clip also
+    positive for every class above one of its labels in the ontology (classes only: abstract
+    nodes have no score column). Rows without a label stay empty."""
+    out = targets.copy()
+    num_classes = targets.shape[1]
+    for k, above in enumerate(hierarchy.ancestors):
+        classes = [a for a in above if a < num_classes]  # ancestors is already transitive
+        rows = np.flatnonzero(targets[:, k])
+        if classes and len(rows):
+            out[np.ix_(rows, classes)] = True
+    return out
+
+
+@torch.no_grad()
+def cone_block(model: ScoringModel, prompt_pts, audio_pts, clip_labels: list[list[int]],
+           hier: HierarchyContext) -> dict:
+    """Entailment-cone consistency of one model; see ``CONE_PAIRS_TEXT`` for the pairs.
+
+    ``prompt_pts`` (P, D): the projected prompts of ``hier.hierarchy.prompt_names``;
+    ``audio_pts`` (N, D) the labelled clips' points; ``clip_labels`` their prompt indices.
+    ``entailment.cone_report`` plus ``class_pairs_in_cone``. K is the checkpoint's.
+    """
+    h = hier.hierarchy
+    class_pairs = h.edges(range(h.num_classes))
+    counts = {"prompt_pairs": int(h.parent_child.shape[0]), "class_pairs": int(class_pairs.shape[0]),
+              "clip_label_pairs": sum(len(row) for row in clip_labels), "clips": len(clip_labels)}
+    if model.projector is None or model.geometry != "hyperbolic":
+        return {"K": None, **counts, "prompt_pairs_in_cone": None, "class_pairs_in_cone": None,
+                "clip_label_pairs_in_cone": None, "clips_in_all_label_cones": None, "norm_depth": None,
+                "skipped": CONE_SKIPPED}
+    c, K = model.c, model.entailment_k
+    out = cone_report(prompt_pts, h.parent_child, h.depth, c=c, K=K, clip_pts=audio_pts, labels=clip_labels)
+    out.update(counts, K_source=model.info.get("entailment_k_source", "default (hyperbolic.entailment.DEFAULT_K)"))
+    out["class_pairs_in_cone"] = (cone_consistency(prompt_pts[class_pairs[:, 0]], prompt_pts[class_pairs[:, 1]],
+                                                   c=c, K=K) if len(class_pairs) else None)
+    out["clips_in_all_label_cones"] = out.pop("clips_in_all_label_cones")  # the JSON's key order
+    out["norm_depth_over"] = "dist0 of every prompt node (classes and abstract parents) against its ontology depth"
+    return out
+
+
+@torch.no_grad()
+def hierarchy_block(model: ScoringModel, audio_pts, text_pts, scores, targets, hier: HierarchyContext,
+               class_names: list[str], cones: dict) -> dict:
+    """Norm-vs-depth rank correlations, mistake severity and (``cones``, from ``cone_block``)
+    entailment-cone consistency of one model. ``targets`` is the run's ground truth.
+
+    Hyperbolic: a prompt's norm is ``dist0`` of its projected point; a class's audio norm is
+    ``dist0(expmap0(m))`` with m the mean of ``logmap0`` of its labelled clips' points (the
+    mean taken in the tangent space at the origin; in this convention that equals 2|m|, the
+    same unit as the prompt norm). Cosine and euclidean models put every embedding on the unit
+    sphere, so the prompt norm is constant and skipped; their audio norm is the Euclidean
+    norm of the mean unit vector, a measure of how spread the class's clips are, not a depth.
+    """
+    hyperbolic = model.projector is not None and model.geometry == "hyperbolic"
+    depth = np.array([np.nan if d is None else d for d in hier.depths])
+    y = torch.from_numpy(targets).float()  # (N, C), labelled clips only
+    clips_per_class = y.sum(0)
+    if hyperbolic:
+        prompt_norm = poincare.dist0(text_pts, c=model.c).numpy()
+        tangent = poincare.logmap0(audio_pts, c=model.c)
+        mean = (y.T @ tangent) / clips_per_class.clamp_min(1)[:, None]
+        audio_norm = poincare.dist0(poincare.expmap0(mean, c=model.c), c=model.c).numpy()
+        prompt_what = "dist0 of the projected prompt (hyperbolic distance from the origin)"
+        audio_what = ("dist0(expmap0(mean of logmap0 of the class's clip points)) = 2 |tangent mean|, "
+                      "over the labelled clips of the class")
+    else:
+        prompt_norm = None
+        mean = (y.T @ audio_pts) / clips_per_class.clamp_min(1)[:, None]
+        audio_norm = mean.norm(dim=-1).numpy()
+        audio_what = ("Euclidean norm of the mean unit embedding of the class's labelled clips "
+                      "(spread of the clips, not a depth: this model has no hyperbolic norm)")
+    matched = ~np.isnan(depth)
+    has_audio = matched & (clips_per_class.numpy() > 0)
+    out = {
+        "prompt_norm_vs_depth": (_spearman(prompt_norm[matched], depth[matched], prompt_what) if hyperbolic else
+                                 {"rho": None, "p_value": None, "n": 0,
+                                  "skipped": "cosine/euclidean prompts are unit vectors; their norm is constant"}),
+        "audio_mean_norm_vs_depth": _spearman(audio_norm[has_audio], depth[has_audio], audio_what),
+        **mistake_severity(scores, targets, hier.parents, k=HIER_K),
+        "cones": cones,
+        "classes": [{"index": i, "name": class_names[i], "node_id": hier.node_ids[i], "depth": hier.depths[i],
+                     "prompt_norm": None if prompt_norm is None else float(prompt_norm[i]),
+                     "audio_mean_norm": float(audio_norm[i]) if clips_per_class[i] > 0 else None,
+                     "audio_clips": int(clips_per_class[i])}
+                    for i in range(len(class_names))],
+    }
+    return out
