@@ -8,9 +8,10 @@ import math
 import sys
 
 from hyperbolic.cli import HelpFormatter, add_embedding_args, embedding_arg_errors, explicit_dests, num_samples_arg, positive
-from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, LR_SCHEDULES, SELECT_METRICS, TEXT_PAIRINGS, TrainConfig
+from hyperbolic.config import (DEFAULT_PROMPT_TEMPLATE, LR_SCHEDULES, NEGATIVES, SELECT_METRICS, TEXT_PAIRINGS,
+                               TrainConfig)
 from hyperbolic.outputs import setup_logging
-from hyperbolic.projector import GEOMETRIES
+from hyperbolic.projector import CLIP_MODES, GEOMETRIES
 
 log = logging.getLogger("train_hyperbolic_clap")
 
@@ -36,14 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="seed of the split, the initialisation and the shuffling")
     p.add_argument("--clip-r", type=float, default=0.9,
                    help="clip embeddings to this fraction of the ball radius 1/sqrt(c) (1 = no clip)")
-    p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE, help="text of each class prompt; {label} is "
-                                                                          "the class name")
+    p.add_argument("--clip-mode", choices=CLIP_MODES, default="inward",
+                   help="gradient of a clipped point: inward (never pushed further out, can come back), "
+                        "straight-through (earlier rule: the pre-clip norm can run away), hard")
+    p.add_argument("--init-radius", type=float, default=None, metavar="R",
+                   help="scale the initial layer so the training audio's median point sits at this fraction "
+                        "of the ball radius, hyperbolic only (default: Xavier init as is)")
+    p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
+                   help="text of each class prompt; {label} is the class name")
     p.add_argument("--text-pairing", choices=TEXT_PAIRINGS, default="all-labels",
                    help="all-labels: multi-positive loss over class prompts; first-label: earlier scripts")
+    p.add_argument("--negatives", choices=NEGATIVES, default="in-batch",
+                   help="classes each clip is contrasted with: those in its batch, or every seen class")
     p.add_argument("--geometry", choices=GEOMETRIES, default="hyperbolic",
                    help="hyperbolic: Poincare ball, score -d_c / tau; euclidean: cosine / tau (a baseline)")
-    p.add_argument("--learn-c", action="store_true", help="learn the curvature, starting from --c")
-    p.add_argument("--learn-temperature", action="store_true", help="learn the temperature, starting from --temperature")
+    p.add_argument("--learn-c", action="store_true",
+                   help="learn the curvature; with a learned linear layer this only learns the effective "
+                        "temperature tau*sqrt(c), so it cannot be combined with --learn-temperature")
+    p.add_argument("--learn-temperature", action=argparse.BooleanOptionalAction, default=None,
+                   help="learn the temperature (default: learned, unless --learn-c)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
                    help="learning rate after warmup: cosine decay to 0, or constant")
@@ -96,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.learn_temperature is None:
+        args.learn_temperature = not args.learn_c
     args.caption_labels = bool(args.text_column) and args.label_column is not None
     if args.label_column is None:
         args.label_column = "human_labels"
@@ -112,6 +126,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.learn_c and len(args.c) > 1, "--learn-c with several --c values: sweep or learn, not both"),
         (not 0 < args.train_ratio < 1, f"--train-ratio must be in (0, 1) (got {args.train_ratio})"),
         (not 0 < args.clip_r <= 1, f"--clip-r must be in (0, 1] (got {args.clip_r})"),
+        (args.init_radius is not None and not 0 < args.init_radius < min(1.0, args.clip_r),
+         f"--init-radius must be in (0, --clip-r) (got {args.init_radius})"),
+        (args.learn_c and args.learn_temperature,
+         "--learn-c with --learn-temperature: (W, b, c, tau) and (sqrt(c) W, sqrt(c) b, 1, tau sqrt(c)) give the "
+         "same logits, so with a learned layer c only moves the effective temperature tau*sqrt(c), which "
+         "--learn-temperature already learns; the pair has a direction the loss cannot see. Use one of them"),
+        (args.negatives == "in-batch" and args.batch_size == 1 and args.text_pairing == "all-labels",
+         "--batch-size 1 with --negatives in-batch: a clip's only candidates are its own labels, so the loss is 0 "
+         "and nothing trains; use --negatives all-classes or a larger --batch-size"),
+        (args.text_pairing == "first-label" and args.batch_size == 1,
+         "--batch-size 1 with --text-pairing first-label: the one clip has no other text to be contrasted with, "
+         "so the loss is 0; use a larger --batch-size"),
         ("{label}" not in args.prompt_template, f"--prompt-template must contain {{label}} (got {args.prompt_template!r})"),
         (not (math.isfinite(args.weight_decay) and args.weight_decay >= 0),
          f"--weight-decay must be a finite number >= 0 (got {args.weight_decay})"),

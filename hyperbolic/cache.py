@@ -22,6 +22,12 @@ Layout under the cache root (``default_cache_dir()``)::
   stored video_id is checked against the one read.
 - tokenizer: the tokenizer's files and class (and the precision, as for audio); a prompt set is
   keyed by its exact strings.
+- both audio_prep and tokenizer also hold the sha256 of the model's ``config.json`` (the
+  architecture the weights are loaded into) and the versions of the libraries that compute an
+  embedding (``library_versions``: transformers and torch; for audio also soxr, soundfile and
+  libsndfile), so an edited config or an upgrade is a miss, never a stale hit. The key of each
+  (model folder, audio or text) is remembered under ``keys/``; when it changes, the run logs
+  which parts changed.
 
 A parquet file's entry is a folder of chunks, each a set of rows and their outcome: an
 embedding, or the reason the row could not be embedded (a decode failure, a non-finite
@@ -91,10 +97,30 @@ def _forward_precision(clap) -> dict[str, Any]:
     return {} if precision == "fp32" else {"precision": precision}
 
 
+def library_versions(*, audio: bool) -> dict[str, str]:
+    """Versions of the libraries an embedding depends on: transformers and torch run the
+    forward; soxr resamples and soundfile/libsndfile decode the audio."""
+    import transformers
+    versions = {"transformers": transformers.__version__, "torch": torch.__version__}
+    if audio:
+        import soundfile
+        import soxr
+        versions.update(soxr=soxr.__version__, soundfile=soundfile.__version__,
+                        libsndfile=soundfile.__libsndfile_version__)
+    return versions
+
+
+def _model_config(clap) -> dict[str, Any]:
+    """sha256 of the model folder's config.json (None when there is none)."""
+    path = Path(clap.path) / "config.json"
+    return {"config_json": _file_sha256(path) if path.is_file() else None}
+
+
 def audio_preprocessing(clap, segmenting: audio_rules.Segmenting | None = None) -> dict[str, Any]:
     """Everything besides the weights that decides a clip's embedding."""
     key = {"format": CACHE_FORMAT, "preprocessing": dict(audio_rules.PREPROCESSING),
-           "feature_extractor": clap.processor.feature_extractor.to_dict(), **_forward_precision(clap)}
+           "feature_extractor": clap.processor.feature_extractor.to_dict(), **_forward_precision(clap),
+           "model_config": _model_config(clap), "libraries": library_versions(audio=True)}
     if segmenting is not None:
         key["segment"] = segmenting.key()
     return key
@@ -113,7 +139,18 @@ def text_preprocessing(clap) -> dict[str, Any]:
     files = {name: _file_sha256(Path(clap.path) / name) for name in sorted(names)
              if (Path(clap.path) / name).is_file()}
     return {"format": CACHE_FORMAT, "tokenizer": type(tokenizer).__name__, "files": files,
-            **_forward_precision(clap)}
+            **_forward_precision(clap), "model_config": _model_config(clap),
+            "libraries": library_versions(audio=False)}
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``, to name what changed in a key."""
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
 
 
 def _stat(path: Path) -> list[int]:
@@ -397,15 +434,38 @@ class EmbeddingCache:
 
         return self._memoised(f"model:{folder}", stat, clap.fingerprint)
 
+    def _note_key(self, kind: str, clap, key: dict[str, Any]) -> None:
+        """Log what changed since the last key of this model folder and kind; remember this one."""
+        folder = str(Path(clap.path).resolve())
+        path = self.root / "keys" / f"{_sha256_text(f'{kind}:{folder}')[:32]}.json"
+        try:
+            before = json.loads(path.read_text(encoding="utf-8")).get("key")
+        except (OSError, ValueError, AttributeError):
+            before = None  # first run with this model, or an unreadable note: nothing to compare
+        key = json.loads(json.dumps(key, sort_keys=True, default=_jsonable))
+        if before is not None and before != key:
+            old, new = _flatten(before), _flatten(key)
+            changes = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(old.keys() | new.keys())
+                       if old.get(k) != new.get(k)]
+            log.warning("embedding cache: the %s key of %s changed since it was last used (%s); embeddings "
+                        "stored under the earlier key are not used, so missing ones are computed again",
+                        kind, folder, "; ".join(changes[:6]) + (" ..." if len(changes) > 6 else ""))
+        if before != key:
+            atomic_write_json(path, {"what": f"{kind}:{folder}", "key": key})
+
     def audio(self, clap, segmenting: audio_rules.Segmenting | None = None) -> AudioStore:
         model = self.model_fingerprint(clap)
-        prep = key_digest(audio_preprocessing(clap, segmenting))
+        key = audio_preprocessing(clap, segmenting)
+        self._note_key("audio", clap, {"model": model, **key})
+        prep = key_digest(key)
         return AudioStore(self.root / model[:16] / prep[:16] / "audio", model=model, prep=prep,
                           dim=clap.embed_dim)
 
     def text(self, clap) -> TextStore:
         model = self.model_fingerprint(clap)
-        prep = key_digest(text_preprocessing(clap))
+        key = text_preprocessing(clap)
+        self._note_key("text", clap, {"model": model, **key})
+        prep = key_digest(key)
         return TextStore(self.root / model[:16] / "text" / prep[:16], model=model, prep=prep)
 
     def captions(self, clap) -> CaptionStore:

@@ -51,8 +51,8 @@ class CaptionTrainer(Trainer):
     """``Trainer`` whose texts are ``num_classes`` class prompts, then the caption texts."""
 
     def __init__(self, cfg: TrainConfig, embed_dim: int, prompts: torch.Tensor, seen: list[int],
-                 entailment=None, *, num_classes: int):
-        super().__init__(cfg, embed_dim, prompts, seen, entailment=entailment)
+                 entailment=None, *, num_classes: int, init_audio: torch.Tensor | None = None):
+        super().__init__(cfg, embed_dim, prompts, seen, entailment=entailment, init_audio=init_audio)
         self.num_classes = num_classes
 
     def batch_loss(self, audio: torch.Tensor, labels: list[list[int]], first: list[int]) -> torch.Tensor:
@@ -77,7 +77,8 @@ class CaptionTrainer(Trainer):
         targets = np.zeros((len(clips), len(cols)), dtype=bool)
         for i, row in enumerate(clips.label_indices):
             targets[i, [position[k] for k in row]] = True
-        scores = self.logits(clips.audio, self.prompts[cols])
+        a, t = self.points(clips.audio, self.prompts[cols])
+        scores = self.point_logits(a, t)
         loss = multi_positive_contrastive(scores, torch.from_numpy(targets))
         s = scores.numpy()
         retrieval = retrieval_metrics(s[:, C:], targets[:, C:])
@@ -89,6 +90,7 @@ class CaptionTrainer(Trainer):
         row = {"val_loss": loss.item(), "val_mAP": val_map,
                "val_mean_pos_sim": float(s[targets].mean()), "val_mean_neg_sim": float(s[~targets].mean())}
         row.update({f"val_{k}": v for k, v in retrieval.items() if k.startswith(("t2a_R", "t2a_mAP", "a2t_R"))})
+        row.update(self.usage(a, t))
         return row
 
 

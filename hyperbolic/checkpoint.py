@@ -25,7 +25,7 @@ import torch
 
 from hyperbolic.errors import UserError
 from hyperbolic.outputs import atomic_torch_save
-from hyperbolic.projector import Projector
+from hyperbolic.projector import CLIP_MODES, Projector
 
 FORMAT_VERSION = 2
 LEGACY_FORMAT = "legacy (no config)"  # model_info.checkpoint_format of an earlier scripts' checkpoint
@@ -150,7 +150,10 @@ def read_projection(path: str | Path, *, embed_dim: int | None = None, c_default
     geometry = ckpt.get("geometry", "hyperbolic")
     if geometry not in ("hyperbolic", "euclidean"):
         raise CheckpointError(f"{path}: unknown geometry {geometry!r}")
-    projector = Projector(dim, geometry=geometry, clip_r=ckpt.get("clip_r", 0.9))
+    # The clip mode only shapes training gradients (the value is the same); runs before it
+    # existed trained with the straight-through rule.
+    clip_mode = ckpt.get("clip_mode") if ckpt.get("clip_mode") in CLIP_MODES else "straight-through"
+    projector = Projector(dim, geometry=geometry, clip_r=ckpt.get("clip_r", 0.9), clip_mode=clip_mode)
     try:
         projector.load_state_dict(state)
     except RuntimeError as err:

@@ -60,9 +60,20 @@ from data.audio import CLIP_SECONDS, MAX_SAMPLES, TARGET_SR, Segmenting
 from data.audioset import Clip, ClipMeta, SkipLog, combine_shards, iter_clips, list_parquet_files
 from data.labels import LabelMatcher
 from hyperbolic.cache import AudioStore, EmbeddingCache, RowOutcome
-from hyperbolic.clap import audio_features
+from hyperbolic.clap import FrozenClap, audio_features, resolve_device
 
 log = logging.getLogger(__name__)
+
+
+def open_clap(cfg) -> FrozenClap:
+    """The frozen CLAP of a run's ``EmbeddingConfig``: ``--checkpoint`` on ``--device`` (a CUDA
+    device falls back to the CPU, with a warning, when CUDA is absent) at ``--precision``."""
+    return FrozenClap.load(cfg.checkpoint, resolve_device(cfg.device), precision=cfg.precision)
+
+
+def open_cache(cfg) -> EmbeddingCache | None:
+    """The embedding cache of a run's ``EmbeddingConfig`` (``--cache-dir``); None with ``--no-cache``."""
+    return None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
 
 NON_FINITE = "non_finite_embedding"
 CHUNK_ROWS = 512          # outcomes per cache chunk while a file is being embedded ...

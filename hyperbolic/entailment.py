@@ -1,6 +1,8 @@
 """Entailment cones: the ontology as a partial order on the Poincaré ball.
 
-Geometry (Ganea et al. 2018, as used by MERU and HyCoCLIP), in ``hyperbolic.poincare``'s
+Geometry: the Poincaré-ball cones of Ganea, Bécigneul and Hofmann, "Hyperbolic Entailment Cones
+for Learning Hierarchical Embeddings" (ICML 2018), aperture formula and K included. MERU and
+HyCoCLIP train cones of the same idea in the Lorentz model, with their own aperture formula. In ``hyperbolic.poincare``'s
 convention (ball of curvature ``-c``, radius ``1/sqrt(c)``), for a general point ``u`` (a parent
 prompt, a label prompt) and a specific point ``v`` (a child prompt, a clip):
 
@@ -31,7 +33,10 @@ a fresh sample every batch while the prompt part is the whole ontology every bat
 means keeps the term's size independent of batch size and ontology size. The run adds
 ``entailment_weight * term`` to the contrastive loss.
 
-K = 0.1 (``DEFAULT_K``) as in MERU. At that K the aperture is 1.53 rad at the minimum radius,
+K = 0.1 (``DEFAULT_K``), the value Ganea et al. (2018) use with this Poincaré formula. (MERU's
+0.1, named ``min_radius`` there, is the constant of its Lorentz-model half-aperture
+``arcsin(2 * 0.1 / (sqrt(c) |x_space|))``: another formula on another model, so the two constants
+are not the same quantity and do not give the same cones.) At that K the aperture is 1.53 rad at the minimum radius,
 0.31 rad at 0.3 of the radius, 0.15 at 0.5, 0.021 at 0.9 (the projector's default ``clip_r``):
 wide near the origin, where roots must hold whole sub-trees; narrow at the clips' radius,
 so a clip entailed by a leaf prompt lies close to that prompt's ray. Larger K widens every cone and moves

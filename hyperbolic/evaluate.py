@@ -42,22 +42,25 @@ from data.errors import DatasetError
 from data.class_list import FROM_DATA, resolve_class_names
 from data.labels import LabelMatcher, load_class_ids
 from hyperbolic import legacy
-from hyperbolic.cache import EmbeddingCache
 from hyperbolic.checkpoint import read_projection, resolve_checkpoint
-from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
-from hyperbolic.embeddings import PROMPT_NAME_RULE, duration_report, embed_clips, embed_prompts, prompts_for
+from hyperbolic.embeddings import (PROMPT_NAME_RULE, duration_report, embed_clips, embed_prompts, open_cache, open_clap,
+                                   prompts_for)
 from hyperbolic.entailment import DEFAULT_K
 from hyperbolic.eval_hierarchy import HIER_K, HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
 from hyperbolic.metrics import (
     bootstrap_ci,
+    bootstrap_difference,
+    bootstrap_samples,
     classification_metrics,
+    legacy_set_metrics,
     per_class_ap,
     retrieval_metrics,
 )
 from hyperbolic.ontology import Ontology
 from hyperbolic.outputs import atomic_write_bytes, atomic_write_json, unique_path
-from hyperbolic.projector import Projector, similarity
+from hyperbolic.ball_usage import ball_usage
+from hyperbolic.projector import Projector, effective_temperature, similarity
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +81,10 @@ DISTANCE_TEXT = {
 }
 BOOTSTRAP_NOTE = (
     "Percentile bootstrap over the labelled clips; every model uses the same resamples (same seed). "
-    "The mAP interval is biased upward: a positive clip drawn twice ties with its copy, which "
-    "counts as an extra hit, so resampled mAP runs above the point estimate when AP is low and "
-    "the interval need not contain it (see mAP.contains_point). acc@1 has no such bias."
+    "A clip drawn m times counts m times but its copies do not rank against each other "
+    "(metrics.bootstrap_samples), which removes the upward bias of resampled mAP that copies tied "
+    "with each other gave. vs_clap_cosine: this model minus plain CLAP on each shared resample "
+    "(paired), diff the difference of the point estimates."
 )
 
 
@@ -173,7 +177,9 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
                     {"c": c, "temperature": temperature, "prompt_template": f'"{template}"',
                      "legacy_distance": f"geometry {geometry}"}[flag])
     info = {"projection_checkpoint": str(path), "epoch": ckpt.get("epoch"), "geometry": geometry,
-            "c": c, "temperature": temperature, "clip_r": projector.clip_r, "embed_dim": dim,
+            "c": c, "temperature": temperature,
+            "effective_temperature": effective_temperature(c, temperature) if geometry == "hyperbolic" else None,
+            "clip_r": projector.clip_r, "embed_dim": dim,
             "checkpoint_format": read.format,
             "prompt_template_source": template_source, "legacy_distance": legacy_distance,
             "projection": PROJECTION_TEXT["legacy" if legacy_distance else geometry],
@@ -303,13 +309,36 @@ def _holdout_metrics(model: ScoringModel, scores, targets, class_names, cfg: Eva
     return out
 
 
-def _bootstrap(scores, targets, metrics, cfg: EvalConfig) -> dict:
-    ci = bootstrap_ci(scores, targets, n=cfg.bootstrap, seed=cfg.bootstrap_seed)
+def _bootstrap(scores, targets, metrics, cfg: EvalConfig) -> tuple[dict, dict]:
+    """The model's bootstrap block and its per-resample values (for the paired differences)."""
+    samples = bootstrap_samples(scores, targets, n=cfg.bootstrap, seed=cfg.bootstrap_seed)
+    ci = bootstrap_ci(scores, targets, n=cfg.bootstrap, seed=cfg.bootstrap_seed, samples=samples)
     for key in ("mAP", "acc@1"):
         point = metrics[key]
         ci[key].update(point=point, contains_point=bool(ci[key]["low"] <= point <= ci[key]["high"]))
     ci["note"] = BOOTSTRAP_NOTE
-    return ci
+    return ci, samples
+
+
+def _paired_with_plain(blocks: dict[str, dict], samples: dict[str, dict]) -> None:
+    """Add ``bootstrap.vs_clap_cosine`` to every other model's block when plain CLAP ran."""
+    if PLAIN_MODEL_NAME not in samples:
+        return
+    plain = blocks[PLAIN_MODEL_NAME]["metrics"]
+    for name, own in samples.items():
+        if name != PLAIN_MODEL_NAME:
+            blocks[name]["bootstrap"][f"vs_{PLAIN_MODEL_NAME}"] = bootstrap_difference(
+                own, samples[PLAIN_MODEL_NAME], blocks[name]["metrics"], plain)
+
+
+def _ball_usage(model: ScoringModel, audio_pts, text_pts, scores) -> dict | None:
+    """``ball_usage.ball_usage`` of a hyperbolic model over every embedded clip (None otherwise).
+    The clip sphere is ``clip_r`` of the radius, or for ``--legacy-distance`` the earlier scripts'
+    absolute 0.9 (relative ``0.9 sqrt(c)``, no clip where that is >= 1)."""
+    if model.projector is None or model.geometry != "hyperbolic":
+        return None
+    clip = legacy.MAX_NORM * model.c ** 0.5 if model.legacy_distance else model.projector.clip_r
+    return ball_usage(audio_pts, text_pts, scores, c=model.c, clip_radius=clip if clip < 1 else None)
 
 
 def _model_info(model: ScoringModel, model_path: str) -> dict:
@@ -320,7 +349,7 @@ def _model_info(model: ScoringModel, model_path: str) -> dict:
             "model_path": model_path, "use_hyperbolic": hyperbolic, "prompt_template": model.prompt_template,
             "prompt_label_rule": PROMPT_NAME_RULE,
             **model.info}
-    for key in ("projection_checkpoint", "c", "temperature"):
+    for key in ("projection_checkpoint", "c", "temperature", "effective_temperature"):
         info.setdefault(key, None)
     return info
 
@@ -408,7 +437,6 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     if cfg.text_column:
         from hyperbolic.retrieval import evaluate_captions
         return evaluate_captions(cfg, models)
-    device = resolve_device(cfg.device)
     class_names = resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
                                       limit=cfg.num_samples)
     matcher = LabelMatcher(class_names, load_class_ids(cfg.class_labels, class_names))
@@ -416,7 +444,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         raise ValueError("expand_ancestors needs an ontology (--expand-ancestors needs --ontology PATH)")
     hier = (HierarchyContext.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
             if cfg.ontology else None)
-    clap = FrozenClap.load(cfg.checkpoint, device, precision=cfg.precision)
+    clap = open_clap(cfg)
     if models is None:
         models = build_models(cfg, clap.embed_dim)
     if len({m.name for m in models}) != len(models):
@@ -426,7 +454,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         log.warning("--threshold %g applies to the raw scores of every model, and cosine, euclidean and "
                     "hyperbolic scores have different scales; compare the top-k rule (--set-k) instead",
                     cfg.threshold)
-    cache = None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
+    cache = open_cache(cfg)
     skips = SkipLog()
     clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
                         limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=False,
@@ -457,6 +485,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     score_sets: dict[str, np.ndarray] = {}
     text_points: dict[str, torch.Tensor] = {}
     audio_points: dict[str, torch.Tensor] = {}
+    boot_samples: dict[str, dict] = {}
     for model in models:
         template = model.prompt_template
         if template not in prompt_cache:
@@ -484,16 +513,22 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
             "metrics": metrics,
             "metrics_by_split": (_holdout_metrics(model, s, t, class_names, cfg, rows_read)
                                  if metrics else None),
-            "bootstrap": _bootstrap(s, t, metrics, cfg) if cfg.bootstrap and metrics else None,
+            "bootstrap": None,
             "hierarchy": hierarchy,
+            "ball_usage": _ball_usage(model, audio_pts, text_pts, scores),
             "per_class": per_class_ap(s, t, class_names) if metrics else [],
             "predictions": _predictions(scores, clips, class_names, cfg.top_k,
                                         targets if cfg.expand_ancestors else None),
         }
+        if cfg.bootstrap and metrics:
+            blocks[model.name]["bootstrap"], boot_samples[model.name] = _bootstrap(s, t, metrics, cfg)
+        if cfg.legacy_distance and metrics:
+            blocks[model.name]["legacy_metrics"] = legacy_set_metrics(s, t, set_k=cfg.set_k, threshold=cfg.threshold)
         score_sets[model.name] = scores
         text_points[model.name] = text_pts
         if cfg.plots:
             audio_points[model.name] = audio_pts[torch.from_numpy(labelled)]
+    _paired_with_plain(blocks, boot_samples)
 
     path = unique_path(cfg.output_json or Path(cfg.result_dir) /
                        f"clap_modelscope_results_{datetime.now().strftime('%Y%m%d_%H%M%S')}.json")
@@ -513,7 +548,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
                 unique_path(path.with_name(f"{path.stem}_per_class_ap_models.png")), num_clips=int(labelled.sum())))
 
     test_info = {"timestamp": datetime.now().isoformat(), "parquet_dir": str(cfg.parquet_dir),
-                 "num_samples": cfg.num_samples, "device": str(device), "model_path": str(clap.path),
+                 "num_samples": cfg.num_samples, "device": str(clap.device), "model_path": str(clap.path),
                  "class_labels": str(cfg.class_labels), "num_classes": len(class_names),
                  **({"class_names": class_names} if str(cfg.class_labels) == FROM_DATA else {}),
                  "label_column": cfg.label_column, "layout": layout, "models": [m.name for m in models],
@@ -546,9 +581,9 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
 
 # ------------------------------------------------------------------------------- table
 
-SUMMARY_KEYS = ("mAP", "mAUC", "d_prime", "map", "acc@1", "acc@5", "f1_micro", "f1_macro",
+SUMMARY_KEYS = ("mAP", "mAUC", "d_prime", "map", "mAP_per_clip", "acc@1", "acc@5", "f1_micro", "f1_macro",
                 "t2a_R@1", "t2a_mAP@10", "a2t_R@1")
-TABLE_KEYS = ("mAP", "mAUC", "d_prime", "map", "acc@1", "acc@3", "acc@5", "acc@10", "precision_micro",
+TABLE_KEYS = ("mAP", "mAUC", "d_prime", "mAP_per_clip", "acc@1", "acc@3", "acc@5", "acc@10", "precision_micro",
               "recall_micro", "f1_micro", "precision_macro", "recall_macro", "f1_macro", "t2a_R@1", "t2a_R@5",
               "t2a_R@10", "t2a_mAP@10", "a2t_R@1", "a2t_R@5", "a2t_R@10", "valid_samples", "total_samples")
 
@@ -557,6 +592,11 @@ def _fmt(value) -> str:
     if value is None:
         return "-"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _fmt_diff(d: dict | None) -> str:
+    """A paired difference as ``+0.1234 [+0.0800, +0.1600]``."""
+    return "-" if not d else f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
 
 
 def format_metrics_table(results: dict) -> str:
@@ -572,6 +612,22 @@ def format_metrics_table(results: dict) -> str:
             rows.append((f"{key} 95% CI", [
                 f"[{b['bootstrap'][key]['low']:.4f}, {b['bootstrap'][key]['high']:.4f}]" if b.get("bootstrap")
                 else "-" for b in blocks.values()]))
+        paired = f"vs_{PLAIN_MODEL_NAME}"
+        if any((b.get("bootstrap") or {}).get(paired) for b in blocks.values()):
+            for key in ("mAP", "acc@1"):
+                rows.append((f"{key} - cosine", [_fmt_diff((b.get("bootstrap") or {}).get(paired, {}).get(key))
+                                                 for b in blocks.values()]))
+    if any(b.get("legacy_metrics") for b in blocks.values()):
+        for key, label in (("precision_macro", "legacy P_macro"), ("recall_macro", "legacy R_macro"),
+                           ("f1_macro", "legacy F1_macro")):
+            rows.append((label, [
+                _fmt(b["legacy_metrics"][key]) if b.get("legacy_metrics") else "-" for b in blocks.values()]))
+    if any(b.get("ball_usage") for b in blocks.values()):
+        for label, get in (("audio_on_clip", lambda u: u["audio"]["on_clip_sphere"]),
+                           ("text_on_clip", lambda u: u["text"]["on_clip_sphere"]),
+                           ("top1_same_cos", lambda u: u["top1_same_as_cosine"])):
+            rows.append((label, [_fmt(get(b["ball_usage"])) if b.get("ball_usage") else "-"
+                                 for b in blocks.values()]))
     if any(b.get("hierarchy") for b in blocks.values()):
         for label, get in (("rho(prompt,dep)", lambda h: h["prompt_norm_vs_depth"]["rho"]),
                            ("rho(audio,dep)", lambda h: h["audio_mean_norm_vs_depth"]["rho"]),

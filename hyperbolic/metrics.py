@@ -9,10 +9,15 @@ Conventions, shared by every function here:
   at least one true label: clips without a known label are excluded by the caller, because
   a clip with nothing to find has no defined ranking metric and would silently add
   negatives to every class.
-- Rankings are stable: when scores tie, the lower class index (or clip index) ranks first,
-  exactly as ``np.argsort(-s, kind="stable")``. Rank-based metrics (acc@k, R@k, top-k sets,
-  AP@10) depend on this rule. Average precision and ROC AUC do not depend on the order
-  inside a tie: they follow scikit-learn, which treats a tie as one threshold.
+- Ties: acc@k, R@k and the top-k predicted sets are the expected value over a uniformly
+  random order inside every tie, so class (or clip) order never matters: a tie group that
+  straddles the k-th place puts each of its members in the top k with probability
+  ``places left / group size``, and holds a true label there with probability
+  ``1 - hypergeom.pmf(0, group size, true in group, places left)``. A model whose scores are
+  all equal gets ``acc@1 = mean over clips of #labels / C``. AP@10 (``t2a_mAP@10``), the
+  hierarchy metrics and the predictions list still rank ties by the lower index
+  (``np.argsort(-s, kind="stable")``). Average precision and ROC AUC do not depend on the
+  order inside a tie: they follow scikit-learn, which treats a tie as one threshold.
 - A value that is undefined or infinite is returned as ``None`` (results are written to JSON,
   which holds neither NaN nor inf).
 
@@ -29,14 +34,16 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-import scipy.sparse as sp
 from scipy import stats
-from sklearn.metrics import precision_recall_fscore_support
+from scipy.stats import hypergeom
 
 __all__ = [
     "bootstrap_ci",
+    "bootstrap_difference",
+    "bootstrap_samples",
     "class_distance_matrix",
     "classification_metrics",
+    "legacy_set_metrics",
     "mistake_severity",
     "per_class_ap",
     "retrieval_metrics",
@@ -99,7 +106,8 @@ def _first_hit_rank(s: np.ndarray, t: np.ndarray) -> np.ndarray:
     The first true entry in ``np.argsort(-row, kind="stable")`` is the true entry with the
     highest score, the lowest index among ties; its position is the number of entries
     scoring higher plus the number tied with it at a lower index. Every row needs a true
-    entry. Returns ``(R,)`` int.
+    entry. Returns ``(R,)`` int. (Caption retrieval, ``hyperbolic.retrieval``, ranks with it;
+    the class metrics here take ties at their expected value, ``_expected_hit``.)
     """
     best = np.where(t, s, -np.inf).max(axis=1)
     at_best = s == best[:, None]
@@ -107,6 +115,64 @@ def _first_hit_rank(s: np.ndarray, t: np.ndarray) -> np.ndarray:
     above = np.count_nonzero(s > best[:, None], axis=1)
     tied_before = np.count_nonzero(at_best & (np.arange(s.shape[1]) < first[:, None]), axis=1)
     return above + tied_before
+
+
+def _expected_hit(s: np.ndarray, t: np.ndarray, ks: Sequence[int]) -> dict[int, np.ndarray]:
+    """Per row, the probability that a true entry is among the top k when every tie is ordered
+    uniformly at random; ``{k: (R,) float}``. Every row needs a true entry.
+
+    With ``b`` the row's best true score, ``above`` entries scoring more than ``b`` and a tie
+    group of ``g`` entries at ``b`` holding ``m`` true ones: 0 if ``k <= above``, else
+    ``1 - hypergeom.pmf(0, g, m, min(k - above, g))`` (no true entry among the
+    ``k - above`` places the group fills). Only rows whose group is cut by the k-th place
+    need the hypergeometric term; the others are exactly 0 or 1.
+    """
+    best = np.where(t, s, -np.inf).max(axis=1)
+    at_best = s == best[:, None]
+    above = np.count_nonzero(s > best[:, None], axis=1)
+    group = np.count_nonzero(at_best, axis=1)
+    true_in_group = np.count_nonzero(t & at_best, axis=1)
+    out = {}
+    for k in ks:
+        places = k - above
+        hit = (places > 0).astype(np.float64)
+        cut = np.flatnonzero((places > 0) & (places < group) & (true_in_group < group))
+        if cut.size:
+            hit[cut] = 1.0 - hypergeom.pmf(0, group[cut], true_in_group[cut], places[cut])
+        out[k] = hit
+    return out
+
+
+def _topk_expected(s: np.ndarray, k: int) -> np.ndarray:
+    """``(R, M)`` float: the probability of each entry being in its row's top k when ties are
+    ordered uniformly at random (k clipped to M). Entries above the k-th largest value get 1,
+    the ``g`` entries equal to it share the ``p`` places left, ``p / g`` each, the rest 0."""
+    m = s.shape[1]
+    k = min(k, m)
+    kth = np.partition(s, m - k, axis=1)[:, m - k]  # k-th largest value of each row
+    gt = s > kth[:, None]
+    eq = s == kth[:, None]
+    share = (k - np.count_nonzero(gt, axis=1)) / np.count_nonzero(eq, axis=1)
+    return np.where(gt, 1.0, np.where(eq, share[:, None], 0.0))
+
+
+def _set_counts(t: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class: (expected) true positives, predicted count and positives, each ``(C,)``."""
+    predicted = predicted.astype(np.float64, copy=False)
+    tp = np.einsum("ij,ij->j", predicted, t.astype(np.float64))
+    return tp, predicted.sum(axis=0), np.count_nonzero(t, axis=0).astype(np.float64)
+
+
+def _ratio(a, b):
+    """a / b, 0 where b == 0 (scikit-learn's ``zero_division=0``)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b > 0)
+
+
+def _predicted_sets(s: np.ndarray, set_k: int, threshold: float | None) -> tuple[np.ndarray, str]:
+    if threshold is None:
+        return _topk_expected(s, set_k), f"top-{set_k}"
+    return s >= float(threshold), f"score>={float(threshold):g}"
 
 
 def _topk_mask(s: np.ndarray, k: int) -> np.ndarray:
@@ -205,21 +271,26 @@ def classification_metrics(scores, targets, *, ks: Sequence[int] = (1, 3, 5, 10)
     Keys (floats unless noted):
 
     - ``acc@k`` for each k in ``ks``: fraction of clips with a true label among their top-k
-      classes (stable ranking; k larger than C means all classes).
+      classes, each tie ordered at random and the expected value taken (see the module
+      docstring; k larger than C means all classes).
     - ``mAP``: AudioSet standard, mean over classes with >= 1 positive of scikit-learn's
       ``average_precision_score`` of that class column.
     - ``mAUC``: mean ROC AUC over classes with >= 1 positive and >= 1 negative; ``None`` if no
       class has both.
     - ``d_prime``: ``sqrt(2) * Phi^-1(mAUC)`` (``scipy.stats.norm.ppf``); ``None`` when mAUC
       is ``None``, 0 or 1 (d' would be infinite, which JSON cannot hold).
-    - ``map``: mean over clips of the AP of the clip's row ranking the C classes, i.e.
+    - ``map`` and ``mAP_per_clip`` (the same value; ``map`` is the earlier scripts' key):
+      mean over clips of the AP of the clip's row ranking the C classes, i.e.
       ``average_precision_score(targets, scores, average="samples")``.
     - ``precision_micro``, ``recall_micro``, ``f1_micro``: scikit-learn micro averages over all
       C classes of the predicted sets; ``precision_macro``, ``recall_macro``, ``f1_macro``:
       scikit-learn macro averages over the classes with >= 1 positive
       (``labels=`` those classes, ``zero_division=0``). The predicted set of a clip is its
-      top-``set_k`` classes (stable ranking), or ``{classes with score >= threshold}`` when
-      ``threshold`` is given.
+      top-``set_k`` classes, or ``{classes with score >= threshold}`` when ``threshold`` is
+      given. A tie cut by the ``set_k``-th place puts each of its members in the set with
+      probability ``places left / group size``, and the counts (true positives, predictions)
+      are their expected values: micro P/R/F1 and macro recall are then the exact expectation
+      over random tie orders; macro precision and F1 are ratios of expected counts.
     - ``predicted_set_rule`` (str): ``"top-5"`` or ``"score>=0.3"``.
     - ``num_classes_evaluated`` (int): classes with >= 1 positive; ``num_clips`` (int): N.
 
@@ -231,9 +302,8 @@ def classification_metrics(scores, targets, *, ks: Sequence[int] = (1, 3, 5, 10)
     n, c = s.shape
     out: dict = {}
 
-    first_hit = _first_hit_rank(s, t)
-    for k in ks:
-        out[f"acc@{k}"] = float(np.mean(first_hit < k))
+    for k, hit in _expected_hit(s, t, ks).items():
+        out[f"acc@{k}"] = float(np.mean(hit))
 
     ap, auc, positives = _per_class_ap_auc(s, t)
     evaluated = np.flatnonzero(positives)
@@ -244,27 +314,20 @@ def classification_metrics(scores, targets, *, ks: Sequence[int] = (1, 3, 5, 10)
     out["d_prime"] = None if m_auc is None else _none_if_not_finite(
         math.sqrt(2.0) * stats.norm.ppf(m_auc))
     out["map"] = float(np.mean(_per_clip_ap(s, t)))
+    out["mAP_per_clip"] = out["map"]
 
-    if threshold is None:
-        predicted = _topk_mask(s, set_k)
-        out["predicted_set_rule"] = f"top-{set_k}"
-    else:
-        predicted = s >= float(threshold)
-        out["predicted_set_rule"] = f"score>={float(threshold):g}"
-    # Sparse inputs keep scikit-learn from running np.unique over the dense N x C matrices,
-    # which costs ~0.5 s per call at 20,000 x 527.
-    y_true, y_pred = sp.csr_matrix(t), sp.csr_matrix(predicted)
-    if c == 1:
-        # scikit-learn reads a single column as binary (0 and 1 both labels), not multilabel;
-        # an all-false column adds no tp/fp/fn to micro and is outside the macro labels.
-        y_true, y_pred = (sp.hstack([y, sp.csr_matrix((n, 1), dtype=bool)], format="csr")
-                          for y in (y_true, y_pred))
-    for average, labels in (("micro", None), ("macro", evaluated)):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average=average,
-                                                     labels=labels, zero_division=0)
-        out[f"precision_{average}"] = float(p)
-        out[f"recall_{average}"] = float(r)
-        out[f"f1_{average}"] = float(f)
+    predicted, out["predicted_set_rule"] = _predicted_sets(s, set_k, threshold)
+    # Counts rather than scikit-learn's precision_recall_fscore_support: a tie cut by the k-th
+    # place makes membership fractional, which it does not take. Without such ties the counts
+    # are integers and the values are scikit-learn's (tests/test_metrics.py checks both).
+    tp, n_pred, n_pos = _set_counts(t, predicted)
+    out["precision_micro"] = float(_ratio(tp.sum(), n_pred.sum()))
+    out["recall_micro"] = float(_ratio(tp.sum(), n_pos.sum()))
+    out["f1_micro"] = float(_ratio(2 * tp.sum(), n_pred.sum() + n_pos.sum()))
+    e = evaluated
+    out["precision_macro"] = float(np.mean(_ratio(tp[e], n_pred[e])))
+    out["recall_macro"] = float(np.mean(_ratio(tp[e], n_pos[e])))
+    out["f1_macro"] = float(np.mean(_ratio(2 * tp[e], n_pred[e] + n_pos[e])))
 
     out["num_classes_evaluated"] = int(evaluated.size)
     out["num_clips"] = int(n)
@@ -289,14 +352,16 @@ def retrieval_metrics(scores, targets, *, ks: Sequence[int] = (1, 5, 10), map_k:
     """Text-to-audio and audio-to-text retrieval metrics of an ``(N, C)`` score matrix.
 
     Text to audio: every class with >= 1 positive clip is a query ranking all N clips by its
-    score column (stable: ties go to the lower clip index).
+    score column.
 
-    - ``t2a_R@k``: fraction of queries with >= 1 relevant clip among the top k.
+    - ``t2a_R@k``: fraction of queries with >= 1 relevant clip among the top k (expected value
+      over random tie orders, as acc@k).
     - ``t2a_mAP@10`` (``map_k`` = 10): mean over queries of
       ``AP@10 = (1 / min(10, #relevant)) * sum_{i<=10} P@i * rel_i``, where ``rel_i`` says
-      whether the clip at rank i is relevant and ``P@i`` is the fraction relevant in the top i.
+      whether the clip at rank i is relevant and ``P@i`` is the fraction relevant in the top i
+      (stable ranking: ties go to the lower clip index).
 
-    Audio to text: every clip ranks the C classes (stable: ties go to the lower class index).
+    Audio to text: every clip ranks the C classes.
 
     - ``a2t_R@k``: fraction of clips with >= 1 true class among the top k (equals acc@k).
 
@@ -311,9 +376,8 @@ def retrieval_metrics(scores, targets, *, ks: Sequence[int] = (1, 5, 10), map_k:
     t_q = np.ascontiguousarray(t[:, queries].T)
     out: dict = {}
 
-    first_hit = _first_hit_rank(s_q, t_q)
-    for k in ks:
-        out[f"t2a_R@{k}"] = float(np.mean(first_hit < k))
+    for k, hit in _expected_hit(s_q, t_q, ks).items():
+        out[f"t2a_R@{k}"] = float(np.mean(hit))
 
     top = _topk_order(s_q, map_k)  # (Q, min(map_k, N))
     rel = np.take_along_axis(t_q, top, axis=1)
@@ -321,37 +385,38 @@ def retrieval_metrics(scores, targets, *, ks: Sequence[int] = (1, 5, 10), map_k:
     ap = (precision_at * rel).sum(axis=1) / np.minimum(map_k, t_q.sum(axis=1))
     out[f"t2a_mAP@{map_k}"] = float(np.mean(ap))
 
-    first_hit = _first_hit_rank(s, t)
-    for k in ks:
-        out[f"a2t_R@{k}"] = float(np.mean(first_hit < k))
+    for k, hit in _expected_hit(s, t, ks).items():
+        out[f"a2t_R@{k}"] = float(np.mean(hit))
     out["t2a_num_queries"] = int(queries.size)
     out["a2t_num_queries"] = int(s.shape[0])
     return out
 
 
-def bootstrap_ci(scores, targets, *, n: int, seed: int, alpha: float = 0.05) -> dict:
-    """Percentile bootstrap intervals of mAP and acc@1 over clips.
+def bootstrap_samples(scores, targets, *, n: int, seed: int) -> dict[str, np.ndarray]:
+    """mAP and acc@1 of each of ``n`` resamples of the clips: ``{"mAP": (n,), "acc@1": (n,)}``.
 
     Resample b (b = 0..n-1) takes ``idx = rng.integers(0, N, size=N)`` in that order from
-    ``rng = np.random.default_rng(seed)``, so a result can be reproduced draw by draw. Each
-    resample's mAP averages over the classes with >= 1 positive in that resample; a clip
-    drawn m times counts m times (computed with weights, equal to duplicating rows).
-    The interval is ``np.percentile(values, [100 alpha/2, 100 (1 - alpha/2)])``.
+    ``rng = np.random.default_rng(seed)``, so a result can be reproduced draw by draw, and two
+    models given the same seed and N see the same resamples (``bootstrap_difference``).
 
-    A positive drawn twice ties with its copy, which counts as one more hit at its own rank,
-    so resampled mAP runs above the point estimate when AP is low (random 20,000 x 527 data
-    with mAP 0.084 gave a 95% interval of [0.088, 0.091] over 100 resamples); acc@1, a mean
-    over clips, has no such bias.
-
-    Returns ``{"mAP": {"low", "high"}, "acc@1": {"low", "high"}, "n", "seed", "alpha"}``.
+    A clip drawn m times counts m times (weights), but its copies do not rank against each
+    other: in each class, a drawn positive with score x has precision
+    ``(P_ge - m + 1) / (N_ge - m + 1)``, where ``P_ge`` and ``N_ge`` are the weighted counts of
+    positives and of clips scoring >= x, i.e. its own copies count once, as the clip does in
+    the data. Treating the copies as one tie instead (scikit-learn on the duplicated rows)
+    credits each copy with all the others as hits at its own rank, which biases resampled mAP
+    upward: on random 4000 x 60 scores with 1% positives (200 resamples) the point mAP 0.0212
+    lay below the whole 95% interval [0.0216, 0.0236]; this rule gives [0.0202, 0.0218]. The resample's
+    AP of a class is the weighted mean of these precisions over its drawn positives, and its
+    mAP averages over the classes with >= 1 positive drawn. Without duplicates (all m = 1)
+    this is scikit-learn's AP. acc@1 is the weighted mean of the clips' expected hits (ties
+    ordered at random, as ``classification_metrics``).
     """
     s, t = _check_inputs(scores, targets)
     if int(n) < 1:
         raise ValueError(f"n must be >= 1 (got {n})")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1) (got {alpha})")
     num_clips = s.shape[0]
-    hit1 = _first_hit_rank(s, t) < 1
+    hit1 = _expected_hit(s, t, (1,))[1]
 
     # Per class, fixed across resamples: clip order by ascending score, and for each
     # positive its count of clips (and of positives) scoring strictly lower.
@@ -386,16 +451,82 @@ def bootstrap_ci(scores, targets, *, n: int, seed: int, alpha: float = 0.05) -> 
             pos_cum = np.concatenate(([0.0], np.cumsum(wp)))
             p_ge = pos_cum[-1] - pos_cum[p_lt]
             n_ge = cum[row, -1] - cum[row, n_lt]
-            drawn = wp > 0  # undrawn positives add nothing, and may have n_ge == 0
-            aps.append(np.sum(wp[drawn] * p_ge[drawn] / n_ge[drawn]) / pos_cum[-1])
+            d = wp > 0  # undrawn positives add nothing, and may have n_ge == 0
+            # Own copies count once: n_ge - m + 1 >= 1 since n_ge includes the m copies.
+            precision = (p_ge[d] - wp[d] + 1) / (n_ge[d] - wp[d] + 1)
+            aps.append(np.sum(wp[d] * precision) / pos_cum[-1])
         maps[b] = np.mean(aps)
+    return {"mAP": maps, "acc@1": accs}
 
-    q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
-    m_lo, m_hi = np.percentile(maps, q)
-    a_lo, a_hi = np.percentile(accs, q)
-    return {"mAP": {"low": float(m_lo), "high": float(m_hi)},
-            "acc@1": {"low": float(a_lo), "high": float(a_hi)},
-            "n": int(n), "seed": int(seed), "alpha": float(alpha)}
+
+def _check_alpha(alpha: float) -> list[float]:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1) (got {alpha})")
+    return [100 * alpha / 2, 100 * (1 - alpha / 2)]
+
+
+def bootstrap_ci(scores, targets, *, n: int, seed: int, alpha: float = 0.05,
+                 samples: dict[str, np.ndarray] | None = None) -> dict:
+    """Percentile bootstrap intervals of mAP and acc@1 over clips.
+
+    The values are ``bootstrap_samples(scores, targets, n=n, seed=seed)`` (pass them as
+    ``samples`` when already computed); the interval is
+    ``np.percentile(values, [100 alpha/2, 100 (1 - alpha/2)])``.
+
+    Returns ``{"mAP": {"low", "high"}, "acc@1": {"low", "high"}, "n", "seed", "alpha"}``.
+    """
+    q = _check_alpha(alpha)
+    if samples is None:
+        samples = bootstrap_samples(scores, targets, n=n, seed=seed)
+    out: dict = {}
+    for key in ("mAP", "acc@1"):
+        lo, hi = np.percentile(samples[key], q)
+        out[key] = {"low": float(lo), "high": float(hi)}
+    return {**out, "n": int(n), "seed": int(seed), "alpha": float(alpha)}
+
+
+def bootstrap_difference(samples: dict[str, np.ndarray], baseline: dict[str, np.ndarray],
+                         point: Mapping[str, float], baseline_point: Mapping[str, float], *,
+                         alpha: float = 0.05) -> dict:
+    """Paired bootstrap of a difference between two models scored on the same clips.
+
+    ``samples`` and ``baseline`` come from ``bootstrap_samples`` with the same seed, n and
+    clips, so resample b is the same set of clips for both. For each key (mAP, acc@1):
+    ``diff = point - baseline_point``; ``low``, ``high``: the percentile interval of
+    ``samples[key] - baseline[key]``. Pairing removes the clip-to-clip variation the two
+    models share, so the interval is narrower than one read off two separate intervals.
+    """
+    q = _check_alpha(alpha)
+    out = {}
+    for key in ("mAP", "acc@1"):
+        if len(samples[key]) != len(baseline[key]):
+            raise ValueError(f"paired bootstrap needs the same resamples ({len(samples[key])} vs "
+                             f"{len(baseline[key])} values of {key})")
+        lo, hi = np.percentile(np.asarray(samples[key]) - np.asarray(baseline[key]), q)
+        out[key] = {"diff": float(point[key] - baseline_point[key]), "low": float(lo), "high": float(hi)}
+    return out
+
+
+def legacy_set_metrics(scores, targets, *, set_k: int = 5, threshold: float | None = None) -> dict:
+    """Macro precision, recall and F1 as the earlier public scripts computed them.
+
+    Same predicted sets as :func:`classification_metrics`. Per class, ``P_c = TP / #predicted``
+    and ``R_c = TP / #positives`` (0 when the denominator is 0); ``precision_macro`` and
+    ``recall_macro`` average them over all C classes of the class list, a class without a
+    positive counting 0, and ``f1_macro = 2 P R / (P + R)`` of those two means (0 when both are
+    0), not the mean of per-class F1. Returns ``{"precision_macro", "recall_macro",
+    "f1_macro", "num_classes_averaged", "definition"}``.
+    """
+    s, t = _check_inputs(scores, targets)
+    (set_k,) = _check_ks((set_k,), "set_k")
+    predicted, _ = _predicted_sets(s, set_k, threshold)
+    tp, n_pred, n_pos = _set_counts(t, predicted)
+    p = float(np.mean(_ratio(tp, n_pred)))
+    r = float(np.mean(_ratio(tp, n_pos)))
+    return {"precision_macro": p, "recall_macro": r, "f1_macro": float(_ratio(2 * p * r, p + r)),
+            "num_classes_averaged": int(s.shape[1]),
+            "definition": "earlier scripts: per-class P and R averaged over all classes of the list "
+                          "(no positive: 0); f1_macro = harmonic mean of the two averages"}
 
 
 def spearman_norm_depth(norms, depths) -> dict:

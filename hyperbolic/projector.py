@@ -29,32 +29,86 @@ C_RANGE_FACTOR = 10.0
 TAU_MIN, TAU_MAX = 0.01, 100.0
 
 
-def clip_tangent(u: torch.Tensor, *, c: torch.Tensor | float, clip_r: float) -> torch.Tensor:
+CLIP_MODES = ("inward", "straight-through", "hard")
+
+
+class _InwardClip(torch.autograd.Function):
+    """``u * min(1, r / |u|)`` with the gradient of the ``inward`` clip mode (see ``clip_tangent``).
+
+    ``r`` is a detached (..., 1) tensor; the curvature's share of the gradient is added by the caller.
+    """
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        norm = u.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
+        scale = (r / norm).clamp(max=1.0)
+        ctx.save_for_backward(u / norm, scale)
+        return u * scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        direction, scale = ctx.saved_tensors
+        g = grad * scale
+        radial = (g * direction).sum(-1, keepdim=True)
+        # A gradient step moves u by -g: a negative radial part would push a clipped vector further
+        # out, where it changes nothing but the pre-clip norm. That part is dropped; an inward
+        # one is kept, so a clipped point can always be brought back into the ball.
+        outward = (scale < 1) & (radial < 0)
+        return torch.where(outward, g - radial * direction, g), None
+
+
+def clip_tangent(u: torch.Tensor, *, c: torch.Tensor | float, clip_r: float,
+                 mode: str = "inward") -> torch.Tensor:
     """Rescale tangent vectors so that ``expmap0`` lands within ``clip_r / sqrt(c)`` of the origin.
 
-    ``u`` (..., D) -> (..., D). The tangent norm that maps to ball radius ``r / sqrt(c)`` is
-    ``artanh(r) / sqrt(c)``. The scale factor ``min(1, r_t / |u|)`` is detached: the value is
-    clipped, but the gradient passes through unchanged (times the scale), radial part included.
-    A hard clip with a live scale would have zero radial gradient beyond the radius, so a point
-    stuck on the clip sphere could never be pulled back inward.
+    ``u`` (..., D) -> (..., D), value ``u * min(1, r_t / |u|)`` with ``r_t = artanh(clip_r) / sqrt(c)``,
+    the tangent norm that ``expmap0`` maps to relative radius ``clip_r``. The modes differ only in
+    the gradient with respect to ``u`` of a clipped vector (inside the clip every mode is the
+    identity):
+
+    - ``inward`` (default): the scaled gradient, minus its radial part when that part would push
+      the vector further out. The pre-clip norm cannot run away, and a clipped point can still be
+      pulled back inside.
+    - ``straight-through`` (this code's earlier rule): the scaled gradient, radial part included.
+      The pre-clip norm grows without bound when the loss keeps pushing outward, so a point that
+      reached the clip never comes back.
+    - ``hard``: the exact derivative of the value: no radial part at all, so a clipped point is
+      stuck on the clip sphere until the shared weights move it.
+
+    In every mode the gradient with respect to ``c`` is the exact one: a clipped vector's norm is
+    ``r_t(c)`` and moves with ``c``.
     """
+    if mode not in CLIP_MODES:
+        raise ValueError(f"clip mode must be one of {CLIP_MODES} (got {mode!r})")
     if clip_r >= 1.0:
         return u
     sqrt_c = torch.as_tensor(c, dtype=u.dtype, device=u.device).sqrt()
     r_t = math.atanh(clip_r) / sqrt_c
     # Norms are clamped away from zero only to keep the division finite; such vectors are kept.
     norm = u.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
-    scale = (r_t / norm).clamp(max=1.0).detach()
-    return u * scale
+    if mode == "hard" or not (torch.is_grad_enabled() and u.requires_grad):
+        # Without a gradient to shape, every mode is this value (plain ops, so ONNX export traces it).
+        return u * (r_t / norm).clamp(max=1.0)
+    clipped = norm > r_t.detach()
+    if mode == "straight-through":
+        out = u * (r_t.detach() / norm).clamp(max=1.0).detach()
+    else:
+        out = _InwardClip.apply(u, r_t.detach().expand_as(norm))
+    # Value unchanged (factor 1); restores d(out)/dc = (u/|u|) dr_t/dc for clipped vectors.
+    return out * torch.where(clipped, r_t / r_t.detach(), torch.ones_like(norm))
 
 
 class Projector(nn.Module):
-    def __init__(self, embed_dim: int, *, geometry: str = "hyperbolic", clip_r: float = 0.9):
+    def __init__(self, embed_dim: int, *, geometry: str = "hyperbolic", clip_r: float = 0.9,
+                 clip_mode: str = "inward"):
         super().__init__()
         if geometry not in GEOMETRIES:
             raise ValueError(f"geometry must be one of {GEOMETRIES} (got {geometry!r})")
+        if clip_mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode must be one of {CLIP_MODES} (got {clip_mode!r})")
         self.geometry = geometry
         self.clip_r = clip_r
+        self.clip_mode = clip_mode
         # Named ``linear`` so that state dicts match those of the earlier public scripts.
         self.linear = nn.Linear(embed_dim, embed_dim)
         nn.init.xavier_uniform_(self.linear.weight)
@@ -65,7 +119,22 @@ class Projector(nn.Module):
         u = self.linear(x.float())  # geometry runs in float32 even if CLAP ran in half precision
         if self.geometry == "euclidean":
             return F.normalize(u, dim=-1)
-        return poincare.expmap0(clip_tangent(u, c=c, clip_r=self.clip_r), c=c)
+        return poincare.expmap0(clip_tangent(u, c=c, clip_r=self.clip_r, mode=self.clip_mode), c=c)
+
+    @torch.no_grad()
+    def scale_to_radius_(self, x: torch.Tensor, *, c: float, radius: float) -> float:
+        """Rescale the layer so that the median of ``x`` (N, D) lands at relative radius ``radius``.
+
+        Relative radius is ``sqrt(c)|expmap0(u)| = tanh(sqrt(c)|u|)``, so the target tangent norm is
+        ``artanh(radius) / sqrt(c)``; weight and bias are multiplied by target / median |u| (before
+        the clip). Returns that factor. Only the scale changes: directions, hence the cosine
+        ranking of the projected points, are those of the layer as initialised.
+        """
+        norms = self.linear(x.float()).norm(dim=-1)
+        factor = (math.atanh(radius) / math.sqrt(c)) / norms.median().clamp_min(torch.finfo(norms.dtype).tiny).item()
+        self.linear.weight.mul_(factor)
+        self.linear.bias.mul_(factor)
+        return factor
 
 
 class Geometry(nn.Module):
@@ -93,6 +162,19 @@ class Geometry(nn.Module):
     @property
     def temperature(self) -> torch.Tensor:
         return self.log_tau.clamp(math.log(TAU_MIN), math.log(TAU_MAX)).exp()
+
+    @property
+    def effective_temperature(self) -> torch.Tensor:
+        """``tau * sqrt(c)``: the temperature of the same model at c = 1 (see ``effective_temperature``)."""
+        return effective_temperature(self.c, self.temperature)
+
+
+def effective_temperature(c, temperature):
+    """``tau * sqrt(c)``. ``(W, b, c, tau)`` and ``(sqrt(c) W, sqrt(c) b, 1, tau sqrt(c))`` give the
+    same logits: ``sqrt(c) expmap0_c(u) = expmap0_1(sqrt(c) u)``, ``d_c(x, y) = d_1(sqrt(c) x,
+    sqrt(c) y) / sqrt(c)``, and the clip radius is a fraction of the ball radius. So two runs with
+    the same effective temperature and the same ``sqrt(c) W`` are the same model."""
+    return temperature * c ** 0.5
 
 
 def similarity(a: torch.Tensor, t: torch.Tensor, *, geometry: str, c: torch.Tensor | float,

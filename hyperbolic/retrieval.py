@@ -44,11 +44,9 @@ from data.audioset import SkipLog
 from data.captions import caption_counts, read_captions
 from data.errors import DatasetError
 from data.labels import LabelMatcher
-from hyperbolic.cache import EmbeddingCache
 from hyperbolic.captions import embed_texts, pair_captions
-from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import EvalConfig
-from hyperbolic.embeddings import embed_clips
+from hyperbolic.embeddings import embed_clips, open_cache, open_clap
 from hyperbolic.outputs import atomic_write_bytes, atomic_write_json, unique_path
 
 log = logging.getLogger(__name__)
@@ -206,11 +204,10 @@ def save_caption_scores(path: Path, score_sets: dict[str, np.ndarray], pairs, cl
 def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
     """Retrieval evaluation of every model on the same clips and captions; writes the JSON."""
     from hyperbolic.evaluate import _model_info, build_models  # the classification side's helpers
-    device = resolve_device(cfg.device)
-    clap = FrozenClap.load(cfg.checkpoint, device, precision=cfg.precision)
+    clap = open_clap(cfg)
     if models is None:
         models = build_models(cfg, clap.embed_dim)
-    cache = None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
+    cache = open_cache(cfg)
     skips = SkipLog()
     table = read_captions(cfg.parquet_dir, text_columns=list(cfg.text_column), clip_id_column=cfg.clip_id_column,
                           skips=skips, limit=cfg.num_samples)
@@ -251,7 +248,7 @@ def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
     lost = sum(len(c.captions) for c in table.clips.values()) - len(pairs.captions)
     layout = "single" if len(models) == 1 else "comparison"
     test_info = {"timestamp": datetime.now().isoformat(), "task": "retrieval", "parquet_dir": str(cfg.parquet_dir),
-                 "num_samples": cfg.num_samples, "device": str(device), "model_path": str(clap.path),
+                 "num_samples": cfg.num_samples, "device": str(clap.device), "model_path": str(clap.path),
                  "layout": layout, "models": [m.name for m in models], **table.summary(),
                  "captions_per_clip": {str(k): v for k, v in sorted(caption_counts(table).items())},
                  "clips_read": table.rows_read, "clips_embedded": len(clips),

@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import shlex
 import time
 from dataclasses import dataclass, replace
@@ -24,17 +25,24 @@ from data.audioset import SkipLog
 from data.class_list import resolve_class_names
 from data.labels import LabelMatcher, load_class_ids
 from hyperbolic import checkpoint
-from hyperbolic.cache import EmbeddingCache
-from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.config import TrainConfig
-from hyperbolic.embeddings import (PROMPT_NAME_RULE, ClipEmbeddings, duration_report, embed_clips, embed_prompts,
-                                   prompts_for)
+from hyperbolic.embeddings import (
+    PROMPT_NAME_RULE,
+    ClipEmbeddings,
+    duration_report,
+    embed_clips,
+    embed_prompts,
+    open_cache,
+    open_clap,
+    prompts_for,
+)
 from hyperbolic.entailment import EntailmentObjective, Hierarchy
 from hyperbolic.losses import clip_contrastive, multi_positive_contrastive
 from hyperbolic.errors import UserError
 from hyperbolic.metrics import classification_metrics
 from hyperbolic.ontology import Ontology
 from hyperbolic.outputs import atomic_write_json
+from hyperbolic.ball_usage import epoch_usage
 from hyperbolic.projector import Geometry, Projector, similarity
 
 log = logging.getLogger(__name__)
@@ -104,25 +112,61 @@ def choose_holdout(spec: str | None, class_names: list[str], present: list[int],
     return sorted(present[i] for i in order[:count])
 
 
-def mask_holdout(clips: ClipEmbeddings, holdout: list[int], matcher: LabelMatcher) -> tuple[ClipEmbeddings, int]:
-    """Remove held-out classes from every clip's labels; drop clips left without a label.
+def drop_holdout_clips(clips: ClipEmbeddings, holdout: list[int]) -> tuple[ClipEmbeddings, dict]:
+    """Drop every clip that carries a held-out class, whatever its other labels.
 
-    Returns the masked clips and how many were dropped. The first label becomes the first label
-    that is not held out, in the file's order."""
+    Keeping such a clip under its other labels (a {Music, Guitar} clip trained as Music with
+    Guitar held out) would let held-out audio shape the projector, so the held-out classes
+    would not be unseen at evaluation. Returns the kept clips and the counts:
+    ``clips_dropped_holdout`` (every dropped clip) and ``clips_dropped_only_holdout_labels``
+    (those of them with no other label, the earlier key)."""
     if not holdout:
-        return clips, 0
+        return clips, {"clips_dropped_holdout": 0, "clips_dropped_only_holdout_labels": 0}
     held = set(holdout)
-    keep, labels, firsts = [], [], []
-    for i, row in enumerate(clips.label_indices):
-        seen = [k for k in row if k not in held]
-        if seen:
-            keep.append(i)
-            labels.append(seen)
-            in_file_order = [k for label in clips.raw_labels[i] for k in matcher.match([label])[0]]
-            firsts.append(next(k for k in in_file_order if k not in held))
-    masked = clips.subset(keep)
-    masked.label_indices, masked.first_label = labels, firsts
-    return masked, len(clips) - len(keep)
+    keep = [i for i, row in enumerate(clips.label_indices) if not held.intersection(row)]
+    only = sum(1 for row in clips.label_indices if row and held.issuperset(row))
+    return clips.subset(keep), {"clips_dropped_holdout": len(clips) - len(keep),
+                                "clips_dropped_only_holdout_labels": only}
+
+
+def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
+    """AdamW groups: ``decay`` holds the weight matrices (ndim >= 2) with ``weight_decay``;
+    ``no_decay`` holds everything else (biases, log c, log tau, any other scalar) with 0, as
+    CLIP and MERU do: decaying log c or log tau would pull c and tau towards 1 whatever their
+    start. Empty groups are left out. The names show in the checkpoint's optimizer state."""
+    groups = [{"name": "decay", "params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"name": "no_decay", "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def upgrade_optimizer_state(saved: dict, optimizer: torch.optim.Optimizer, params: list) -> dict:
+    """A checkpoint's optimizer state in ``optimizer``'s groups.
+
+    Checkpoints written before ``param_groups`` hold one group over ``params`` in that order
+    (weight decay on every parameter); their per-parameter state (Adam moments, step) is moved
+    to the parameters' new groups, and the hyperparameters other than weight_decay kept."""
+    if len(saved["param_groups"]) == len(optimizer.param_groups):
+        return saved
+    (old_group,) = saved["param_groups"]
+    if len(old_group["params"]) != len(params):
+        raise TrainingError(f"the checkpoint's optimizer holds {len(old_group['params'])} parameters, this run "
+                            f"trains {len(params)}; resume with the run's settings")
+    old_id = {id(p): i for p, i in zip(params, old_group["params"])}
+    groups, state, new_id = [], {}, 0
+    for group in optimizer.param_groups:
+        ids = []
+        for p in group["params"]:
+            if old_id[id(p)] in saved["state"]:
+                state[new_id] = saved["state"][old_id[id(p)]]
+            ids.append(new_id)
+            new_id += 1
+        groups.append({**{k: v for k, v in old_group.items() if k != "params"},
+                       "name": group["name"], "weight_decay": group["weight_decay"], "params": ids})
+    if old_group.get("weight_decay"):
+        log.warning("resuming a checkpoint whose optimizer decayed every parameter (weight_decay %g); from now "
+                    "on only the weight matrix decays, so the run differs from its uninterrupted self",
+                    old_group["weight_decay"])
+    return {"state": state, "param_groups": groups}
 
 
 def lr_factor(step: int, *, total: int, warmup: int, schedule: str) -> float:
@@ -146,40 +190,56 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, embed_dim: int, prompts: torch.Tensor, seen: list[int],
-                 entailment: EntailmentObjective | None = None):
+                 entailment: EntailmentObjective | None = None, init_audio: torch.Tensor | None = None):
         torch.manual_seed(cfg.seed)
         self.cfg = cfg
-        self.projector = Projector(embed_dim, geometry=cfg.geometry, clip_r=cfg.clip_r)
+        self.projector = Projector(embed_dim, geometry=cfg.geometry, clip_r=cfg.clip_r, clip_mode=cfg.clip_mode)
+        if cfg.init_radius is not None and cfg.geometry == "hyperbolic" and init_audio is not None:
+            # --init-radius: the training audio starts at this fraction of the ball radius.
+            self.projector.scale_to_radius_(init_audio, c=cfg.c, radius=cfg.init_radius)
         self.geometry = Geometry(cfg.c, cfg.temperature, learn_c=cfg.learn_c and cfg.geometry == "hyperbolic",
                                  learn_temperature=cfg.learn_temperature)
         self.prompts = prompts
         self.seen = seen
         self.entailment = entailment
         self.params = [p for p in [*self.projector.parameters(), *self.geometry.parameters()] if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(self.params, cfg.weight_decay), lr=cfg.learning_rate)
+        # Validation scores the prompts training contrasts with: the seen classes and, when
+        # ancestors are positives, the abstract parents' prompts (prompt rows C..P-1).
+        expands = entailment is not None and entailment.hierarchy.expand_ancestors
+        self.val_columns = list(seen) + (list(range(entailment.hierarchy.num_classes, prompts.shape[0]))
+                                         if expands else [])
 
     def logits(self, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        c, tau = self.geometry.c, self.geometry.temperature
-        return similarity(self.projector(audio, c=c), self.projector(text, c=c),
-                          geometry=self.cfg.geometry, c=c, temperature=tau)
+        return self.point_logits(*self.points(audio, text))
+
+    def points(self, audio: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.geometry.c
+        return self.projector(audio, c=c), self.projector(text, c=c)
+
+    def point_logits(self, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return similarity(a, t, geometry=self.cfg.geometry, c=self.geometry.c, temperature=self.geometry.temperature)
 
     def batch_loss(self, audio: torch.Tensor, labels: list[list[int]], first: list[int]) -> torch.Tensor:
         if self.entailment is not None:
             labels = self.entailment.expand(labels)  # + every ancestor with --expand-ancestors
+        c = self.geometry.c
+        a = self.projector(audio, c=c)
         if self.cfg.text_pairing == "first-label":
-            loss = clip_contrastive(self.logits(audio, self.prompts[first]))
+            loss = clip_contrastive(self.point_logits(a, self.projector(self.prompts[first], c=c)))
         else:
             classes = sorted({k for row in labels for k in row})
+            if self.cfg.negatives == "all-classes":  # every seen class is a candidate, in the batch or not
+                classes = sorted(set(classes) | set(self.seen))
             column = {k: j for j, k in enumerate(classes)}
             positives = torch.zeros(len(labels), len(classes), dtype=torch.bool)
             for i, row in enumerate(labels):
                 positives[i, [column[k] for k in row]] = True
-            loss = multi_positive_contrastive(self.logits(audio, self.prompts[classes]), positives)
+            loss = multi_positive_contrastive(self.point_logits(a, self.projector(self.prompts[classes], c=c)),
+                                              positives)
         if self.entailment is not None and self.cfg.entailment_weight > 0:
-            c = self.geometry.c
             rows = self.projector(self.prompts[self.entailment.rows], c=c)
-            loss = loss + self.cfg.entailment_weight * self.entailment.term(self.projector(audio, c=c), labels,
-                                                                            rows, c=c)
+            loss = loss + self.cfg.entailment_weight * self.entailment.term(a, labels, rows, c=c)
         return loss
 
     def batches(self, clips: ClipEmbeddings, order: list[int]):
@@ -195,20 +255,38 @@ class Trainer:
 
         The loss is the all-labels objective over that full (N_val, C_seen) matrix, whatever
         --text-pairing trains with: it does not depend on batching, and a set of one clip (or of
-        clips sharing one label set) still has negatives, so it is never a placeholder 0."""
-        scores = self.logits(clips.audio, self.prompts[self.seen])
-        targets = clips.targets(self.prompts.shape[0])[:, self.seen]
-        loss = multi_positive_contrastive(scores, torch.from_numpy(targets))
-        scores = scores.numpy()
+        clips sharing one label set) still has negatives, so it is never a placeholder 0.
+        The ground truth is the one training uses (``batch_loss``): with --expand-ancestors every
+        ancestor of a clip's labels is a positive, and the abstract parents' prompts are columns
+        (``val_columns``), so an epoch that learns the hierarchy is not scored as wrong."""
+        labels = clips.label_indices if self.entailment is None else self.entailment.expand(clips.label_indices)
+        full = torch.zeros(len(labels), self.prompts.shape[0], dtype=torch.bool)
+        for i, row in enumerate(labels):
+            full[i, row] = True
+        a, t = self.points(clips.audio, self.prompts[self.val_columns])
+        scores = self.point_logits(a, t)
+        targets = full[:, self.val_columns]
+        loss = multi_positive_contrastive(scores, targets)
+        scores, targets = scores.numpy(), targets.numpy()
         return {
             "val_loss": loss.item(),
             "val_mAP": classification_metrics(scores, targets)["mAP"],
             "val_mean_pos_sim": float(scores[targets].mean()),
             "val_mean_neg_sim": float(scores[~targets].mean()),
+            **self.usage(a, t),
         }
 
+    def usage(self, a: torch.Tensor, t: torch.Tensor) -> dict:
+        """Median relative radius and fraction on the clip sphere of validation audio ``a`` and
+        texts ``t`` (hyperbolic only; ``ball_usage.epoch_usage``)."""
+        if self.cfg.geometry != "hyperbolic":
+            return {}
+        clip = self.projector.clip_r if self.projector.clip_r < 1 else None
+        return epoch_usage(a, t, c=self.geometry.c.item(), clip_radius=clip)
+
     def state(self) -> dict:
-        return {"c": self.geometry.c.item(), "temperature": self.geometry.temperature.item()}
+        return {"c": self.geometry.c.item(), "temperature": self.geometry.temperature.item(),
+                "effective_temperature": self.geometry.effective_temperature.item()}
 
 
 def _check_finite(value: torch.Tensor, what: str, epoch: int, batch: int) -> None:
@@ -249,8 +327,9 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
     seen = list(range(num_classes)) if seen is None else seen
     entailment = None if hierarchy is None else EntailmentObjective(
         hierarchy, K=cfg.entailment_k, exclude=sorted(set(range(num_classes)) - set(seen)))
-    trainer = (trainer_cls or Trainer)(cfg, clips.audio.shape[1], prompts, seen, entailment=entailment)
     train_clips, val_clips = clips.subset(split.train), clips.subset(split.val)
+    trainer = (trainer_cls or Trainer)(cfg, clips.audio.shape[1], prompts, seen, entailment=entailment,
+                                       init_audio=train_clips.audio)
     steps_per_epoch = math.ceil(len(train_clips) / cfg.batch_size)
     total_steps, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -264,7 +343,8 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
         ckpt = checkpoint.read_resume(resume, cfg.to_dict(), split_ids, clips.audio.shape[1])
         trainer.projector.load_state_dict(ckpt["projection_state_dict"])
         trainer.geometry.load_state_dict(ckpt["geometry_state_dict"])
-        trainer.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        trainer.optimizer.load_state_dict(upgrade_optimizer_state(ckpt["optimizer_state_dict"], trainer.optimizer,
+                                                                  trainer.params))
         scheduler.load_state_dict(ckpt["scheduler_state_dict"])
         generator.set_state(ckpt["generator_state"])
         best, best_epoch, stale = ckpt["best_metric"], ckpt["best_epoch"], ckpt["stale_epochs"]
@@ -347,8 +427,9 @@ def _epochs(cfg, trainer, scheduler, generator, train_clips, val_clips, clips, s
             "geometry_state_dict": trainer.geometry.state_dict(),
             "generator_state": generator.get_state(),
             "train_loss": row["train_loss"], "val_loss": row["val_loss"], "val_mAP": row["val_mAP"],
-            "c": row["c"], "temperature": row["temperature"], "embed_dim": clips.audio.shape[1],
-            "geometry": cfg.geometry, "clip_r": cfg.clip_r, "prompt_template": cfg.prompt_template,
+            "c": row["c"], "temperature": row["temperature"], "effective_temperature": row["effective_temperature"],
+            "embed_dim": clips.audio.shape[1], "geometry": cfg.geometry, "clip_r": cfg.clip_r,
+            "clip_mode": cfg.clip_mode, "prompt_template": cfg.prompt_template,
             "best_metric": best, "best_epoch": best_epoch, "stale_epochs": stale,
             "history": setup["history"], "split": split_ids, "config": cfg.to_dict(), **(extra or {}),
         }
@@ -356,9 +437,14 @@ def _epochs(cfg, trainer, scheduler, generator, train_clips, val_clips, clips, s
         prune_checkpoints(out, epoch=epoch, best_epoch=best_epoch, keep_epochs=cfg.keep_epochs)
         setup["summary"] = _summary(cfg, setup["history"], best_epoch, out)
         atomic_write_json(out / "setup.json", setup)
-        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mAP %.4f  c %.4g  tau %.4g  lr %.3g  %.2fs%s",
-                 epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_mAP"], row["c"],
-                 row["temperature"], row["lr"], row["seconds"], "  *best*" if improved else "")
+        ball = ("" if "val_audio_radius_median" not in row else
+                "  radius audio %.2f text %.2f  on clip sphere audio %.0f%% text %.0f%%" % (
+                    row["val_audio_radius_median"], row["val_text_radius_median"],
+                    100 * row["val_audio_on_clip_sphere"], 100 * row["val_text_on_clip_sphere"]))
+        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mAP %.4f  c %.4g  tau %.4g (eff. %.4g)  lr %.3g  "
+                 "%.2fs%s%s", epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_mAP"], row["c"],
+                 row["temperature"], row["effective_temperature"], row["lr"], row["seconds"], ball,
+                 "  *best*" if improved else "")
         if tracker is not None:
             tracker.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
     if cfg.patience and stale >= cfg.patience:
@@ -371,7 +457,8 @@ def _summary(cfg: TrainConfig, history: list[dict], best_epoch: int, out: Path) 
             "best_val_mAP": best_row["val_mAP"], "best_val_loss": best_row["val_loss"],
             "best_train_loss": best_row["train_loss"],
             "best_checkpoint": str(checkpoint.epoch_path(out, best_epoch, best=True)),
-            "epochs_run": len(history), "c": history[-1]["c"], "temperature": history[-1]["temperature"]}
+            "epochs_run": len(history), "c": history[-1]["c"], "temperature": history[-1]["temperature"],
+            "effective_temperature": history[-1].get("effective_temperature")}
 
 
 def _plot_curves(out: Path) -> None:
@@ -495,12 +582,38 @@ def sweep_dir_name(c: float, temperature: float) -> str:
     return f"c{c:g}_t{temperature:g}"
 
 
+SWEEP_DIR = re.compile(r"c[^_/\\]+_t[^_/\\]+")  # the names sweep_dir_name gives
+
+
+def _check_sweep_resume(resume: Path, combinations: int) -> None:
+    """A sweep resumes from its folder (each combination from its own latest checkpoint); a
+    checkpoint file, or one combination's folder, holds a single (c, temperature)."""
+    if resume.suffix == ".pth":
+        folder = resume.parent
+        sweep = folder.parent if SWEEP_DIR.fullmatch(folder.name) else folder
+        raise TrainingError(f"--resume {resume} is the checkpoint of one (c, temperature) run, but --c/--temperature "
+                            f"ask for a sweep of {combinations} combinations; resume the sweep from its folder: "
+                            f"--resume {sweep} (each combination continues from its latest checkpoint), or resume "
+                            f"this one run with a single --c and --temperature")
+    if resume.is_dir() and SWEEP_DIR.fullmatch(resume.name) and any(resume.glob("projection_epoch_*.pth")):
+        raise TrainingError(f"--resume {resume} is one combination of a sweep, but --c/--temperature ask for "
+                            f"{combinations} combinations; resume the sweep from its folder: --resume {resume.parent}")
+
+
 def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
           temperatures: list[float] | None = None) -> dict:
     """Embed the folder with the frozen CLAP once, then fit one projector per (c, temperature).
 
     A single combination writes into ``output_dir``; several write one subfolder each plus
     ``sweep.json``. Returns the summary (of the winner, for a sweep)."""
+    if cfg.learn_c and cfg.learn_temperature:
+        raise TrainingError("learn_c with learn_temperature: c only moves the effective temperature tau*sqrt(c) "
+                            "when the layer is learned, so the pair has a direction the loss cannot see; "
+                            "learn one of them (--learn-c with --no-learn-temperature, or --learn-temperature)")
+    c_values, temperatures = list(c_values or [cfg.c]), list(temperatures or [cfg.temperature])
+    combos = list(itertools.product(c_values, temperatures))
+    if cfg.resume and len(combos) > 1:
+        _check_sweep_resume(Path(cfg.resume), len(combos))
     if cfg.resume:
         resume = Path(cfg.resume)
         if not resume.exists():
@@ -512,13 +625,11 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
         cfg = replace(cfg, output_dir=str(run_dir))
     _swanlab_module(cfg)
     out = prepare_output_dir(cfg)
-    device = resolve_device(cfg.device)
     # Captions alone use no class list; with --label-column given too, its classes are mixed in.
     class_names = (resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
                                        limit=cfg.num_samples) if not cfg.text_column or cfg.caption_labels else [])
     matcher = LabelMatcher(class_names, load_class_ids(cfg.class_labels, class_names))
-    clap = FrozenClap.load(cfg.checkpoint, device, precision=cfg.precision)
-    cache = None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
+    clap, cache = open_clap(cfg), open_cache(cfg)
     skips = SkipLog()
     trainer_cls, caption_info = None, None
     if cfg.text_column:  # captions are the texts: hyperbolic.caption_train
@@ -526,14 +637,19 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
         clips, prompts, caption_info = caption_training_data(cfg, clap, class_names=class_names, matcher=matcher,
                                                              cache=cache, skips=skips)
         trainer_cls = partial(CaptionTrainer, num_classes=len(class_names))
-        holdout, dropped, hierarchy = [], 0, None
+        holdout, hierarchy = [], None
+        dropped = {"clips_dropped_holdout": 0, "clips_dropped_only_holdout_labels": 0}
     else:
         clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
                             limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=True,
                             cache=cache, num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop))
         present = sorted({k for row in clips.label_indices for k in row})
         holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.seed)
-        clips, dropped = mask_holdout(clips, holdout, matcher)
+        clips, dropped = drop_holdout_clips(clips, holdout)
+        if dropped["clips_dropped_holdout"]:
+            log.info("--holdout-classes: %d clips carry a held-out class and are left out of training and "
+                     "validation (%d of them had no other label)", dropped["clips_dropped_holdout"],
+                     dropped["clips_dropped_only_holdout_labels"])
         if len(clips) < 2:
             raise TrainingError(f"only {len(clips)} usable clips in {cfg.parquet_dir} "
                                 f"(skipped: {skips.describe(cfg.label_column)}); training needs at least 2")
@@ -551,13 +667,18 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
                     "for any model, so val_mAP cannot tell epochs apart and the first epoch stays best; use more "
                     "clips, a lower --train-ratio, or --select-metric val_loss", cfg.train_ratio)
     seen = [k for k in range(len(class_names)) if k not in set(holdout)]
+    candidates = len(seen) if cfg.negatives == "all-classes" else len({k for row in clips.label_indices for k in row})
+    if cfg.text_pairing == "all-labels" and candidates < 2:
+        raise TrainingError(f"every clip's candidates are its own labels ({candidates} class in reach with "
+                            f"--negatives {cfg.negatives}), so the loss has no negative and nothing trains; "
+                            "use --negatives all-classes with a class list of several classes, or data with more classes")
     extra = {"clap": {"path": str(clap.path), "embed_dim": clap.embed_dim},
              "cache_dir": None if cache is None else str(cache.root),
              "class_names": class_names, "prompt_label_rule": PROMPT_NAME_RULE,
              "holdout_classes": [class_names[k] for k in holdout],
              "data": {"clips": len(clips), "train_clips": len(split.train), "val_clips": len(split.val),
                       **duration_report(clips, segmenting_from(cfg.segment, cfg.hop)),
-                      "clips_dropped_only_holdout_labels": dropped,
+                      **dropped,
                       "skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list()}}
     if caption_info is not None:
         extra.update(text_column=list(cfg.text_column), captions=caption_info)
@@ -567,9 +688,7 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
                               "parent_child_pairs": int(hierarchy.parent_child.shape[0])}
     log.info("%d clips (%d train / %d val), %d classes (%d held out)", len(clips), len(split.train),
              len(split.val), len(class_names), len(holdout))
-    c_values, temperatures = c_values or [cfg.c], temperatures or [cfg.temperature]
     extra["sweep"] = {"c": list(c_values), "temperature": list(temperatures)}  # for --resume RUN_DIR alone
-    combos = list(itertools.product(c_values, temperatures))
     tracker = _swanlab(cfg, out)
     try:
         if len(combos) == 1:
@@ -595,7 +714,8 @@ def _sweep(cfg, combos, clips, prompts, split, out, seen, extra, hierarchy, trai
         run_cfg = replace(cfg, c=c, temperature=temperature, output_dir=str(run_dir))
         summary = fit(run_cfg, clips, prompts, split, run_dir, seen=seen, extra=extra,
                       resume=_resume_point(run_dir, cfg), hierarchy=hierarchy, trainer_cls=trainer_cls)
-        rows.append({"c": c, "temperature": temperature, "best_val_mAP": summary["best_val_mAP"],
+        rows.append({"c": c, "temperature": temperature,
+                     "effective_temperature": summary["effective_temperature"], "best_val_mAP": summary["best_val_mAP"],
                      "best_val_loss": summary["best_val_loss"], "best_epoch": summary["best_epoch"],
                      "best_checkpoint": summary["best_checkpoint"], "output_dir": str(run_dir),
                      "selected_by": summary[f"best_{cfg.select_metric}"]})

@@ -78,6 +78,38 @@ def test_keys_separate_model_preprocessing_and_tokenizer(tiny_clap, tiny_clap_di
     assert cache.audio(tiny_clap).folder != audio and cache.text(tiny_clap).folder == text
 
 
+def test_config_json_and_library_versions_are_in_the_keys(tiny_clap, tiny_clap_dir, tmp_path, monkeypatch, caplog):
+    folder = shutil.copytree(tiny_clap_dir, tmp_path / "clap")
+    clap = FrozenClap.load(str(folder), "cpu")
+    cache = EmbeddingCache(tmp_path / "cache")
+    audio, text = cache.audio(clap).folder, cache.text(clap).folder
+    with caplog.at_level(logging.WARNING, logger="hyperbolic.cache"):
+        assert cache.audio(clap).folder == audio and cache.text(clap).folder == text
+    assert "changed" not in caplog.text  # the same key twice: a hit, nothing logged
+
+    config = folder / "config.json"  # an edited architecture with the same weights
+    config.write_text(config.read_text().replace("{", '{"note": "edited",', 1))
+    with caplog.at_level(logging.WARNING, logger="hyperbolic.cache"):
+        assert cache.audio(clap).folder != audio and cache.text(clap).folder != text
+    assert "the audio key" in caplog.text and "model_config.config_json" in caplog.text
+    audio, text = cache.audio(clap).folder, cache.text(clap).folder
+
+    real = cache_mod.library_versions
+    for name, what in (("transformers", "both"), ("torch", "both"), ("soxr", "audio"),
+                       ("libsndfile", "audio"), ("soundfile", "audio")):
+        monkeypatch.setattr(cache_mod, "library_versions",
+                            lambda *, audio, _n=name: {**real(audio=audio), _n: "0.0.upgraded"}
+                            if _n in real(audio=audio) else real(audio=audio))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hyperbolic.cache"):
+            new_audio, new_text = cache.audio(clap).folder, cache.text(clap).folder
+        assert new_audio != audio, name
+        assert (new_text != text) == (what == "both"), name
+        assert f"libraries.{name}" in caplog.text and "0.0.upgraded" in caplog.text
+        monkeypatch.setattr(cache_mod, "library_versions", real)
+        cache.audio(clap), cache.text(clap)  # back to the real versions (logged as a change too)
+
+
 def _arrays():
     rng = np.random.default_rng(0)
     return {"embeddings": rng.standard_normal((5, 8)).astype(np.float32),

@@ -16,7 +16,7 @@ CHECKPOINT_KEYS = {"epoch", "projection_state_dict", "optimizer_state_dict", "tr
 def _train_argv(train_dir, clap_dir, out):
     return ["--parquet-dir", str(train_dir), "--checkpoint", str(clap_dir), "--device", "cpu",
             "--output-dir", str(out), "--epochs", "3", "--batch-size", "8", "--learning-rate", "1e-2",
-            "--c", "0.5", "--temperature", "0.2", "--seed", "7"]
+            "--c", "0.5", "--temperature", "0.2", "--no-learn-temperature", "--seed", "7"]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, precision_score, recall_score
 
 import test_clap_modelscope as test_script
 from data.audioset import SkipLog
@@ -34,6 +34,7 @@ from hyperbolic.eval_hierarchy import HierarchyContext
 from hyperbolic.evaluate import format_metrics_table, model_names, plan_models
 from hyperbolic.metrics import (
     bootstrap_ci,
+    bootstrap_samples,
     class_distance_matrix,
     classification_metrics,
     mistake_severity,
@@ -173,7 +174,22 @@ def test_metrics_recomputed_from_saved_scores_equal_the_json(comparison):
         assert block["bootstrap"]["mAP"]["low"] == ci["mAP"]["low"]
         assert block["bootstrap"]["acc@1"]["high"] == ci["acc@1"]["high"]
         assert block["bootstrap"]["mAP"]["point"] == got["mAP"]
-        assert "biased upward" in block["bootstrap"]["note"]
+        assert "do not rank against each other" in block["bootstrap"]["note"]
+        # Paired with plain CLAP on the same resamples (those of bootstrap_ci's seed).
+        plain = results["models"]["clap_cosine"]
+        paired = block["bootstrap"].get("vs_clap_cosine")
+        assert (paired is None) == (name == "clap_cosine")
+        if paired is not None:
+            own = bootstrap_samples(scores[lab], targets, n=30, seed=5)
+            base = bootstrap_samples(npz["scores_clap_cosine"][lab], targets, n=30, seed=5)
+            for key in ("mAP", "acc@1"):
+                assert paired[key]["diff"] == pytest.approx(got[key] - plain["metrics"][key])
+                assert paired[key]["low"] == pytest.approx(np.percentile(own[key] - base[key], 2.5))
+                assert paired[key]["high"] == pytest.approx(np.percentile(own[key] - base[key], 97.5))
+    table = format_metrics_table(results)
+    row = next(r for r in table.splitlines() if r.startswith("mAP - cosine"))
+    d = results["models"]["hyp"]["bootstrap"]["vs_clap_cosine"]["mAP"]
+    assert f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" in row
 
 
 @pytest.mark.slow
@@ -284,6 +300,16 @@ def test_legacy_checkpoint_reproduces_the_earlier_scripts(comparison, setup, tin
     # Without --legacy-distance the same checkpoint is scored with the correct geometry: different numbers.
     corrected = comparison[0][1]["scores_legacy"]
     assert np.abs(corrected - expected).max() > 0.1
+    # Their macro P/R: per-class scores averaged over every class of the list; F1 of the two means.
+    targets = _load_npz(out / "s.npz")["targets"]
+    top5 = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(top5, np.argsort(-scores, axis=1)[:, :5], True, axis=1)
+    p = precision_score(targets, top5, average=None, labels=range(len(DEMO_CLASSES)), zero_division=0).mean()
+    r = recall_score(targets, top5, average=None, labels=range(len(DEMO_CLASSES)), zero_division=0).mean()
+    legacy = results["legacy_metrics"]
+    assert legacy["precision_macro"] == pytest.approx(p) and legacy["recall_macro"] == pytest.approx(r)
+    assert legacy["f1_macro"] == pytest.approx(2 * p * r / (p + r))
+    assert "legacy_metrics" not in comparison[0][0]["models"]["hyp"]  # only with --legacy-distance
 
 
 def _custom_dataset(folder):

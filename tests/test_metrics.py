@@ -1,5 +1,6 @@
 """hyperbolic.metrics against scikit-learn and naive loop references written here."""
 
+import itertools
 import math
 
 import numpy as np
@@ -50,8 +51,48 @@ def ranking(row):
 
 # ------------------------------------------------------------------ naive references
 
+def tie_choices(row, k):
+    """Every top-k set that a uniformly random order inside the row's ties can give, each
+    equally likely: all entries above the k-th largest value, plus each way of choosing the
+    places left among the entries equal to it."""
+    k = min(k, len(row))
+    kth = np.sort(row)[::-1][k - 1]
+    above = np.flatnonzero(row > kth)
+    group = np.flatnonzero(row == kth)
+    return [np.concatenate([above, np.array(chosen, dtype=int)])
+            for chosen in itertools.combinations(group, k - len(above))]
+
+
+def ref_hit(row, truth, k):
+    """P(a true entry in the top k) over random tie orders: by enumerating the tie choices when
+    there are few, else drawing the places left one by one without a true entry
+    (``prod_j (g - m - j) / (g - j)``, g tied entries of which m true)."""
+    k = min(k, len(row))
+    kth = np.sort(row)[::-1][k - 1]
+    if truth[row > kth].any():
+        return 1.0
+    group = row == kth
+    g, m, places = int(group.sum()), int(truth[group].sum()), k - int((row > kth).sum())
+    if math.comb(g, places) <= 5000:
+        return np.mean([truth[top].any() for top in tie_choices(row, k)])
+    miss = 1.0
+    for j in range(places):
+        miss *= (g - m - j) / (g - j)
+    return 1.0 - miss
+
+
 def ref_acc_at_k(s, t, k):
-    return np.mean([t[i, ranking(s[i])[:k]].any() for i in range(len(s))])
+    return np.mean([ref_hit(s[i], t[i], k) for i in range(len(s))])
+
+
+def ref_expected_sets(s, k):
+    """Probability of each entry being in its row's top k, by enumerating the tie choices."""
+    m = np.zeros(s.shape)
+    for i in range(len(s)):
+        choices = tie_choices(s[i], k)
+        for top in choices:
+            m[i, top] += 1 / len(choices)
+    return m
 
 
 def ref_map_classes(s, t):
@@ -80,8 +121,8 @@ def ref_retrieval(s, t, ks, map_k=10):
     out = {}
     queries = [c for c in range(s.shape[1]) if t[:, c].any()]
     for k in ks:
-        out[f"t2a_R@{k}"] = np.mean([t[ranking(s[:, c])[:k], c].any() for c in queries])
-        out[f"a2t_R@{k}"] = np.mean([t[i, ranking(s[i])[:k]].any() for i in range(len(s))])
+        out[f"t2a_R@{k}"] = ref_acc_at_k(s[:, queries].T, t[:, queries].T, k)
+        out[f"a2t_R@{k}"] = ref_acc_at_k(s, t, k)
     aps = []
     for c in queries:
         order = ranking(s[:, c])
@@ -107,6 +148,7 @@ def test_classification_metrics_match_references(seed, n, c, levels):
         assert got[f"acc@{k}"] == pytest.approx(ref_acc_at_k(s, t, k), abs=TOL)
     assert got["mAP"] == pytest.approx(ref_map_classes(s, t), abs=TOL)
     assert got["map"] == pytest.approx(ref_map_clips(s, t), abs=TOL)
+    assert got["mAP_per_clip"] == got["map"]
     m_auc = ref_mauc(s, t)
     if m_auc is None:
         assert got["mAUC"] is None and got["d_prime"] is None
@@ -117,17 +159,25 @@ def test_classification_metrics_match_references(seed, n, c, levels):
         else:
             assert got["d_prime"] is None
 
-    # Micro from counts; macro as the mean of per-class binary scores. Both work for C == 1,
-    # where multilabel scikit-learn calls would read the single column as binary.
-    pred = ref_topk_sets(s, 3)
-    tp, fp, fn = (t & pred).sum(), (~t & pred).sum(), (t & ~pred).sum()
-    assert got["precision_micro"] == pytest.approx(tp / (tp + fp), abs=TOL)
-    assert got["recall_micro"] == pytest.approx(tp / (tp + fn), abs=TOL)
-    assert got["f1_micro"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=TOL)
+    # Set metrics from the expected counts over the enumerated tie choices; without ties they
+    # must be scikit-learn's (micro from counts, macro as the mean of per-class binary scores:
+    # both work for C == 1, where multilabel scikit-learn calls read the column as binary).
     labels = [j for j in range(c) if t[:, j].any()]
-    for name, score in (("precision", precision_score), ("recall", recall_score), ("f1", f1_score)):
-        per_class = [score(t[:, j], pred[:, j], zero_division=0) for j in labels]
-        assert got[f"{name}_macro"] == pytest.approx(np.mean(per_class), abs=TOL)
+    m = ref_expected_sets(s, 3)
+    tp, pred, pos = (m * t).sum(axis=0), m.sum(axis=0), t.sum(axis=0)
+    assert got["precision_micro"] == pytest.approx(tp.sum() / pred.sum(), abs=TOL)
+    assert got["recall_micro"] == pytest.approx(tp.sum() / pos.sum(), abs=TOL)
+    assert got["f1_micro"] == pytest.approx(2 * tp.sum() / (pred.sum() + pos.sum()), abs=TOL)
+    safe = np.where(pred[labels] > 0, pred[labels], 1)
+    assert got["precision_macro"] == pytest.approx(np.mean(tp[labels] / safe), abs=TOL)
+    assert got["recall_macro"] == pytest.approx(np.mean(tp[labels] / pos[labels]), abs=TOL)
+    assert got["f1_macro"] == pytest.approx(np.mean(2 * tp[labels] / (pred[labels] + pos[labels])), abs=TOL)
+    if levels is None:
+        hard = ref_topk_sets(s, 3)
+        for name, score in (("precision", precision_score), ("recall", recall_score), ("f1", f1_score)):
+            per_class = [score(t[:, j], hard[:, j], zero_division=0) for j in labels]
+            assert got[f"{name}_macro"] == pytest.approx(np.mean(per_class), abs=TOL)
+        assert got["precision_micro"] == pytest.approx(precision_score(t, hard, average="micro"), abs=TOL)
     assert got["predicted_set_rule"] == "top-3"
     assert got["num_classes_evaluated"] == len(labels)
     assert got["num_clips"] == n
@@ -225,17 +275,82 @@ def test_raises_on_no_clips_and_bad_inputs():
         M.classification_metrics(np.zeros((1, 2)), np.ones((1, 2), dtype=bool), ks=(0,))
 
 
-def test_ties_go_to_lower_class_index():
+def test_ties_count_as_the_expected_value_over_random_orders():
     s = np.zeros((3, 4))  # every class tied
     t = np.array([[False, True, False, False],
                   [True, False, False, False],
-                  [False, False, False, True]])
-    got = M.classification_metrics(s, t, ks=(1, 2, 3), set_k=2)
-    assert got["acc@1"] == pytest.approx(1 / 3)  # only the clip labelled with class 0
-    assert got["acc@2"] == pytest.approx(2 / 3)
-    assert got["acc@3"] == pytest.approx(2 / 3)
-    # Top-2 sets are {0, 1} for every clip: tp = 2 of 6 predictions.
+                  [False, False, True, True]])
+    got = M.classification_metrics(s, t, ks=(1, 2, 3, 4), set_k=2)
+    # A true label among k of 4 tied classes: 1 - C(4 - m, k) / C(4, k) for m labels.
+    assert got["acc@1"] == pytest.approx((1 / 4 + 1 / 4 + 2 / 4) / 3)
+    assert got["acc@2"] == pytest.approx((1 / 2 + 1 / 2 + (1 - 1 / 6)) / 3)
+    assert got["acc@4"] == 1.0
+    # Each class is in a top-2 set with probability 1/2: expected tp = 4 * 1/2 of 6 predictions.
     assert got["precision_micro"] == pytest.approx(2 / 6)
+    assert got["recall_micro"] == pytest.approx(2 / 4)
+
+
+def test_constant_scores_give_labels_over_classes_whatever_the_class_order():
+    # AudioSet-like: class 0 is on most clips. The lower-index rule gave acc@1 = its frequency.
+    rng = np.random.default_rng(0)
+    t = rng.random((300, 20)) < 0.05
+    t[:240, 0] = True
+    for i in np.flatnonzero(~t.any(axis=1)):
+        t[i, rng.integers(1, 20)] = True
+    for dtype in (np.float32, np.float64):
+        s = np.full(t.shape, 0.3, dtype=dtype)
+        got = M.classification_metrics(s, t)
+        assert got["acc@1"] == pytest.approx(np.mean(t.sum(axis=1) / 20), abs=TOL)
+        assert got["acc@1"] < 0.2 < t[:, 0].mean()  # not class 0's frequency (0.8)
+        perm = rng.permutation(20)
+        again = M.classification_metrics(s, t[:, perm])
+        for key in ("acc@1", "acc@5", "precision_micro", "recall_micro", "f1_micro", "recall_macro"):
+            assert again[key] == pytest.approx(got[key], abs=TOL), key
+        assert M.retrieval_metrics(s, t)["a2t_R@1"] == pytest.approx(got["acc@1"], abs=TOL)
+
+
+@pytest.mark.parametrize("seed,levels", [(0, 2), (1, 3), (2, 1)])
+def test_ties_equal_the_average_over_every_tie_order(seed, levels):
+    """Brute force: every one of the C! orders of the columns breaks the ties once."""
+    s, t = make_case(seed, 12, 5, levels)
+    orders = list(itertools.permutations(range(5)))
+    ks = (1, 2, 3)
+    acc = {k: 0.0 for k in ks}
+    r_at = {k: 0.0 for k in ks}
+    tp = np.zeros(5)
+    for order in orders:
+        rank_of = np.empty(5)
+        rank_of[list(order)] = np.arange(5)  # tie-break: column order[0] first
+        top = np.array([np.lexsort((rank_of, -row)) for row in s])  # (N, C), best first
+        for k in ks:
+            acc[k] += np.mean([t[i, top[i, :k]].any() for i in range(len(s))]) / len(orders)
+        hard = np.zeros(s.shape, dtype=bool)
+        np.put_along_axis(hard, top[:, :2], True, axis=1)
+        tp += (hard & t).sum(axis=0) / len(orders)
+    got = M.classification_metrics(s, t, ks=ks, set_k=2)
+    ret = M.retrieval_metrics(s, t, ks=ks)
+    for k in ks:
+        assert got[f"acc@{k}"] == pytest.approx(acc[k], abs=TOL)
+        assert ret[f"a2t_R@{k}"] == pytest.approx(acc[k], abs=TOL)
+    pos = t.sum(axis=0)
+    assert got["precision_micro"] == pytest.approx(tp.sum() / (2 * len(s)), abs=TOL)
+    assert got["recall_micro"] == pytest.approx(tp.sum() / pos.sum(), abs=TOL)
+    labels = pos > 0
+    assert got["recall_macro"] == pytest.approx(np.mean(tp[labels] / pos[labels]), abs=TOL)
+
+
+def test_t2a_recall_averages_over_clip_orders():
+    s, t = make_case(1, 6, 4, 2)
+    queries = [c for c in range(4) if t[:, c].any()]
+    orders = list(itertools.permutations(range(6)))
+    got = M.retrieval_metrics(s, t, ks=(1, 2))
+    for k in (1, 2):
+        expected = 0.0
+        for order in orders:
+            rank_of = np.empty(6)
+            rank_of[list(order)] = np.arange(6)
+            expected += np.mean([t[np.lexsort((rank_of, -s[:, c]))[:k], c].any() for c in queries]) / len(orders)
+        assert got[f"t2a_R@{k}"] == pytest.approx(expected, abs=TOL)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -307,32 +422,115 @@ def test_retrieval_hand_example():
     # Class 0 ranks clips 3, 0, 2, 1: AP@10 = (1/1 + 2/3) / 2; class 1 (all tied, index
     # order 0, 1, 2, 3) puts its relevant clips 0 and 1 first: AP@10 = 1.
     assert got["t2a_mAP@10"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
-    assert got["t2a_R@1"] == 1.0
+    # R@1: class 0's top clip is relevant; class 1 draws one of 4 tied clips, 2 relevant.
+    assert got["t2a_R@1"] == pytest.approx((1 + 2 / 4) / 2)
+
+
+@pytest.mark.parametrize("seed,n,c,levels", [(0, 40, 7, None), (4, 120, 12, None), (5, 8, 30, 2)])
+def test_legacy_set_metrics_average_over_every_class(seed, n, c, levels):
+    s, t = make_case(seed, n, c, levels)  # one class has no positive
+    got = M.legacy_set_metrics(s, t, set_k=3)
+    m = ref_expected_sets(s, 3)
+    tp, pred, pos = (m * t).sum(axis=0), m.sum(axis=0), t.sum(axis=0)
+    p = np.mean([tp[j] / pred[j] if pred[j] else 0.0 for j in range(c)])
+    r = np.mean([tp[j] / pos[j] if pos[j] else 0.0 for j in range(c)])
+    assert got["precision_macro"] == pytest.approx(p, abs=TOL)
+    assert got["recall_macro"] == pytest.approx(r, abs=TOL)
+    assert got["f1_macro"] == pytest.approx(2 * p * r / (p + r), abs=TOL)
+    assert got["num_classes_averaged"] == c
+    if levels is None:  # no ties: scikit-learn over all classes of the list
+        hard = ref_topk_sets(s, 3)
+        assert got["precision_macro"] == pytest.approx(
+            precision_score(t, hard, average=None, labels=range(c), zero_division=0).mean(), abs=TOL)
+        ours = M.classification_metrics(s, t, set_k=3)
+        assert got["recall_macro"] < ours["recall_macro"]  # the empty class counts 0 here
 
 
 # ----------------------------------------------------------------------- bootstrap
+
+def ref_resample_ap(s, t, idx):
+    """Class AP of the resampled rows ``idx`` by loops: each drawn positive row r is ranked
+    against the resample without the other copies of its own clip (own copies count once)."""
+    aps = []
+    for c in range(s.shape[1]):
+        rows = [r for r in range(len(idx)) if t[idx[r], c]]
+        if not rows:
+            continue
+        prec = []
+        for r in rows:
+            others = [q for q in range(len(idx)) if idx[q] != idx[r] or q == r]
+            ge = [q for q in others if s[idx[q], c] >= s[idx[r], c]]
+            prec.append(sum(t[idx[q], c] for q in ge) / len(ge))
+        aps.append(np.mean(prec))
+    return np.mean(aps)
+
 
 def ref_bootstrap(s, t, n, seed, alpha):
     rng = np.random.default_rng(seed)
     maps, accs = [], []
     for _ in range(n):
         idx = rng.integers(0, len(s), size=len(s))
-        maps.append(ref_map_classes(s[idx], t[idx]))
+        maps.append(ref_resample_ap(s, t, idx))
         accs.append(ref_acc_at_k(s[idx], t[idx], 1))
     q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
-    return np.percentile(maps, q), np.percentile(accs, q)
+    return np.percentile(maps, q), np.percentile(accs, q), np.array(maps), np.array(accs)
 
 
 @pytest.mark.parametrize("seed,levels", [(0, None), (1, 3)])
-def test_bootstrap_matches_resampled_sklearn(seed, levels):
+def test_bootstrap_matches_resampled_loops(seed, levels):
     s, t = make_case(seed, 30, 6, levels)
     got = M.bootstrap_ci(s, t, n=25, seed=7, alpha=0.1)
-    (m_lo, m_hi), (a_lo, a_hi) = ref_bootstrap(s, t, 25, 7, 0.1)
+    (m_lo, m_hi), (a_lo, a_hi), maps, accs = ref_bootstrap(s, t, 25, 7, 0.1)
     assert got["mAP"]["low"] == pytest.approx(m_lo, abs=TOL)
     assert got["mAP"]["high"] == pytest.approx(m_hi, abs=TOL)
     assert got["acc@1"]["low"] == pytest.approx(a_lo, abs=TOL)
     assert got["acc@1"]["high"] == pytest.approx(a_hi, abs=TOL)
     assert got["n"] == 25 and got["seed"] == 7
+    samples = M.bootstrap_samples(s, t, n=25, seed=7)
+    np.testing.assert_allclose(samples["mAP"], maps, atol=TOL)
+    np.testing.assert_allclose(samples["acc@1"], accs, atol=TOL)
+
+
+def test_resample_without_duplicates_is_sklearn_ap():
+    s, t = make_case(2, 25, 5, 3)
+    idx = np.random.default_rng(0).permutation(25)  # every clip once
+    assert ref_resample_ap(s, t, idx) == pytest.approx(ref_map_classes(s, t), abs=TOL)
+
+
+def test_bootstrap_interval_is_not_biased_upward():
+    """Random scores, rare positives: copies tied with each other (scikit-learn on the
+    duplicated rows, the earlier rule) put the whole interval above the point estimate."""
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((1500, 30))
+    t = rng.random((1500, 30)) < 0.01
+    for i in np.flatnonzero(~t.any(axis=1)):
+        t[i, rng.integers(30)] = True
+    point = M.classification_metrics(s, t)["mAP"]
+    draws = np.random.default_rng(1)
+    tied = [ref_map_classes(s[idx], t[idx]) for idx in (draws.integers(0, 1500, size=1500) for _ in range(40))]
+    assert np.percentile(tied, 2.5) > point  # the earlier interval misses the point
+    got = M.bootstrap_ci(s, t, n=40, seed=1)
+    assert got["mAP"]["low"] < point < got["mAP"]["high"]
+    assert abs(np.mean(M.bootstrap_samples(s, t, n=40, seed=1)["mAP"]) - point) < abs(np.mean(tied) - point) / 2
+
+
+def test_paired_difference_uses_the_same_resamples():
+    s, t = make_case(4, 120, 12, None)
+    better = s + 0.8 * t  # informative
+    a = M.bootstrap_samples(better, t, n=50, seed=2)
+    b = M.bootstrap_samples(s, t, n=50, seed=2)
+    pa, pb = M.classification_metrics(better, t), M.classification_metrics(s, t)
+    d = M.bootstrap_difference(a, b, pa, pb)
+    for key in ("mAP", "acc@1"):
+        assert d[key]["diff"] == pytest.approx(pa[key] - pb[key])
+        assert d[key]["low"] == pytest.approx(np.percentile(a[key] - b[key], 2.5))
+        assert d[key]["high"] == pytest.approx(np.percentile(a[key] - b[key], 97.5))
+        assert d[key]["low"] > 0
+    # Same resamples: the model against itself differs by exactly 0 on every resample.
+    same = M.bootstrap_difference(a, a, pa, pa)
+    assert same["mAP"] == {"diff": 0.0, "low": 0.0, "high": 0.0}
+    with pytest.raises(ValueError, match="same resamples"):
+        M.bootstrap_difference(a, M.bootstrap_samples(s, t, n=10, seed=2), pa, pb)
 
 
 def test_bootstrap_contains_estimate_and_is_reproducible():

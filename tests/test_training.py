@@ -23,13 +23,13 @@ def _weights(path):
 
 def test_holdout_classes_never_reach_training(tmp_path, monkeypatch, tiny_clap_dir, demo_train_dir):
     seen_text_rows = []
-    original = train_module.Trainer.logits
+    original = train_module.Projector.forward
 
-    def spy(self, audio, text):
-        seen_text_rows.append(text.detach().clone())
-        return original(self, audio, text)
+    def spy(self, x, *, c):  # every row the projector sees: clips and prompts
+        seen_text_rows.append(x.detach().clone())
+        return original(self, x, c=c)
 
-    monkeypatch.setattr(train_module.Trainer, "logits", spy)
+    monkeypatch.setattr(train_module.Projector, "forward", spy)
     out = tmp_path / "run"
     assert train_script.main(_argv(demo_train_dir, tiny_clap_dir, out, "--holdout-classes", "0.3")) == 0
     setup = json.loads((out / "setup.json").read_text())
@@ -64,20 +64,21 @@ def test_holdout_classes_from_file(tmp_path, tiny_clap_dir, demo_train_dir):
 
 def test_learned_curvature_stays_in_its_clamp(tmp_path, tiny_clap_dir, demo_train_dir):
     out = tmp_path / "run"
-    assert train_script.main(_argv(demo_train_dir, tiny_clap_dir, out, "--learn-c", "--learn-temperature",
-                                   "--c", "0.5", "--learning-rate", "0.5", "--epochs", "6")) == 0
+    assert train_script.main(_argv(demo_train_dir, tiny_clap_dir, out, "--learn-c", "--c", "0.5",
+                                   "--learning-rate", "0.5", "--epochs", "6")) == 0
     history = json.loads((out / "setup.json").read_text())["history"]
     cs = [row["c"] for row in history]
     assert all(0.5 / C_RANGE_FACTOR * (1 - 1e-6) <= c <= 0.5 * C_RANGE_FACTOR * (1 + 1e-6) for c in cs)
     assert len(set(cs)) > 1  # it was learned
     ckpt = torch.load(out / "projection_epoch_6.pth", weights_only=False)
     assert ckpt["c"] == pytest.approx(cs[-1]) and ckpt["temperature"] == pytest.approx(history[-1]["temperature"])
+    assert {row["temperature"] for row in history} == {history[0]["temperature"]}  # --learn-c alone: tau fixed
 
 
 def test_sweep_writes_one_folder_per_combination(tmp_path, tiny_clap_dir, demo_train_dir, capsys):
     out = tmp_path / "sweep"
     assert train_script.main(_argv(demo_train_dir, tiny_clap_dir, out, "--c", "0.1", "1.0", "--temperature",
-                                   "0.2", "0.5", "--epochs", "2")) == 0
+                                   "0.2", "0.5", "--no-learn-temperature", "--epochs", "2")) == 0
     sweep = json.loads((out / "sweep.json").read_text())
     assert len(sweep["runs"]) == 4
     for run in sweep["runs"]:
@@ -204,3 +205,139 @@ def test_evaluation_reports_seen_and_unseen_classes(tmp_path, tiny_clap_dir, dem
     assert split["unseen"]["mAP"] == pytest.approx(expected, rel=1e-9)
     assert split["unseen"]["num_classes_evaluated"] == len(held)
     assert split["seen"]["num_classes_evaluated"] == 10 - len(held)
+
+
+# ------------------------------------------------------------- issue 11: what the numbers mean
+
+def test_holdout_drops_every_clip_with_a_held_out_label(tmp_path, tiny_clap_dir):
+    import pyarrow.parquet as pq
+
+    from data.synthetic import write_demo_dataset
+    data = tmp_path / "mixed"
+    write_demo_dataset(data, clips_per_class=2, seed=5, seconds=1.0, mixtures=12)
+    labels = {vid: set(lab) for f in sorted(data.glob("*.parquet"))
+              for vid, lab in zip(*pq.read_table(f, columns=["video_id", "human_labels"]).to_pydict().values())}
+    listing = tmp_path / "held.txt"
+    listing.write_text("Sine wave\nWhite noise\n")
+    held = {"Sine wave", "White noise"}
+    carrying = {v for v, lab in labels.items() if lab & held}
+    only = {v for v, lab in labels.items() if lab <= held}
+    assert len(carrying) > len(only)  # some mixtures pair a held-out class with another one
+    out = tmp_path / "run"
+    assert train_script.main(_argv(data, tiny_clap_dir, out, "--holdout-classes", str(listing), "--epochs", "1")) == 0
+    setup = json.loads((out / "setup.json").read_text())
+    assert setup["data"]["clips_dropped_holdout"] == len(carrying)
+    assert setup["data"]["clips_dropped_only_holdout_labels"] == len(only)
+    assert setup["data"]["clips"] == len(labels) - len(carrying)
+    split = torch.load(out / "projection_epoch_1.pth", weights_only=False)["split"]
+    used = {entry.rsplit(":", 1)[1] for part in ("train", "val") for entry in split[part]}
+    assert used == set(labels) - carrying  # no held-out audio in training or validation
+
+
+def _hierarchy_trainer(expand):
+    from data.synthetic import DEMO_CLASSES, demo_ontology
+    from hyperbolic.config import TrainConfig
+    from hyperbolic.entailment import EntailmentObjective, Hierarchy
+    from hyperbolic.ontology import Ontology
+    ontology = Ontology(demo_ontology())
+    h = Hierarchy.build(ontology, list(DEMO_CLASSES), expand_ancestors=expand)
+    torch.manual_seed(0)
+    prompts = torch.nn.functional.normalize(torch.randn(len(h.prompt_names), 8), dim=-1)
+    cfg = TrainConfig(parquet_dir="unused", temperature=0.5, seed=0)
+    trainer = train_module.Trainer(cfg, 8, prompts, list(range(len(DEMO_CLASSES))),
+                                   entailment=EntailmentObjective(h))
+    return trainer, ontology, h
+
+
+def test_validation_scores_against_the_ground_truth_training_uses():
+    import numpy as np
+    from sklearn.metrics import average_precision_score
+
+    from hyperbolic.embeddings import ClipEmbeddings
+    trainer, ontology, h = _hierarchy_trainer(expand=True)
+    rng = np.random.default_rng(0)
+    labels = [sorted(rng.choice(h.num_classes, size=int(rng.integers(1, 3)), replace=False).tolist())
+              for _ in range(30)]
+    audio = torch.nn.functional.normalize(torch.randn(30, 8), dim=-1)
+    clips = ClipEmbeddings(audio, labels, [row[0] for row in labels], [[] for _ in labels], [None] * 30)
+    # Expected positives, by name through the ontology: each label and every node above it.
+    index = {name: i for i, name in enumerate(h.prompt_names)}
+    y = np.zeros((30, len(h.prompt_names)), dtype=bool)
+    for i, row in enumerate(labels):
+        for k in row:
+            node = ontology.node_id(h.prompt_names[k])
+            for v in {node, *ontology.ancestors(node)}:
+                y[i, index[ontology.name(v)]] = True
+    assert y[:, h.num_classes:].any()  # abstract parents are positives
+    # Training's own positives for these clips are the same sets.
+    assert [sorted(np.flatnonzero(r).tolist()) for r in y] == trainer.entailment.expand(labels)
+    with torch.no_grad():
+        scores = trainer.logits(audio, trainer.prompts).numpy()
+    expected = np.mean([average_precision_score(y[:, j], scores[:, j]) for j in range(y.shape[1]) if y[:, j].any()])
+    row = trainer.validate(clips)
+    assert row["val_mAP"] == pytest.approx(expected, rel=1e-5)
+    assert row["val_mean_pos_sim"] == pytest.approx(float(scores[y].mean()), rel=1e-5)
+
+
+def test_weight_decay_spares_biases_and_log_scalars(tmp_path, tiny_clap_dir, demo_train_dir):
+    from hyperbolic.config import TrainConfig
+    cfg = TrainConfig(parquet_dir="unused", weight_decay=0.5, learning_rate=0.1, learn_c=True,
+                      learn_temperature=True, c=0.3, temperature=0.2)
+    trainer = train_module.Trainer(cfg, 8, torch.randn(4, 8), [0, 1, 2, 3])
+    before = {n: p.detach().clone() for n, p in [*trainer.projector.named_parameters(),
+                                                  *trainer.geometry.named_parameters()]}
+    # A loss of the weight matrix alone: every other parameter has a zero gradient, so only
+    # decay could move it.
+    trainer.optimizer.zero_grad()
+    (trainer.projector.linear.weight ** 2).sum().backward()
+    for p in trainer.params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    trainer.optimizer.step()
+    after = dict([*trainer.projector.named_parameters(), *trainer.geometry.named_parameters()])
+    for name in ("linear.bias", "log_c", "log_tau"):
+        assert torch.equal(after[name], before[name]), name
+    assert not torch.equal(after["linear.weight"], before["linear.weight"])
+    # The checkpoint shows the groups.
+    out = tmp_path / "run"
+    assert train_script.main(_argv(demo_train_dir, tiny_clap_dir, out, "--weight-decay", "0.5",
+                                   "--learn-temperature", "--epochs", "1")) == 0
+    groups = torch.load(out / "projection_epoch_1.pth", weights_only=False)["optimizer_state_dict"]["param_groups"]
+    assert [(g["name"], g["weight_decay"], len(g["params"])) for g in groups] == [("decay", 0.5, 1),
+                                                                                  ("no_decay", 0.0, 2)]
+
+
+def test_single_group_optimizer_state_resumes_in_two_groups():
+    from hyperbolic.config import TrainConfig
+    cfg = TrainConfig(parquet_dir="unused", weight_decay=0.1, learn_temperature=True)
+    trainer = train_module.Trainer(cfg, 8, torch.randn(4, 8), [0, 1, 2, 3])
+    old = torch.optim.AdamW(trainer.params, lr=1e-3, weight_decay=0.1)  # the earlier single group
+    for _ in range(2):
+        old.zero_grad()
+        sum((p ** 2).sum() for p in trainer.params).backward()
+        old.step()
+    saved = old.state_dict()
+    trainer.optimizer.load_state_dict(train_module.upgrade_optimizer_state(saved, trainer.optimizer,
+                                                                           trainer.params))
+    for p, i in zip(trainer.params, saved["param_groups"][0]["params"]):
+        assert torch.equal(trainer.optimizer.state[p]["exp_avg"], saved["state"][i]["exp_avg"])
+    assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.1, 0.0]
+
+
+def test_sweep_resumed_from_a_checkpoint_names_the_sweep_folder(tmp_path, tiny_clap_dir, demo_train_dir):
+    from tests.helpers import run_main
+    out = tmp_path / "sweep"
+    argv = _argv(demo_train_dir, tiny_clap_dir, out, "--c", "0.5", "1.0", "--temperature", "0.2", "--epochs", "2")
+    assert train_script.main(argv) == 0
+    names = ("c0.5_t0.2", "c1_t0.2")
+    for name in names:  # as if killed after epoch 1
+        (out / name / "projection_epoch_2.pth").unlink()
+    pth = out / names[0] / "projection_epoch_1.pth"
+    code, err = run_main(train_script, [*argv, "--resume", pth])
+    assert code == 2 and f"--resume {out} " in err and "settings differ" not in err
+    code, err = run_main(train_script, [*argv, "--resume", pth.parent])
+    assert code == 2 and f"--resume {out}" in err
+    # From the sweep folder, every combination continues from its own latest checkpoint.
+    assert train_script.main([*argv, "--resume", str(out)]) == 0
+    for name in names:
+        assert (out / name / "projection_epoch_2.pth").exists()
