@@ -29,18 +29,31 @@ def positive(x: float) -> bool:
     return math.isfinite(x) and x > 0
 
 
-def command_line(script: str, cfg, *, extra: list[str] = ()) -> str:
-    """``python SCRIPT --flag value ...`` that gives ``cfg``: one flag per dataclass field whose value
-    differs from the field's default (True booleans as bare flags), then ``extra``; shell-quoted."""
+def command_line(script: str, cfg, parser: argparse.ArgumentParser, *, extra: list[str] = ()) -> str:
+    """``python SCRIPT --flag value ...`` that gives ``cfg``: one flag of ``parser`` (the script's)
+    per dataclass field whose value differs from the flag's default, then ``extra``; shell-quoted.
+    An on/off flag whose default is decided after parsing (``--x/--no-x``, default None) is always
+    written out; another flag whose parser default is None is compared with the field's default.
+    Fields without a flag are left out."""
+    actions = {a.dest: a for a in parser._actions}
     args = []
     for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-        if value == default or value is None or value is False:
+        action, value = actions.get(f.name), getattr(cfg, f.name)
+        if action is None or not action.option_strings:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        args += [flag] if value is True else [flag, *(str(v) for v in (value if isinstance(value, list) else [value]))]
+        flag = next(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse.BooleanOptionalAction):
+            if action.default is None or value != action.default:
+                args.append(flag if value else "--no-" + flag[2:])
+            continue
+        default = action.default
+        if default is None and f.default is not dataclasses.MISSING:  # decided after parsing, as the dataclass does
+            default = f.default
+        if isinstance(default, list) and not isinstance(value, list):
+            default = default[0] if len(default) == 1 else default
+        if value == default or value is None or (action.nargs == 0 and not value):
+            continue
+        args += [flag] if action.nargs == 0 else [flag, *(str(v) for v in (value if isinstance(value, list) else [value]))]
     return " ".join(shlex.quote(a) for a in ["python", script, *args, *extra])
 
 

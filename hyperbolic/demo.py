@@ -79,10 +79,11 @@ def run_demo(output_dir: str | Path | None = None, *, seed: int = 42, epochs: in
 def demo_commands(cfg: TrainConfig, eval_cfg: EvalConfig) -> str:
     """The training and evaluation command lines equivalent to the demo's two library calls,
     written from the configurations it used (so they follow any change to its recipe)."""
-    train = command_line("train_hyperbolic_clap.py", cfg)
-    evaluate_ = command_line("test_clap_modelscope.py",
-                             replace(eval_cfg, num_samples=100, result_dir=EvalConfig.result_dir),
-                             extra=["--num-samples", "all" if eval_cfg.num_samples is None else str(eval_cfg.num_samples),
+    import test_clap_modelscope  # the two scripts' parsers: their flags and defaults
+    import train_hyperbolic_clap
+    train = command_line("train_hyperbolic_clap.py", cfg, train_hyperbolic_clap.build_parser())
+    evaluate_ = command_line("test_clap_modelscope.py", replace(eval_cfg, num_samples=100),
+                             test_clap_modelscope.build_parser(), extra=["--num-samples", "all" if eval_cfg.num_samples is None else str(eval_cfg.num_samples),
                                     "--projection-checkpoint", cfg.output_dir])
     return f"  {train}\n  {evaluate_}"
 
