@@ -4,7 +4,7 @@ Texts: the distinct caption strings of the clips read (``hyperbolic.captions.Cap
 after the class prompts when class labels are mixed in. A clip's positives are the texts of its
 own captions, so a caption string written for two clips is a positive of both; with
 ``--label-column`` given too, the clip's class prompts are positives as well, all in one
-softmax: the multi-positive objective (``hyperbolic.losses``) over the batch's texts, captions
+softmax: the multi-positive objective (``hyperbolic.objective``) over the batch's texts, captions
 and class prompts alike (``--text-pairing first-label``: one text per clip, its first caption).
 A clip needs a caption; its class labels may be empty.
 
@@ -38,7 +38,7 @@ from hyperbolic.captions import embed_texts, pair_captions
 from hyperbolic.config import TrainConfig
 from hyperbolic.embeddings import ClipEmbeddings, embed_clips, embed_prompts, prompts_for
 from hyperbolic.entailment import entailment_loss
-from hyperbolic.losses import multi_positive_contrastive
+from hyperbolic.objective import multi_positive_contrastive
 from hyperbolic.metrics import classification_metrics, retrieval_metrics
 from hyperbolic.train import Trainer, TrainingError
 

@@ -222,6 +222,14 @@ class EntailmentObjective:
         self._position[self.rows] = torch.arange(len(self.rows))
         self.pairs = self._position[pairs].reshape(-1, 2)
 
+    def positions(self, indices: Sequence[int]) -> Tensor:
+        """Positions in ``rows`` of the prompt indices ``indices``; ValueError for one not among them."""
+        pos = self._position[torch.tensor(list(indices), dtype=torch.long)]
+        if (pos < 0).any():
+            bad = sorted({k for k, p in zip(indices, pos.tolist()) if p < 0})
+            raise ValueError(f"prompts {bad[:5]} are excluded classes or not among the rows")
+        return pos
+
     def expand(self, labels: Sequence[Sequence[int]]) -> list[list[int]]:
         """``Hierarchy.training_labels`` without the excluded classes (a no-op on held-out-free
         labels unless the hierarchy was built with ``expand_ancestors``)."""

@@ -27,7 +27,7 @@ HEADLINE = {"classification": ("mAP", "acc@1"),
 METRIC_COLUMNS = ("mAP", "acc@1", "t2a_R@1", "t2a_R@10", "a2t_R@1", "a2t_R@10")
 DIFF_KEYS = {"classification": ("mAP", "acc@1"), "retrieval": ("t2a_R@10", "a2t_R@10")}
 DIFF_COLUMNS = tuple(f"d_{k}" for k in ("mAP", "acc@1", "t2a_R@10", "a2t_R@10"))
-BALL_COLUMNS = ("audio_radius", "audio_on_sphere", "text_radius", "text_on_sphere", "top1_same_as_cosine",
+BALL_COLUMNS = ("audio_radius_median", "audio_on_sphere", "text_radius_median", "text_on_sphere", "top1_same_as_cosine",
                 "rank_corr_with_cosine")
 COLUMNS = ("file", "dataset", "model", "task", *METRIC_COLUMNS, *DIFF_COLUMNS, *BALL_COLUMNS)
 
@@ -57,15 +57,10 @@ def _diff(entry) -> str | None:
 
 
 def _radius(part) -> float | None:
-    """The mean relative radius of a ``ball_usage`` part (median if no mean is given)."""
+    """The median relative radius (|x| over the ball radius) of a ``ball_usage`` part."""
     radius = part.get("relative_radius") if isinstance(part, dict) else None
-    if isinstance(radius, (int, float)):
-        return radius
-    if isinstance(radius, dict):
-        for key in ("mean", "median"):
-            if isinstance(radius.get(key), (int, float)):
-                return radius[key]
-    return None
+    value = radius.get("median") if isinstance(radius, dict) else None
+    return value if isinstance(value, (int, float)) else None
 
 
 def _sphere(part) -> float | None:
@@ -131,9 +126,9 @@ def read_results(path: Path, report: Report) -> None:
         if hyperbolic:
             ball = block.get("ball_usage")
             if isinstance(ball, dict):
-                row.update(audio_radius=_number(_radius(ball.get("audio"))),
+                row.update(audio_radius_median=_number(_radius(ball.get("audio"))),
                            audio_on_sphere=_number(_sphere(ball.get("audio"))),
-                           text_radius=_number(_radius(ball.get("text"))),
+                           text_radius_median=_number(_radius(ball.get("text"))),
                            text_on_sphere=_number(_sphere(ball.get("text"))),
                            top1_same_as_cosine=_number(ball.get("top1_same_as_cosine")),
                            rank_corr_with_cosine=_number(ball.get("rank_corr_with_cosine")))

@@ -203,7 +203,7 @@ def save_caption_scores(path: Path, score_sets: dict[str, np.ndarray], pairs, cl
 
 def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
     """Retrieval evaluation of every model on the same clips and captions; writes the JSON."""
-    from hyperbolic.evaluate import _model_info, build_models  # the classification side's helpers
+    from hyperbolic.evaluate import _ball_usage, _model_info, build_models  # the classification side's helpers
     clap = open_clap(cfg)
     if models is None:
         models = build_models(cfg, clap.embed_dim)
@@ -226,7 +226,8 @@ def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
     index = torch.tensor(pairs.text_of, dtype=torch.long)
     blocks, score_sets = {}, {}
     for model in models:
-        scores = model.score_points(model.project(clips.audio), model.project(text_emb)[index])
+        audio_pts, caption_pts = model.project(clips.audio), model.project(text_emb)[index]
+        scores = model.score_points(audio_pts, caption_pts)
         score_sets[model.name] = scores
         info = _model_info(model, str(clap.path))
         info["text"] = "captions as written (no prompt template)"
@@ -236,6 +237,8 @@ def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
                                  "mean": float(scores.mean()), "std": float(scores.std())},
             "metrics": caption_retrieval_metrics(scores, pairs.caption_clip),
             "bootstrap": None,
+            # hyperbolic models: radii of clips and captions, each clip's caption ranking vs cosine
+            "ball_usage": _ball_usage(model, audio_pts, caption_pts, scores),
         }
     if cfg.bootstrap:
         for name, block in bootstrap_retrieval(score_sets, pairs.caption_clip, n=cfg.bootstrap,

@@ -24,7 +24,7 @@ from data.audio import segmenting_from
 from data.audioset import SkipLog
 from data.class_list import resolve_class_names
 from data.labels import LabelMatcher, load_class_ids
-from hyperbolic import checkpoint
+from hyperbolic import checkpoint, objective
 from hyperbolic.config import TrainConfig
 from hyperbolic.embeddings import (
     PROMPT_NAME_RULE,
@@ -37,7 +37,7 @@ from hyperbolic.embeddings import (
     prompts_for,
 )
 from hyperbolic.entailment import EntailmentObjective, Hierarchy
-from hyperbolic.losses import clip_contrastive, multi_positive_contrastive
+from hyperbolic.objective import multi_positive_contrastive
 from hyperbolic.errors import UserError
 from hyperbolic.metrics import classification_metrics
 from hyperbolic.ontology import Ontology
@@ -221,26 +221,12 @@ class Trainer:
         return similarity(a, t, geometry=self.cfg.geometry, c=self.geometry.c, temperature=self.geometry.temperature)
 
     def batch_loss(self, audio: torch.Tensor, labels: list[list[int]], first: list[int]) -> torch.Tensor:
-        if self.entailment is not None:
-            labels = self.entailment.expand(labels)  # + every ancestor with --expand-ancestors
+        """The objective (``hyperbolic.objective.batch_loss``) of one batch of CLAP audio embeddings."""
         c = self.geometry.c
-        a = self.projector(audio, c=c)
-        if self.cfg.text_pairing == "first-label":
-            loss = clip_contrastive(self.point_logits(a, self.projector(self.prompts[first], c=c)))
-        else:
-            classes = sorted({k for row in labels for k in row})
-            if self.cfg.negatives == "all-classes":  # every seen class is a candidate, in the batch or not
-                classes = sorted(set(classes) | set(self.seen))
-            column = {k: j for j, k in enumerate(classes)}
-            positives = torch.zeros(len(labels), len(classes), dtype=torch.bool)
-            for i, row in enumerate(labels):
-                positives[i, [column[k] for k in row]] = True
-            loss = multi_positive_contrastive(self.point_logits(a, self.projector(self.prompts[classes], c=c)),
-                                              positives)
-        if self.entailment is not None and self.cfg.entailment_weight > 0:
-            rows = self.projector(self.prompts[self.entailment.rows], c=c)
-            loss = loss + self.cfg.entailment_weight * self.entailment.term(a, labels, rows, c=c)
-        return loss
+        return objective.batch_loss(self.projector(audio, c=c), labels, first, prompts=self.prompts,
+                                    project=lambda x: self.projector(x, c=c), logits=self.point_logits,
+                                    text_pairing=self.cfg.text_pairing, negatives=self.cfg.negatives, seen=self.seen,
+                                    entailment=self.entailment, entailment_weight=self.cfg.entailment_weight, c=c)
 
     def batches(self, clips: ClipEmbeddings, order: list[int]):
         size = self.cfg.batch_size

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hyperbolic import poincare
-from hyperbolic.losses import clip_contrastive, multi_positive_contrastive
+from hyperbolic.objective import clip_contrastive, multi_positive_contrastive
 from hyperbolic.projector import C_RANGE_FACTOR, TAU_MAX, TAU_MIN, Geometry, Projector, clip_tangent, similarity
 
 

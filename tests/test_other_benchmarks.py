@@ -76,3 +76,25 @@ def test_from_data_reads_the_rows_read_and_names_bad_columns(tmp_path, esc50):
     assert distinct_labels(urban, label_column="class") == ["dog_bark", "siren"]  # one class per name, any case
     with pytest.raises(DatasetError, match="UrbanSound8K: --label-column class, not classID"):
         distinct_labels(urban, label_column="classID")
+
+
+def test_report_over_esc50_comparison_with_paired_differences(esc50, tiny_clap_dir, tmp_path):
+    from hyperbolic import report
+    from tests.test_evaluate import _checkpoint
+    folder, _ = esc50
+    out = tmp_path / "cmp.json"
+    code, err = run_main(test_script, [
+        "--parquet-dir", folder, "--checkpoint", tiny_clap_dir, "--device", "cpu", "--num-workers", "0",
+        "--label-column", "category", "--class-labels", "from-data", "--top-k", "3", "--output-json", out,
+        "--projection-checkpoint", _checkpoint(tmp_path / "hyp.pth", seed=2), "--bootstrap", "20"])
+    assert code == 0, err
+    blocks = json.loads(out.read_text())["models"]
+    rows = {r["model"]: r for r in report.build_report([out]).rows}
+    vs = blocks["hyp"]["bootstrap"]["vs_clap_cosine"]
+    for key in ("mAP", "acc@1"):
+        assert rows["hyp"][key] == f"{blocks['hyp']['metrics'][key]:.4f}"
+        assert rows["hyp"][f"d_{key}"] == f"{vs[key]['diff']:+.4f} [{vs[key]['low']:+.4f}, {vs[key]['high']:+.4f}]"
+    assert rows["clap_cosine"]["d_mAP"] == "-" and rows["hyp"]["dataset"] == str(folder)
+    usage = blocks["hyp"].get("ball_usage")
+    if usage is not None:  # the lead's diagnostics, when this tree has them
+        assert rows["hyp"]["audio_radius_median"] == f"{usage['audio']['relative_radius']['median']:.4f}"

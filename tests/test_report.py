@@ -26,9 +26,9 @@ def _comparison(tmp_path):
                     "metrics": {"mAP": 0.625, "acc@1": 0.375},
                     "bootstrap": {"vs_clap_cosine": {"mAP": {"diff": 0.125, "low": 0.0625, "high": 0.1875},
                                                      "acc@1": {"diff": 0.125, "low": -0.25, "high": 0.5}}},
-                    "ball_usage": {"audio": {"relative_radius": {"mean": 0.75, "median": 0.7},
-                                             "on_clip_sphere": 0.5},
-                                   "text": {"relative_radius": {"median": 0.25}, "on_clip_sphere": 0.0},
+                    "ball_usage": {"audio": {"relative_radius": {"min": 0.5, "p10": 0.6, "median": 0.7, "p90": 0.8,
+                                                                 "max": 0.9}, "on_clip_sphere": 0.5},
+                                   "text": {"relative_radius": {"min": 0.1, "median": 0.25}, "on_clip_sphere": 0.0},
                                    "top1_same_as_cosine": 0.8125, "rank_corr_with_cosine": 0.5}},
         }})
 
@@ -66,20 +66,19 @@ def test_csv_rows_hold_each_files_numbers(tmp_path, capsys):
     assert (hyp["dataset"], hyp["task"], hyp["mAP"], hyp["acc@1"]) == ("/data/esc50", "classification", "0.6250", "0.3750")
     assert hyp["d_mAP"] == "+0.1250 [+0.0625, +0.1875]"
     assert hyp["d_acc@1"] == "+0.1250 [-0.2500, +0.5000]"
-    # mean when given, median otherwise
-    assert (hyp["audio_radius"], hyp["text_radius"]) == ("0.7500", "0.2500")
+    assert (hyp["audio_radius_median"], hyp["text_radius_median"]) == ("0.7000", "0.2500")
     assert (hyp["audio_on_sphere"], hyp["text_on_sphere"]) == ("0.5000", "0.0000")
     assert (hyp["top1_same_as_cosine"], hyp["rank_corr_with_cosine"]) == ("0.8125", "0.5000")
     # a classification file's class-retrieval numbers are not the headline of its task
     assert rows[("cmp.json", "clap_cosine")]["t2a_R@1"] == "-"
     assert rows[("cmp.json", "clap_cosine")]["d_mAP"] == "-"
     old = rows[("old.json", "hyperbolic_clap_modelscope")]
-    assert (old["mAP"], old["acc@1"], old["d_mAP"], old["audio_radius"]) == ("0.1000", "0.2000", "-", "-")
+    assert (old["mAP"], old["acc@1"], old["d_mAP"], old["audio_radius_median"]) == ("0.1000", "0.2000", "-", "-")
     euc = rows[("ret.json", "euc")]
     assert (euc["task"], euc["t2a_R@1"], euc["t2a_R@10"], euc["a2t_R@1"], euc["a2t_R@10"], euc["mAP"]) == (
         "retrieval", "0.2000", "0.5500", "0.1000", "0.7000", "-")
     assert euc["d_t2a_R@10"] == "+0.0500 [-0.0100, +0.1000]"
-    assert euc["audio_radius"] == "-"  # euclidean: no ball
+    assert euc["audio_radius_median"] == "-"  # euclidean: no ball
 
 
 def test_markdown_says_which_file_lacks_what(tmp_path, capsys):

@@ -18,6 +18,8 @@ from data.labels import LabelMatcher
 from hyperbolic.cache import EmbeddingCache
 from hyperbolic import report
 from hyperbolic.captions import embed_texts
+from hyperbolic.clap import FrozenClap
+from hyperbolic.projector import Projector
 from hyperbolic.embeddings import embed_clips, embed_prompts
 from hyperbolic.retrieval import caption_retrieval_metrics
 from tests.benchmark_folders import write_audiocaps_like, write_clotho_like
@@ -179,7 +181,21 @@ def test_audiocaps_like_end_to_end(audiocaps, tiny_clap_dir, tmp_path):
         m = results["models"]
         assert vs[key]["diff"] == pytest.approx(m["hyp"]["metrics"][key] - m["clap_cosine"]["metrics"][key])
     assert "vs_clap_cosine" not in results["models"]["clap_cosine"]["bootstrap"]
+    usage = results["models"]["hyp"]["ball_usage"]
+    assert results["models"]["clap_cosine"]["ball_usage"] is None
+    # the clips' median relative radius sqrt(c)|x|, from the checkpoint's projector by hand
+    ck = torch.load(ckpt, weights_only=False)
+    projector = Projector(ck["embed_dim"], geometry="hyperbolic", clip_r=ck["clip_r"])
+    projector.load_state_dict(ck["projection_state_dict"])
+    skips = SkipLog()
+    table = read_captions(folder, text_columns=["caption"], clip_id_column="youtube_id", skips=skips)
+    clips = embed_clips(FrozenClap.load(str(tiny_clap_dir), "cpu"), folder, matcher=LabelMatcher([]), skips=skips,
+                        label_column=None, require_labels=False, keep=table.keep)
+    with torch.no_grad():
+        radius = np.sqrt(ck["c"]) * projector(clips.audio, c=ck["c"]).norm(dim=-1).numpy()
+    assert usage["audio"]["relative_radius"]["median"] == pytest.approx(float(np.median(radius)), abs=1e-6)
     rows = {r["model"]: r for r in report.build_report([out]).rows}
+    assert rows["hyp"]["audio_radius_median"] == f"{usage['audio']['relative_radius']['median']:.4f}"
     assert rows["hyp"]["task"] == "retrieval" and rows["hyp"]["t2a_R@10"] == f"{m['hyp']['metrics']['t2a_R@10']:.4f}"
     assert rows["hyp"]["d_t2a_R@10"] == (f"{vs['t2a_R@10']['diff']:+.4f} [{vs['t2a_R@10']['low']:+.4f}, "
                                          f"{vs['t2a_R@10']['high']:+.4f}]")
