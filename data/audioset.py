@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.audio import MAX_SAMPLES, AudioDecodeError, load_waveform
+from data.audio import MAX_SAMPLES, AudioDecodeError, decode_audio_cell, to_mono_48k
 from data.errors import DatasetError
 from data.labels import LabelMatcher
 
@@ -44,6 +44,7 @@ __all__ = [
     "LabelCounter",
     "SkipLog",
     "combine_shards",
+    "count_rows",
     "iter_clips",
     "list_parquet_files",
 ]
@@ -62,6 +63,7 @@ class Clip:
     label_indices: list[int]
     raw_labels: list[str]  # the cell's labels as written, in order, known and unknown (LabelMatcher.split)
     waveform: np.ndarray | None  # 48 kHz mono float32 (samples,); None when decode=False
+    seconds: float | None = None  # the recording's length as decoded, before any crop; None when decode=False
 
 
 class LabelCounter(Counter):
@@ -126,6 +128,20 @@ class SkipLog:
         self.unknown_labels.update(other.unknown_labels)
         return self
 
+    def describe(self, label_column: str | None = None) -> str:
+        """One line for a message: counts by reason, the commonest unknown labels, and with rows
+        lacking a known label, the flags that decide which labels are read."""
+        if not self.total:
+            return "nothing skipped"
+        text = ", ".join(f"{self._counts[r]} {r}" for r in self.reasons)
+        unknown = [item["label"] for item in self.unknown_labels_list(3)]
+        if unknown:
+            text += f"; commonest unknown labels: {', '.join(repr(u) for u in unknown)}"
+        if self._counts["no_known_label"] and label_column is not None:
+            text += (f"; check --label-column (now {label_column!r}) and --class-labels: a row's labels must "
+                     "name a class or its AudioSet id")
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "total": self.total,
@@ -152,6 +168,20 @@ def list_parquet_files(folder: str | Path) -> list[Path]:
         )
         raise DatasetError(f"dataset folder {folder} holds no .parquet file{hint}")
     return files
+
+
+def count_rows(folder: str | Path) -> tuple[int, list[str]]:
+    """``(rows, unreadable)``: the rows the folder's parquet files hold, from their footers (no
+    data is read), and the names of the files whose footer cannot be read (their rows are not
+    in the count)."""
+    rows, unreadable = 0, []
+    for path in list_parquet_files(folder):
+        try:
+            with pq.ParquetFile(path) as pf:
+                rows += pf.metadata.num_rows
+        except (pa.ArrowException, OSError):
+            unreadable.append(path.name)
+    return rows, unreadable
 
 
 def combine_shards(*, rank: int = 0, world_size: int = 1, worker_id: int = 0, num_workers: int = 1) -> tuple[int, int]:
@@ -291,9 +321,10 @@ def _columns_to_read(schema: pa.Schema, path: Path, label_column: str | None, de
     for col in needed:
         if col not in present:
             raise DatasetError(
-                f"parquet file {path} has no column {col!r} (columns: {present}); "
+                f"parquet file {path} has no column {col!r} (its columns: {', '.join(present)}); "
                 + (
-                    "pass the name of the column that holds the labels as label_column"
+                    "pass the column that holds the labels with --label-column (e.g. --label-column labels "
+                    "for AudioSet's machine ids)"
                     if col == label_column
                     else "the audio must be in a column named 'audio'"
                 )
@@ -360,13 +391,15 @@ def _process_row(
         detail = f"unknown labels {unknown}" if unknown else "no labels"
         skips.add("no_known_label", meta, detail=detail)
         return None
-    waveform = None
+    waveform, seconds = None, None
     if decode:
         try:
-            waveform = load_waveform(cells[AUDIO_COLUMN], max_samples=max_samples)
+            wave, sr = decode_audio_cell(cells[AUDIO_COLUMN])
+            seconds = wave.shape[-1] / sr
+            waveform = to_mono_48k(wave, sr, max_samples=max_samples)
         except AudioDecodeError as e:
             skips.add(e.reason, meta, detail=str(e))
             return None
         except (TypeError, ValueError) as e:
             raise DatasetError(f"parquet file {path}, row {meta.row}, column {AUDIO_COLUMN!r}: {e}") from e
-    return Clip(meta=meta, label_indices=indices, raw_labels=raw, waveform=waveform)
+    return Clip(meta=meta, label_indices=indices, raw_labels=raw, waveform=waveform, seconds=seconds)

@@ -36,7 +36,7 @@ def distinct_labels(folder: str | Path, *, label_column: str, limit: int | None 
             continue  # the embedding pass counts it as unreadable
         if label_column not in pf.schema_arrow.names:
             raise DatasetError(f"parquet file {path} has no column {label_column!r} (columns: "
-                               f"{pf.schema_arrow.names}); pass the column that holds the class names as "
+                               f"{', '.join(pf.schema_arrow.names)}); pass the column that holds the class names as "
                                "--label-column (ESC-50: category, UrbanSound8K: class)")
         try:
             for batch in pf.iter_batches(batch_size=4096, columns=[label_column]):

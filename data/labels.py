@@ -1,5 +1,12 @@
 """AudioSet class names and matching free-form label cells to class indices.
 
+A label is a class name or the class's AudioSet machine id ("mid", e.g. ``/m/09x0r`` for
+Speech): the published AudioSet parquet shards carry ids in ``labels`` beside the names in
+``human_labels``. Ids come from the class-label file's ``mid`` column when it is a CSV with one,
+else from the shipped 527-class list ``CLAP/class_labels/audioset_class_labels_indices.csv``
+(by class name), and a matched id is recorded as its class name, so both columns give the same
+clips, labels and results.
+
 Matching is on a normalised key: case-folded, whitespace collapsed, and spaces around
 commas ignored, so "beep,bleep", "Beep,  bleep" and " Beep, bleep " all name the
 class "Beep, bleep". Many AudioSet names contain commas, which is why a label string
@@ -18,6 +25,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from data.errors import DatasetError
+
+AUDIOSET_CLASS_CSV = Path(__file__).resolve().parent.parent / "CLAP" / "class_labels" / "audioset_class_labels_indices.csv"
 
 
 def label_key(name: str) -> str:
@@ -91,7 +100,7 @@ def _load_csv(path: Path) -> list[str]:
         if "index" not in fields or "display_name" not in fields:
             raise DatasetError(
                 f"class label file {path}: CSV needs columns 'index' and 'display_name' "
-                f"(as in AudioSet's class_labels_indices.csv); found {fields}"
+                f"(as in AudioSet's class_labels_indices.csv); found {', '.join(fields) or 'no header'}"
             )
         index_to_name: dict[int, str] = {}
         for line_no, row in enumerate(reader, start=2):
@@ -153,6 +162,26 @@ def load_class_labels(path: str | Path) -> list[str]:
     return list(names)
 
 
+def _csv_ids(path: Path) -> dict[str, str]:
+    """``label_key(display_name) -> mid`` of a CSV with ``display_name`` and ``mid`` columns; {} without."""
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not {"display_name", "mid"} <= set(reader.fieldnames or []):
+            return {}
+        return {label_key(row["display_name"]): row["mid"].strip() for row in reader if row.get("mid")}
+
+
+def load_class_ids(path: str | Path | None, class_names: list[str]) -> list[str | None]:
+    """The AudioSet machine id of each class (None where there is none): from ``path``'s own
+    ``mid`` column when it is a CSV that has one, else from the shipped AudioSet list by name."""
+    ids: dict[str, str] = {}
+    if path is not None and Path(path).suffix.lower() == ".csv" and Path(path).is_file():
+        ids = _csv_ids(Path(path))
+    if not ids and AUDIOSET_CLASS_CSV.is_file():
+        ids = _csv_ids(AUDIOSET_CLASS_CSV)
+    return [ids.get(label_key(name)) for name in class_names]
+
+
 def _is_missing(x: Any) -> bool:
     return x is None or (isinstance(x, (float, np.floating)) and math.isnan(x))
 
@@ -176,9 +205,10 @@ def _parse_list_literal(s: str) -> list[Any] | None:
 
 
 class LabelMatcher:
-    """Maps label cells to class indices; see `match`."""
+    """Maps label cells to class indices; see `match`. ``ids``: the AudioSet machine id of each
+    class (``load_class_ids``; None where a class has none), matched like a name."""
 
-    def __init__(self, class_names: Iterable[str]):
+    def __init__(self, class_names: Iterable[str], ids: Iterable[str | None] | None = None):
         self.class_names = list(class_names)
         self._index: dict[str, int] = {}
         for i, name in enumerate(self.class_names):
@@ -189,6 +219,10 @@ class LabelMatcher:
                     f"({name!r}) are the same ignoring case and spacing"
                 )
             self._index[k] = i
+        self._ids: dict[str, int] = {}  # label_key(mid) -> class; names win over ids on a clash
+        for i, mid in enumerate(ids or []):
+            if mid and label_key(mid) not in self._index:
+                self._ids.setdefault(label_key(mid), i)
         self._max_pieces = max((name.count(",") + 1 for name in self.class_names), default=1)
 
     def __len__(self) -> int:
@@ -202,7 +236,8 @@ class LabelMatcher:
         found: set[int] = set()
         unknown: list[str] = []
         for label in self.split(cell):
-            i = self._index.get(label_key(label))
+            key = label_key(label)
+            i = self._index.get(key, self._ids.get(key))
             if i is None:
                 unknown.append(label)
             else:
@@ -220,7 +255,8 @@ class LabelMatcher:
           split on commas and, left to right, the longest run of pieces that names a
           class is one label ("Speech, Beep, bleep" -> "Speech", "Beep, bleep"); a piece
           that starts no class name is a label of its own (an unknown one).
-        Items that are not strings become `str(item)` (and so unknown).
+        Items that are not strings become `str(item)` (and so unknown). A label that is a
+        class's machine id is returned as that class's name.
         """
         if _is_missing(cell):
             return []
@@ -243,12 +279,19 @@ class LabelMatcher:
                 continue
             text = item.strip() if isinstance(item, str) else str(item)
             if text:
+                text = self._as_name(text)
                 labels.setdefault(label_key(text), text)
         return list(labels.values())
+
+    def _as_name(self, label: str) -> str:
+        i = self._ids.get(label_key(label))
+        return label if i is None else self.class_names[i]
 
     def _split_string(self, s: str) -> list[str]:
         if label_key(s) in self._index:
             return [s]
+        if label_key(s) in self._ids:
+            return [self._as_name(s)]
         pieces = s.split(",")
         labels: dict[str, str] = {}  # key -> first spelling
         start = 0
@@ -261,7 +304,7 @@ class LabelMatcher:
                 if label_key(",".join(pieces[start:end])) in self._index:
                     stop = end
                     break
-            text = ",".join(pieces[start:stop]).strip()
+            text = self._as_name(",".join(pieces[start:stop]).strip())
             labels.setdefault(label_key(text), text)
             start = stop
         return list(labels.values())

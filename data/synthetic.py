@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
+
+from data.files import temp_beside
 
 FORMATS = {
     # fmt: (soundfile format, default subtype)
@@ -85,7 +86,7 @@ def write_parquet_shard(path: str | Path, rows: list[dict[str, Any]], *, row_gro
                 "e.g. human_labels must be all lists or all strings, audio arrays all 1-D or all 2-D"
             ) from e
     table = pa.table(columns)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     os.close(fd)
     try:
         pq.write_table(table, tmp, row_group_size=row_group_size, write_page_checksum=True)
@@ -267,7 +268,7 @@ def write_demo_dataset(
     folder.mkdir(parents=True, exist_ok=True)
     existing = sorted(p.name for p in folder.glob("*.parquet"))
     if existing:
-        raise FileExistsError(f"{folder} already holds parquet files ({existing[:3]}); choose an empty folder")
+        raise FileExistsError(f"{folder} already holds parquet files ({', '.join(existing[:3])}); choose an empty folder")
 
     plan: list[list[str]] = [[c] for _ in range(clips_per_class) for c in DEMO_CLASSES]
     pair_rng = np.random.default_rng([seed, 1])
@@ -366,7 +367,7 @@ def write_demo_ontology(path: str | Path) -> Path:
     """Write demo_ontology() as JSON to `path` (atomically, like write_parquet_shard)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(demo_ontology(), handle, indent=2)

@@ -66,6 +66,7 @@ CACHE_ENV = "HYPERBOLIC_CLAP_CACHE"
 # call in FrozenClap.embed_text), changes: every old entry then misses.
 CACHE_FORMAT = 1
 _CHUNK_ARRAYS = ("rows", "video_ids", "reasons", "details", "embeddings")
+_CHUNK_OPTIONAL = ("seconds",)  # the recording's length (NaN: unknown); chunks before it lack it
 
 
 def default_cache_dir() -> Path:
@@ -178,12 +179,14 @@ def encode_npz(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def decode_npz(data: bytes, names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Inverse of ``encode_npz``; CacheFileDamaged when unreadable, incomplete or not verified."""
+def decode_npz(data: bytes, names: tuple[str, ...],
+               optional: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Inverse of ``encode_npz``; CacheFileDamaged when unreadable, incomplete or not verified.
+    ``optional``: arrays read when present (files written before they existed lack them)."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             meta = json.loads(str(npz["meta"][()]))
-            arrays = {name: npz[name] for name in names}
+            arrays = {name: npz[name] for name in (*names, *(n for n in optional if n in npz.files))}
     except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as e:
         raise CacheFileDamaged(f"cannot be read ({type(e).__name__}: {e})") from e
     if not isinstance(meta, dict) or meta.get("payload_sha256") != _payload_sha256(arrays):
@@ -191,14 +194,14 @@ def decode_npz(data: bytes, names: tuple[str, ...]) -> tuple[dict[str, Any], dic
     return meta, arrays
 
 
-def _read_verified(path: Path, names: tuple[str, ...], expect: dict[str, Any]):
+def _read_verified(path: Path, names: tuple[str, ...], expect: dict[str, Any], optional: tuple[str, ...] = ()):
     """``(meta, arrays)`` of a cache file, or None if it vanished or was damaged (then deleted)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:  # merged away by a concurrent run
         return None
     try:
-        meta, arrays = decode_npz(data, names)
+        meta, arrays = decode_npz(data, names, optional)
         wrong = {k: meta.get(k) for k, v in expect.items() if meta.get(k) != v}
         if wrong:
             raise CacheFileDamaged(f"it belongs to another key ({wrong})")
@@ -219,6 +222,7 @@ class RowOutcome:
     embedding: np.ndarray | None  # (D,) float32 when the row was embedded
     reason: str = ""              # SkipLog reason when it was not ("decode_error", ...)
     detail: str = ""
+    seconds: float = float("nan")  # the recording's length before any crop (NaN: not known)
 
 
 @dataclass
@@ -246,12 +250,12 @@ class AudioStore:
         expect = {"kind": "audio", "format": CACHE_FORMAT, "model": self.model, "prep": self.prep,
                   "file_sha256": file_sha256, "dim": self.dim}
         for path in chunks:
-            loaded = _read_verified(path, _CHUNK_ARRAYS, expect)
+            loaded = _read_verified(path, _CHUNK_ARRAYS, expect, _CHUNK_OPTIONAL)
             if loaded is None:
                 continue
             meta, a = loaded
             n = len(a["rows"])
-            if any(len(a[k]) != n for k in _CHUNK_ARRAYS) or a["embeddings"].shape != (n, self.dim):
+            if any(len(a[k]) != n for k in a) or a["embeddings"].shape != (n, self.dim):
                 log.warning("embedding cache file %s has inconsistent arrays; deleting it", path)
                 path.unlink(missing_ok=True)
                 continue
@@ -260,7 +264,8 @@ class AudioStore:
             for i, row in enumerate(a["rows"].tolist()):
                 reason, detail = str(a["reasons"][i]), str(a["details"][i])
                 embedding = None if reason else a["embeddings"][i]
-                outcomes[row] = RowOutcome(row, str(a["video_ids"][i]), embedding, reason, detail)
+                seconds = float(a["seconds"][i]) if "seconds" in a else float("nan")
+                outcomes[row] = RowOutcome(row, str(a["video_ids"][i]), embedding, reason, detail, seconds)
         return FileRecord(outcomes, damaged, read)
 
     def write(self, file_sha256: str, outcomes: list[RowOutcome], *, file_name: str = "",
@@ -279,6 +284,7 @@ class AudioStore:
             "reasons": np.array([o.reason for o in outcomes], dtype=np.str_).reshape(-1),
             "details": np.array([o.detail for o in outcomes], dtype=np.str_).reshape(-1),
             "embeddings": emb,
+            "seconds": np.array([o.seconds for o in outcomes], dtype=np.float64),
         }
         meta = {"kind": "audio", "format": CACHE_FORMAT, "model": self.model, "prep": self.prep,
                 "file_sha256": file_sha256, "file_name": file_name, "dim": self.dim,

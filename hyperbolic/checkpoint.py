@@ -16,6 +16,7 @@ evaluation and export as they are (``read_projection``), and are refused by ``--
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ FORMAT_VERSION = 2
 LEGACY_FORMAT = "legacy (no config)"  # model_info.checkpoint_format of an earlier scripts' checkpoint
 # Settings that may differ when a run is resumed: where and how it runs, not what it computes.
 RESUME_MAY_DIFFER = {"resume", "overwrite", "output_dir", "device", "num_workers", "cache_dir", "no_cache",
-                     "use_swanlab", "swanlab_project", "swanlab_workspace", "swanlab_mode"}
+                     "keep_epochs", "use_swanlab", "swanlab_project", "swanlab_workspace", "swanlab_mode"}
 
 
 class CheckpointError(UserError, ValueError):
@@ -101,14 +102,36 @@ class ProjectionCheckpoint:
         return LEGACY_FORMAT if self.legacy_format else self.raw.get("format_version")
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``--projection-checkpoint``: a .pth as given; a training run's folder -> its best checkpoint
+    (the newest ``best_projection_epoch_*.pth``: one is written each time validation improves); a
+    sweep's folder -> the winner's (``sweep.json``)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    sweep = path / "sweep.json"
+    if sweep.is_file():
+        try:
+            return Path(json.loads(sweep.read_text(encoding="utf-8"))["winner"]["best_checkpoint"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"--projection-checkpoint {path}: its sweep.json names no winner ({err}); "
+                                  "pass one of its c*_t*/best_projection_epoch_*.pth") from None
+    best = sorted(path.glob("best_projection_epoch_*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    if not best:
+        raise CheckpointError(f"--projection-checkpoint {path} is a folder without best_projection_epoch_*.pth; "
+                              "pass a training run's --output-dir or a .pth checkpoint file")
+    return best[-1]
+
+
 def read_projection(path: str | Path, *, embed_dim: int | None = None, c_default: float = 1.0,
                     temperature_default: float = 1.0) -> ProjectionCheckpoint:
     """Read and check a projection checkpoint (this codebase's or the earlier scripts');
     CheckpointError naming the file for one that is missing, torn, not a projection
     checkpoint, or trained on CLAP embeddings of another size than ``embed_dim``."""
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not path.is_file():
-        raise CheckpointError(f"--projection-checkpoint {path} does not exist")
+        raise CheckpointError(f"--projection-checkpoint {path} does not exist; pass a .pth checkpoint file or "
+                              "a training run's --output-dir (its best checkpoint is used)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises several types for non-checkpoint files

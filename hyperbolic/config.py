@@ -79,6 +79,7 @@ class TrainConfig(EmbeddingConfig):
     caption_labels: bool = False     # with text_column: class labels (--label-column given) mixed in
     resume: str | None = None
     overwrite: bool = False
+    keep_epochs: int = 3             # per-epoch checkpoints kept (the newest); 0 keeps all
     use_swanlab: bool = False
     swanlab_project: str = "Hyperbolic_CLAP"
     swanlab_workspace: str | None = None

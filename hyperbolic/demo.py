@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from data.synthetic import DEMO_CLASSES, write_demo_dataset, write_demo_ontology
+from hyperbolic.cli import command_line
 from hyperbolic.config import EvalConfig, TrainConfig
 from hyperbolic.entailment import DEFAULT_K
 from hyperbolic.outputs import atomic_write_json
@@ -30,13 +31,14 @@ from hyperbolic.train import train
 log = logging.getLogger(__name__)
 
 
-def _demo_inputs(out: Path, seed: int, train_clips_per_class: int, eval_clips_per_class: int):
+def _demo_inputs(out: Path, seed: int, train_clips_per_class: int, eval_clips_per_class: int,
+                 seconds: float = 10.0):
     """The tiny CLAP, the train and eval parquet folders and the class list under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     log.info("demo: writing everything under %s", out)
     clap_dir = build_tiny_clap(out / "tiny_clap", seed=seed)
-    write_demo_dataset(out / "data" / "train", clips_per_class=train_clips_per_class, seed=seed)
-    write_demo_dataset(out / "data" / "eval", clips_per_class=eval_clips_per_class, seed=seed + 1)
+    write_demo_dataset(out / "data" / "train", clips_per_class=train_clips_per_class, seed=seed, seconds=seconds)
+    write_demo_dataset(out / "data" / "eval", clips_per_class=eval_clips_per_class, seed=seed + 1, seconds=seconds)
     # The demo's vocabulary is its own classes: the random text tower cannot tell 527 prompts
     # apart, and classes absent from the data would only measure that.
     labels = atomic_write_json(out / "data" / "class_labels.json", dict(enumerate(DEMO_CLASSES)))
@@ -44,15 +46,15 @@ def _demo_inputs(out: Path, seed: int, train_clips_per_class: int, eval_clips_pe
 
 
 def run_demo(output_dir: str | Path | None = None, *, seed: int = 42, epochs: int = 60,
-             train_clips_per_class: int = 32, eval_clips_per_class: int = 8) -> dict:
-    """Build, train, evaluate; print the comparison and return the results dict.
+             train_clips_per_class: int = 32, eval_clips_per_class: int = 8, seconds: float = 10.0) -> dict:
+    """Build, train, evaluate; print the comparison and the equivalent commands; return the results.
 
     The recipe is the training defaults (learning rate 1e-2, learned temperature from 0.1, inward
     clip, initial radius 0.5; docs/geometry.md) with 60 epochs: the projector has to bridge two
     unrelated random towers, which takes more steps than aligning a trained CLAP.
     """
     out = Path(output_dir or Path("demo_runs") / datetime.now().strftime("%Y%m%d_%H%M%S"))
-    clap_dir, labels = _demo_inputs(out, seed, train_clips_per_class, eval_clips_per_class)
+    clap_dir, labels = _demo_inputs(out, seed, train_clips_per_class, eval_clips_per_class, seconds)
     cfg = TrainConfig(parquet_dir=str(out / "data" / "train"), checkpoint=str(clap_dir), device="cpu",
                       output_dir=str(out / "checkpoints"), epochs=epochs, batch_size=16, class_labels=str(labels),
                       learning_rate=1e-2, temperature=0.1, seed=seed, overwrite=True)
@@ -70,7 +72,21 @@ def run_demo(output_dir: str | Path | None = None, *, seed: int = 42, epochs: in
           + ", ".join(f"{name} {value:.3f}" for name, value in acc.items())
           + f"  (chance: {chance:.3f})")
     print(f"Results saved to: {path}")
+    print("\nThe same two steps as plain commands (change one flag and run again):\n"
+          + demo_commands(cfg, eval_cfg))
     return results
+
+
+def demo_commands(cfg: TrainConfig, eval_cfg: EvalConfig) -> str:
+    """The training and evaluation command lines equivalent to the demo's two library calls,
+    written from the configurations it used (so they follow any change to its recipe)."""
+    import test_clap_modelscope  # the two scripts' parsers: their flags and defaults
+    import train_hyperbolic_clap
+    train = command_line("train_hyperbolic_clap.py", cfg, train_hyperbolic_clap.build_parser())
+    evaluate_ = command_line("test_clap_modelscope.py", replace(eval_cfg, num_samples=100),
+                             test_clap_modelscope.build_parser(), extra=["--num-samples", "all" if eval_cfg.num_samples is None else str(eval_cfg.num_samples),
+                                    "--projection-checkpoint", cfg.output_dir])
+    return f"  {train}\n  {evaluate_}"
 
 
 HIERARCHY_COLUMNS = (

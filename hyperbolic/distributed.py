@@ -34,13 +34,13 @@ log = logging.getLogger("hyperbolic.distributed")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hyperbolic.cli import add_embedding_args
+    from hyperbolic.cli import add_embedding_args, num_samples_arg
     from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE
     p = argparse.ArgumentParser(prog="python -m hyperbolic.distributed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parquet-dir", required=True, help="folder of AudioSet-style .parquet files")
-    p.add_argument("--num-samples", type=int, default=None,
-                   help="the first N rows, as --num-samples of the scripts (default: all)")
+    p.add_argument("--num-samples", type=num_samples_arg, default=None, metavar="N|all",
+                   help="the first N rows, as --num-samples of the scripts; 'all' or 0: every row (default: all)")
     p.add_argument("--labelled-only", action="store_true",
                    help="skip rows without a known label, as training does (default: embed every readable "
                         "row, which serves training and evaluation)")
@@ -58,7 +58,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     checks = [
-        (args.num_samples is not None and args.num_samples < 1, f"--num-samples must be >= 1 (got {args.num_samples})"),
         (not args.timeout_hours > 0, f"--timeout-hours must be > 0 (got {args.timeout_hours})"),
         ("{label}" not in args.prompt_template, f"--prompt-template must contain {{label}} (got {args.prompt_template!r})"),
     ]
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> dict | None:
 
     from data.audio import segmenting_from
     from data.audioset import SkipLog, list_parquet_files
-    from data.labels import LabelMatcher, load_class_labels
+    from data.labels import LabelMatcher, load_class_ids, load_class_labels
     from hyperbolic.cache import EmbeddingCache
     from hyperbolic.clap import FrozenClap, resolve_device
     from hyperbolic.embeddings import embed_clips, embed_prompts, embed_shard, prompts_for
@@ -104,7 +103,7 @@ def run(args: argparse.Namespace) -> dict | None:
             workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         segmenting = segmenting_from(args.segment, args.hop)
         class_names = load_class_labels(args.class_labels)
-        matcher = LabelMatcher(class_names)
+        matcher = LabelMatcher(class_names, load_class_ids(args.class_labels, class_names))
         clap = FrozenClap.load(args.checkpoint, resolve_device(rank_device(args.device, local_rank)),
                                precision=args.precision)
         cache = EmbeddingCache(args.cache_dir)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -55,7 +56,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from data.audio import MAX_SAMPLES, Segmenting
+from data.audio import CLIP_SECONDS, MAX_SAMPLES, TARGET_SR, Segmenting
 from data.audioset import Clip, ClipMeta, SkipLog, combine_shards, iter_clips, list_parquet_files
 from data.labels import LabelMatcher
 from hyperbolic.cache import AudioStore, EmbeddingCache, RowOutcome
@@ -88,6 +89,7 @@ class ClipEmbeddings:
     first_label: list[int | None]          # class of the first known label, in the file's order
     raw_labels: list[list[str]]
     metas: list[ClipMeta] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # recording lengths before any crop (NaN: not known)
 
     def __len__(self) -> int:
         return len(self.metas)
@@ -103,7 +105,8 @@ class ClipEmbeddings:
         rows = list(rows)
         return ClipEmbeddings(self.audio[rows], [self.label_indices[i] for i in rows],
                               [self.first_label[i] for i in rows], [self.raw_labels[i] for i in rows],
-                              [self.metas[i] for i in rows])
+                              [self.metas[i] for i in rows],
+                              [self.seconds[i] for i in rows] if self.seconds else [])
 
 
 PROMPT_NAME_RULE = ("in prompts, underscores in a class name are spaces and runs of spaces are one "
@@ -113,6 +116,27 @@ PROMPT_NAME_RULE = ("in prompts, underscores in a class name are spaces and runs
 def prompt_name(name: str) -> str:
     """How a class name is written in a prompt: ``PROMPT_NAME_RULE``."""
     return " ".join(name.replace("_", " ").split())
+
+
+def duration_report(clips: ClipEmbeddings, segmenting: Segmenting | None) -> dict:
+    """How long the recordings were, and how many the 10 s rule cut; logs one line when it cut any.
+
+    ``clips_truncated``: clips longer than CLAP's 10 s input (more than MAX_SAMPLES samples at
+    48 kHz, by soxr's length rule ``floor(seconds * 48000 + 1/2)``) of which only the first 10 s
+    were embedded; 0 with ``--segment``, which embeds whole recordings. ``longest_seconds``: the
+    longest recording; ``clips_length_unknown``: clips whose embedding came from a cache written
+    before lengths were recorded."""
+    known = [s for s in clips.seconds if not math.isnan(s)]
+    long = sum(math.floor(s * TARGET_SR + 0.5) > MAX_SAMPLES for s in known)
+    truncated = 0 if segmenting is not None else long
+    if truncated:
+        log.warning("%d of %d clips are longer than %d s (longest %.1f s) and only their first %d s were embedded; "
+                    "--segment %d --hop %d embeds whole recordings (mean over windows)", truncated, len(clips),
+                    CLIP_SECONDS, max(known), CLIP_SECONDS, CLIP_SECONDS, CLIP_SECONDS // 2)
+    return {"clips_truncated": truncated, "longest_seconds": round(max(known), 3) if known else None,
+            "clips_length_unknown": len(clips.seconds) - len(known),
+            "truncation_rule": ("none: --segment embeds whole recordings" if segmenting is not None else
+                                f"the first {CLIP_SECONDS} s of each clip (--segment/--hop embed whole recordings)")}
 
 
 def prompts_for(class_names: list[str], template: str) -> list[str]:
@@ -263,6 +287,7 @@ def _pooled_embeddings(clap, features: dict, counts: list[int], max_windows: int
 class _DecodeStream(IterableDataset):
     """Decode the needed rows of each job's file; yields plain tuples (picklable, no collation):
 
+    ("seconds", file, rows, seconds)  the recording lengths of the rows of the batches that follow
     ("batch", file, rows, video_ids, features)  the needed rows of one unit, mel features ready
     ("skip", file, row, video_id, reason, detail)  a needed row that could not be decoded
     ("damaged", file, detail)   the read of the file failed part-way
@@ -324,6 +349,7 @@ class _DecodeStream(IterableDataset):
                 yield ("skip", job.index, meta.row, meta.video_id, reason, detail)
 
     def _batches(self, job: _DecodeJob, clips: list[Clip]) -> Iterator[tuple]:
+        yield ("seconds", job.index, [c.meta.row for c in clips], [c.seconds for c in clips])
         for batch in _feature_batches(clips, feature_extractor=self.feature_extractor,
                                       sampling_rate=self.sampling_rate, segmenting=self.segmenting,
                                       max_windows=self.unit_rows):
@@ -347,6 +373,7 @@ class _FilePlan:
     damaged: bool = False            # a decoding read failed part-way
     damaged_saved: bool = False      # ... and the cache knows it
     computed: set[int] = field(default_factory=set)
+    seconds: dict[int, float] = field(default_factory=dict)  # decoded rows: recording length
 
     def needed(self) -> list[int]:
         return [c.meta.row for c in self.clips if c.meta.row not in self.known]
@@ -446,10 +473,11 @@ class _ClipRun:
         else:
             emb = _pooled_embeddings(self.clap, features, windows, self.unit_rows)
         for row, video_id, e in zip(rows, video_ids, emb):
+            seconds = plan.seconds.get(row, float("nan"))
             if torch.isfinite(e).all():
-                self._record(plan, RowOutcome(row, video_id, e.numpy()))
+                self._record(plan, RowOutcome(row, video_id, e.numpy(), seconds=seconds))
             else:
-                self._record(plan, RowOutcome(row, video_id, None, NON_FINITE))
+                self._record(plan, RowOutcome(row, video_id, None, NON_FINITE, seconds=seconds))
 
     def compute(self, progress: tqdm) -> None:
         """Decode and embed the needed rows of every file planned from the label pass."""
@@ -471,7 +499,9 @@ class _ClipRun:
         try:
             for item in items:
                 kind, plan = item[0], self.plans[item[1]]
-                if kind == "batch":
+                if kind == "seconds":
+                    plan.seconds.update(zip(item[2], item[3]))
+                elif kind == "batch":
                     self._forward(plan, *item[2:])
                     progress.update(len(item[2]))
                 elif kind == "skip":
@@ -509,6 +539,7 @@ class _ClipRun:
         bounds: list[tuple[int, int]] | None = None
 
         def flush():
+            plan.seconds.update((c.meta.row, c.seconds) for c in pending)
             for batch in _feature_batches(pending, feature_extractor=self.clap.processor.feature_extractor,
                                           sampling_rate=self.clap.sampling_rate, segmenting=self.segmenting,
                                           max_windows=self.unit_rows):
@@ -566,7 +597,7 @@ class _ClipRun:
                 self.plan(files, redo.index + 1, limit - used)
 
     def assemble(self, skips: SkipLog) -> tuple[ClipEmbeddings, int, int]:
-        audio, labels, firsts, raws, metas = [], [], [], [], []
+        audio, labels, firsts, raws, metas, seconds = [], [], [], [], [], []
         reused = computed = 0
         for plan in self.plans:
             for clip in plan.clips:
@@ -581,10 +612,11 @@ class _ClipRun:
                 firsts.append(_first_known(self.matcher, clip.raw_labels))
                 raws.append(list(clip.raw_labels))
                 metas.append(clip.meta)
+                seconds.append(outcome.seconds)
             skips.merge(plan.log)
         stacked = (torch.from_numpy(np.stack(audio).astype(np.float32, copy=False)) if audio
                    else torch.empty(0, self.clap.embed_dim))
-        return ClipEmbeddings(stacked, labels, firsts, raws, metas), reused, computed
+        return ClipEmbeddings(stacked, labels, firsts, raws, metas, seconds), reused, computed
 
 
 def _check_args(batch_size: int, num_workers: int, limit: int | None) -> None:

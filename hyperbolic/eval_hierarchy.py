@@ -56,7 +56,7 @@ class HierarchyContext:
         _, unmatched = ontology.match(class_names)
         if unmatched:
             log.warning("%d of %d classes match no ontology node (first: %s)", len(unmatched),
-                        len(class_names), unmatched[:5])
+                        len(class_names), "; ".join(unmatched[:5]))
         try:
             hierarchy = Hierarchy.build(ontology, class_names, expand_ancestors=expand_ancestors)
         except ValueError as err:  # two class names on one node: cones and ancestors are ambiguous

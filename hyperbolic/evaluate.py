@@ -37,14 +37,15 @@ import numpy as np
 import torch
 
 from data.audio import segmenting_from
-from data.audioset import SkipLog
+from data.audioset import SkipLog, count_rows
 from data.errors import DatasetError
 from data.class_list import FROM_DATA, resolve_class_names
-from data.labels import LabelMatcher
+from data.labels import LabelMatcher, load_class_ids
 from hyperbolic import legacy
-from hyperbolic.checkpoint import read_projection
+from hyperbolic.checkpoint import read_projection, resolve_checkpoint
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
-from hyperbolic.embeddings import PROMPT_NAME_RULE, embed_clips, embed_prompts, open_cache, open_clap, prompts_for
+from hyperbolic.embeddings import (PROMPT_NAME_RULE, duration_report, embed_clips, embed_prompts, open_cache, open_clap,
+                                   prompts_for)
 from hyperbolic.entailment import DEFAULT_K
 from hyperbolic.eval_hierarchy import HIER_K, HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
 from hyperbolic.metrics import (
@@ -173,7 +174,7 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
     for flag, value in ignored.items():
         log.warning("%s: --%s %s does not apply to this checkpoint (it has %s); ignored", path.name,
                     flag.replace("_", "-"), value,
-                    {"c": c, "temperature": temperature, "prompt_template": repr(template),
+                    {"c": c, "temperature": temperature, "prompt_template": f'"{template}"',
                      "legacy_distance": f"geometry {geometry}"}[flag])
     info = {"projection_checkpoint": str(path), "epoch": ckpt.get("epoch"), "geometry": geometry,
             "c": c, "temperature": temperature,
@@ -241,7 +242,7 @@ def model_names(paths: list[str], *, reserved: tuple[str, ...] = (PLAIN_MODEL_NA
 def build_models(cfg: EvalConfig, embed_dim: int) -> list[ScoringModel]:
     """The models of ``plan_models``, plain CLAP first; every checkpoint is read and checked."""
     _, with_plain = plan_models(cfg)
-    paths = checkpoint_paths(cfg)
+    paths = [str(resolve_checkpoint(p)) for p in checkpoint_paths(cfg)]
     models = []
     if with_plain:
         models.append(ScoringModel(name=PLAIN_MODEL_NAME,
@@ -371,24 +372,36 @@ def save_scores(path: Path, score_sets: dict[str, np.ndarray], targets: np.ndarr
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def _plots(json_path: Path, model: ScoringModel, block: dict, text_pts, class_names, hier) -> dict:
+PLOT_CLIPS_MAX = 5000  # clips drawn (faintly) on the disk: the first ones, enough to see where they sit
+
+
+def _plots(json_path: Path, model: ScoringModel, block: dict, text_pts, class_names, hier,
+           audio_pts=None, targets=None) -> dict:
+    """``audio_pts`` (N, D) and ``targets`` (N, C): the labelled clips' points and ground truth
+    (chance levels, label choice, the clips on the disk)."""
     from hyperbolic import plots  # matplotlib is imported only when plots are asked for
     written: dict = {}
+    num_clips = None if targets is None else len(targets)
     if block["per_class"]:
         written["per_class_ap"] = str(plots.plot_per_class_ap(
             block["per_class"], unique_path(json_path.with_name(f"{json_path.stem}_{model.name}_per_class_ap.png")),
-            title=f"{model.name}: per-class AP"))
+            title=f"{model.name}: per-class AP", num_clips=num_clips))
     if model.projector is not None and model.geometry == "hyperbolic":
         categories = edges = None
         if hier is not None:
             categories = [None if v is None else hier.ontology.name(hier.ontology.top_level(v)[0])
                           for v in hier.node_ids]
             edges = [tuple(p) for p in hier.hierarchy.edges(range(len(class_names))).tolist()]
+        clips = None if audio_pts is None else audio_pts[:PLOT_CLIPS_MAX]
+        xy, audio_xy = plots.disk_layout(text_pts, c=model.c, others=clips) if clips is not None else (
+            plots.disk_layout(text_pts, c=model.c), None)
+        held = {n.casefold() for n in model.info.get("holdout_classes", [])}
         written["poincare_disk"] = str(plots.plot_poincare_disk(
-            plots.disk_layout(text_pts, c=model.c), unique_path(json_path.with_name(
-                f"{json_path.stem}_{model.name}_poincare.png")),
-            c=model.c, names=class_names, categories=categories, edges=edges,
-            title=f"{model.name}: class prompts (c={model.c:.3g})"))
+            xy, unique_path(json_path.with_name(f"{json_path.stem}_{model.name}_poincare.png")),
+            c=model.c, names=class_names, categories=categories, edges=edges, audio_xy=audio_xy,
+            held_out=[i for i, n in enumerate(class_names) if n.casefold() in held],
+            counts=None if targets is None else targets.sum(axis=0).tolist(),
+            title=f"{model.name}: class prompts and clips (c={model.c:.3g})"))
     else:
         written["poincare_disk"] = None
         written["poincare_disk_skipped"] = "not a hyperbolic model"
@@ -405,6 +418,18 @@ def _excluded(clips, labelled) -> dict:
 
 # ----------------------------------------------------------------------------- evaluate
 
+def _rows_rule(num_samples: int | None, used: int, held: int, folder) -> str:
+    """How many of the folder's rows were scored, and by which rule; logged when some were not."""
+    if num_samples is None:
+        rule = f"every row (--num-samples all): {used} of the {held} rows in the folder"
+    else:
+        rule = f"the first {num_samples} rows (--num-samples {num_samples}): {used} of the {held} rows in the folder"
+    if num_samples is not None and used < held:
+        log.info("scored the first %d of the %d rows in %s (--num-samples %d); --num-samples all scores "
+                 "every row", used, held, folder, num_samples)
+    return rule
+
+
 def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple[dict, Path]:
     """Evaluate every model on the same clips; write the results JSON (and the npz and plots
     when asked); return (results, path). With ``cfg.text_column``: caption retrieval instead
@@ -414,7 +439,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         return evaluate_captions(cfg, models)
     class_names = resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
                                       limit=cfg.num_samples)
-    matcher = LabelMatcher(class_names)
+    matcher = LabelMatcher(class_names, load_class_ids(cfg.class_labels, class_names))
     if cfg.expand_ancestors and not cfg.ontology:
         raise ValueError("expand_ancestors needs an ontology (--expand-ancestors needs --ontology PATH)")
     hier = (HierarchyContext.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
@@ -423,7 +448,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     if models is None:
         models = build_models(cfg, clap.embed_dim)
     if len({m.name for m in models}) != len(models):
-        raise ValueError(f"model names must be unique (got {[m.name for m in models]})")
+        raise ValueError(f"model names must be unique (got {', '.join(m.name for m in models)})")
     layout = "single" if len(models) == 1 else "comparison"
     if cfg.threshold is not None and len({m.geometry for m in models}) > 1:
         log.warning("--threshold %g applies to the raw scores of every model, and cosine, euclidean and "
@@ -435,12 +460,15 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
                         limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=False,
                         cache=cache, num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop))
     if len(clips) == 0:
-        raise DatasetError(f"no clip of {cfg.parquet_dir} could be read (skipped: {skips.to_dict()})")
+        raise DatasetError(f"no clip of {cfg.parquet_dir} could be read (skipped: {skips.describe(cfg.label_column)})")
     rows_read = len(clips) + skips.rows_skipped()
+    rows_held, _ = count_rows(cfg.parquet_dir)
+    durations = duration_report(clips, segmenting_from(cfg.segment, cfg.hop))
+    rows_rule = _rows_rule(cfg.num_samples, rows_read, rows_held, cfg.parquet_dir)
     targets = clips.targets(len(class_names))
     labelled = targets.any(axis=1)
     if not labelled.any():
-        log.warning("no clip has a label among the %d classes of %s (column %r): metrics are null",
+        log.warning("no clip has a label among the %d classes of %s (--label-column %r): metrics are null",
                     len(class_names), cfg.class_labels, cfg.label_column)
     annotated_positives = int(targets.sum())
     if cfg.expand_ancestors:
@@ -456,6 +484,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     blocks: dict[str, dict] = {}
     score_sets: dict[str, np.ndarray] = {}
     text_points: dict[str, torch.Tensor] = {}
+    audio_points: dict[str, torch.Tensor] = {}
     boot_samples: dict[str, dict] = {}
     for model in models:
         template = model.prompt_template
@@ -497,6 +526,8 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
             blocks[model.name]["legacy_metrics"] = legacy_set_metrics(s, t, set_k=cfg.set_k, threshold=cfg.threshold)
         score_sets[model.name] = scores
         text_points[model.name] = text_pts
+        if cfg.plots:
+            audio_points[model.name] = audio_pts[torch.from_numpy(labelled)]
     _paired_with_plain(blocks, boot_samples)
 
     path = unique_path(cfg.output_json or Path(cfg.result_dir) /
@@ -504,16 +535,25 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     scores_file = None
     if cfg.save_scores:
         scores_file = save_scores(unique_path(cfg.save_scores), score_sets, targets, labelled, class_names, clips)
+    comparison_plot = None
     if cfg.plots:
         for model in models:
             blocks[model.name]["plots"] = _plots(path, model, blocks[model.name], text_points[model.name],
-                                                 class_names, hier)
+                                                 class_names, hier, audio_points.get(model.name),
+                                                 targets[labelled])
+        if len(models) > 1 and any(b["per_class"] for b in blocks.values()):
+            from hyperbolic import plots
+            comparison_plot = str(plots.plot_ap_comparison(
+                {name: b["per_class"] for name, b in blocks.items()},
+                unique_path(path.with_name(f"{path.stem}_per_class_ap_models.png")), num_clips=int(labelled.sum())))
 
     test_info = {"timestamp": datetime.now().isoformat(), "parquet_dir": str(cfg.parquet_dir),
                  "num_samples": cfg.num_samples, "device": str(clap.device), "model_path": str(clap.path),
                  "class_labels": str(cfg.class_labels), "num_classes": len(class_names),
                  **({"class_names": class_names} if str(cfg.class_labels) == FROM_DATA else {}),
                  "label_column": cfg.label_column, "layout": layout, "models": [m.name for m in models],
+                 "rows_in_folder": rows_held, "rows_used": rows_read, "rows_rule": rows_rule,
+                 **durations,
                  "clips_read": rows_read, "clips_embedded": len(clips),
                  "clips_with_known_label": int(labelled.sum()),
                  "top_k": cfg.top_k, "set_k": cfg.set_k, "threshold": cfg.threshold,
@@ -525,6 +565,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
                  "ground_truth_positives": {"annotated": annotated_positives,
                                             "added_ancestors": int(targets.sum()) - annotated_positives},
                  "scores_file": None if scores_file is None else str(scores_file),
+                 "comparison_plot": comparison_plot,
                  "cache_dir": None if cache is None else str(cache.root)}
     data_quality = {"skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list(),
                     "excluded_from_metrics": _excluded(clips, labelled)}

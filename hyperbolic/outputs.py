@@ -7,10 +7,11 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from data.files import temp_beside
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -24,10 +25,11 @@ def setup_logging(verbose: bool = False) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write to a temporary file in the same folder, fsync, then ``os.replace``: a crash leaves
-    either the old file or the new one, never half a file."""
+    either the old file or the new one, never half a file. The file gets the mode an ordinary
+    ``open(path, "w")`` would give under the umask (``data.files.temp_beside``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -1,5 +1,6 @@
-"""PNG figures for evaluation and training: class prompts on the Poincaré disk, per-class AP,
-training curves.
+"""PNG figures for evaluation and training: class prompts (and, faintly, the clips) on the
+Poincaré disk, per-class AP against chance, the per-class AP of every model of a run in one
+figure, training curves with the best epoch marked.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot, so no global
 backend or figure state is touched) at a fixed size and dpi, without tight bounding boxes, so
@@ -31,7 +32,8 @@ DPI = 100
 DISK_PX = (800, 800)        # (width, height) of plot_poincare_disk
 AP_PX = (1000, 800)         # plot_per_class_ap
 CURVES_PX = (1000, 800)     # plot_training_curves
-ANNOTATE_MAX = 40           # above this many classes only the 40 with most children are named
+COMPARE_PX = (1000, 700)    # plot_ap_comparison
+ANNOTATE_MAX = 40           # above this many classes only 40 are named (see disk_labels)
 
 
 def _figure(px: tuple[int, int]) -> Figure:
@@ -46,42 +48,73 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def disk_layout(points, *, c: float) -> np.ndarray:
+def disk_layout(points, *, c: float, others=None):
     """(C, D) points of the ball -> (C, 2) points of the disk of the same curvature.
 
     ``u = logmap0(x)``; the directions come from PCA of u to 2-D (scikit-learn, centred);
     each 2-D vector is rescaled to its point's original tangent norm ``|u|``, then mapped by
     ``expmap0``. Distances from the origin (hence ``dist0``) are kept exactly; angles between
     points are only as faithful as two principal components allow.
+
+    ``others`` (M, D) (e.g. the clips): laid out with the same PCA, fitted on ``points`` only;
+    then ``((C, 2), (M, 2))`` is returned.
     """
     x = torch.as_tensor(points, dtype=torch.float64)
     u = poincare.logmap0(x, c=c).numpy()
-    norms = np.linalg.norm(u, axis=1)
     k = min(2, u.shape[0], u.shape[1])
+    pca = PCA(n_components=k, svd_solver="full").fit(u) if k > 0 and u.shape[0] > 1 else None
+    xy = _to_disk(u, pca, c)
+    if others is None:
+        return xy
+    v = poincare.logmap0(torch.as_tensor(others, dtype=torch.float64), c=c).numpy()
+    return xy, _to_disk(v, pca, c)
+
+
+def _to_disk(u: np.ndarray, pca, c: float) -> np.ndarray:
+    norms = np.linalg.norm(u, axis=1)
     z = np.zeros((u.shape[0], 2))
-    if k > 0 and u.shape[0] > 1:
-        z[:, :k] = PCA(n_components=k, svd_solver="full").fit_transform(u)
+    if pca is not None and len(u):
+        z[:, :pca.n_components_] = pca.transform(u)
     zn = np.linalg.norm(z, axis=1)
     # A point at the PCA centre has no 2-D direction; it is put on the first axis at its norm.
     direction = np.where(zn[:, None] > 1e-12, z / np.where(zn > 1e-12, zn, 1.0)[:, None], [1.0, 0.0])
     return poincare.expmap0(torch.from_numpy(direction * norms[:, None]), c=c).numpy()
 
 
+def disk_labels(names: Sequence[str], *, edges=None, counts=None, limit: int = ANNOTATE_MAX) -> list[int]:
+    """The classes named on the disk: all when there are at most ``limit``; else the ``limit``
+    classes with the most clips (``counts``, ties by index), else with the most children
+    (``edges``: the hubs of the hierarchy), else none."""
+    if len(names) <= limit:
+        return list(range(len(names)))
+    if counts is not None:
+        order = sorted(range(len(names)), key=lambda i: (-counts[i], i))
+        return [i for i in order[:limit] if counts[i] > 0]
+    fan_out = Counter(a for a, _ in edges or ())
+    return [a for a, _ in sorted(fan_out.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]]
+
+
 def plot_poincare_disk(xy: np.ndarray, out_png: str | Path, *, c: float, names: Sequence[str],
                        categories: Sequence[str | None] | None = None,
-                       edges: Sequence[tuple[int, int]] | None = None, title: str = "") -> Path:
+                       edges: Sequence[tuple[int, int]] | None = None, title: str = "",
+                       audio_xy: np.ndarray | None = None, held_out: Sequence[int] = (),
+                       counts: Sequence[int] | None = None) -> Path:
     """Scatter (C, 2) disk points inside the boundary circle of radius ``1/sqrt(c)``.
 
     ``categories`` colours the points (e.g. the top-level ontology category; None: grey,
     "unmatched"); ``edges`` are (parent, child) index pairs drawn as straight grey segments
-    (not geodesics). With more than ANNOTATE_MAX classes only the ANNOTATE_MAX classes with the
-    most children are named.
+    (not geodesics); ``audio_xy`` (M, 2): the clips, drawn faint beneath; ``held_out``: class
+    indices ringed in red (kept out of training). Names: ``disk_labels`` (all up to
+    ANNOTATE_MAX classes, else the most frequent in ``counts``, else the hubs of ``edges``).
     """
     xy = np.asarray(xy, dtype=float)
     radius = 1.0 / math.sqrt(c)
     fig = _figure(DISK_PX)
     ax = fig.add_subplot(1, 1, 1)
     ax.add_patch(Circle((0, 0), radius, fill=False, color="black", linewidth=1.0))
+    if audio_xy is not None and len(audio_xy):
+        ax.scatter(audio_xy[:, 0], audio_xy[:, 1], s=8, color="tab:orange", alpha=0.3, linewidths=0, zorder=0,
+                   label=f"clips ({len(audio_xy)})")
     for a, b in edges or ():
         ax.plot(xy[[a, b], 0], xy[[a, b], 1], color="0.6", linewidth=0.6, zorder=1)
     if categories is None:
@@ -94,13 +127,13 @@ def plot_poincare_disk(xy: np.ndarray, out_png: str | Path, *, c: float, names: 
             if idx:
                 ax.scatter(xy[idx, 0], xy[idx, 1], s=14, zorder=2, label=group or "unmatched",
                            color="0.5" if group is None else cmap(k % 10))
+    if len(held_out):
+        held = list(held_out)
+        ax.scatter(xy[held, 0], xy[held, 1], s=60, facecolors="none", edgecolors="tab:red", linewidths=1.2,
+                   zorder=3, label=f"held out in training ({len(held)})")
+    if categories is not None or len(held_out) or audio_xy is not None:
         fig.legend(loc="lower center", ncol=4, fontsize=7, frameon=False)
-    if len(names) <= ANNOTATE_MAX:
-        labelled = range(len(names))
-    else:  # the classes with the most children: the hubs of the hierarchy
-        fan_out = Counter(a for a, _ in edges or ())
-        labelled = [a for a, _ in sorted(fan_out.items(), key=lambda kv: (-kv[1], kv[0]))[:ANNOTATE_MAX]]
-    for i in labelled:
+    for i in disk_labels(names, edges=edges, counts=counts):
         ax.annotate(names[i], xy[i], fontsize=6, xytext=(2, 2), textcoords="offset points")
     lim = radius * 1.05
     ax.set_xlim(-lim, lim)
@@ -112,12 +145,15 @@ def plot_poincare_disk(xy: np.ndarray, out_png: str | Path, *, c: float, names: 
     return _save(fig, out_png)
 
 
-def plot_per_class_ap(per_class: Sequence[dict], out_png: str | Path, *, n: int = 15, title: str = "") -> Path:
+def plot_per_class_ap(per_class: Sequence[dict], out_png: str | Path, *, n: int = 15, title: str = "",
+                      num_clips: int | None = None) -> Path:
     """Horizontal bars of the ``n`` best and ``n`` worst classes by AP (one panel of every
     class, best first, when there are at most ``2 n``).
 
     ``per_class``: rows ``{"name", "ap", "positives"}`` (``metrics.per_class_ap``); ties in AP
-    are broken by name, so the chart is reproducible.
+    are broken by name, so the chart is reproducible. ``num_clips``: the labelled clips; each
+    bar then gets its chance level, a black tick at ``positives / num_clips`` (the expected AP
+    of a random ranking).
     """
     rows = sorted(per_class, key=lambda r: (-r["ap"], r["name"]))
     if not rows:
@@ -131,18 +167,61 @@ def plot_per_class_ap(per_class: Sequence[dict], out_png: str | Path, *, n: int 
         ax = fig.add_subplot(1, len(panels), col + 1)
         y = np.arange(len(part))
         ax.barh(y, [r["ap"] for r in part], color="tab:red" if "worst" in label else "tab:green")
+        if num_clips:
+            ax.scatter([r["positives"] / num_clips for r in part], y, marker="|", s=120, color="black", zorder=3,
+                       label="chance (positives / clips)" if col == 0 else None)
         ax.set_yticks(y, [f"{r['name']} ({r['positives']})" for r in part], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlim(0, 1)
         ax.set_xlabel("AP (positives in brackets)")
         ax.set_title(label, fontsize=9)
+    if num_clips:
+        fig.legend(loc="lower center", fontsize=7, frameon=False)
     fig.suptitle(title or "Per-class AP", fontsize=10)
     fig.subplots_adjust(left=0.22, right=0.97, wspace=0.7 if len(panels) > 1 else 0.2)
     return _save(fig, out_png)
 
 
+def plot_ap_comparison(per_class: dict[str, Sequence[dict]], out_png: str | Path, *,
+                       num_clips: int | None = None, title: str = "") -> Path:
+    """Every model of a run in one figure: each model's per-class AP sorted from best to worst
+    (mAP in the legend), and the chance level sorted likewise (``positives / num_clips``)."""
+    fig = _figure(COMPARE_PX)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, rows in per_class.items():
+        ap = sorted((r["ap"] for r in rows), reverse=True)
+        if ap:
+            ax.plot(np.arange(1, len(ap) + 1), ap, linewidth=1.5, label=f"{name} (mAP {np.mean(ap):.3f})")
+    if num_clips:
+        rows = next(iter(per_class.values()), [])
+        chance = sorted((r["positives"] / num_clips for r in rows), reverse=True)
+        ax.plot(np.arange(1, len(chance) + 1), chance, color="black", linestyle="--", linewidth=1,
+                label=f"chance (mean {np.mean(chance):.3f})" if chance else None)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("class rank (each model sorted by its own AP)")
+    ax.set_ylabel("AP")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Per-class AP of every model", fontsize=10)
+    return _save(fig, out_png)
+
+
+CURVE_PANELS = (("loss", ("train_loss", "val_loss")), ("validation mAP", ("val_mAP",)),
+                ("curvature c", ("c",)), ("temperature", ("temperature",)))
+
+
+def curve_panels(history: Sequence[dict]) -> list[tuple[str, tuple[str, ...]]]:
+    """The panels worth drawing: loss and validation mAP always; c and temperature only when
+    they moved (learned), since a flat line says nothing the title could not."""
+    def flat(key):
+        values = {row[key] for row in history if row.get(key) is not None}
+        return len(values) <= 1
+    return [(title, keys) for title, keys in CURVE_PANELS if title in ("loss", "validation mAP")
+            or not all(flat(k) for k in keys)]
+
+
 def plot_training_curves(setup_json_path: str | Path, out_png: str | Path) -> Path:
-    """Loss, validation mAP, c and temperature per epoch from a training ``setup.json``.
+    """Loss, validation mAP, and c and temperature when they were learned, per epoch, from a
+    training ``setup.json``, with the best epoch (``summary.best_epoch``) marked on every panel.
 
     Reads ``setup["history"]``: one row per epoch with ``epoch`` (else the row number) and
     ``train_loss``, ``val_loss``, ``val_mAP``, ``c``, ``temperature``; a panel whose keys no
@@ -153,11 +232,14 @@ def plot_training_curves(setup_json_path: str | Path, out_png: str | Path) -> Pa
     if not history:
         raise ValueError(f"{setup_json_path}: no 'history' rows to plot")
     epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
-    panels = (("loss", ("train_loss", "val_loss")), ("validation mAP", ("val_mAP",)),
-              ("curvature c", ("c",)), ("temperature", ("temperature",)))
+    best = (setup.get("summary") or {}).get("best_epoch")
+    panels = curve_panels(history)
+    rows = 1 if len(panels) <= 2 else 2
     fig = _figure(CURVES_PX)
     for k, (title, keys) in enumerate(panels):
-        ax = fig.add_subplot(2, 2, k + 1)
+        ax = fig.add_subplot(rows, 2, k + 1)
+        if best is not None:
+            ax.axvline(best, color="0.4", linestyle=":", linewidth=1, label=f"best epoch {best}")
         drawn = False
         for key in keys:
             pts = [(e, row[key]) for e, row in zip(epochs, history) if row.get(key) is not None]

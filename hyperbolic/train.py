@@ -8,12 +8,14 @@ and runs one fit per (c, temperature) combination of a sweep, all from the same 
 from __future__ import annotations
 
 import itertools
-from functools import partial
+import json
 import logging
 import math
 import re
+import shlex
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,12 +23,13 @@ import torch
 from data.audio import segmenting_from
 from data.audioset import SkipLog
 from data.class_list import resolve_class_names
-from data.labels import LabelMatcher
+from data.labels import LabelMatcher, load_class_ids
 from hyperbolic import checkpoint, objective
 from hyperbolic.config import TrainConfig
 from hyperbolic.embeddings import (
     PROMPT_NAME_RULE,
     ClipEmbeddings,
+    duration_report,
     embed_clips,
     embed_prompts,
     open_cache,
@@ -47,6 +50,22 @@ log = logging.getLogger(__name__)
 
 class TrainingError(UserError, RuntimeError):
     """A run that cannot go on (bad split, diverged loss, bad resume); the message says what to do."""
+
+
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C during the epochs. ``epoch``: the last epoch whose checkpoint is complete (0: none);
+    ``run_dir``: the folder ``--resume`` continues (the sweep's root for a sweep)."""
+
+    def __init__(self, epoch: int, run_dir: Path, part: str = ""):
+        self.epoch, self.run_dir, self.part = epoch, Path(run_dir), part
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        where = f" of {self.part}" if self.part else ""
+        done = (f"epoch {self.epoch}{where} is the last complete epoch" if self.epoch
+                else f"no epoch{where} was complete")
+        return (f"interrupted: {done}; continue with: python train_hyperbolic_clap.py "
+                f"--resume {shlex.quote(str(self.run_dir))}")
 
 
 @dataclass
@@ -77,7 +96,7 @@ def choose_holdout(spec: str | None, class_names: list[str], present: list[int],
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         unknown = [n for n in names if n.casefold() not in index]
         if unknown:
-            raise TrainingError(f"--holdout-classes {path}: not in the class list: {unknown[:5]}")
+            raise TrainingError(f"--holdout-classes {path}: not in the class list: {'; '.join(unknown[:5])}")
         return sorted({index[n.casefold()] for n in names})
     try:
         fraction = float(spec)
@@ -262,6 +281,25 @@ def _check_finite(value: torch.Tensor, what: str, epoch: int, batch: int) -> Non
                             "The last good checkpoint is kept; try a lower --learning-rate or --clip-r.")
 
 
+def _epoch_of(path: Path) -> int:
+    return int(path.stem.rsplit("_", 1)[1])
+
+
+def prune_checkpoints(out: Path, *, epoch: int, best_epoch: int, keep_epochs: int) -> list[Path]:
+    """Called once ``epoch``'s files are written: remove every ``best_projection_epoch_*.pth``
+    but ``best_epoch``'s, and (``keep_epochs > 0``) the per-epoch checkpoints older than the
+    newest ``keep_epochs`` up to ``epoch``. Returns the removed paths.
+
+    Removal comes after the newer file is in place (``atomic_torch_save`` has replaced it), so
+    a crash at any point leaves a best checkpoint and a checkpoint to resume from."""
+    removed = [p for p in out.glob("best_projection_epoch_*.pth") if _epoch_of(p) != best_epoch]
+    if keep_epochs > 0:
+        removed += [p for p in out.glob("projection_epoch_*.pth") if _epoch_of(p) <= epoch - keep_epochs]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: Split, out: Path,
         *, seen: list[int] | None = None, extra: dict | None = None, tracker=None,
         resume: Path | None = None, hierarchy: Hierarchy | None = None, trainer_cls=None) -> dict:
@@ -282,7 +320,6 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
     total_steps, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         trainer.optimizer, lambda s: lr_factor(s, total=total_steps, warmup=warmup, schedule=cfg.lr_schedule))
-    higher_is_better = cfg.select_metric != "val_loss"
     split_ids = {part: [f"{clips.metas[i].file}:{clips.metas[i].row}:{clips.metas[i].video_id}" for i in rows]
                  for part, rows in (("train", split.train), ("val", split.val))}
     setup = {"config": cfg.to_dict(), **(extra or {}), "history": [], "summary": None}
@@ -301,6 +338,43 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
         setup["summary"] = _summary(cfg, setup["history"], best_epoch, out)
         start = ckpt["epoch"] + 1
         log.info("resuming %s after epoch %d", resume, ckpt["epoch"])
+    else:  # the configuration is in the folder from the start, so --resume RUN_DIR alone works
+        atomic_write_json(out / "setup.json", setup)
+    before = torch.get_num_threads()
+    threads = training_threads(cfg.batch_size, len(seen), clips.audio.shape[1], before)
+    if start <= cfg.epochs:
+        log.info("training on %d intra-op thread%s (of %d) for a %d-clip x %d-d step over %d prompts",
+                 threads, "" if threads == 1 else "s", before, cfg.batch_size, clips.audio.shape[1], len(seen))
+    torch.set_num_threads(threads)
+    try:
+        _epochs(cfg, trainer, scheduler, generator, train_clips, val_clips, clips, split_ids, setup, out,
+                extra, tracker, start, best, best_epoch, stale)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_epoch_of(last) if (last := checkpoint.latest_epoch_file(out)) else 0, out) from None
+    finally:
+        torch.set_num_threads(before)
+    _plot_curves(out)
+    return setup["summary"]
+
+
+# Projector work per thread before a second thread pays (forward + backward flops of one step).
+# Measured (docs/performance.md): one thread is fastest for the default step (16 clips, 527
+# prompts, 512-d: ~0.85 GFLOP), and with other jobs on the cores several threads are 5-16x slower.
+STEP_FLOPS_PER_THREAD = 1e9
+
+
+def training_threads(batch_size: int, num_prompts: int, dim: int, available: int) -> int:
+    """Intra-op threads for the epoch loop: one per STEP_FLOPS_PER_THREAD of a step's projector
+    work ``6 (batch + prompts) dim^2`` (forward and backward of the dim x dim linear map over the
+    batch and the prompts), between 1 and ``available``. A function of the step only, so a
+    resumed run uses the same count (and the same floating-point reductions)."""
+    flops = 6 * (batch_size + num_prompts) * dim * dim
+    return max(1, min(available, int(flops // STEP_FLOPS_PER_THREAD)))
+
+
+def _epochs(cfg, trainer, scheduler, generator, train_clips, val_clips, clips, split_ids, setup, out, extra,
+            tracker, start, best, best_epoch, stale) -> None:
+    higher_is_better = cfg.select_metric != "val_loss"
     for epoch in range(start, cfg.epochs + 1):
         if cfg.patience and stale >= cfg.patience:
             break
@@ -346,21 +420,21 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
             "history": setup["history"], "split": split_ids, "config": cfg.to_dict(), **(extra or {}),
         }
         checkpoint.save_epoch(out, epoch, ckpt, best=improved)
+        prune_checkpoints(out, epoch=epoch, best_epoch=best_epoch, keep_epochs=cfg.keep_epochs)
         setup["summary"] = _summary(cfg, setup["history"], best_epoch, out)
         atomic_write_json(out / "setup.json", setup)
         ball = ("" if "val_audio_radius_median" not in row else
                 "  radius audio %.2f text %.2f  on clip sphere audio %.0f%% text %.0f%%" % (
                     row["val_audio_radius_median"], row["val_text_radius_median"],
                     100 * row["val_audio_on_clip_sphere"], 100 * row["val_text_on_clip_sphere"]))
-        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mAP %.4f  c %.4g  tau %.4g (eff. %.4g)  lr %.3g%s%s",
-                 epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_mAP"], row["c"],
-                 row["temperature"], row["effective_temperature"], row["lr"], ball, "  *best*" if improved else "")
+        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mAP %.4f  c %.4g  tau %.4g (eff. %.4g)  lr %.3g  "
+                 "%.2fs%s%s", epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_mAP"], row["c"],
+                 row["temperature"], row["effective_temperature"], row["lr"], row["seconds"], ball,
+                 "  *best*" if improved else "")
         if tracker is not None:
             tracker.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
     if cfg.patience and stale >= cfg.patience:
         log.info("no %s improvement for %d epochs: stopped early", cfg.select_metric, cfg.patience)
-    _plot_curves(out)
-    return setup["summary"]
 
 
 def _summary(cfg: TrainConfig, history: list[dict], best_epoch: int, out: Path) -> dict:
@@ -402,18 +476,82 @@ def prepare_output_dir(cfg: TrainConfig) -> Path:
     return out
 
 
-def _swanlab(cfg: TrainConfig):
+SWANLAB_DIR = "swanlog"  # under --output-dir: SwanLab's local and offline logs
+
+
+def _swanlab_module(cfg: TrainConfig):
+    """The swanlab module when --use-swanlab; checked before any embedding, so a missing package
+    costs seconds, not an embedding pass."""
     if not cfg.use_swanlab:
         return None
     try:
         import swanlab
     except ImportError as err:
-        raise TrainingError("--use-swanlab needs the swanlab package: pip install swanlab") from err
-    kwargs = {"project": cfg.swanlab_project, "workspace": cfg.swanlab_workspace, "config": cfg.to_dict()}
+        raise TrainingError("--use-swanlab needs the swanlab package (in requirements.txt): "
+                            "pip install -r requirements.txt, or drop --use-swanlab") from err
+    return swanlab
+
+
+def _swanlab(cfg: TrainConfig, out: Path):
+    swanlab = _swanlab_module(cfg)
+    if swanlab is None:
+        return None
+    kwargs = {"project": cfg.swanlab_project, "workspace": cfg.swanlab_workspace, "config": cfg.to_dict(),
+              "log_dir": str(out / SWANLAB_DIR)}
     if cfg.swanlab_mode:
-        kwargs["mode"] = cfg.swanlab_mode
+        kwargs["mode"] = {"cloud": "online"}.get(cfg.swanlab_mode, cfg.swanlab_mode)  # "cloud": earlier name
     swanlab.init(**kwargs)
     return swanlab
+
+
+def resume_settings(resume: str | Path, given: dict) -> tuple[TrainConfig, list[float], list[float]] | None:
+    """``--resume RUN_DIR`` (or a checkpoint): the run's configuration, with ``given`` (the flags
+    typed on this command line, TrainConfig field -> value) on top, and the run's sweep lists
+    (c values, temperatures). Flags that differ from the run are refused later by
+    ``load_resume_checkpoint``, except those of ``RESUME_MAY_DIFFER``.
+
+    The configuration is read from RUN_DIR/setup.json, else from a sweep's first
+    RUN_DIR/c*_t*/setup.json, else (a .pth) from the checkpoint's own ``config``. None: a folder
+    that holds none of them (a run stopped before its first epoch began): the command line alone
+    then describes the run."""
+    path = Path(resume)
+    if not path.exists():
+        raise TrainingError(f"--resume {path} does not exist; pass the run's --output-dir or one of its "
+                            "projection_epoch_*.pth")
+    if path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # torch raises several types for torn or foreign files
+            raise TrainingError(f"--resume {path} is not a readable checkpoint ({err}); resume from the "
+                                "run's folder or an earlier projection_epoch_*.pth") from err
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            raise TrainingError(f"--resume {path} is not a resumable checkpoint of train_hyperbolic_clap.py")
+        setups = [saved]
+    else:
+        own = path / "setup.json"
+        files = [own] if own.is_file() else sorted(path.glob("c*_t*/setup.json"))
+        if not files:
+            return None
+        setups = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    config = dict(setups[0]["config"])
+    fields = TrainConfig.__dataclass_fields__
+    unknown = sorted(k for k in config if k not in fields)
+    if unknown:
+        log.warning("--resume %s: the run has settings this version does not know, ignored: %s", path,
+                    ", ".join(unknown))
+    values = {k: v for k, v in config.items() if k in fields}
+    # A sweep's lists come from its folders (a run before "sweep" was recorded: the combinations
+    # started so far); a single run or one checkpoint is its own c and temperature.
+    sweep = {"c": [config["c"]], "temperature": [config["temperature"]]}
+    if path.is_dir() and not (path / "setup.json").is_file():
+        sweep = setups[0].get("sweep") or {
+            "c": list(dict.fromkeys(s["config"]["c"] for s in setups)),
+            "temperature": list(dict.fromkeys(s["config"]["temperature"] for s in setups))}
+    c_values = list(given.pop("c_values", sweep["c"]))
+    temperatures = list(given.pop("temperatures", sweep["temperature"]))
+    values.update(given, c=c_values[0], temperature=temperatures[0], resume=str(path))
+    values.setdefault("overwrite", False)
+    return TrainConfig(**values), c_values, temperatures
 
 
 def _resume_point(run_dir: Path, cfg: TrainConfig) -> Path | None:
@@ -458,7 +596,8 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
         raise TrainingError("learn_c with learn_temperature: c only moves the effective temperature tau*sqrt(c) "
                             "when the layer is learned, so the pair has a direction the loss cannot see; "
                             "learn one of them (--learn-c with --no-learn-temperature, or --learn-temperature)")
-    combos = list(itertools.product(c_values or [cfg.c], temperatures or [cfg.temperature]))
+    c_values, temperatures = list(c_values or [cfg.c]), list(temperatures or [cfg.temperature])
+    combos = list(itertools.product(c_values, temperatures))
     if cfg.resume and len(combos) > 1:
         _check_sweep_resume(Path(cfg.resume), len(combos))
     if cfg.resume:
@@ -470,11 +609,12 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
         if cfg.output_dir != str(run_dir):
             log.info("--resume: continuing in %s", run_dir)
         cfg = replace(cfg, output_dir=str(run_dir))
+    _swanlab_module(cfg)
     out = prepare_output_dir(cfg)
     # Captions alone use no class list; with --label-column given too, its classes are mixed in.
     class_names = (resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
                                        limit=cfg.num_samples) if not cfg.text_column or cfg.caption_labels else [])
-    matcher = LabelMatcher(class_names)
+    matcher = LabelMatcher(class_names, load_class_ids(cfg.class_labels, class_names))
     clap, cache = open_clap(cfg), open_cache(cfg)
     skips = SkipLog()
     trainer_cls, caption_info = None, None
@@ -498,13 +638,13 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
                      dropped["clips_dropped_only_holdout_labels"])
         if len(clips) < 2:
             raise TrainingError(f"only {len(clips)} usable clips in {cfg.parquet_dir} "
-                                f"(skipped: {skips.to_dict()}); training needs at least 2")
+                                f"(skipped: {skips.describe(cfg.label_column)}); training needs at least 2")
         hierarchy = None
         if cfg.ontology:
             hierarchy = Hierarchy.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
             if hierarchy.unmatched:
                 log.warning("%d of %d classes match no node of --ontology %s (first: %s)", len(hierarchy.unmatched),
-                            len(class_names), cfg.ontology, list(hierarchy.unmatched[:5]))
+                            len(class_names), cfg.ontology, "; ".join(hierarchy.unmatched[:5]))
         prompt_names = class_names if hierarchy is None else list(hierarchy.prompt_names)
         prompts = embed_prompts(clap, prompts_for(prompt_names, cfg.prompt_template), cache=cache)
     split = split_indices(len(clips), cfg.train_ratio, cfg.seed)
@@ -523,6 +663,7 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
              "class_names": class_names, "prompt_label_rule": PROMPT_NAME_RULE,
              "holdout_classes": [class_names[k] for k in holdout],
              "data": {"clips": len(clips), "train_clips": len(split.train), "val_clips": len(split.val),
+                      **duration_report(clips, segmenting_from(cfg.segment, cfg.hop)),
                       **dropped,
                       "skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list()}}
     if caption_info is not None:
@@ -533,13 +674,18 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
                               "parent_child_pairs": int(hierarchy.parent_child.shape[0])}
     log.info("%d clips (%d train / %d val), %d classes (%d held out)", len(clips), len(split.train),
              len(split.val), len(class_names), len(holdout))
-    tracker = _swanlab(cfg)
+    extra["sweep"] = {"c": list(c_values), "temperature": list(temperatures)}  # for --resume RUN_DIR alone
+    tracker = _swanlab(cfg, out)
     try:
         if len(combos) == 1:
             run_cfg = replace(cfg, c=combos[0][0], temperature=combos[0][1])
             return fit(run_cfg, clips, prompts, split, out, seen=seen, extra=extra, tracker=tracker,
                        resume=_resume_point(out, cfg), hierarchy=hierarchy, trainer_cls=trainer_cls)
         return _sweep(cfg, combos, clips, prompts, split, out, seen, extra, hierarchy, trainer_cls)
+    except TrainingInterrupted as stop:
+        if stop.run_dir == out:
+            raise
+        raise TrainingInterrupted(stop.epoch, out, part=stop.run_dir.name) from None
     finally:
         if tracker is not None:
             tracker.finish()

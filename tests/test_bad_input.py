@@ -501,7 +501,7 @@ TRAIN_FLAG_CASES = [
     (["--train-ratio", "1.5"], "--train-ratio"), (["--train-ratio", "-0.2"], "--train-ratio"),
     (["--batch-size", "0"], "--batch-size"), (["--batch-size", "-3"], "--batch-size"),
     (["--epochs", "0"], "--epochs"), (["--learning-rate", "0"], "--learning-rate"),
-    (["--num-samples", "0"], "--num-samples"), (["--embed-batch-size", "0"], "--embed-batch-size"),
+    (["--num-samples", "-1"], "--num-samples"), (["--embed-batch-size", "0"], "--embed-batch-size"),
     (["--c", "inf"], "--c must be"), (["--temperature", "inf"], "--temperature must be"),
     (["--learning-rate", "inf"], "--learning-rate must be"), (["--learning-rate", "nan"], "--learning-rate must be"),
 ]
@@ -522,7 +522,7 @@ def test_invalid_train_flags_exit_2_naming_the_flag(tmp_path, argv, message):
     (["--temperature", "inf"], "--temperature must be > 0"),
     (["--top-k", "0"], "--top-k must be >= 1"), (["--top-k", "-1"], "--top-k must be >= 1"),
     (["--top-k", "11"], "--top-k must be <= the number of classes"),  # the class list has 10
-    (["--num-samples", "0"], "--num-samples"), (["--set-k", "0"], "--set-k"),
+    (["--num-samples", "-1"], "--num-samples"), (["--set-k", "0"], "--set-k"),
     (["--embed-batch-size", "0"], "--embed-batch-size"), (["--bootstrap", "-1"], "--bootstrap"),
 ])
 def test_invalid_eval_flags_exit_2_naming_the_flag(tmp_path, messy, tiny_clap_dir, classes_file, argv, message):

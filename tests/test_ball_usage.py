@@ -148,6 +148,7 @@ def _checkpoint(path, dim, weight, *, c):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale, c", [(1.0, 0.25), (10.0, 1.0)])
 def test_results_ball_usage_of_constructed_checkpoints(tmp_path, tiny_clap_dir, demo_eval_dir, tiny_class_labels,
                                                        scale, c):
@@ -203,6 +204,7 @@ def test_learn_c_alone_keeps_the_temperature_fixed():
     assert train_script.parse_args(["--parquet-dir", "x"]).learn_temperature
 
 
+@pytest.mark.slow
 def test_batch_of_one_trains_with_all_class_negatives(tmp_path, tiny_clap_dir, demo_train_dir, tiny_class_labels):
     out = tmp_path / "run"
     assert train_script.main(_train_argv(demo_train_dir, tiny_clap_dir, out, tiny_class_labels, "--batch-size", "1",

@@ -61,6 +61,7 @@ def test_save_epoch_writes_the_best_file_before_the_epoch_file(tmp_path, monkeyp
     assert checkpoint.latest_epoch_file(tmp_path).name == "projection_epoch_10.pth"  # numeric, not text order
 
 
+@pytest.mark.slow
 def test_export_reads_checkpoints_without_the_evaluation_module():
     code = "import sys, hyperbolic.export; print('hyperbolic.evaluate' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
