@@ -504,6 +504,10 @@ def _swanlab(cfg: TrainConfig, out: Path):
     return swanlab
 
 
+# A run whose configuration predates these fields trained with these values, not today's defaults.
+RECIPE_BEFORE_DEFAULTS_CHANGED = {"clip_mode": "straight-through", "init_radius": None, "negatives": "in-batch"}
+
+
 def resume_settings(resume: str | Path, given: dict) -> tuple[TrainConfig, list[float], list[float]] | None:
     """``--resume RUN_DIR`` (or a checkpoint): the run's configuration, with ``given`` (the flags
     typed on this command line, TrainConfig field -> value) on top, and the run's sweep lists
@@ -539,7 +543,7 @@ def resume_settings(resume: str | Path, given: dict) -> tuple[TrainConfig, list[
     if unknown:
         log.warning("--resume %s: the run has settings this version does not know, ignored: %s", path,
                     ", ".join(unknown))
-    values = {k: v for k, v in config.items() if k in fields}
+    values = {**RECIPE_BEFORE_DEFAULTS_CHANGED, **{k: v for k, v in config.items() if k in fields}}
     # A sweep's lists come from its folders (a run before "sweep" was recorded: the combinations
     # started so far); a single run or one checkpoint is its own c and temperature.
     sweep = {"c": [config["c"]], "temperature": [config["temperature"]]}

@@ -219,3 +219,17 @@ def test_batch_of_one_trains_with_all_class_negatives(tmp_path, tiny_clap_dir, d
     ckpt = torch.load(out / "projection_epoch_2.pth", weights_only=False)
     assert ckpt["effective_temperature"] == pytest.approx(rows[-1]["effective_temperature"])
     assert ckpt["clip_mode"] == "inward"
+
+
+def test_resuming_a_run_from_before_the_new_recipe_keeps_its_clip_rule(tmp_path):
+    """A run whose setup.json predates clip_mode/init_radius/negatives resumes with the rules it
+    trained with (straight-through clip, Xavier scale, in-batch negatives), not today's defaults."""
+    from hyperbolic.config import TrainConfig
+    from hyperbolic.train import resume_settings
+    config = TrainConfig(parquet_dir="data", learning_rate=1e-4, temperature=1.0, learn_temperature=False).to_dict()
+    for key in ("clip_mode", "init_radius", "negatives"):
+        config.pop(key)
+    (tmp_path / "setup.json").write_text(json.dumps({"config": config, "history": []}))
+    cfg, c_values, temperatures = resume_settings(tmp_path, {})
+    assert (cfg.clip_mode, cfg.init_radius, cfg.negatives) == ("straight-through", None, "in-batch")
+    assert (cfg.learning_rate, cfg.learn_temperature, temperatures) == (1e-4, False, [1.0])
