@@ -29,12 +29,14 @@ def positive(x: float) -> bool:
     return math.isfinite(x) and x > 0
 
 
-def command_line(script: str, cfg, parser: argparse.ArgumentParser, *, extra: list[str] = ()) -> str:
+def command_line(script: str, cfg, parser: argparse.ArgumentParser, *, extra: list[str] = (),
+                 always: tuple[str, ...] = ()) -> str:
     """``python SCRIPT --flag value ...`` that gives ``cfg``: one flag of ``parser`` (the script's)
     per dataclass field whose value differs from the flag's default, then ``extra``; shell-quoted.
     An on/off flag whose default is decided after parsing (``--x/--no-x``, default None) is always
     written out; another flag whose parser default is None is compared with the field's default.
-    Fields without a flag are left out."""
+    Fields without a flag are left out; the fields named in ``always`` are written even at their
+    default."""
     actions = {a.dest: a for a in parser._actions}
     args = []
     for f in dataclasses.fields(cfg):
@@ -51,7 +53,7 @@ def command_line(script: str, cfg, parser: argparse.ArgumentParser, *, extra: li
             default = f.default
         if isinstance(default, list) and not isinstance(value, list):
             default = default[0] if len(default) == 1 else default
-        if value == default or value is None or (action.nargs == 0 and not value):
+        if (value == default and f.name not in always) or value is None or (action.nargs == 0 and not value):
             continue
         args += [flag] if action.nargs == 0 else [flag, *(str(v) for v in (value if isinstance(value, list) else [value]))]
     return " ".join(shlex.quote(a) for a in ["python", script, *args, *extra])

@@ -82,7 +82,8 @@ def demo_commands(cfg: TrainConfig, eval_cfg: EvalConfig) -> str:
     written from the configurations it used (so they follow any change to its recipe)."""
     import test_clap_modelscope  # the two scripts' parsers: their flags and defaults
     import train_hyperbolic_clap
-    train = command_line("train_hyperbolic_clap.py", cfg, train_hyperbolic_clap.build_parser())
+    train = command_line("train_hyperbolic_clap.py", cfg, train_hyperbolic_clap.build_parser(),
+                         always=("epochs", "learning_rate", "temperature"))  # the recipe, to change one flag
     evaluate_ = command_line("test_clap_modelscope.py", replace(eval_cfg, num_samples=100),
                              test_clap_modelscope.build_parser(), extra=["--num-samples", "all" if eval_cfg.num_samples is None else str(eval_cfg.num_samples),
                                     "--projection-checkpoint", cfg.output_dir])
