@@ -31,6 +31,7 @@ def _modes(folder: Path) -> dict[str, int]:
 
 # ------------------------------------------------------------------ 2: file modes follow the umask
 
+@pytest.mark.slow
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_written_files_get_the_mode_open_would_give(tmp_path, umask, tiny_clap_dir, demo_train_dir, demo_eval_dir):
     old = os.umask(umask)
@@ -67,6 +68,7 @@ def _eval_argv(data, clap, out, *extra):
             "--output-json", out, *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag, expect_all", [("3", False), ("all", True), ("0", True), (None, True)])
 def test_results_say_how_many_rows_the_folder_holds_and_how_many_were_used(
         tmp_path, tiny_clap_dir, demo_eval_dir, flag, expect_all):
@@ -108,6 +110,7 @@ def five_epochs(tmp_path_factory, tiny_clap_dir, demo_train_dir):
     return out
 
 
+@pytest.mark.slow
 def test_keep_epochs_and_a_single_best_checkpoint(tmp_path, five_epochs, tiny_clap_dir, demo_train_dir):
     history = json.loads((five_epochs / "setup.json").read_text())["history"]
     best = min(history, key=lambda r: r["val_loss"])["epoch"]  # first of the lowest, as training picks
@@ -126,6 +129,7 @@ def test_keep_epochs_and_a_single_best_checkpoint(tmp_path, five_epochs, tiny_cl
         f"best_projection_epoch_{best}.pth")
 
 
+@pytest.mark.slow
 def test_resume_run_dir_alone_continues_with_the_runs_settings(tmp_path, five_epochs, tiny_clap_dir,
                                                                demo_train_dir, monkeypatch):
     out = tmp_path / "run"
@@ -196,6 +200,7 @@ def with_mids(tmp_path_factory, demo_eval_dir):
     return folder
 
 
+@pytest.mark.slow
 def test_label_column_of_machine_ids_gives_the_same_results_as_names(tmp_path, with_mids, tiny_clap_dir):
     results = {}
     for column in ("human_labels", "labels"):
@@ -305,6 +310,7 @@ def test_projection_checkpoint_accepts_a_run_folder(tmp_path, five_epochs, tiny_
 
 # ------------------------------------------------------------------ 10: the demo prints its commands
 
+@pytest.mark.slow
 def test_demo_commands_rerun_the_demo(tmp_path, capsys, monkeypatch):
     import shlex
 
@@ -334,6 +340,7 @@ def test_demo_commands_rerun_the_demo(tmp_path, capsys, monkeypatch):
 
 # ------------------------------------------------------------------ 7: SwanLab
 
+@pytest.mark.slow
 def test_swanlab_offline_logs_go_under_the_output_dir(tmp_path, tiny_clap_dir, demo_train_dir, monkeypatch):
     pytest.importorskip("swanlab")
     cwd = tmp_path / "cwd"
@@ -418,6 +425,7 @@ def long_clips(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_truncated_clips_are_counted_and_logged(tmp_path, long_clips, tiny_clap_dir):
     cache = tmp_path / "cache"
     for attempt in ("cold", "warm"):  # the counts come back from the embedding cache too
@@ -488,6 +496,7 @@ def test_disk_layout_puts_clips_with_the_prompts_pca():
     assert np.allclose(np.linalg.norm(audio_xy, axis=1), audio.norm(dim=1).numpy())  # dist0 kept
 
 
+@pytest.mark.slow
 def test_plots_of_a_comparison_run(tmp_path, five_epochs, tiny_clap_dir, demo_eval_dir):
     out = tmp_path / "r.json"
     code, err = run_main(eval_script, _eval_argv(demo_eval_dir, tiny_clap_dir, out, "--projection-checkpoint",
