@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from hyperbolic import poincare
 
 # Points within this of the clip radius (in units of the ball radius) count as on the clip
 # sphere. float32 recomputes a clipped point's relative radius to ~1e-6; 1e-4 leaves room for

@@ -586,7 +586,7 @@ def test_demo_dataset_is_deterministic(tmp_path, matcher, class_names):
     kw = dict(clips_per_class=2, seed=5, sr=16000, seconds=0.5, shards=3, mixtures=2)
     s1 = write_demo_dataset(tmp_path / "one", **kw)
     s2 = write_demo_dataset(tmp_path / "two", **kw)
-    s3 = write_demo_dataset(tmp_path / "other", **{**kw, "seed": 6})
+    write_demo_dataset(tmp_path / "other", **{**kw, "seed": 6})
     assert s1["files"] == s2["files"] and len(s1["files"]) == 3
     for name in s1["files"]:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()

@@ -316,7 +316,6 @@ def test_ties_equal_the_average_over_every_tie_order(seed, levels):
     orders = list(itertools.permutations(range(5)))
     ks = (1, 2, 3)
     acc = {k: 0.0 for k in ks}
-    r_at = {k: 0.0 for k in ks}
     tp = np.zeros(5)
     for order in orders:
         rank_of = np.empty(5)
