@@ -170,6 +170,17 @@ def list_parquet_files(folder: str | Path) -> list[Path]:
     return files
 
 
+
+def open_parquet_files(folder: str | Path):
+    """``(path, pyarrow.parquet.ParquetFile)`` for each file of ``list_parquet_files(folder)`` whose
+    footer can be read; an unreadable file is passed over here (the audio pass counts it as a skip)."""
+    for path in list_parquet_files(folder):
+        try:
+            pf = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError):
+            continue
+        yield path, pf
+
 def count_rows(folder: str | Path) -> tuple[int, list[str]]:
     """``(rows, unreadable)``: the rows the folder's parquet files hold, from their footers (no
     data is read), and the names of the files whose footer cannot be read (their rows are not

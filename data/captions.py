@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from data.audioset import ClipMeta, SkipLog, list_parquet_files
+from data.audioset import ClipMeta, SkipLog, open_parquet_files
 from data.errors import DatasetError
 from data.labels import _is_missing, _parse_list_literal
 
@@ -101,14 +100,10 @@ def read_captions(folder: str | Path, *, text_columns: list[str], clip_id_column
     by_row: dict[tuple[str, int], str] = {}
     no_id: list[str] = []
     considered = 0
-    for path in list_parquet_files(folder):
+    for path, pf in open_parquet_files(folder):
         if limit is not None and considered >= limit:
             break
-        try:
-            pf = pq.ParquetFile(path)
-            present = pf.schema_arrow.names
-        except (pa.ArrowException, OSError):
-            continue  # the audio pass counts the file as unreadable
+        present = pf.schema_arrow.names
         missing = [c for c in text_columns if c not in present]
         if missing:
             raise DatasetError(f"parquet file {path} has no column {missing[0]!r} (columns: {present}); "

@@ -13,9 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from data.audioset import list_parquet_files
+from data.audioset import open_parquet_files
 from data.errors import DatasetError
 from data.labels import LabelMatcher, label_key, load_class_labels
 
@@ -27,13 +26,9 @@ def distinct_labels(folder: str | Path, *, label_column: str, limit: int | None 
     splitter = LabelMatcher([])
     first: dict[str, str] = {}
     considered = 0
-    for path in list_parquet_files(folder):
+    for path, pf in open_parquet_files(folder):
         if limit is not None and considered >= limit:
             break
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError):
-            continue  # the embedding pass counts it as unreadable
         if label_column not in pf.schema_arrow.names:
             raise DatasetError(f"parquet file {path} has no column {label_column!r} (columns: "
                                f"{', '.join(pf.schema_arrow.names)}); pass the column that holds the class names as "
