@@ -300,20 +300,78 @@ def prune_checkpoints(out: Path, *, epoch: int, best_epoch: int, keep_epochs: in
     return removed
 
 
+@dataclass
+class Run:
+    """What the epoch loop carries from one epoch to the next, and what a checkpoint restores."""
+
+    cfg: TrainConfig
+    trainer: Trainer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator
+    setup: dict                      # setup.json: config, run facts, history, summary
+    split_ids: dict
+    extra: dict
+    out: Path
+    best: float | None = None
+    best_epoch: int | None = None
+    stale: int = 0
+    start: int = 1
+
+
 def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: Split, out: Path,
         *, seen: list[int] | None = None, extra: dict | None = None, tracker=None,
         resume: Path | None = None, hierarchy: Hierarchy | None = None, trainer_cls=None) -> dict:
     """Run the epochs; write checkpoints and setup.json under ``out``; return the summary.
 
-    ``resume``: a checkpoint of this same run; training continues after its epoch with its
-    weights, optimizer, schedule and shuffling state, so the result equals an uninterrupted run.
-    ``trainer_cls``: called like ``Trainer`` (captions: ``hyperbolic.caption_train.CaptionTrainer``).
+    Restore (``resume``: a checkpoint of this same run; training continues after its epoch with
+    its weights, optimizer, schedule and shuffling state, so the result equals an uninterrupted
+    run), then per epoch: train, validate, save. ``trainer_cls``: called like ``Trainer``
+    (captions: ``hyperbolic.caption_train.CaptionTrainer``).
     """
+    train_clips, val_clips = clips.subset(split.train), clips.subset(split.val)
+    run = _new_run(cfg, clips, prompts, split, out, train_clips, seen=seen, extra=extra, hierarchy=hierarchy,
+                   trainer_cls=trainer_cls)
+    if resume is not None:
+        _restore(run, resume, embed_dim=clips.audio.shape[1])
+    else:  # the configuration is in the folder from the start, so --resume RUN_DIR alone works
+        atomic_write_json(out / "setup.json", run.setup)
+    before = torch.get_num_threads()
+    threads = training_threads(cfg.batch_size, len(run.trainer.seen), clips.audio.shape[1], before)
+    if run.start <= cfg.epochs:
+        log.info("training on %d intra-op thread%s (of %d) for a %d-clip x %d-d step over %d prompts", threads,
+                 "" if threads == 1 else "s", before, cfg.batch_size, clips.audio.shape[1], len(run.trainer.seen))
+    torch.set_num_threads(threads)
+    try:
+        for epoch in range(run.start, cfg.epochs + 1):
+            if cfg.patience and run.stale >= cfg.patience:
+                break
+            started = time.time()
+            train_loss = _train_epoch(run, train_clips, epoch)
+            row = {"epoch": epoch, "train_loss": train_loss, **run.trainer.validate(val_clips),
+                   **run.trainer.state(), "lr": run.scheduler.get_last_lr()[0],
+                   "seconds": round(time.time() - started, 3)}
+            improved = _record(run, epoch, row)
+            _save(run, epoch, row, improved, embed_dim=clips.audio.shape[1])
+            _log_epoch(cfg, row, improved)
+            if tracker is not None:
+                tracker.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_epoch_of(last) if (last := checkpoint.latest_epoch_file(out)) else 0, out) from None
+    finally:
+        torch.set_num_threads(before)
+    if cfg.patience and run.stale >= cfg.patience:
+        log.info("no %s improvement for %d epochs: stopped early", cfg.select_metric, cfg.patience)
+    _plot_curves(out)
+    return run.setup["summary"]
+
+
+def _new_run(cfg, clips, prompts, split, out, train_clips, *, seen, extra, hierarchy, trainer_cls) -> Run:
+    """The trainer (projector, geometry, objective, optimizer), the schedule and the shuffling
+    generator of a fresh run."""
     num_classes = prompts.shape[0] if hierarchy is None else hierarchy.num_classes
     seen = list(range(num_classes)) if seen is None else seen
     entailment = None if hierarchy is None else EntailmentObjective(
         hierarchy, K=cfg.entailment_k, exclude=sorted(set(range(num_classes)) - set(seen)))
-    train_clips, val_clips = clips.subset(split.train), clips.subset(split.val)
     trainer = (trainer_cls or Trainer)(cfg, clips.audio.shape[1], prompts, seen, entailment=entailment,
                                        init_audio=train_clips.audio)
     steps_per_epoch = math.ceil(len(train_clips) / cfg.batch_size)
@@ -323,38 +381,94 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
     split_ids = {part: [f"{clips.metas[i].file}:{clips.metas[i].row}:{clips.metas[i].video_id}" for i in rows]
                  for part, rows in (("train", split.train), ("val", split.val))}
     setup = {"config": cfg.to_dict(), **(extra or {}), "history": [], "summary": None}
-    best, best_epoch, stale, start = None, None, 0, 1
-    generator = torch.Generator().manual_seed(cfg.seed)
-    if resume is not None:
-        ckpt = checkpoint.read_resume(resume, cfg.to_dict(), split_ids, clips.audio.shape[1])
-        trainer.projector.load_state_dict(ckpt["projection_state_dict"])
-        trainer.geometry.load_state_dict(ckpt["geometry_state_dict"])
-        trainer.optimizer.load_state_dict(upgrade_optimizer_state(ckpt["optimizer_state_dict"], trainer.optimizer,
-                                                                  trainer.params))
-        scheduler.load_state_dict(ckpt["scheduler_state_dict"])
-        generator.set_state(ckpt["generator_state"])
-        best, best_epoch, stale = ckpt["best_metric"], ckpt["best_epoch"], ckpt["stale_epochs"]
-        setup["history"] = list(ckpt["history"])
-        setup["summary"] = _summary(cfg, setup["history"], best_epoch, out)
-        start = ckpt["epoch"] + 1
-        log.info("resuming %s after epoch %d", resume, ckpt["epoch"])
-    else:  # the configuration is in the folder from the start, so --resume RUN_DIR alone works
-        atomic_write_json(out / "setup.json", setup)
-    before = torch.get_num_threads()
-    threads = training_threads(cfg.batch_size, len(seen), clips.audio.shape[1], before)
-    if start <= cfg.epochs:
-        log.info("training on %d intra-op thread%s (of %d) for a %d-clip x %d-d step over %d prompts",
-                 threads, "" if threads == 1 else "s", before, cfg.batch_size, clips.audio.shape[1], len(seen))
-    torch.set_num_threads(threads)
-    try:
-        _epochs(cfg, trainer, scheduler, generator, train_clips, val_clips, clips, split_ids, setup, out,
-                extra, tracker, start, best, best_epoch, stale)
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(_epoch_of(last) if (last := checkpoint.latest_epoch_file(out)) else 0, out) from None
-    finally:
-        torch.set_num_threads(before)
-    _plot_curves(out)
-    return setup["summary"]
+    return Run(cfg, trainer, scheduler, torch.Generator().manual_seed(cfg.seed), setup, split_ids, extra or {}, out)
+
+
+def _restore(run: Run, resume: Path, *, embed_dim: int) -> None:
+    """Load a checkpoint of this run (checked by ``checkpoint.read_resume``) into ``run``."""
+    ckpt = checkpoint.read_resume(resume, run.cfg.to_dict(), run.split_ids, embed_dim)
+    trainer = run.trainer
+    trainer.projector.load_state_dict(ckpt["projection_state_dict"])
+    trainer.geometry.load_state_dict(ckpt["geometry_state_dict"])
+    trainer.optimizer.load_state_dict(upgrade_optimizer_state(ckpt["optimizer_state_dict"], trainer.optimizer,
+                                                              trainer.params))
+    run.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
+    run.generator.set_state(ckpt["generator_state"])
+    run.best, run.best_epoch, run.stale = ckpt["best_metric"], ckpt["best_epoch"], ckpt["stale_epochs"]
+    run.setup["history"] = list(ckpt["history"])
+    run.setup["summary"] = _summary(run.cfg, run.setup["history"], run.best_epoch, run.out)
+    run.start = ckpt["epoch"] + 1
+    log.info("resuming %s after epoch %d", resume, ckpt["epoch"])
+
+
+def _train_epoch(run: Run, train_clips: ClipEmbeddings, epoch: int) -> float:
+    """One pass over the training clips in this epoch's shuffled order; the mean batch loss."""
+    trainer, cfg = run.trainer, run.cfg
+    trainer.projector.train()
+    order = torch.randperm(len(train_clips), generator=run.generator).tolist()
+    total, count = 0.0, 0
+    for b, (audio, labels, first) in enumerate(trainer.batches(train_clips, order)):
+        loss = trainer.batch_loss(audio, labels, first)
+        _check_finite(loss, "loss", epoch, b)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainer.params, cfg.grad_clip)
+        trainer.optimizer.step()
+        trainer.geometry.clamp_()
+        run.scheduler.step()
+        total += loss.item() * len(labels)
+        count += len(labels)
+    trainer.projector.eval()
+    for p in trainer.params:
+        _check_finite(p, "parameter", epoch, b)
+    return total / count
+
+
+def _record(run: Run, epoch: int, row: dict) -> bool:
+    """Append the epoch's row to the history; update best / stale; True when it is the new best."""
+    metric = row[run.cfg.select_metric]
+    higher_is_better = run.cfg.select_metric != "val_loss"
+    improved = run.best is None or (metric > run.best if higher_is_better else metric < run.best)
+    if improved:
+        run.best, run.best_epoch, run.stale = metric, epoch, 0
+    else:
+        run.stale += 1
+    run.setup["history"].append(row)
+    return improved
+
+
+def _save(run: Run, epoch: int, row: dict, improved: bool, *, embed_dim: int) -> None:
+    """The epoch's checkpoint (and the best one), pruning, then setup.json."""
+    cfg, trainer = run.cfg, run.trainer
+    ckpt = {
+        "format_version": checkpoint.FORMAT_VERSION, "epoch": epoch,
+        "projection_state_dict": trainer.projector.state_dict(),
+        "optimizer_state_dict": trainer.optimizer.state_dict(),
+        "scheduler_state_dict": run.scheduler.state_dict(),
+        "geometry_state_dict": trainer.geometry.state_dict(),
+        "generator_state": run.generator.get_state(),
+        "train_loss": row["train_loss"], "val_loss": row["val_loss"], "val_mAP": row["val_mAP"],
+        "c": row["c"], "temperature": row["temperature"], "effective_temperature": row["effective_temperature"],
+        "embed_dim": embed_dim, "geometry": cfg.geometry, "clip_r": cfg.clip_r,
+        "clip_mode": cfg.clip_mode, "prompt_template": cfg.prompt_template,
+        "best_metric": run.best, "best_epoch": run.best_epoch, "stale_epochs": run.stale,
+        "history": run.setup["history"], "split": run.split_ids, "config": cfg.to_dict(), **run.extra,
+    }
+    checkpoint.save_epoch(run.out, epoch, ckpt, best=improved)
+    prune_checkpoints(run.out, epoch=epoch, best_epoch=run.best_epoch, keep_epochs=cfg.keep_epochs)
+    run.setup["summary"] = _summary(cfg, run.setup["history"], run.best_epoch, run.out)
+    atomic_write_json(run.out / "setup.json", run.setup)
+
+
+def _log_epoch(cfg: TrainConfig, row: dict, improved: bool) -> None:
+    ball = ("" if "val_audio_radius_median" not in row else
+            "  radius audio %.2f text %.2f  on clip sphere audio %.0f%% text %.0f%%" % (
+                row["val_audio_radius_median"], row["val_text_radius_median"],
+                100 * row["val_audio_on_clip_sphere"], 100 * row["val_text_on_clip_sphere"]))
+    log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mAP %.4f  c %.4g  tau %.4g (eff. %.4g)  lr %.3g  "
+             "%.2fs%s%s", row["epoch"], cfg.epochs, row["train_loss"], row["val_loss"], row["val_mAP"], row["c"],
+             row["temperature"], row["effective_temperature"], row["lr"], row["seconds"], ball,
+             "  *best*" if improved else "")
 
 
 # Projector work per thread before a second thread pays (forward + backward flops of one step).
@@ -370,71 +484,6 @@ def training_threads(batch_size: int, num_prompts: int, dim: int, available: int
     resumed run uses the same count (and the same floating-point reductions)."""
     flops = 6 * (batch_size + num_prompts) * dim * dim
     return max(1, min(available, int(flops // STEP_FLOPS_PER_THREAD)))
-
-
-def _epochs(cfg, trainer, scheduler, generator, train_clips, val_clips, clips, split_ids, setup, out, extra,
-            tracker, start, best, best_epoch, stale) -> None:
-    higher_is_better = cfg.select_metric != "val_loss"
-    for epoch in range(start, cfg.epochs + 1):
-        if cfg.patience and stale >= cfg.patience:
-            break
-        started = time.time()
-        trainer.projector.train()
-        order = torch.randperm(len(train_clips), generator=generator).tolist()
-        total, count = 0.0, 0
-        for b, (audio, labels, first) in enumerate(trainer.batches(train_clips, order)):
-            loss = trainer.batch_loss(audio, labels, first)
-            _check_finite(loss, "loss", epoch, b)
-            trainer.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainer.params, cfg.grad_clip)
-            trainer.optimizer.step()
-            trainer.geometry.clamp_()
-            scheduler.step()
-            total += loss.item() * len(labels)
-            count += len(labels)
-        trainer.projector.eval()
-        for p in trainer.params:
-            _check_finite(p, "parameter", epoch, b)
-        row = {"epoch": epoch, "train_loss": total / count, **trainer.validate(val_clips),
-               **trainer.state(), "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - started, 3)}
-        metric = row[cfg.select_metric]
-        improved = best is None or (metric > best if higher_is_better else metric < best)
-        if improved:
-            best, best_epoch, stale = metric, epoch, 0
-        else:
-            stale += 1
-        setup["history"].append(row)
-        ckpt = {
-            "format_version": checkpoint.FORMAT_VERSION, "epoch": epoch,
-            "projection_state_dict": trainer.projector.state_dict(),
-            "optimizer_state_dict": trainer.optimizer.state_dict(),
-            "scheduler_state_dict": scheduler.state_dict(),
-            "geometry_state_dict": trainer.geometry.state_dict(),
-            "generator_state": generator.get_state(),
-            "train_loss": row["train_loss"], "val_loss": row["val_loss"], "val_mAP": row["val_mAP"],
-            "c": row["c"], "temperature": row["temperature"], "effective_temperature": row["effective_temperature"],
-            "embed_dim": clips.audio.shape[1], "geometry": cfg.geometry, "clip_r": cfg.clip_r,
-            "clip_mode": cfg.clip_mode, "prompt_template": cfg.prompt_template,
-            "best_metric": best, "best_epoch": best_epoch, "stale_epochs": stale,
-            "history": setup["history"], "split": split_ids, "config": cfg.to_dict(), **(extra or {}),
-        }
-        checkpoint.save_epoch(out, epoch, ckpt, best=improved)
-        prune_checkpoints(out, epoch=epoch, best_epoch=best_epoch, keep_epochs=cfg.keep_epochs)
-        setup["summary"] = _summary(cfg, setup["history"], best_epoch, out)
-        atomic_write_json(out / "setup.json", setup)
-        ball = ("" if "val_audio_radius_median" not in row else
-                "  radius audio %.2f text %.2f  on clip sphere audio %.0f%% text %.0f%%" % (
-                    row["val_audio_radius_median"], row["val_text_radius_median"],
-                    100 * row["val_audio_on_clip_sphere"], 100 * row["val_text_on_clip_sphere"]))
-        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mAP %.4f  c %.4g  tau %.4g (eff. %.4g)  lr %.3g  "
-                 "%.2fs%s%s", epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_mAP"], row["c"],
-                 row["temperature"], row["effective_temperature"], row["lr"], row["seconds"], ball,
-                 "  *best*" if improved else "")
-        if tracker is not None:
-            tracker.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
-    if cfg.patience and stale >= cfg.patience:
-        log.info("no %s improvement for %d epochs: stopped early", cfg.select_metric, cfg.patience)
 
 
 def _summary(cfg: TrainConfig, history: list[dict], best_epoch: int, out: Path) -> dict:
