@@ -33,21 +33,18 @@ CLIP_MODES = ("inward", "straight-through", "hard")
 
 
 class _InwardClip(torch.autograd.Function):
-    """``u * min(1, r / |u|)`` with the gradient of the ``inward`` clip mode (see ``clip_tangent``).
-
-    ``r`` is a detached (..., 1) tensor; the curvature's share of the gradient is added by the caller.
-    """
+    """``u * scale`` (``scale = min(1, r / |u|)``, given, detached) with the gradient of the
+    ``inward`` clip mode (see ``clip_tangent``); the curvature's share is added by the caller."""
 
     @staticmethod
-    def forward(ctx, u: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        norm = u.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
-        scale = (r / norm).clamp(max=1.0)
-        ctx.save_for_backward(u / norm, scale)
+    def forward(ctx, u: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(u, scale)
         return u * scale
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        direction, scale = ctx.saved_tensors
+        u, scale = ctx.saved_tensors
+        direction = u / u.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
         g = grad * scale
         radial = (g * direction).sum(-1, keepdim=True)
         # A gradient step moves u by -g: a negative radial part would push a clipped vector further
@@ -89,13 +86,10 @@ def clip_tangent(u: torch.Tensor, *, c: torch.Tensor | float, clip_r: float,
     if mode == "hard" or not (torch.is_grad_enabled() and u.requires_grad):
         # Without a gradient to shape, every mode is this value (plain ops, so ONNX export traces it).
         return u * (r_t / norm).clamp(max=1.0)
-    clipped = norm > r_t.detach()
-    if mode == "straight-through":
-        out = u * (r_t.detach() / norm).clamp(max=1.0).detach()
-    else:
-        out = _InwardClip.apply(u, r_t.detach().expand_as(norm))
+    scale = (r_t.detach() / norm).clamp(max=1.0).detach()
+    out = u * scale if mode == "straight-through" else _InwardClip.apply(u, scale)
     # Value unchanged (factor 1); restores d(out)/dc = (u/|u|) dr_t/dc for clipped vectors.
-    return out * torch.where(clipped, r_t / r_t.detach(), torch.ones_like(norm))
+    return out * torch.where(scale < 1, r_t / r_t.detach(), torch.ones_like(norm))
 
 
 class Projector(nn.Module):
