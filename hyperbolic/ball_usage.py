@@ -32,9 +32,15 @@ def relative_radius(x: torch.Tensor, *, c: float) -> np.ndarray:
     return (x.double().norm(dim=-1) * float(c) ** 0.5).numpy()
 
 
+def clip_sphere(clip_radius: float | None) -> float | None:
+    """The relative radius of a clip sphere, None when nothing is clipped (no clip, or >= 1)."""
+    return clip_radius if clip_radius is not None and clip_radius < 1 else None
+
+
 def radius_summary(radius: np.ndarray, clip_radius: float | None) -> dict:
-    """``{relative_radius: {min, p10, median, p90, max}, on_clip_sphere}``; ``clip_radius`` None:
-    nothing is clipped (``on_clip_sphere`` 0.0). Empty input: every value None."""
+    """``{relative_radius: {min, p10, median, p90, max}, on_clip_sphere}``; ``clip_radius`` None
+    or >= 1: nothing is clipped (``on_clip_sphere`` 0.0). Empty input: every value None."""
+    clip_radius = clip_sphere(clip_radius)
     if len(radius) == 0:
         return {"relative_radius": dict.fromkeys(("min", "p10", "median", "p90", "max")), "on_clip_sphere": None}
     q = np.quantile(radius, [0.0, 0.1, 0.5, 0.9, 1.0])
@@ -80,11 +86,11 @@ def ball_usage(audio_pts: torch.Tensor, text_pts: torch.Tensor, scores: np.ndarr
     top1_same_as_cosine, rank_corr_with_cosine, rank_corr_clips, clip_radius}``.
 
     ``audio_pts`` (N, D) and ``text_pts`` (C, D): the projected points ``scores`` (N, C) come from;
-    ``clip_radius``: the relative radius of the model's clip sphere (None: no clip)."""
+    ``clip_radius``: the relative radius of the model's clip sphere (None or >= 1: no clip)."""
     return {"audio": radius_summary(relative_radius(audio_pts, c=c), clip_radius),
             "text": radius_summary(relative_radius(text_pts, c=c), clip_radius),
             **ranking_vs_cosine(scores, audio_pts, text_pts),
-            "clip_radius": clip_radius,
+            "clip_radius": clip_sphere(clip_radius),
             "definition": "relative radius = sqrt(c)|x| (fraction of the ball radius); on_clip_sphere: "
                           f"within {ON_SPHERE_TOL:g} of clip_radius; rankings compared per clip against the "
                           "cosine of the same projected points' directions (see hyperbolic.ball_usage)"}

@@ -338,7 +338,7 @@ def _ball_usage(model: ScoringModel, audio_pts, text_pts, scores) -> dict | None
     if model.projector is None or model.geometry != "hyperbolic":
         return None
     clip = legacy.MAX_NORM * model.c ** 0.5 if model.legacy_distance else model.projector.clip_r
-    return ball_usage(audio_pts, text_pts, scores, c=model.c, clip_radius=clip if clip < 1 else None)
+    return ball_usage(audio_pts, text_pts, scores, c=model.c, clip_radius=clip)
 
 
 def _model_info(model: ScoringModel, model_path: str) -> dict:

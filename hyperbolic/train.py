@@ -267,8 +267,7 @@ class Trainer:
         texts ``t`` (hyperbolic only; ``ball_usage.epoch_usage``)."""
         if self.cfg.geometry != "hyperbolic":
             return {}
-        clip = self.projector.clip_r if self.projector.clip_r < 1 else None
-        return epoch_usage(a, t, c=self.geometry.c.item(), clip_radius=clip)
+        return epoch_usage(a, t, c=self.geometry.c.item(), clip_radius=self.projector.clip_r)
 
     def state(self) -> dict:
         return {"c": self.geometry.c.item(), "temperature": self.geometry.temperature.item(),
