@@ -135,8 +135,10 @@ def main(argv=None) -> int:
     overrides = {}
     for item in args.set:
         key, value = item.split("=", 1)
-        overrides[key] = json.loads(value) if value not in ("in-batch", "all-classes", "inward", "hard",
-                                                            "straight-through") else value
+        try:
+            overrides[key] = json.loads(value)  # numbers, true/false, null
+        except json.JSONDecodeError:
+            overrides[key] = value  # a word: a choice such as all-classes
     names = args.recipes or list(RECIPES)
     out = Path(args.output_dir)
     runs = run(out, args.seeds, names, overrides, args.hierarchy)
