@@ -40,7 +40,7 @@ from hyperbolic.embeddings import ClipEmbeddings, embed_clips, embed_prompts, pr
 from hyperbolic.entailment import entailment_loss
 from hyperbolic.objective import multi_positive_contrastive
 from hyperbolic.metrics import classification_metrics, retrieval_metrics
-from hyperbolic.train import Trainer, TrainingError
+from hyperbolic.trainer import Trainer, TrainingError
 
 log = logging.getLogger(__name__)
 

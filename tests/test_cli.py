@@ -153,7 +153,7 @@ def test_every_main_exits_2_on_a_user_error_and_nothing_else(monkeypatch, tmp_pa
     from hyperbolic.errors import UserError
     from hyperbolic.checkpoint import CheckpointError
     from hyperbolic.ontology import OntologyError
-    from hyperbolic.train import TrainingError
+    from hyperbolic.trainer import TrainingError
     for cls in (DatasetError, ClapNotFoundError, ClapPrecisionError, OntologyError, CheckpointError,
                 TrainingError, export.ExportError):
         assert issubclass(cls, UserError), cls

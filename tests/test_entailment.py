@@ -28,6 +28,7 @@ from hyperbolic.entailment import (
     entailment_loss,
 )
 from hyperbolic.ontology import Ontology
+from hyperbolic.trainer import Trainer
 from tests.helpers import random_ontology
 
 DTYPES = [torch.float32, torch.float64]
@@ -331,7 +332,7 @@ def _train(weight, clips, prompts, h, seed, tmp_path, monkeypatch):
     the cosine schedule the same 60 steps move about half as far, and the effects shrink alike.
     """
     objective = EntailmentObjective(h)
-    original = train_module.Trainer.batch_loss
+    original = Trainer.batch_loss
     trainers = []
 
     def batch_loss(self, audio, labels, first):
@@ -344,7 +345,7 @@ def _train(weight, clips, prompts, h, seed, tmp_path, monkeypatch):
                                                   self.projector(self.prompts[objective.rows], c=c), c=c)
         return loss
 
-    monkeypatch.setattr(train_module.Trainer, "batch_loss", batch_loss)
+    monkeypatch.setattr(Trainer, "batch_loss", batch_loss)
     cfg = TrainConfig(parquet_dir="unused", device="cpu", epochs=30, batch_size=16, learning_rate=2e-2,
                       lr_schedule="constant", temperature=0.1, seed=seed, output_dir=str(tmp_path / f"w{weight}"))
     split = train_module.split_indices(len(clips), cfg.train_ratio, seed)

@@ -153,19 +153,19 @@ def test_ctrl_c_names_the_last_epoch_and_the_resume_command(tmp_path, five_epoch
                                                             monkeypatch):
     import shlex
 
-    from hyperbolic import train as train_module
+    from hyperbolic.trainer import Trainer
     out = tmp_path / "run dir"
-    original = train_module.Trainer.batch_loss
+    original = Trainer.batch_loss
 
     def interrupt_in_epoch_4(self, *args):
         if (out / "projection_epoch_3.pth").exists():
             raise KeyboardInterrupt
         return original(self, *args)
 
-    monkeypatch.setattr(train_module.Trainer, "batch_loss", interrupt_in_epoch_4)
+    monkeypatch.setattr(Trainer, "batch_loss", interrupt_in_epoch_4)
     code, err = run_main(train_script, _train_argv(demo_train_dir, tiny_clap_dir, out, "--epochs", "5",
                                                    "--select-metric", "val_loss"))
-    monkeypatch.setattr(train_module.Trainer, "batch_loss", original)
+    monkeypatch.setattr(Trainer, "batch_loss", original)
     assert code == 130
     line = err.strip().splitlines()[-1]
     assert "Traceback" not in err
@@ -373,14 +373,14 @@ def test_epoch_loop_runs_on_one_thread_for_a_small_step_and_restores_the_count(
 
     import torch
 
-    from hyperbolic import train as train_module
-    seen_threads, original = [], train_module.Trainer.batch_loss
+    from hyperbolic.trainer import Trainer
+    seen_threads, original = [], Trainer.batch_loss
 
     def spy(self, *args):
         seen_threads.append(torch.get_num_threads())
         return original(self, *args)
 
-    monkeypatch.setattr(train_module.Trainer, "batch_loss", spy)
+    monkeypatch.setattr(Trainer, "batch_loss", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

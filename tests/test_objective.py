@@ -8,7 +8,7 @@ from hyperbolic.config import TrainConfig
 from hyperbolic.entailment import EntailmentObjective, Hierarchy, entailment_batch_term
 from hyperbolic.objective import batch_columns, clip_contrastive, multi_positive_contrastive, positives_matrix
 from hyperbolic.ontology import Ontology
-from hyperbolic.train import Trainer
+from hyperbolic.trainer import Trainer
 
 DIM = 16
 LABELS = [[0, 1], [2], [4], [5, 6], [7], [8], [9], [0]]  # class 3 held out

@@ -7,7 +7,8 @@ import torch
 
 import train_hyperbolic_clap as train_script
 from hyperbolic import train as train_module
-from hyperbolic.projector import C_RANGE_FACTOR
+from hyperbolic.projector import C_RANGE_FACTOR, Projector
+from hyperbolic.trainer import Trainer, upgrade_optimizer_state
 
 pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
 
@@ -23,13 +24,13 @@ def _weights(path):
 
 def test_holdout_classes_never_reach_training(tmp_path, monkeypatch, tiny_clap_dir, demo_train_dir):
     seen_text_rows = []
-    original = train_module.Projector.forward
+    original = Projector.forward
 
     def spy(self, x, *, c):  # every row the projector sees: clips and prompts
         seen_text_rows.append(x.detach().clone())
         return original(self, x, c=c)
 
-    monkeypatch.setattr(train_module.Projector, "forward", spy)
+    monkeypatch.setattr(Projector, "forward", spy)
     out = tmp_path / "run"
     assert train_script.main(_argv(demo_train_dir, tiny_clap_dir, out, "--holdout-classes", "0.3")) == 0
     setup = json.loads((out / "setup.json").read_text())
@@ -125,7 +126,7 @@ def test_resume_refuses_other_data(tmp_path, tiny_clap_dir, demo_train_dir):
 
 def test_non_finite_loss_stops_with_epoch_and_batch(tmp_path, monkeypatch, capsys, tiny_clap_dir, demo_train_dir):
     calls = []
-    original = train_module.Trainer.batch_loss
+    original = Trainer.batch_loss
 
     def poisoned(self, audio, labels, first):
         loss = original(self, audio, labels, first)
@@ -134,7 +135,7 @@ def test_non_finite_loss_stops_with_epoch_and_batch(tmp_path, monkeypatch, capsy
             return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(train_module.Trainer, "batch_loss", poisoned)
+    monkeypatch.setattr(Trainer, "batch_loss", poisoned)
     out = tmp_path / "run"
     assert train_script.main(_argv(demo_train_dir, tiny_clap_dir, out)) == 2
     err = capsys.readouterr().err
@@ -244,7 +245,7 @@ def _hierarchy_trainer(expand):
     torch.manual_seed(0)
     prompts = torch.nn.functional.normalize(torch.randn(len(h.prompt_names), 8), dim=-1)
     cfg = TrainConfig(parquet_dir="unused", temperature=0.5, seed=0)
-    trainer = train_module.Trainer(cfg, 8, prompts, list(range(len(DEMO_CLASSES))),
+    trainer = Trainer(cfg, 8, prompts, list(range(len(DEMO_CLASSES))),
                                    entailment=EntailmentObjective(h))
     return trainer, ontology, h
 
@@ -283,7 +284,7 @@ def test_weight_decay_spares_biases_and_log_scalars(tmp_path, tiny_clap_dir, dem
     from hyperbolic.config import TrainConfig
     cfg = TrainConfig(parquet_dir="unused", weight_decay=0.5, learning_rate=0.1, learn_c=True,
                       learn_temperature=True, c=0.3, temperature=0.2)
-    trainer = train_module.Trainer(cfg, 8, torch.randn(4, 8), [0, 1, 2, 3])
+    trainer = Trainer(cfg, 8, torch.randn(4, 8), [0, 1, 2, 3])
     before = {n: p.detach().clone() for n, p in [*trainer.projector.named_parameters(),
                                                   *trainer.geometry.named_parameters()]}
     # A loss of the weight matrix alone: every other parameter has a zero gradient, so only
@@ -310,14 +311,14 @@ def test_weight_decay_spares_biases_and_log_scalars(tmp_path, tiny_clap_dir, dem
 def test_single_group_optimizer_state_resumes_in_two_groups():
     from hyperbolic.config import TrainConfig
     cfg = TrainConfig(parquet_dir="unused", weight_decay=0.1, learn_temperature=True)
-    trainer = train_module.Trainer(cfg, 8, torch.randn(4, 8), [0, 1, 2, 3])
+    trainer = Trainer(cfg, 8, torch.randn(4, 8), [0, 1, 2, 3])
     old = torch.optim.AdamW(trainer.params, lr=1e-3, weight_decay=0.1)  # the earlier single group
     for _ in range(2):
         old.zero_grad()
         sum((p ** 2).sum() for p in trainer.params).backward()
         old.step()
     saved = old.state_dict()
-    trainer.optimizer.load_state_dict(train_module.upgrade_optimizer_state(saved, trainer.optimizer,
+    trainer.optimizer.load_state_dict(upgrade_optimizer_state(saved, trainer.optimizer,
                                                                            trainer.params))
     for p, i in zip(trainer.params, saved["param_groups"][0]["params"]):
         assert torch.equal(trainer.optimizer.state[p]["exp_avg"], saved["state"][i]["exp_avg"])
