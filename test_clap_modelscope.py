@@ -8,7 +8,7 @@ import logging
 import math
 import sys
 
-from hyperbolic.cli import HelpFormatter, add_embedding_args, embedding_arg_errors, num_samples_arg, positive
+from hyperbolic.cli import embedding_arg_errors, eval_parser, positive
 from hyperbolic.config import EvalConfig
 from hyperbolic.outputs import setup_logging
 
@@ -16,56 +16,7 @@ log = logging.getLogger("test_clap_modelscope")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--parquet-dir", required=True, help="folder of AudioSet-style .parquet files (required)")
-    p.add_argument("--projection-checkpoint", nargs="+", default=None, metavar="PATH",
-                   help="projector checkpoint(s): a .pth from training or from the earlier scripts, or a "
-                        "training run's --output-dir (its best checkpoint; a sweep's: the winner's). One path "
-                        "with --use-hyperbolic: that projector alone. Otherwise (one path without "
-                        "--use-hyperbolic, or several paths): plain CLAP and every checkpoint compared on "
-                        "the same clips, one block per model under 'models' (default: plain CLAP only)")
-    p.add_argument("--num-samples", type=num_samples_arg, default=100, metavar="N|all",
-                   help="evaluate the first N rows of the folder; 'all' or 0: every row (the log and "
-                        "test_info say how many rows the folder holds and how many were used)")
-    p.add_argument("--output-json", default=None,
-                   help="results file (default: result/clap_modelscope_results_<time>.json); never overwritten")
-    p.add_argument("--top-k", type=int, default=10, help="predictions listed per clip")
-    p.add_argument("--c", type=float, default=None,
-                   help="curvature; taken from the checkpoint, a differing value is reported (default: the "
-                        "checkpoint's; 1.0 for a checkpoint without one)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="temperature; taken from the checkpoint, a differing value is reported (default: the "
-                        "checkpoint's; 1.0 for a checkpoint without one)")
-    p.add_argument("--use-hyperbolic", action="store_true",
-                   help="with one --projection-checkpoint, score with that projector only (single-model "
-                        "layout); with several it changes nothing (they are always compared)")
-    p.add_argument("--legacy-distance", action="store_true",
-                   help="hyperbolic checkpoints: the earlier scripts' projection (|y| rescaled to <= 0.9) "
-                        "and distance (c outside the fraction), to reproduce their numbers")
-    p.add_argument("--prompt-template", default=None,
-                   help="prompt for plain CLAP (default: 'This is a sound of {label}.'); checkpoints use their own")
-    p.add_argument("--set-k", type=int, default=5, help="predicted set = top-k classes, for precision/recall/F1")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="predicted set = classes scoring >= threshold (default: none, the --set-k rule)")
-    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
-                   help="95%% bootstrap intervals of mAP and acc@1 from N resamples of the clips (0: none)")
-    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples")
-    p.add_argument("--save-scores", default=None, metavar="PATH.npz",
-                   help="also write the (N, C) score matrix of every model, the ground truth, class names "
-                        "and clip ids; never overwritten (default: not written)")
-    p.add_argument("--ontology", default=None, metavar="PATH",
-                   help="AudioSet ontology.json: adds a 'hierarchy' block per model (norm vs depth, "
-                        "mistake severity, entailment-cone consistency) and colours the --plots disk by "
-                        "top-level category (default: none)")
-    p.add_argument("--expand-ancestors", action="store_true",
-                   help="ground truth closed under the ontology: a clip is also positive for every class "
-                        "above one of its labels, for every metric (recorded as test_info.ground_truth)")
-    p.add_argument("--plots", action="store_true",
-                   help="write PNGs next to the results JSON: prompts on the Poincare disk (hyperbolic "
-                        "models) and best/worst per-class AP")
-    add_embedding_args(p)
-    return p
-
+    return eval_parser(__doc__)
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
@@ -112,7 +63,8 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
     from data.class_list import resolve_class_names
     from hyperbolic.errors import UserError
-    from hyperbolic.evaluate import evaluate, format_metrics_table
+    from hyperbolic.evaluate import evaluate
+    from hyperbolic.tables import format_results_table
     cfg = config_from_args(args)
     try:
         num_classes = None if cfg.text_column else len(resolve_class_names(
@@ -124,11 +76,7 @@ def main(argv=None) -> int:
     except UserError as err:
         log.error("%s", err)
         return 2
-    if results["test_info"].get("task") == "retrieval":
-        from hyperbolic.retrieval import format_retrieval_table
-        print(format_retrieval_table(results))
-    else:
-        print(format_metrics_table(results))
+    print(format_results_table(results))
     print(f"Results saved to: {path}")
     if results["test_info"]["scores_file"]:
         print(f"Scores saved to: {results['test_info']['scores_file']}")

@@ -7,11 +7,9 @@ import logging
 import math
 import sys
 
-from hyperbolic.cli import HelpFormatter, add_embedding_args, embedding_arg_errors, explicit_dests, num_samples_arg, positive
-from hyperbolic.config import (DEFAULT_PROMPT_TEMPLATE, LR_SCHEDULES, NEGATIVES, SELECT_METRICS, TEXT_PAIRINGS,
-                               TrainConfig)
+from hyperbolic.cli import embedding_arg_errors, explicit_dests, positive, train_parser
+from hyperbolic.config import TrainConfig
 from hyperbolic.outputs import setup_logging
-from hyperbolic.projector import CLIP_MODES, GEOMETRIES
 
 log = logging.getLogger("train_hyperbolic_clap")
 
@@ -19,94 +17,7 @@ DEMO_FLAGS = {"demo", "seed", "output_dir", "verbose"}  # the flags --demo uses;
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--parquet-dir", help="folder of AudioSet-style .parquet files (required unless --demo or "
-                                         "--resume; no default)")
-    p.add_argument("--num-samples", type=num_samples_arg, default=None, metavar="N|all",
-                   help="use the first N rows; 'all' or 0: every row (default: all)")
-    p.add_argument("--output-dir", default="./checkpoints_hyperbolic",
-                   help="run folder: checkpoints, setup.json, training_curves.png")
-    p.add_argument("--epochs", type=int, default=10, help="passes over the training clips")
-    p.add_argument("--batch-size", type=int, default=16, help="clips per training step")
-    p.add_argument("--learning-rate", type=float, default=1e-2,
-                   help="AdamW learning rate, peak of --lr-schedule (the earlier scripts' default was 1e-4; "
-                        "docs/geometry.md)")
-    p.add_argument("--c", type=float, nargs="+", default=[1.0],
-                   help="curvature: the ball has curvature -c; several values run a sweep")
-    p.add_argument("--temperature", type=float, nargs="+", default=[0.1],
-                   help="logits are -d_c / temperature (its initial value when learned); several values run a "
-                        "sweep (the earlier scripts' default was 1.0)")
-    p.add_argument("--train-ratio", type=float, default=0.8, help="fraction of the clips that train; the rest validate")
-    p.add_argument("--seed", type=int, default=42, help="seed of the split, the initialisation and the shuffling")
-    p.add_argument("--clip-r", type=float, default=0.9,
-                   help="clip embeddings to this fraction of the ball radius 1/sqrt(c) (1 = no clip)")
-    p.add_argument("--clip-mode", choices=CLIP_MODES, default="inward",
-                   help="gradient of a clipped point: inward (never pushed further out, can come back), "
-                        "straight-through (earlier rule: the pre-clip norm can run away), hard")
-    p.add_argument("--init-radius", type=float, default=0.5, metavar="R",
-                   help="scale the initial layer so the training audio's median point sits at this fraction "
-                        "of the ball radius, hyperbolic only (0: Xavier init as is)")
-    p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
-                   help="text of each class prompt; {label} is the class name")
-    p.add_argument("--text-pairing", choices=TEXT_PAIRINGS, default="all-labels",
-                   help="all-labels: multi-positive loss over class prompts; first-label: earlier scripts")
-    p.add_argument("--negatives", choices=NEGATIVES, default="in-batch",
-                   help="classes each clip is contrasted with: those in its batch, or every seen class")
-    p.add_argument("--geometry", choices=GEOMETRIES, default="hyperbolic",
-                   help="hyperbolic: Poincare ball, score -d_c / tau; euclidean: cosine / tau (a baseline)")
-    p.add_argument("--learn-c", action="store_true",
-                   help="learn the curvature; with a learned linear layer this only learns the effective "
-                        "temperature tau*sqrt(c), so it cannot be combined with --learn-temperature")
-    p.add_argument("--learn-temperature", action=argparse.BooleanOptionalAction, default=None,
-                   help="learn the temperature (default: learned, unless --learn-c)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
-                   help="learning rate after warmup: cosine decay to 0, or constant")
-    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warmup, in epochs (fractions allowed)")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm")
-    p.add_argument("--patience", type=int, default=0, help="early stop after N epochs without improvement (0: off)")
-    p.add_argument("--select-metric", choices=SELECT_METRICS, default=None,
-                   help="the best epoch is the one with the best value of this (default: val_mAP; with "
-                        "--text-column: val_t2a_R@10)")
-    p.add_argument("--export-onnx", default=None, metavar="PATH.onnx",
-                   help="after training, export the best checkpoint's projector and similarity head to ONNX "
-                        "(default: no export)")
-    p.add_argument("--holdout-classes", default=None, metavar="FRACTION|FILE",
-                   help="keep these classes out of training entirely: a seeded fraction of the classes "
-                        "present, or a file with one class name per line (default: none)")
-    p.add_argument("--ontology", default=None, metavar="PATH",
-                   help="AudioSet ontology.json (CLAP/class_labels/audioset_ontology.json): its abstract parents "
-                        "get prompts too (needed by the two below) (default: none)")
-    p.add_argument("--entailment-weight", type=float, default=0.0,
-                   help="weight of the entailment-cone term (clip in its labels' cones, child prompt in its "
-                        "parent's); 0: off")
-    p.add_argument("--entailment-k", type=float, default=0.1,
-                   help="cone aperture constant K: psi(x) = arcsin(K (1 - c|x|^2) / (sqrt(c)|x|))")
-    p.add_argument("--expand-ancestors", action="store_true",
-                   help="every ontology ancestor of a clip's labels is a positive in training")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue a run from its output dir (latest epoch) or a projection_epoch_*.pth; the "
-                        "run's settings (data, CLAP, every training flag) come from it, flags given here "
-                        "must match them except where and how it runs (--device, --num-workers, "
-                        "--cache-dir, --no-cache, --keep-epochs, swanlab) (default: start a new run)")
-    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output-dir")
-    p.add_argument("--keep-epochs", type=int, default=3, metavar="N",
-                   help="keep the newest N projection_epoch_*.pth (enough to --resume); 0 keeps every epoch. "
-                        "One best_projection_epoch_*.pth is always kept")
-    p.add_argument("--use-swanlab", action="store_true",
-                   help="log the epochs to SwanLab; its local files go under --output-dir/swanlog")
-    p.add_argument("--swanlab-project", default="Hyperbolic_CLAP", help="SwanLab project")
-    p.add_argument("--swanlab-workspace", default=None, help="SwanLab workspace (default: your own)")
-    p.add_argument("--swanlab-mode", default=None, choices=["cloud", "online", "local", "offline", "disabled"],
-                   help="SwanLab mode (default: SwanLab's own, cloud when logged in)")
-    p.add_argument("--demo", action="store_true",
-                   help="train and evaluate on generated sounds with a tiny random CLAP (no download); "
-                        "uses its own recipe, only --seed and --output-dir apply")
-    add_embedding_args(p)
-    # None tells "not given" apart: with --text-column, a --label-column given mixes class labels in.
-    p.set_defaults(label_column=None)
-    return p
-
+    return train_parser(__doc__)
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()

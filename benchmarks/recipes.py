@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 from data.synthetic import write_demo_ontology  # noqa: E402
 from hyperbolic.config import EvalConfig, TrainConfig  # noqa: E402
 from hyperbolic.demo import _demo_inputs  # noqa: E402
-from hyperbolic.evaluate import evaluate, load_projection  # noqa: E402
+from hyperbolic.evaluate import evaluate  # noqa: E402
+from hyperbolic.scoring import load_projection  # noqa: E402
 from hyperbolic.outputs import setup_logging  # noqa: E402
 from hyperbolic.train import train  # noqa: E402
 

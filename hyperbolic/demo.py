@@ -20,11 +20,13 @@ from datetime import datetime
 from pathlib import Path
 
 from data.synthetic import DEMO_CLASSES, write_demo_dataset, write_demo_ontology
-from hyperbolic.cli import command_line
+from hyperbolic.cli import command_line, eval_parser, train_parser
 from hyperbolic.config import EvalConfig, TrainConfig
 from hyperbolic.entailment import DEFAULT_K
 from hyperbolic.outputs import atomic_write_json
-from hyperbolic.evaluate import ScoringModel, evaluate, format_metrics_table, load_projection
+from hyperbolic.evaluate import evaluate
+from hyperbolic.scoring import ScoringModel, load_projection
+from hyperbolic.tables import format_hierarchy_table, format_metrics_table
 from hyperbolic.tiny_clap import build_tiny_clap
 from hyperbolic.train import train
 
@@ -80,45 +82,12 @@ def run_demo(output_dir: str | Path | None = None, *, seed: int = 42, epochs: in
 def demo_commands(cfg: TrainConfig, eval_cfg: EvalConfig) -> str:
     """The training and evaluation command lines equivalent to the demo's two library calls,
     written from the configurations it used (so they follow any change to its recipe)."""
-    import test_clap_modelscope  # the two scripts' parsers: their flags and defaults
-    import train_hyperbolic_clap
-    train = command_line("train_hyperbolic_clap.py", cfg, train_hyperbolic_clap.build_parser(),
+    train = command_line("train_hyperbolic_clap.py", cfg, train_parser(),
                          always=("epochs", "learning_rate", "temperature"))  # the recipe, to change one flag
-    evaluate_ = command_line("test_clap_modelscope.py", replace(eval_cfg, num_samples=100),
-                             test_clap_modelscope.build_parser(), extra=["--num-samples", "all" if eval_cfg.num_samples is None else str(eval_cfg.num_samples),
-                                    "--projection-checkpoint", cfg.output_dir])
+    rows = "all" if eval_cfg.num_samples is None else str(eval_cfg.num_samples)
+    evaluate_ = command_line("test_clap_modelscope.py", replace(eval_cfg, num_samples=100), eval_parser(),
+                             extra=["--num-samples", rows, "--projection-checkpoint", cfg.output_dir])
     return f"  {train}\n  {evaluate_}"
-
-
-HIERARCHY_COLUMNS = (
-    # (header, path in a model block); "-" where a value is undefined (cones of non-hyperbolic models)
-    ("mAP", ("metrics", "mAP")),
-    ("acc@1", ("metrics", "acc@1")),
-    ("mistake sev.", ("hierarchy", "mistake_severity")),
-    ("hier_dist@5", ("hierarchy", "hier_dist@5")),
-    ("pairs in cone", ("hierarchy", "cones", "prompt_pairs_in_cone")),
-    ("clips in cone", ("hierarchy", "cones", "clip_label_pairs_in_cone")),
-    ("rho classes", ("hierarchy", "prompt_norm_vs_depth", "rho")),
-    ("rho all nodes", ("hierarchy", "cones", "norm_depth", "rho")),
-)
-
-
-def _get(block: dict, path: tuple[str, ...]):
-    for key in path:
-        if not isinstance(block, dict):
-            return None
-        block = block.get(key)
-    return block
-
-
-def format_hierarchy_table(results: dict) -> str:
-    """One markdown row per model of a comparison: the standard and the hierarchy numbers."""
-    head = "| model | " + " | ".join(h for h, _ in HIERARCHY_COLUMNS) + " |"
-    rows = [head, "|---" * (len(HIERARCHY_COLUMNS) + 1) + "|"]
-    for name, block in results["models"].items():
-        cells = [_get(block, path) for _, path in HIERARCHY_COLUMNS]
-        rows.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
-    return "\n".join(rows)
 
 
 def run_hierarchy_demo(output_dir: str | Path | None = None, *, seed: int = 42, epochs: int = 60,

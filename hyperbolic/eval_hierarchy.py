@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,9 +20,7 @@ from hyperbolic import poincare
 from hyperbolic.entailment import Hierarchy, cone_consistency, cone_report
 from hyperbolic.metrics import mistake_severity, spearman_norm_depth
 from hyperbolic.ontology import Ontology, OntologyError
-
-if TYPE_CHECKING:  # annotations only: evaluate imports this module
-    from hyperbolic.evaluate import ScoringModel
+from hyperbolic.scoring import ScoringModel
 
 log = logging.getLogger("hyperbolic.evaluate")
 

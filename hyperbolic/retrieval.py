@@ -30,7 +30,6 @@ CLAP with its percentile interval.
 
 from __future__ import annotations
 
-import io
 import logging
 from datetime import datetime
 from pathlib import Path
@@ -47,14 +46,15 @@ from data.labels import LabelMatcher
 from hyperbolic.captions import embed_texts, pair_captions
 from hyperbolic.config import EvalConfig
 from hyperbolic.embeddings import embed_clips, open_cache, open_clap
-from hyperbolic.outputs import atomic_write_bytes, atomic_write_json, unique_path
+from hyperbolic.eval_files import save_caption_scores
+from hyperbolic.outputs import atomic_write_json, unique_path
+from hyperbolic.scoring import PLAIN_MODEL_NAME, build_models, model_info, usage_block
 
 log = logging.getLogger(__name__)
 
 KS = (1, 5, 10)
 MAP_K = 10
 METRIC_KEYS = (*(f"t2a_R@{k}" for k in KS), f"t2a_mAP@{MAP_K}", *(f"a2t_R@{k}" for k in KS), f"a2t_mAP@{MAP_K}")
-PLAIN_MODEL_NAME = "clap_cosine"
 DEFINITIONS = {
     "t2a": "each caption ranks all clips; its one relevant clip is its own. R@k: fraction of captions with "
            "their clip in the top k; mAP@10: mean of 1/rank (0 beyond rank 10), DCASE 2022 task 6b "
@@ -187,23 +187,8 @@ def bootstrap_retrieval(score_sets: dict[str, np.ndarray], caption_clip, *, n: i
     return out
 
 
-def save_caption_scores(path: Path, score_sets: dict[str, np.ndarray], pairs, clips) -> Path:
-    """The npz: ``scores_<model>`` (N clips, M captions) float32, ``model_names``,
-    ``caption_clip`` (M,) int64, ``captions`` (M,), ``clip_id``, ``clip_file``, ``clip_row`` (N,)."""
-    arrays = {f"scores_{name}": s for name, s in score_sets.items()}
-    arrays.update(model_names=np.array(list(score_sets), dtype=str),
-                  caption_clip=np.array(pairs.caption_clip, dtype=np.int64),
-                  captions=np.array(pairs.captions, dtype=str), clip_id=np.array(pairs.clip_ids, dtype=str),
-                  clip_file=np.array([m.file for m in clips.metas], dtype=str),
-                  clip_row=np.array([m.row for m in clips.metas], dtype=np.int64))
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
 def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
     """Retrieval evaluation of every model on the same clips and captions; writes the JSON."""
-    from hyperbolic.evaluate import _ball_usage, _model_info, build_models  # the classification side's helpers
     clap = open_clap(cfg)
     if models is None:
         models = build_models(cfg, clap.embed_dim)
@@ -229,7 +214,7 @@ def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
         audio_pts, caption_pts = model.project(clips.audio), model.project(text_emb)[index]
         scores = model.score_points(audio_pts, caption_pts)
         score_sets[model.name] = scores
-        info = _model_info(model, str(clap.path))
+        info = model_info(model, str(clap.path))
         info["text"] = "captions as written (no prompt template)"
         blocks[model.name] = {
             "model_info": info,
@@ -238,7 +223,7 @@ def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
             "metrics": caption_retrieval_metrics(scores, pairs.caption_clip),
             "bootstrap": None,
             # hyperbolic models: radii of clips and captions, each clip's caption ranking vs cosine
-            "ball_usage": _ball_usage(model, audio_pts, caption_pts, scores),
+            "ball_usage": usage_block(model, audio_pts, caption_pts, scores),
         }
     if cfg.bootstrap:
         for name, block in bootstrap_retrieval(score_sets, pairs.caption_clip, n=cfg.bootstrap,
@@ -269,13 +254,3 @@ def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
         results = {"test_info": test_info, "summary": summary, "models": blocks, **data_quality}
     atomic_write_json(path, results)
     return results, path
-
-
-def format_retrieval_table(results: dict) -> str:
-    """One row per metric, one column per model."""
-    blocks = results.get("models") or {results["model_info"].get("name", "model"): results}
-    width = max(14, *(len(n) for n in blocks))
-    lines = [f"{'metric':<14}" + "".join(f"{n:>{width + 2}}" for n in blocks)]
-    for key in METRIC_KEYS:
-        lines.append(f"{key:<14}" + "".join(f"{b['metrics'][key]:>{width + 2}.4f}" for b in blocks.values()))
-    return "\n".join(lines)

@@ -40,6 +40,7 @@ from hyperbolic.embeddings import (
 from hyperbolic.entailment import EntailmentObjective, Hierarchy
 from hyperbolic.ontology import Ontology
 from hyperbolic.outputs import atomic_write_json
+from hyperbolic.tables import format_sweep_table
 from hyperbolic.trainer import Trainer, TrainingError, lr_factor, upgrade_optimizer_state
 
 log = logging.getLogger(__name__)
@@ -610,12 +611,3 @@ def _sweep(cfg, combos, clips, prompts, split, out, seen, extra, hierarchy, trai
                                            "runs": rows, "winner": winner})
     print(format_sweep_table(rows, winner))
     return {**winner, "sweep": rows}
-
-
-def format_sweep_table(rows: list[dict], winner: dict) -> str:
-    lines = [f"{'c':>8} {'temperature':>12} {'best val mAP':>13} {'best val loss':>14} {'epoch':>6}  checkpoint"]
-    for r in rows:
-        mark = "  <- best" if r is winner else ""
-        lines.append(f"{r['c']:>8g} {r['temperature']:>12g} {r['best_val_mAP']:>13.4f} {r['best_val_loss']:>14.4f} "
-                     f"{r['best_epoch']:>6}  {r['best_checkpoint']}{mark}")
-    return "\n".join(lines)

@@ -31,7 +31,8 @@ from hyperbolic import poincare
 from hyperbolic.config import DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, EvalConfig
 from hyperbolic.embeddings import embed_clips, embed_prompts, prompts_for
 from hyperbolic.eval_hierarchy import HierarchyContext
-from hyperbolic.evaluate import format_metrics_table, model_names, plan_models
+from hyperbolic.scoring import model_names, plan_models
+from hyperbolic.tables import format_metrics_table
 from hyperbolic.metrics import (
     bootstrap_ci,
     bootstrap_samples,

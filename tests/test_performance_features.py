@@ -24,7 +24,7 @@ from data.synthetic import encode_audio, write_parquet_shard
 from hyperbolic.cache import EmbeddingCache, audio_preprocessing, text_preprocessing
 from hyperbolic.clap import ClapPrecisionError, FrozenClap
 from hyperbolic.embeddings import embed_clips, embed_prompts, embed_shard, prompts_for
-from hyperbolic.evaluate import load_projection
+from hyperbolic.scoring import load_projection
 from hyperbolic.projector import Projector
 from hyperbolic.tiny_clap import _configs
 from tests.test_embeddings import CLASSES, count_forwards, skip_counts, write_messy

@@ -1,0 +1,79 @@
+"""The files an evaluation writes beside its results JSON, when asked: the score matrices
+(``--save-scores``: one npz layout for class labels, one for captions) and the PNGs (``--plots``).
+Every file is new: ``hyperbolic.outputs.unique_path`` never overwrites one."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from hyperbolic.outputs import atomic_write_bytes, unique_path
+from hyperbolic.scoring import ScoringModel
+
+
+def save_scores(path: Path, score_sets: dict[str, np.ndarray], targets: np.ndarray, labelled: np.ndarray,
+                class_names: list[str], clips) -> Path:
+    """Write the npz: ``scores_<name>`` (N, C) float32 per model, ``model_names``, ``targets``
+    (N, C) bool, ``labelled`` (N,) bool (rows that enter the metrics), ``class_names`` (C,),
+    ``clip_file``, ``clip_row``, ``clip_video_id`` (N,). Rows are the embedded clips in reading order."""
+    arrays = {f"scores_{name}": s for name, s in score_sets.items()}
+    arrays.update(model_names=np.array(list(score_sets), dtype=str), targets=targets, labelled=labelled,
+                  class_names=np.array(class_names, dtype=str),
+                  clip_file=np.array([m.file for m in clips.metas], dtype=str),
+                  clip_row=np.array([m.row for m in clips.metas], dtype=np.int64),
+                  clip_video_id=np.array([m.video_id for m in clips.metas], dtype=str))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+PLOT_CLIPS_MAX = 5000  # clips drawn (faintly) on the disk: the first ones, enough to see where they sit
+
+
+def write_plots(json_path: Path, model: ScoringModel, block: dict, text_pts, class_names, hier,
+           audio_pts=None, targets=None) -> dict:
+    """``audio_pts`` (N, D) and ``targets`` (N, C): the labelled clips' points and ground truth
+    (chance levels, label choice, the clips on the disk)."""
+    from hyperbolic import plots  # matplotlib is imported only when plots are asked for
+    written: dict = {}
+    num_clips = None if targets is None else len(targets)
+    if block["per_class"]:
+        written["per_class_ap"] = str(plots.plot_per_class_ap(
+            block["per_class"], unique_path(json_path.with_name(f"{json_path.stem}_{model.name}_per_class_ap.png")),
+            title=f"{model.name}: per-class AP", num_clips=num_clips))
+    if model.projector is not None and model.geometry == "hyperbolic":
+        categories = edges = None
+        if hier is not None:
+            categories = [None if v is None else hier.ontology.name(hier.ontology.top_level(v)[0])
+                          for v in hier.node_ids]
+            edges = [tuple(p) for p in hier.hierarchy.edges(range(len(class_names))).tolist()]
+        clips = None if audio_pts is None else audio_pts[:PLOT_CLIPS_MAX]
+        xy, audio_xy = plots.disk_layout(text_pts, c=model.c, others=clips) if clips is not None else (
+            plots.disk_layout(text_pts, c=model.c), None)
+        held = {n.casefold() for n in model.info.get("holdout_classes", [])}
+        written["poincare_disk"] = str(plots.plot_poincare_disk(
+            xy, unique_path(json_path.with_name(f"{json_path.stem}_{model.name}_poincare.png")),
+            c=model.c, names=class_names, categories=categories, edges=edges, audio_xy=audio_xy,
+            held_out=[i for i, n in enumerate(class_names) if n.casefold() in held],
+            counts=None if targets is None else targets.sum(axis=0).tolist(),
+            title=f"{model.name}: class prompts and clips (c={model.c:.3g})"))
+    else:
+        written["poincare_disk"] = None
+        written["poincare_disk_skipped"] = "not a hyperbolic model"
+    return written
+
+
+def save_caption_scores(path: Path, score_sets: dict[str, np.ndarray], pairs, clips) -> Path:
+    """The npz: ``scores_<model>`` (N clips, M captions) float32, ``model_names``,
+    ``caption_clip`` (M,) int64, ``captions`` (M,), ``clip_id``, ``clip_file``, ``clip_row`` (N,)."""
+    arrays = {f"scores_{name}": s for name, s in score_sets.items()}
+    arrays.update(model_names=np.array(list(score_sets), dtype=str),
+                  caption_clip=np.array(pairs.caption_clip, dtype=np.int64),
+                  captions=np.array(pairs.captions, dtype=str), clip_id=np.array(pairs.clip_ids, dtype=str),
+                  clip_file=np.array([m.file for m in clips.metas], dtype=str),
+                  clip_row=np.array([m.row for m in clips.metas], dtype=np.int64))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())

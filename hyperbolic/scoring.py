@@ -1,0 +1,239 @@
+"""Scoring models: how CLAP embeddings become class (or caption) scores, and which models run.
+
+A ``ScoringModel`` is plain CLAP (cosine of the unit embeddings) or a trained projector with its
+geometry, c and temperature, read from a checkpoint (``load_projection``; the file format is
+``hyperbolic.checkpoint``'s). ``build_models`` turns ``--projection-checkpoint`` into the models
+of a run (``plan_models``); ``model_info`` and ``usage_block`` are the per-model parts of a
+results block that classification (``hyperbolic.evaluate``) and caption retrieval
+(``hyperbolic.retrieval``) share.
+
+Which models run (``plan_models``):
+
+- no projection checkpoint: plain CLAP alone, single-model layout;
+- ``use_hyperbolic`` with exactly one checkpoint: that projector alone, single-model layout
+  (what the earlier scripts' ``--use-hyperbolic`` did);
+- otherwise (one checkpoint without ``use_hyperbolic``, or several checkpoints with or without
+  it): a comparison of plain CLAP and every checkpoint, one block per model under "models".
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hyperbolic import legacy
+from hyperbolic.ball_usage import ball_usage
+from hyperbolic.checkpoint import read_projection, resolve_checkpoint
+from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
+from hyperbolic.embeddings import PROMPT_NAME_RULE
+from hyperbolic.entailment import DEFAULT_K
+from hyperbolic.projector import Projector, effective_temperature, similarity
+
+log = logging.getLogger(__name__)
+
+SCORE_CHUNK = 4096  # clips scored at a time: bounds memory at SCORE_CHUNK x C floats per step
+PLAIN_MODEL_NAME = "clap_cosine"
+PROJECTION_TEXT = {
+    "cosine": "none: CLAP embeddings (unit vectors), cosine similarity",
+    "euclidean": "linear, then L2-normalised; score <a, t> / tau",
+    "hyperbolic": "linear, tangent norm clipped to clip_r of the ball radius, expmap0",
+    "legacy": "earlier scripts: expmap0(linear(x)), then rescaled to |y| <= 0.9 (absolute)",
+}
+DISTANCE_TEXT = {
+    "geodesic": "score -d_c(a, t) / tau, d_c the geodesic distance of the ball of curvature -c",
+    "legacy": "earlier scripts: score -arcosh(1 + 2|a-t|^2 / ((1-|a|^2)(1-|t|^2))) / sqrt(c) / tau; "
+              "c missing inside the fraction, so wrong geometry for c != 1",
+}
+@dataclass
+class ScoringModel:
+    """How to turn CLAP embeddings into class scores: cosine, or projector + geometry."""
+
+    name: str
+    prompt_template: str
+    projector: Projector | None = None
+    geometry: str = "cosine"
+    c: float | None = None
+    temperature: float | None = None
+    legacy_distance: bool = False  # with it, the legacy projection too (hyperbolic.legacy.project)
+    info: dict = field(default_factory=dict)
+    entailment_k: float = DEFAULT_K  # cone aperture K for the --ontology cone numbers (hyperbolic only)
+
+    @torch.no_grad()
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) CLAP embeddings -> (N, D) points the scores are computed from."""
+        if self.projector is None:
+            return x.float()
+        parts = [legacy.project(self.projector, x[i:i + SCORE_CHUNK], c=self.c) if self.legacy_distance
+                 else self.projector(x[i:i + SCORE_CHUNK], c=self.c) for i in range(0, len(x), SCORE_CHUNK)]
+        return torch.cat(parts) if parts else x.new_empty(0, x.shape[1])
+
+    @torch.no_grad()
+    def score_points(self, a: torch.Tensor, t: torch.Tensor) -> np.ndarray:
+        """(N, D) projected audio and (C, D) projected prompts -> (N, C) float32 scores."""
+        parts = []
+        for i in range(0, len(a), SCORE_CHUNK):
+            chunk = a[i:i + SCORE_CHUNK]
+            if self.projector is None:
+                parts.append((chunk @ t.T).numpy())
+            else:
+                parts.append(similarity(chunk, t, geometry=self.geometry, c=self.c,
+                                        temperature=self.temperature,
+                                        legacy_distance=self.legacy_distance).numpy())
+        return np.concatenate(parts) if parts else np.empty((0, len(t)), dtype=np.float32)
+
+    def scores(self, audio: torch.Tensor, text: torch.Tensor) -> np.ndarray:
+        """(N, D) audio and (C, D) prompt CLAP embeddings -> (N, C) float32 scores."""
+        return self.score_points(self.project(audio), self.project(text))
+
+
+def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: float | None = None,
+                    temperature_flag: float | None = None, legacy_distance: bool = False,
+                    prompt_template_flag: str | None = None, name: str | None = None) -> ScoringModel:
+    """Read a checkpoint written by train_hyperbolic_clap.py, or by the earlier public scripts.
+
+    Earlier scripts' checkpoints have ``epoch``, ``projection_state_dict`` (``linear.weight``,
+    ``linear.bias``), ``optimizer_state_dict``, ``train_loss``, ``val_loss``, ``c``,
+    ``temperature``, ``embed_dim`` and no ``config``. c, temperature, geometry and prompt
+    template come from the checkpoint; a differing flag is reported in
+    ``info["ignored_flags"]``, never silently used. A checkpoint without a prompt template
+    (the earlier scripts') takes ``prompt_template_flag``, else the default.
+    ``legacy_distance`` (hyperbolic checkpoints only) selects the earlier scripts' projection
+    and distance, to reproduce their numbers.
+    """
+    read = read_projection(path, embed_dim=embed_dim, c_default=1.0 if c_flag is None else c_flag,
+                           temperature_default=1.0 if temperature_flag is None else temperature_flag)
+    path, ckpt, projector, geometry = read.path, read.raw, read.projector, read.geometry
+    c, temperature, dim, legacy_format = read.c, read.temperature, read.embed_dim, read.legacy_format
+    ignored: dict = {}
+    if c_flag is not None and not np.isclose(c_flag, c):
+        ignored["c"] = c_flag
+    if temperature_flag is not None and not np.isclose(temperature_flag, temperature):
+        ignored["temperature"] = temperature_flag
+    if "prompt_template" in ckpt:
+        template, template_source = ckpt["prompt_template"], "checkpoint"
+        if prompt_template_flag is not None and prompt_template_flag != template:
+            ignored["prompt_template"] = prompt_template_flag
+    elif prompt_template_flag is not None:
+        template, template_source = prompt_template_flag, "--prompt-template"
+    else:
+        template, template_source = DEFAULT_PROMPT_TEMPLATE, "default"
+    if legacy_distance and geometry != "hyperbolic":
+        ignored["legacy_distance"] = True
+        legacy_distance = False
+    config = read.config
+    # The cones are measured with the K the run trained with (train.py stores it in "config");
+    # a run without an entailment term, or an earlier checkpoint, is measured at the default.
+    if read.entailment_k is not None:
+        entailment_k, k_source = read.entailment_k, "checkpoint config entailment_k"
+    else:
+        entailment_k, k_source = DEFAULT_K, "default (hyperbolic.entailment.DEFAULT_K)"
+    for flag, value in ignored.items():
+        log.warning("%s: --%s %s does not apply to this checkpoint (it has %s); ignored", path.name,
+                    flag.replace("_", "-"), value,
+                    {"c": c, "temperature": temperature, "prompt_template": f'"{template}"',
+                     "legacy_distance": f"geometry {geometry}"}[flag])
+    info = {"projection_checkpoint": str(path), "epoch": ckpt.get("epoch"), "geometry": geometry,
+            "c": c, "temperature": temperature,
+            "effective_temperature": effective_temperature(c, temperature) if geometry == "hyperbolic" else None,
+            "clip_r": projector.clip_r, "embed_dim": dim,
+            "checkpoint_format": read.format,
+            "prompt_template_source": template_source, "legacy_distance": legacy_distance,
+            "projection": PROJECTION_TEXT["legacy" if legacy_distance else geometry],
+            "distance": (DISTANCE_TEXT["legacy" if legacy_distance else "geodesic"]
+                         if geometry == "hyperbolic" else "cosine of unit vectors / tau"),
+            "ignored_flags": ignored, "holdout_classes": list(ckpt.get("holdout_classes") or []),
+            "entailment_k": entailment_k, "entailment_k_source": k_source,
+            "training_hierarchy": {k: config.get(k) for k in ("ontology", "entailment_weight", "expand_ancestors")}
+            if config else None}
+    if legacy_format and geometry == "hyperbolic" and not legacy_distance:
+        info["note"] = ("checkpoint of the earlier scripts, scored with this codebase's projection and "
+                        "geodesic distance; --legacy-distance reproduces the earlier scripts' numbers")
+        log.warning("%s: %s", path.name, info["note"])
+    return ScoringModel(name=name or path.stem, prompt_template=template, projector=projector,
+                        geometry=geometry, c=c, temperature=temperature, legacy_distance=legacy_distance,
+                        info=info, entailment_k=entailment_k)
+
+
+def checkpoint_paths(cfg: EvalConfig) -> list[str]:
+    """The checkpoints of ``--projection-checkpoint``, in the order given."""
+    return list(cfg.projection_checkpoints)
+
+
+def plan_models(cfg: EvalConfig) -> tuple[str, bool]:
+    """``("single" | "comparison", include plain CLAP)``; see the module docstring."""
+    paths = checkpoint_paths(cfg)
+    if not paths:
+        return "single", True
+    if cfg.use_hyperbolic and len(paths) == 1:
+        return "single", False
+    return "comparison", True
+
+
+def _safe_name(text: str) -> str:
+    """A name usable as a JSON key, an npz key and in a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+def model_names(paths: list[str], *, reserved: tuple[str, ...] = (PLAIN_MODEL_NAME,)) -> list[str]:
+    """Unique names for checkpoints: the file stem; when stems clash, ``<folder>-<stem>``;
+    when those clash too, ``_2``, ``_3``, ... in order. ``reserved`` names are never used."""
+    stems = [_safe_name(Path(p).stem) for p in paths]
+    counts = Counter(stems)
+    names = [_safe_name(f"{Path(p).resolve().parent.name}-{s}") if counts[s] > 1 or s in reserved else s
+             for p, s in zip(paths, stems)]
+    taken = set(reserved)
+    out = []
+    for n in names:
+        candidate, k = n, 1
+        while candidate in taken:
+            k += 1
+            candidate = f"{n}_{k}"
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
+
+def build_models(cfg: EvalConfig, embed_dim: int) -> list[ScoringModel]:
+    """The models of ``plan_models``, plain CLAP first; every checkpoint is read and checked."""
+    _, with_plain = plan_models(cfg)
+    paths = [str(resolve_checkpoint(p)) for p in checkpoint_paths(cfg)]
+    models = []
+    if with_plain:
+        models.append(ScoringModel(name=PLAIN_MODEL_NAME,
+                                   prompt_template=cfg.prompt_template or DEFAULT_PROMPT_TEMPLATE,
+                                   info={"projection": PROJECTION_TEXT["cosine"], "distance": "cosine",
+                                         "legacy_distance": False}))
+    for path, name in zip(paths, model_names(paths)):
+        models.append(load_projection(path, embed_dim=embed_dim, c_flag=cfg.c, temperature_flag=cfg.temperature,
+                                      legacy_distance=cfg.legacy_distance,
+                                      prompt_template_flag=cfg.prompt_template, name=name))
+    return models
+
+
+def usage_block(model: ScoringModel, audio_pts, text_pts, scores) -> dict | None:
+    """``ball_usage.ball_usage`` of a hyperbolic model over every embedded clip (None otherwise).
+    The clip sphere is ``clip_r`` of the radius, or for ``--legacy-distance`` the earlier scripts'
+    absolute 0.9 (relative ``0.9 sqrt(c)``, no clip where that is >= 1)."""
+    if model.projector is None or model.geometry != "hyperbolic":
+        return None
+    clip = legacy.MAX_NORM * model.c ** 0.5 if model.legacy_distance else model.projector.clip_r
+    return ball_usage(audio_pts, text_pts, scores, c=model.c, clip_radius=clip)
+
+
+def model_info(model: ScoringModel, model_path: str) -> dict:
+    hyperbolic = model.projector is not None and model.geometry == "hyperbolic"
+    info = {"name": model.name,
+            "model_type": "hyperbolic_clap_modelscope" if hyperbolic else (
+                "euclidean_projection_clap_modelscope" if model.projector is not None else "modelscope"),
+            "model_path": model_path, "use_hyperbolic": hyperbolic, "prompt_template": model.prompt_template,
+            "prompt_label_rule": PROMPT_NAME_RULE,
+            **model.info}
+    for key in ("projection_checkpoint", "c", "temperature", "effective_temperature"):
+        info.setdefault(key, None)
+    return info

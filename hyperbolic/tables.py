@@ -1,0 +1,128 @@
+"""The tables printed to the terminal: a results file's metrics (classification or caption
+retrieval, one column per model), the hierarchy demo's markdown rows and a sweep's rows. They
+only read what the results JSON (or the sweep) already holds."""
+
+from __future__ import annotations
+
+from hyperbolic.eval_hierarchy import HIER_K
+from hyperbolic.retrieval import METRIC_KEYS
+from hyperbolic.scoring import PLAIN_MODEL_NAME
+
+
+def format_results_table(results: dict) -> str:
+    """The table of a results file of either task (``test_info.task``)."""
+    if results["test_info"].get("task") == "retrieval":
+        return format_retrieval_table(results)
+    return format_metrics_table(results)
+
+
+TABLE_KEYS = ("mAP", "mAUC", "d_prime", "mAP_per_clip", "acc@1", "acc@3", "acc@5", "acc@10", "precision_micro",
+              "recall_micro", "f1_micro", "precision_macro", "recall_macro", "f1_macro", "t2a_R@1", "t2a_R@5",
+              "t2a_R@10", "t2a_mAP@10", "a2t_R@1", "a2t_R@5", "a2t_R@10", "valid_samples", "total_samples")
+
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _fmt_diff(d: dict | None) -> str:
+    """A paired difference as ``+0.1234 [+0.0800, +0.1600]``."""
+    return "-" if not d else f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+
+def format_metrics_table(results: dict) -> str:
+    """Side-by-side metrics of every model block, one row per metric."""
+    blocks = results.get("models") or {results["model_info"].get("name", results["model_info"]["model_type"]):
+                                       results}
+    names = list(blocks)
+    rows: list[tuple[str, list[str]]] = []
+    for key in TABLE_KEYS:
+        rows.append((key, [_fmt((b["metrics"] or {}).get(key)) for b in blocks.values()]))
+    if any(b.get("bootstrap") for b in blocks.values()):
+        for key in ("mAP", "acc@1"):
+            rows.append((f"{key} 95% CI", [
+                f"[{b['bootstrap'][key]['low']:.4f}, {b['bootstrap'][key]['high']:.4f}]" if b.get("bootstrap")
+                else "-" for b in blocks.values()]))
+        paired = f"vs_{PLAIN_MODEL_NAME}"
+        if any((b.get("bootstrap") or {}).get(paired) for b in blocks.values()):
+            for key in ("mAP", "acc@1"):
+                rows.append((f"{key} - cosine", [_fmt_diff((b.get("bootstrap") or {}).get(paired, {}).get(key))
+                                                 for b in blocks.values()]))
+    if any(b.get("legacy_metrics") for b in blocks.values()):
+        for key, label in (("precision_macro", "legacy P_macro"), ("recall_macro", "legacy R_macro"),
+                           ("f1_macro", "legacy F1_macro")):
+            rows.append((label, [
+                _fmt(b["legacy_metrics"][key]) if b.get("legacy_metrics") else "-" for b in blocks.values()]))
+    if any(b.get("ball_usage") for b in blocks.values()):
+        for label, get in (("audio_on_clip", lambda u: u["audio"]["on_clip_sphere"]),
+                           ("text_on_clip", lambda u: u["text"]["on_clip_sphere"]),
+                           ("top1_same_cos", lambda u: u["top1_same_as_cosine"])):
+            rows.append((label, [_fmt(get(b["ball_usage"])) if b.get("ball_usage") else "-"
+                                 for b in blocks.values()]))
+    if any(b.get("hierarchy") for b in blocks.values()):
+        for label, get in (("rho(prompt,dep)", lambda h: h["prompt_norm_vs_depth"]["rho"]),
+                           ("rho(audio,dep)", lambda h: h["audio_mean_norm_vs_depth"]["rho"]),
+                           ("mistake_sev", lambda h: h["mistake_severity"]),
+                           (f"hier_dist@{HIER_K}", lambda h: h[f"hier_dist@{HIER_K}"]),
+                           ("cone_pairs_in", lambda h: h["cones"]["prompt_pairs_in_cone"]),
+                           ("cone_clips_in", lambda h: h["cones"]["clip_label_pairs_in_cone"]),
+                           ("rho(nodes,dep)", lambda h: (h["cones"]["norm_depth"] or {}).get("rho"))):
+            rows.append((label, [_fmt(get(b["hierarchy"])) if b.get("hierarchy") else "-"
+                                 for b in blocks.values()]))
+    width = max(14, *(len(n) for n in names), *(len(v) for _, vals in rows for v in vals))
+    lines = [f"{'metric':<16}" + "".join(f"{n:>{width + 2}}" for n in names)]
+    lines += [f"{label:<16}" + "".join(f"{v:>{width + 2}}" for v in vals) for label, vals in rows]
+    return "\n".join(lines)
+
+
+def format_retrieval_table(results: dict) -> str:
+    """One row per metric, one column per model."""
+    blocks = results.get("models") or {results["model_info"].get("name", "model"): results}
+    width = max(14, *(len(n) for n in blocks))
+    lines = [f"{'metric':<14}" + "".join(f"{n:>{width + 2}}" for n in blocks)]
+    for key in METRIC_KEYS:
+        lines.append(f"{key:<14}" + "".join(f"{b['metrics'][key]:>{width + 2}.4f}" for b in blocks.values()))
+    return "\n".join(lines)
+
+
+HIERARCHY_COLUMNS = (
+    # (header, path in a model block); "-" where a value is undefined (cones of non-hyperbolic models)
+    ("mAP", ("metrics", "mAP")),
+    ("acc@1", ("metrics", "acc@1")),
+    ("mistake sev.", ("hierarchy", "mistake_severity")),
+    ("hier_dist@5", ("hierarchy", "hier_dist@5")),
+    ("pairs in cone", ("hierarchy", "cones", "prompt_pairs_in_cone")),
+    ("clips in cone", ("hierarchy", "cones", "clip_label_pairs_in_cone")),
+    ("rho classes", ("hierarchy", "prompt_norm_vs_depth", "rho")),
+    ("rho all nodes", ("hierarchy", "cones", "norm_depth", "rho")),
+)
+
+
+def _get(block: dict, path: tuple[str, ...]):
+    for key in path:
+        if not isinstance(block, dict):
+            return None
+        block = block.get(key)
+    return block
+
+
+def format_hierarchy_table(results: dict) -> str:
+    """One markdown row per model of a comparison: the standard and the hierarchy numbers."""
+    head = "| model | " + " | ".join(h for h, _ in HIERARCHY_COLUMNS) + " |"
+    rows = [head, "|---" * (len(HIERARCHY_COLUMNS) + 1) + "|"]
+    for name, block in results["models"].items():
+        cells = [_get(block, path) for _, path in HIERARCHY_COLUMNS]
+        rows.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
+    return "\n".join(rows)
+
+
+def format_sweep_table(rows: list[dict], winner: dict) -> str:
+    lines = [f"{'c':>8} {'temperature':>12} {'best val mAP':>13} {'best val loss':>14} {'epoch':>6}  checkpoint"]
+    for r in rows:
+        mark = "  <- best" if r is winner else ""
+        lines.append(f"{r['c']:>8g} {r['temperature']:>12g} {r['best_val_mAP']:>13.4f} {r['best_val_loss']:>14.4f} "
+                     f"{r['best_epoch']:>6}  {r['best_checkpoint']}{mark}")
+    return "\n".join(lines)
