@@ -14,9 +14,10 @@ import math
 import re
 import shlex
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -166,19 +167,30 @@ class Run:
     start: int = 1
 
 
-def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: Split, out: Path,
-        *, seen: list[int] | None = None, extra: dict | None = None, tracker=None,
-        resume: Path | None = None, hierarchy: Hierarchy | None = None, trainer_cls=None) -> dict:
+@dataclass
+class TrainingData:
+    """What every run of a sweep trains on, computed once: the clips' CLAP embeddings, the text
+    embeddings they are contrasted with, and the split."""
+
+    clips: ClipEmbeddings
+    prompts: torch.Tensor                # (P, D): class prompts (+ the ontology's abstract parents), or caption texts
+    split: Split
+    seen: list[int] | None = None        # the class indices training may use; None: every class
+    hierarchy: Hierarchy | None = None   # --ontology: its pairs and label expansion
+    trainer_cls: Callable | None = None  # called like Trainer (captions: caption_train.CaptionTrainer)
+    extra: dict = field(default_factory=dict)  # run facts for setup.json
+
+
+def fit(cfg: TrainConfig, data: TrainingData, out: Path, *, tracker=None, resume: Path | None = None) -> dict:
     """Run the epochs; write checkpoints and setup.json under ``out``; return the summary.
 
     Restore (``resume``: a checkpoint of this same run; training continues after its epoch with
     its weights, optimizer, schedule and shuffling state, so the result equals an uninterrupted
-    run), then per epoch: train, validate, save. ``trainer_cls``: called like ``Trainer``
-    (captions: ``hyperbolic.caption_train.CaptionTrainer``).
+    run), then per epoch: train, validate, save.
     """
-    train_clips, val_clips = clips.subset(split.train), clips.subset(split.val)
-    run = _new_run(cfg, clips, prompts, split, out, train_clips, seen=seen, extra=extra, hierarchy=hierarchy,
-                   trainer_cls=trainer_cls)
+    clips = data.clips
+    train_clips, val_clips = clips.subset(data.split.train), clips.subset(data.split.val)
+    run = _new_run(cfg, data, out, train_clips)
     if resume is not None:
         _restore(run, resume, embed_dim=clips.audio.shape[1])
     else:  # the configuration is in the folder from the start, so --resume RUN_DIR alone works
@@ -213,23 +225,24 @@ def fit(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, split: S
     return run.setup["summary"]
 
 
-def _new_run(cfg, clips, prompts, split, out, train_clips, *, seen, extra, hierarchy, trainer_cls) -> Run:
+def _new_run(cfg: TrainConfig, data: TrainingData, out: Path, train_clips: ClipEmbeddings) -> Run:
     """The trainer (projector, geometry, objective, optimizer), the schedule and the shuffling
     generator of a fresh run."""
+    clips, prompts, split, hierarchy = data.clips, data.prompts, data.split, data.hierarchy
     num_classes = prompts.shape[0] if hierarchy is None else hierarchy.num_classes
-    seen = list(range(num_classes)) if seen is None else seen
+    seen = list(range(num_classes)) if data.seen is None else data.seen
     entailment = None if hierarchy is None else EntailmentObjective(
         hierarchy, K=cfg.entailment_k, exclude=sorted(set(range(num_classes)) - set(seen)))
-    trainer = (trainer_cls or Trainer)(cfg, clips.audio.shape[1], prompts, seen, entailment=entailment,
-                                       init_audio=train_clips.audio)
+    trainer = (data.trainer_cls or Trainer)(cfg, clips.audio.shape[1], prompts, seen, entailment=entailment,
+                                            init_audio=train_clips.audio)
     steps_per_epoch = math.ceil(len(train_clips) / cfg.batch_size)
     total_steps, warmup = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         trainer.optimizer, lambda s: lr_factor(s, total=total_steps, warmup=warmup, schedule=cfg.lr_schedule))
     split_ids = {part: [f"{clips.metas[i].file}:{clips.metas[i].row}:{clips.metas[i].video_id}" for i in rows]
                  for part, rows in (("train", split.train), ("val", split.val))}
-    setup = {"config": cfg.to_dict(), **(extra or {}), "history": [], "summary": None}
-    return Run(cfg, trainer, scheduler, torch.Generator().manual_seed(cfg.seed), setup, split_ids, extra or {}, out)
+    setup = {"config": cfg.to_dict(), **data.extra, "history": [], "summary": None}
+    return Run(cfg, trainer, scheduler, torch.Generator().manual_seed(cfg.seed), setup, split_ids, data.extra, out)
 
 
 def _restore(run: Run, resume: Path, *, embed_dim: int) -> None:
@@ -499,19 +512,44 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
                             "learn one of them (--learn-c with --no-learn-temperature, or --learn-temperature)")
     c_values, temperatures = list(c_values or [cfg.c]), list(temperatures or [cfg.temperature])
     combos = list(itertools.product(c_values, temperatures))
-    if cfg.resume and len(combos) > 1:
-        _check_sweep_resume(Path(cfg.resume), len(combos))
     if cfg.resume:
-        resume = Path(cfg.resume)
-        if not resume.exists():
-            raise TrainingError(f"--resume {resume} does not exist; pass the run's output dir or one of its "
-                                "projection_epoch_*.pth")
-        run_dir = resume.parent if resume.is_file() else resume
-        if cfg.output_dir != str(run_dir):
-            log.info("--resume: continuing in %s", run_dir)
-        cfg = replace(cfg, output_dir=str(run_dir))
+        cfg = _continue_in_run_dir(cfg, combos)
     _swanlab_module(cfg)
     out = prepare_output_dir(cfg)
+    data = training_data(cfg)
+    data.extra["sweep"] = {"c": list(c_values), "temperature": list(temperatures)}  # for --resume RUN_DIR alone
+    tracker = _swanlab(cfg, out)
+    try:
+        if len(combos) == 1:
+            run_cfg = replace(cfg, c=combos[0][0], temperature=combos[0][1])
+            return fit(run_cfg, data, out, tracker=tracker, resume=_resume_point(out, cfg))
+        return _sweep(cfg, combos, data, out)
+    except TrainingInterrupted as stop:
+        if stop.run_dir == out:
+            raise
+        raise TrainingInterrupted(stop.epoch, out, part=stop.run_dir.name) from None
+    finally:
+        if tracker is not None:
+            tracker.finish()
+
+
+def _continue_in_run_dir(cfg: TrainConfig, combos: list[tuple[float, float]]) -> TrainConfig:
+    """``--resume``: the run folder to continue, checked; the run writes there."""
+    if len(combos) > 1:
+        _check_sweep_resume(Path(cfg.resume), len(combos))
+    resume = Path(cfg.resume)
+    if not resume.exists():
+        raise TrainingError(f"--resume {resume} does not exist; pass the run's output dir or one of its "
+                            "projection_epoch_*.pth")
+    run_dir = resume.parent if resume.is_file() else resume
+    if cfg.output_dir != str(run_dir):
+        log.info("--resume: continuing in %s", run_dir)
+    return replace(cfg, output_dir=str(run_dir))
+
+
+def training_data(cfg: TrainConfig) -> TrainingData:
+    """Embed the clips and texts with the frozen CLAP (cached), keep held-out classes out, split,
+    and check that the loss has something to contrast."""
     # Captions alone use no class list; with --label-column given too, its classes are mixed in.
     class_names = (resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
                                        limit=cfg.num_samples) if not cfg.text_column or cfg.caption_labels else [])
@@ -526,25 +564,8 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
         holdout, hierarchy = [], None
         dropped = {"clips_dropped_holdout": 0, "clips_dropped_only_holdout_labels": 0}
     else:
-        clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
-                            limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=True,
-                            cache=cache, num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop))
-        present = sorted({k for row in clips.label_indices for k in row})
-        holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.seed)
-        clips, dropped = drop_holdout_clips(clips, holdout)
-        if dropped["clips_dropped_holdout"]:
-            log.info("--holdout-classes: %d clips carry a held-out class and are left out of training and "
-                     "validation (%d of them had no other label)", dropped["clips_dropped_holdout"],
-                     dropped["clips_dropped_only_holdout_labels"])
-        if len(clips) < 2:
-            raise TrainingError(f"only {len(clips)} usable clips in {cfg.parquet_dir} "
-                                f"(skipped: {skips.describe(cfg.label_column)}); training needs at least 2")
-        hierarchy = None
-        if cfg.ontology:
-            hierarchy = Hierarchy.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
-            if hierarchy.unmatched:
-                log.warning("%d of %d classes match no node of --ontology %s (first: %s)", len(hierarchy.unmatched),
-                            len(class_names), cfg.ontology, "; ".join(hierarchy.unmatched[:5]))
+        clips, holdout, dropped = _labelled_clips(cfg, clap, cache, class_names, matcher, skips)
+        hierarchy = _hierarchy(cfg, class_names)
         prompt_names = class_names if hierarchy is None else list(hierarchy.prompt_names)
         prompts = embed_prompts(clap, prompts_for(prompt_names, cfg.prompt_template), cache=cache)
     split = split_indices(len(clips), cfg.train_ratio, cfg.seed)
@@ -574,32 +595,47 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
                               "parent_child_pairs": int(hierarchy.parent_child.shape[0])}
     log.info("%d clips (%d train / %d val), %d classes (%d held out)", len(clips), len(split.train),
              len(split.val), len(class_names), len(holdout))
-    extra["sweep"] = {"c": list(c_values), "temperature": list(temperatures)}  # for --resume RUN_DIR alone
-    tracker = _swanlab(cfg, out)
-    try:
-        if len(combos) == 1:
-            run_cfg = replace(cfg, c=combos[0][0], temperature=combos[0][1])
-            return fit(run_cfg, clips, prompts, split, out, seen=seen, extra=extra, tracker=tracker,
-                       resume=_resume_point(out, cfg), hierarchy=hierarchy, trainer_cls=trainer_cls)
-        return _sweep(cfg, combos, clips, prompts, split, out, seen, extra, hierarchy, trainer_cls)
-    except TrainingInterrupted as stop:
-        if stop.run_dir == out:
-            raise
-        raise TrainingInterrupted(stop.epoch, out, part=stop.run_dir.name) from None
-    finally:
-        if tracker is not None:
-            tracker.finish()
+    return TrainingData(clips, prompts, split, seen=seen, hierarchy=hierarchy, trainer_cls=trainer_cls, extra=extra)
 
 
-def _sweep(cfg, combos, clips, prompts, split, out, seen, extra, hierarchy, trainer_cls=None) -> dict:
+def _labelled_clips(cfg: TrainConfig, clap, cache, class_names: list[str], matcher: LabelMatcher,
+                    skips: SkipLog) -> tuple[ClipEmbeddings, list[int], dict]:
+    """The clips with a known label, less those carrying a held-out class; the held-out class
+    indices and the counts of clips dropped for them."""
+    clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
+                        limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=True,
+                        cache=cache, num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop))
+    present = sorted({k for row in clips.label_indices for k in row})
+    holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.seed)
+    clips, dropped = drop_holdout_clips(clips, holdout)
+    if dropped["clips_dropped_holdout"]:
+        log.info("--holdout-classes: %d clips carry a held-out class and are left out of training and "
+                 "validation (%d of them had no other label)", dropped["clips_dropped_holdout"],
+                 dropped["clips_dropped_only_holdout_labels"])
+    if len(clips) < 2:
+        raise TrainingError(f"only {len(clips)} usable clips in {cfg.parquet_dir} "
+                            f"(skipped: {skips.describe(cfg.label_column)}); training needs at least 2")
+    return clips, holdout, dropped
+
+
+def _hierarchy(cfg: TrainConfig, class_names: list[str]) -> Hierarchy | None:
+    if not cfg.ontology:
+        return None
+    hierarchy = Hierarchy.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
+    if hierarchy.unmatched:
+        log.warning("%d of %d classes match no node of --ontology %s (first: %s)", len(hierarchy.unmatched),
+                    len(class_names), cfg.ontology, "; ".join(hierarchy.unmatched[:5]))
+    return hierarchy
+
+
+def _sweep(cfg: TrainConfig, combos: list[tuple[float, float]], data: TrainingData, out: Path) -> dict:
     rows = []
     for c, temperature in combos:
         run_dir = out / sweep_dir_name(c, temperature)
         run_dir.mkdir(exist_ok=True)
         log.info("sweep: c=%g temperature=%g -> %s", c, temperature, run_dir)
         run_cfg = replace(cfg, c=c, temperature=temperature, output_dir=str(run_dir))
-        summary = fit(run_cfg, clips, prompts, split, run_dir, seen=seen, extra=extra,
-                      resume=_resume_point(run_dir, cfg), hierarchy=hierarchy, trainer_cls=trainer_cls)
+        summary = fit(run_cfg, data, run_dir, resume=_resume_point(run_dir, cfg))
         rows.append({"c": c, "temperature": temperature,
                      "effective_temperature": summary["effective_temperature"], "best_val_mAP": summary["best_val_mAP"],
                      "best_val_loss": summary["best_val_loss"], "best_epoch": summary["best_epoch"],

@@ -349,7 +349,8 @@ def _train(weight, clips, prompts, h, seed, tmp_path, monkeypatch):
     cfg = TrainConfig(parquet_dir="unused", device="cpu", epochs=30, batch_size=16, learning_rate=2e-2,
                       lr_schedule="constant", temperature=0.1, seed=seed, output_dir=str(tmp_path / f"w{weight}"))
     split = train_module.split_indices(len(clips), cfg.train_ratio, seed)
-    train_module.fit(cfg, clips, prompts, split, tmp_path / f"w{weight}", seen=list(range(h.num_classes)))
+    data = train_module.TrainingData(clips, prompts, split, seen=list(range(h.num_classes)))
+    train_module.fit(cfg, data, tmp_path / f"w{weight}")
     monkeypatch.undo()
     return trainers[-1]
 
