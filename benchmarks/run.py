@@ -526,12 +526,14 @@ def quiet_progress_bars() -> None:
     import transformers
 
     import hyperbolic.embeddings
+    import hyperbolic.extraction
     transformers.utils.logging.disable_progress_bar()
 
     def quiet(*args, **kwargs):
         return tqdm.tqdm(*args, **{**kwargs, "disable": True})
 
     hyperbolic.embeddings.tqdm = quiet
+    hyperbolic.extraction.tqdm = quiet
 
 
 def pipeline_quiet(clap_dir: Path, data: Path, work: Path, workers: int) -> None:

@@ -276,54 +276,84 @@ def iter_clips(
         raise ValueError(f"limit must be >= 0 or None (got {limit})")
     if read_batch_rows < 1:
         raise ValueError(f"read_batch_rows must be >= 1 (got {read_batch_rows})")
-    shard_index, shard_count = _check_shard(shard)
+    read = _FolderRead(matcher, skips, label_column, limit, decode, require_labels, read_batch_rows,
+                       _check_shard(shard), max_samples)
     files = _resolve_files(folder_or_files)
-
-    considered = 0
-    unit = 0  # global unit counter, identical in every shard
     for path, name in files:
-        if limit is not None and considered >= limit:
+        if read.done():
             return
+        yield from read.file_clips(path, name)
+
+
+@dataclass
+class _FolderRead:
+    """One ``iter_clips`` call: its arguments, and the counts that carry from one file to the next."""
+
+    matcher: LabelMatcher
+    skips: SkipLog
+    label_column: str | None
+    limit: int | None
+    decode: bool
+    require_labels: bool
+    batch_rows: int
+    shard: tuple[int, int]           # (index, count), checked
+    max_samples: int | None
+    considered: int = 0              # rows considered so far, skipped ones included: what `limit` counts
+    unit: int = 0                    # global unit counter, identical in every shard
+
+    def done(self) -> bool:
+        return self.limit is not None and self.considered >= self.limit
+
+    def file_clips(self, path: Path, name: str) -> Iterator[Clip]:
+        """The clips of one file, in row order: this shard's units, up to the limit; a read that
+        fails part-way is counted, and the units it did not reach are still numbered."""
         try:
             pf = pq.ParquetFile(path, page_checksum_verification=True)
             row_group_rows = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
         except (pa.ArrowException, OSError) as e:
             logger.warning("skipping %s: not a readable parquet file (%s)", path, e)
-            skips.add("unreadable_file", file=name, detail=f"cannot open as parquet: {e}")
-            continue
+            self.skips.add("unreadable_file", file=name, detail=f"cannot open as parquet: {e}")
+            return
+        shard_index, shard_count = self.shard
         with pf:
-            columns = _columns_to_read(pf.schema_arrow, path, label_column, decode)
+            columns = _columns_to_read(pf.schema_arrow, path, self.label_column, self.decode)
             row0 = 0
             for g, n_rows in enumerate(row_group_rows):
-                n_units = -(-n_rows // read_batch_rows)
-                mine = [u % shard_count == shard_index for u in range(unit, unit + n_units)]
-                unit += n_units
+                n_units = -(-n_rows // self.batch_rows)
+                mine = [u % shard_count == shard_index for u in range(self.unit, self.unit + n_units)]
+                self.unit += n_units
                 if any(mine):
-                    reader = _RowGroupReader(pf, g, columns, read_batch_rows)
+                    reader = _RowGroupReader(pf, g, columns, self.batch_rows)
                     for offset, cells in reader:
-                        if not mine[offset // read_batch_rows]:
+                        if not mine[offset // self.batch_rows]:
                             continue
-                        if limit is not None and considered >= limit:
+                        if self.done():
                             return
-                        considered += 1
+                        self.considered += 1
                         clip = _process_row(
-                            cells, name, row0 + offset, path, matcher, skips, label_column, decode, require_labels,
-                            max_samples=max_samples,
+                            cells, name, row0 + offset, path, self.matcher, self.skips, self.label_column,
+                            self.decode, self.require_labels, max_samples=self.max_samples,
                         )
                         if clip is not None:
                             yield clip
                     if reader.error is not None:
-                        lost = sum(row_group_rows) - row0 - reader.rows_read
-                        logger.warning("stopping %s at row %d: %s", path, row0 + reader.rows_read, reader.error)
-                        skips.add(
-                            "unreadable_file",
-                            file=name,
-                            detail=f"read failed in row group {g} after row {row0 + reader.rows_read}; "
-                            f"up to {lost} later rows of this file not read: {reader.error}",
-                        )
-                        unit += sum(-(-n // read_batch_rows) for n in row_group_rows[g + 1 :])
-                        break
+                        self._stopped(path, name, g, row0, reader, row_group_rows)
+                        return
                 row0 += n_rows
+
+    def _stopped(self, path: Path, name: str, group: int, row0: int, reader: _RowGroupReader,
+                 row_group_rows: list[int]) -> None:
+        """Count a read that failed in row group ``group`` (its first row is ``row0``), and number
+        the units of the row groups after it, as a whole read would."""
+        lost = sum(row_group_rows) - row0 - reader.rows_read
+        logger.warning("stopping %s at row %d: %s", path, row0 + reader.rows_read, reader.error)
+        self.skips.add(
+            "unreadable_file",
+            file=name,
+            detail=f"read failed in row group {group} after row {row0 + reader.rows_read}; "
+            f"up to {lost} later rows of this file not read: {reader.error}",
+        )
+        self.unit += sum(-(-n // self.batch_rows) for n in row_group_rows[group + 1 :])
 
 
 def _columns_to_read(schema: pa.Schema, path: Path, label_column: str | None, decode: bool) -> list[str]:

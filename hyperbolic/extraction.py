@@ -1,0 +1,565 @@
+"""The extraction engine behind ``embed_clips`` and ``embed_shard`` (``hyperbolic.embeddings``):
+parquet rows -> decoded clips -> frozen CLAP audio embeddings, read from and written to the cache
+(``hyperbolic.cache.AudioStore``) as it goes.
+
+How ``embed_clips`` reads a folder, file by file in sorted order:
+
+1. A label pass, ``iter_clips(decode=False)``: labels are matched against this run's class list
+   and unknown labels and "no_known_label" rows are counted exactly as a decoding read counts
+   them; ``limit`` (rows considered, across files) is cut here. Labels are never cached.
+2. The rows it yields that the cache does not hold are decoded and embedded: each file is cut
+   into units of ``batch_size`` rows (``iter_clips``'s ``read_batch_rows``); with
+   ``num_workers > 0`` the units are dealt to DataLoader workers
+   (``shard=combine_shards(...)``), which decode, resample and compute the mel features, while
+   this process runs the forward. One forward batch is the rows of one unit that need embedding,
+   whatever ``num_workers`` is: CLAP's output for a clip changes in the last bits with the batch
+   it sits in, and this keeps results bit-identical across worker counts.
+3. Outcomes (an embedding, a decode failure, a non-finite embedding) are put back in (file, row)
+   order; decode failures are counted in ``skips`` in that order.
+
+A file whose read fails part-way ("unreadable_file") cannot be judged by the label pass, which
+does not read the audio column, so it is read once more by a plain decoding ``iter_clips`` whose
+counts are the ones reported; the cache remembers that the file is damaged.
+
+Long recordings (``segmenting``, see ``data.audio.Segmenting``): a clip is decoded whole, cut into
+windows, and its embedding is the mean of its L2-normalised window embeddings, L2-normalised.
+Clips are then grouped so that a forward holds at most ``batch_size`` windows (a clip with more
+windows is forwarded alone, ``batch_size`` windows at a time); groups depend only on the unit, so
+results stay bit-identical across worker counts.
+
+Many machines (``embed_shard``, used by ``hyperbolic.distributed`` under torchrun): rank ``r`` of
+``R`` decodes and embeds only its units (unit ``u`` of the run's ``f``-th file goes to shard
+``(u + f) % (R * W)`` of ``combine_shards``, W workers per rank; the offset ``f`` spreads files
+of a single unit over the ranks) and writes its own cache chunks; a single-process
+``embed_clips`` afterwards finds them all.
+
+The parts, in the order a run meets them: ``ClipRun`` plans each file by its label pass and then
+settles the plans (computing, re-reading damaged files); ``_DecodeStream`` decodes the needed rows
+(here or in workers) into mel features; ``_Embedder`` runs the forward and records each outcome in
+the file's plan; ``_CacheWriter`` writes the outcomes to the cache in chunks; ``assemble`` puts the
+usable ones back in reading order and counts the others.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
+
+from data.audio import MAX_SAMPLES, Segmenting
+from data.audioset import Clip, ClipMeta, SkipLog, combine_shards, iter_clips
+from data.labels import LabelMatcher
+from hyperbolic.cache import AudioStore, EmbeddingCache, RowOutcome
+from hyperbolic.clap import audio_features
+
+log = logging.getLogger(__name__)
+
+NON_FINITE = "non_finite_embedding"
+CHUNK_ROWS = 512          # outcomes per cache chunk while a file is being embedded ...
+CHUNK_SECONDS = 120.0     # ... or fewer, when they come slowly: what an interruption can lose
+
+
+# ------------------------------------------------------------------ decoding (workers or not)
+
+
+def _unit_bounds(path: Path, unit_rows: int) -> list[tuple[int, int]]:
+    """[start, end) rows of each unit of ``iter_clips(read_batch_rows=unit_rows)``, in order."""
+    meta = pq.ParquetFile(path).metadata
+    bounds, row0 = [], 0
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        bounds += [(row0 + s, row0 + min(s + unit_rows, n)) for s in range(0, n, unit_rows)]
+        row0 += n
+    return bounds
+
+
+class _RecordingSkipLog(SkipLog):
+    """A SkipLog that also keeps each add, so a decoding read can report its skips row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, ClipMeta | None, str]] = []
+
+    def add(self, reason: str, meta: ClipMeta | None = None, *, file: str | None = None,
+            detail: str = "") -> None:
+        super().add(reason, meta, file=file, detail=detail)
+        self.events.append((reason, meta, detail))
+
+    def drain(self) -> list[tuple[str, ClipMeta | None, str]]:
+        events, self.events = self.events, []
+        return events
+
+
+@dataclass(frozen=True)
+class _DecodeJob:
+    index: int                 # the file's position in the run
+    path: Path
+    limit: int | None          # iter_clips limit for this file (what the run's limit leaves)
+    needed: frozenset[int]     # rows to decode and embed
+
+
+def _as_is(item):
+    return item
+
+
+def forward_threads(num_workers: int, current: int) -> int:
+    """Intra-op threads for the forward while ``num_workers`` processes decode: the cores they
+    leave (at least 1, at most ``current``). On 2 cores with 1 worker, 2 forward threads made the
+    pipeline half as fast (37 vs 18 clips/s, tiny CLAP): the threads wait on each other while the
+    worker holds a core. (On the CPUs tested, the forward's result does not depend on the thread
+    count; tests check that embeddings do not depend on the number of workers.)"""
+    if num_workers == 0:
+        return current
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(current, cores - num_workers))
+
+
+def _shard_of(unit: int, file_index: int, count: int) -> int:
+    """The shard (``combine_shards`` index, of ``count``) that unit ``unit`` of the run's
+    ``file_index``-th file belongs to. The offset by file spreads single-unit files over shards."""
+    return (unit + file_index) % count
+
+
+def _feature_batches(clips: list[Clip], *, feature_extractor, sampling_rate: int,
+                     segmenting: Segmenting | None, max_windows: int) -> Iterator[tuple]:
+    """``(rows, video_ids, features, windows per clip or None)`` for consecutive clips of one unit.
+
+    Without segmenting: one batch, one window per clip (``None``). With it: groups of whole clips
+    holding at most ``max_windows`` windows; a clip with more windows is a group of its own."""
+    if segmenting is None:
+        features = audio_features(feature_extractor, sampling_rate, [c.waveform for c in clips])
+        yield [c.meta.row for c in clips], [c.meta.video_id for c in clips], features, None
+        return
+    group: list[tuple[Clip, list[np.ndarray]]] = []
+
+    def flush():
+        windows = [w for _, ws in group for w in ws]
+        features = audio_features(feature_extractor, sampling_rate, windows)
+        return ([c.meta.row for c, _ in group], [c.meta.video_id for c, _ in group], features,
+                [len(ws) for _, ws in group])
+
+    for clip in clips:
+        windows = segmenting.windows(clip.waveform)
+        if group and sum(len(ws) for _, ws in group) + len(windows) > max_windows:
+            yield flush()
+            group = []
+        group.append((clip, windows))
+    if group:
+        yield flush()
+
+
+def _pooled_embeddings(clap, features: dict, counts: list[int], max_windows: int) -> torch.Tensor:
+    """Window features -> (len(counts), D): forwards of at most ``max_windows`` windows, then per
+    clip the mean of its L2-normalised window embeddings, L2-normalised."""
+    n = sum(counts)
+    parts = [clap.embed_features({k: v[i:i + max_windows] for k, v in features.items()})
+             for i in range(0, n, max_windows)]
+    windows = torch.cat(parts)
+    return F.normalize(torch.stack([w.mean(0) for w in windows.split(counts)]), dim=-1)
+
+
+class _DecodeStream(IterableDataset):
+    """Decode the needed rows of each job's file; yields plain tuples (picklable, no collation):
+
+    ("seconds", file, rows, seconds)  the recording lengths of the rows of the batches that follow
+    ("batch", file, rows, video_ids, features)  the needed rows of one unit, mel features ready
+    ("skip", file, row, video_id, reason, detail)  a needed row that could not be decoded
+    ("damaged", file, detail)   the read of the file failed part-way
+    ("done", file)              this worker has finished its share of the file
+    In a DataLoader worker it reads only its shard of units; in the main process, all of them.
+    """
+
+    def __init__(self, jobs: list[_DecodeJob], *, matcher: LabelMatcher, label_column: str | None,
+                 require_labels: bool, unit_rows: int, feature_extractor, sampling_rate: int,
+                 segmenting: Segmenting | None = None, rank: int = 0, world_size: int = 1):
+        self.jobs, self.matcher, self.label_column = jobs, matcher, label_column
+        self.require_labels, self.unit_rows = require_labels, unit_rows
+        self.feature_extractor, self.sampling_rate = feature_extractor, sampling_rate
+        self.segmenting, self.rank, self.world_size = segmenting, rank, world_size
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        shard = combine_shards(rank=self.rank, world_size=self.world_size, worker_id=worker, num_workers=workers)
+        for job in self.jobs:
+            yield from self._file(job, *shard)
+            yield ("done", job.index)
+
+    def _file(self, job: _DecodeJob, shard: int, count: int) -> Iterator[tuple]:
+        try:
+            bounds = _unit_bounds(job.path, self.unit_rows)
+        except (pa.ArrowException, OSError) as e:  # changed since the label pass: the plain read judges
+            yield ("damaged", job.index, f"cannot read the parquet footer: {e}")
+            return
+        starts = [b[0] for b in bounds]
+        mine = [b for u, b in enumerate(bounds) if _shard_of(u, job.index, count) == shard]
+        # iter_clips counts `limit` in this shard's rows, so pass the number of its rows below
+        # the file's limit: the shards together then consider exactly the unsharded rows.
+        limit = None if job.limit is None else sum(max(0, min(e, job.limit) - s) for s, e in mine)
+        skips = _RecordingSkipLog()
+        clips = iter_clips([job.path], matcher=self.matcher, skips=skips, label_column=self.label_column,
+                           limit=limit, decode=True, require_labels=self.require_labels,
+                           read_batch_rows=self.unit_rows, shard=((shard - job.index) % count, count),
+                           max_samples=None if self.segmenting is not None else MAX_SAMPLES)
+        pending: list[Clip] = []
+        for clip in clips:
+            yield from self._events(job, skips)
+            if clip.meta.row not in job.needed:
+                continue  # cached already: decoded for nothing, but not embedded again
+            unit = bisect.bisect_right(starts, clip.meta.row) - 1
+            if pending and bisect.bisect_right(starts, pending[0].meta.row) - 1 != unit:
+                yield from self._batches(job, pending)
+                pending = []
+            pending.append(clip)
+        yield from self._events(job, skips)
+        if pending:
+            yield from self._batches(job, pending)
+
+    def _events(self, job: _DecodeJob, skips: _RecordingSkipLog) -> Iterator[tuple]:
+        for reason, meta, detail in skips.drain():
+            if meta is None:
+                yield ("damaged", job.index, detail)
+            elif meta.row in job.needed:  # the label pass yielded it, so this is a decode failure
+                yield ("skip", job.index, meta.row, meta.video_id, reason, detail)
+
+    def _batches(self, job: _DecodeJob, clips: list[Clip]) -> Iterator[tuple]:
+        yield ("seconds", job.index, [c.meta.row for c in clips], [c.seconds for c in clips])
+        for batch in _feature_batches(clips, feature_extractor=self.feature_extractor,
+                                      sampling_rate=self.sampling_rate, segmenting=self.segmenting,
+                                      max_windows=self.unit_rows):
+            yield ("batch", job.index, *batch)
+
+
+
+# ------------------------------------------------------------------ one embed_clips call
+
+
+@dataclass
+class _FilePlan:
+    index: int
+    path: Path
+    limit: int | None                # iter_clips limit for this file
+    digest: str | None               # parquet sha256, with a cache
+    known: dict[int, RowOutcome]     # outcomes by row: cached or computed in this run
+    clips: list[Clip] = field(default_factory=list)  # the rows to be embedded, no waveforms
+    log: SkipLog = field(default_factory=SkipLog)    # this file's skips so far
+    considered: int = 0              # rows the read considered (yielded or skipped)
+    plain: bool = False              # clips/log come from a decoding read, not the label pass
+    damaged: bool = False            # a decoding read failed part-way
+    damaged_saved: bool = False      # ... and the cache knows it
+    computed: set[int] = field(default_factory=set)
+    seconds: dict[int, float] = field(default_factory=dict)  # decoded rows: recording length
+
+    def needed(self) -> list[int]:
+        return [c.meta.row for c in self.clips if c.meta.row not in self.known]
+
+
+@dataclass(frozen=True)
+class _RunArgs:
+    """What every read of one run shares: how rows are matched, cut into units and shared out."""
+
+    matcher: LabelMatcher
+    label_column: str | None
+    require_labels: bool
+    unit_rows: int                   # rows per unit: the run's batch_size
+    num_workers: int
+    segmenting: Segmenting | None = None
+    rank: int = 0
+    world_size: int = 1
+    keep: Callable[[ClipMeta], bool] | None = None
+
+    def kept(self, clips: list[Clip]) -> list[Clip]:
+        """The clips ``keep`` selects (all without it); the others are read and counted as
+        considered, never embedded or returned."""
+        return clips if self.keep is None else [c for c in clips if self.keep(c.meta)]
+
+    def needed_here(self, plan: _FilePlan) -> list[int]:
+        """The rows of ``plan`` still to embed that fall to this rank (all of them with one rank)."""
+        needed = plan.needed()
+        if self.world_size == 1 or not needed:
+            return needed
+        if plan.damaged:  # read whole by ClipRun._damaged_read, or left to the merge
+            return []
+        workers = max(1, self.num_workers)
+        count = self.world_size * workers
+        mine = {r for u, (start, end) in enumerate(_unit_bounds(plan.path, self.unit_rows))
+                if _shard_of(u, plan.index, count) // workers == self.rank for r in range(start, end)}
+        return [r for r in needed if r in mine]
+
+
+class _CacheWriter:
+    """Writes a run's outcomes to its ``AudioStore``, file by file: a chunk every ``CHUNK_ROWS``
+    outcomes or ``CHUNK_SECONDS``, and when the file is finished. A full or read-only disk should
+    not end hours of embedding: the first write that fails is logged, and from then on the run
+    goes on without the cache (``store`` is None)."""
+
+    def __init__(self, store: AudioStore | None, *, world_size: int):
+        self.store, self.world_size = store, world_size
+        self.unsaved: dict[int, list[RowOutcome]] = defaultdict(list)  # by file index
+        self.saved_at: dict[int, float] = {}
+
+    def add(self, plan: _FilePlan, outcome: RowOutcome) -> None:
+        if self.store is None:
+            return
+        self.unsaved[plan.index].append(outcome)
+        last = self.saved_at.setdefault(plan.index, time.monotonic())
+        if len(self.unsaved[plan.index]) >= CHUNK_ROWS or time.monotonic() - last > CHUNK_SECONDS:
+            self.save(plan)
+
+    def save(self, plan: _FilePlan, *, finished: bool = False) -> None:
+        if self.store is None:
+            return
+        outcomes = self.unsaved.pop(plan.index, [])
+        self.saved_at[plan.index] = time.monotonic()
+        news = plan.damaged and not plan.damaged_saved
+        try:
+            if outcomes or news:
+                self.store.write(plan.digest, outcomes, file_name=plan.path.name, damaged=plan.damaged)
+                plan.damaged_saved = plan.damaged
+            if finished and self.world_size == 1:  # with several ranks, the merge compacts
+                self.store.compact(plan.digest, file_name=plan.path.name)
+        except OSError as e:  # a full or read-only disk should not end hours of embedding
+            log.warning("cannot write the embedding cache (%s); going on without it", e)
+            self.store = None
+
+    def save_all(self, plans: list[_FilePlan]) -> None:
+        for index in list(self.unsaved):
+            self.save(plans[index])
+
+
+class _Embedder:
+    """Turns decoded clips into outcomes (an embedding, or the reason there is none) and records
+    them: in the file's plan, and through the writer in the cache."""
+
+    def __init__(self, clap, args: _RunArgs, writer: _CacheWriter):
+        self.clap, self.args, self.writer = clap, args, writer
+
+    def record(self, plan: _FilePlan, outcome: RowOutcome) -> None:
+        plan.known[outcome.row] = outcome
+        plan.computed.add(outcome.row)
+        self.writer.add(plan, outcome)
+
+    def forward(self, plan: _FilePlan, rows: list[int], video_ids: list[str], features: dict,
+                windows: list[int] | None = None) -> None:
+        if windows is None:  # one window per clip: the whole batch in one forward
+            emb = self.clap.embed_features(features)
+        else:
+            emb = _pooled_embeddings(self.clap, features, windows, self.args.unit_rows)
+        for row, video_id, e in zip(rows, video_ids, emb):
+            seconds = plan.seconds.get(row, float("nan"))
+            if torch.isfinite(e).all():
+                self.record(plan, RowOutcome(row, video_id, e.numpy(), seconds=seconds))
+            else:
+                self.record(plan, RowOutcome(row, video_id, None, NON_FINITE, seconds=seconds))
+
+    def embed(self, plan: _FilePlan, clips: list[Clip]) -> None:
+        """Embed decoded clips of one unit of ``plan``'s file, in this process."""
+        plan.seconds.update((c.meta.row, c.seconds) for c in clips)
+        for batch in _feature_batches(clips, feature_extractor=self.clap.processor.feature_extractor,
+                                      sampling_rate=self.clap.sampling_rate, segmenting=self.args.segmenting,
+                                      max_windows=self.args.unit_rows):
+            self.forward(plan, *batch)
+
+    def compute(self, plans: list[_FilePlan], progress: tqdm) -> None:
+        """Decode and embed the needed rows (of this rank) of every file planned from its label pass."""
+        jobs = [_DecodeJob(p.index, p.path, p.limit, frozenset(needed))
+                for p in plans if not p.plain and (needed := self.args.needed_here(p))]
+        if not jobs:
+            return
+        items = self._decoded(jobs)
+        workers = max(1, self.args.num_workers)
+        finished: dict[int, int] = defaultdict(int)
+        before = torch.get_num_threads()
+        torch.set_num_threads(forward_threads(self.args.num_workers, before))
+        try:
+            for item in items:
+                plan = plans[item[1]]
+                if item[0] != "done":
+                    self._take(plan, item, progress)
+                    continue
+                finished[plan.index] += 1
+                if finished[plan.index] == workers:
+                    self.writer.save(plan, finished=True)
+        finally:  # keep what was computed, so an interrupted run resumes from here
+            torch.set_num_threads(before)
+            del items
+            self.writer.save_all(plans)
+
+    def _decoded(self, jobs: list[_DecodeJob]) -> Iterator[tuple]:
+        """The items of a ``_DecodeStream`` over ``jobs``: read here, or by DataLoader workers."""
+        a = self.args
+        stream = _DecodeStream(jobs, matcher=a.matcher, label_column=a.label_column,
+                               require_labels=a.require_labels, unit_rows=a.unit_rows,
+                               feature_extractor=self.clap.processor.feature_extractor,
+                               sampling_rate=self.clap.sampling_rate, segmenting=a.segmenting, rank=a.rank,
+                               world_size=a.world_size)
+        return iter(stream) if a.num_workers == 0 else iter(DataLoader(
+            stream, batch_size=None, num_workers=a.num_workers, collate_fn=_as_is))
+
+    def _take(self, plan: _FilePlan, item: tuple, progress: tqdm) -> None:
+        """One ``_DecodeStream`` item other than "done" (see there)."""
+        kind = item[0]
+        if kind == "seconds":
+            plan.seconds.update(zip(item[2], item[3]))
+        elif kind == "batch":
+            self.forward(plan, *item[2:])
+            progress.update(len(item[2]))
+        elif kind == "skip":
+            _, _, row, video_id, reason, detail = item
+            self.record(plan, RowOutcome(row, video_id, None, reason, detail))
+            progress.update(1)
+        elif kind == "damaged":
+            plan.damaged = True
+
+
+def _plain_read(plan: _FilePlan, args: _RunArgs, embedder: _Embedder) -> None:
+    """Read the file with a decoding iter_clips, whose counts are then this file's; embed the
+    rows that no outcome covers. For files whose read fails part-way."""
+    skips, clips, pending = SkipLog(), [], []
+    bounds: list[tuple[int, int]] | None = None
+
+    def flush():
+        embedder.embed(plan, pending)
+        for c in pending:
+            c.waveform = None
+        pending.clear()
+
+    def unit(row):
+        return bisect.bisect_right(bounds, (row, float("inf"))) - 1
+
+    try:
+        for clip in iter_clips([plan.path], matcher=args.matcher, skips=skips,
+                               label_column=args.label_column, limit=plan.limit, decode=True,
+                               require_labels=args.require_labels, read_batch_rows=args.unit_rows,
+                               max_samples=None if args.segmenting is not None else MAX_SAMPLES):
+            clips.append(clip)
+            if args.keep is not None and not args.keep(clip.meta):
+                clip.waveform = None
+                continue
+            known = plan.known.get(clip.meta.row)
+            if known is not None and known.reason in ("", NON_FINITE) and known.video_id == clip.meta.video_id:
+                clip.waveform = None
+                continue
+            bounds = bounds or _unit_bounds(plan.path, args.unit_rows)
+            if pending and unit(pending[0].meta.row) != unit(clip.meta.row):
+                flush()
+            pending.append(clip)
+        if pending:
+            flush()
+    finally:
+        plan.damaged = plan.damaged or skips.count("unreadable_file") > 0
+        embedder.writer.save(plan, finished=True)
+    plan.clips, plan.log, plan.plain = args.kept(clips), skips, True
+    plan.considered = len(clips) + skips.rows_skipped()
+
+
+class ClipRun:
+    """One ``embed_clips`` or ``embed_shard`` call: a plan per file, made by its label pass, then
+    the outcomes of the planned rows, from the cache or computed."""
+
+    def __init__(self, clap, *, matcher: LabelMatcher, label_column: str | None, require_labels: bool,
+                 batch_size: int, num_workers: int, store: AudioStore | None, cache: EmbeddingCache | None,
+                 segmenting: Segmenting | None = None, rank: int = 0, world_size: int = 1,
+                 keep: Callable[[ClipMeta], bool] | None = None):
+        self.args = _RunArgs(matcher, label_column, require_labels, batch_size, num_workers, segmenting,
+                             rank, world_size, keep)
+        self.cache = cache
+        self.writer = _CacheWriter(store, world_size=world_size)
+        self.embedder = _Embedder(clap, self.args, self.writer)
+        self.plans: list[_FilePlan] = []
+
+    def plan(self, files: list[Path], start: int, remaining: int | None) -> None:
+        """Plans for files[start:], as far as the run's ``limit`` (``remaining`` rows) reaches."""
+        del self.plans[start:]
+        for index in tqdm(range(start, len(files)), desc="read labels", unit="file", leave=False):
+            if remaining is not None and remaining <= 0:
+                break
+            plan = self._label_pass(index, files[index], remaining)
+            self.plans.append(plan)
+            if remaining is not None:
+                remaining -= plan.considered
+
+    def _label_pass(self, index: int, path: Path, limit: int | None) -> _FilePlan:
+        digest, known, damaged = None, {}, False
+        store = self.writer.store  # None once a write has failed: the run goes on without the cache
+        if store is not None:
+            digest = self.cache.file_digest(path)
+            record = store.load(digest)
+            known, damaged = record.outcomes, record.damaged
+        plan = _FilePlan(index, path, limit, digest, known, damaged=damaged, damaged_saved=damaged)
+        if damaged:
+            self._damaged_read(plan)
+            return plan
+        skips, a = SkipLog(), self.args
+        clips = list(iter_clips([path], matcher=a.matcher, skips=skips, label_column=a.label_column,
+                                limit=limit, decode=False, require_labels=a.require_labels))
+        # A cached outcome counts only for the clip it was computed for.
+        byrow = {c.meta.row: c for c in clips}
+        plan.known = {r: o for r, o in known.items() if r in byrow and o.video_id == byrow[r].meta.video_id}
+        plan.clips, plan.log, plan.considered = a.kept(clips), skips, len(clips) + skips.rows_skipped()
+        if skips.count("unreadable_file"):
+            plan.damaged = True
+            self._damaged_read(plan)
+        return plan
+
+    def _damaged_read(self, plan: _FilePlan) -> None:
+        """A damaged file is read by one plain read: here, or (with several ranks) by the rank the
+        file falls to; the others leave it alone (the merge after them reads it if need be)."""
+        if plan.index % self.args.world_size == self.args.rank:
+            _plain_read(plan, self.args, self.embedder)
+        else:
+            plan.plain = True
+
+    def needed_here(self, plan: _FilePlan) -> list[int]:
+        """The rows of ``plan`` still to embed that fall to this rank (all of them with one rank)."""
+        return self.args.needed_here(plan)
+
+    def compute(self, progress: tqdm) -> None:
+        """Decode and embed the needed rows (of this rank) of every file planned from its label pass."""
+        self.embedder.compute(self.plans, progress)
+
+    def settle(self, files: list[Path], limit: int | None, progress: tqdm) -> None:
+        """Compute, then re-read the files found damaged; re-plan what follows one whose count of
+        rows considered changed (only matters with a limit)."""
+        while True:
+            self.compute(progress)
+            redo = next((p for p in self.plans if not p.plain and (p.damaged or p.needed())), None)
+            if redo is None:
+                return
+            before = redo.considered
+            _plain_read(redo, self.args, self.embedder)
+            if limit is not None and redo.considered != before:
+                used = sum(p.considered for p in self.plans[:redo.index + 1])
+                self.plan(files, redo.index + 1, limit - used)
+
+
+def assemble(plans: list[_FilePlan], skips: SkipLog) -> tuple[list[tuple[Clip, RowOutcome]], int, int]:
+    """The clips of a settled run that have an embedding, with their outcomes, in reading order
+    (files in order, rows in order), and the counts (reused from the cache, computed). The others
+    are counted in their file's skips, which go into ``skips`` file by file."""
+    used: list[tuple[Clip, RowOutcome]] = []
+    reused = computed = 0
+    for plan in plans:
+        for clip in plan.clips:
+            outcome = plan.known[clip.meta.row]
+            if outcome.reason:
+                plan.log.add(outcome.reason, clip.meta, detail=outcome.detail)
+                continue
+            computed += clip.meta.row in plan.computed
+            reused += clip.meta.row not in plan.computed
+            used.append((clip, outcome))
+        skips.merge(plan.log)
+    return used, reused, computed
