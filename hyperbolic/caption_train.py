@@ -29,14 +29,13 @@ import logging
 import numpy as np
 import torch
 
-from data.audio import segmenting_from
 from data.audioset import SkipLog
 from data.captions import read_captions
 from data.labels import LabelMatcher
 from hyperbolic.cache import EmbeddingCache
 from hyperbolic.captions import embed_texts, pair_captions
 from hyperbolic.config import TrainConfig
-from hyperbolic.embeddings import ClipEmbeddings, embed_clips, embed_prompts, prompts_for
+from hyperbolic.embeddings import ClipEmbeddings, embed_prompts, embed_run_clips, prompts_for
 from hyperbolic.entailment import entailment_loss
 from hyperbolic.objective import multi_positive_contrastive
 from hyperbolic.metrics import classification_metrics, retrieval_metrics
@@ -105,11 +104,9 @@ def caption_training_data(cfg: TrainConfig, clap, *, class_names: list[str], mat
     table = read_captions(cfg.parquet_dir, text_columns=list(cfg.text_column), clip_id_column=cfg.clip_id_column,
                           skips=skips, limit=cfg.num_samples)
     audio_skips = SkipLog()
-    clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher if mixing else LabelMatcher([]), skips=audio_skips,
-                        label_column=cfg.label_column if mixing else None, limit=cfg.num_samples,
-                        batch_size=cfg.embed_batch_size, require_labels=False, cache=cache,
-                        num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop),
-                        keep=table.keep)
+    clips = embed_run_clips(cfg, clap, cache, matcher=matcher if mixing else LabelMatcher([]), skips=audio_skips,
+                            label_column=cfg.label_column if mixing else None, require_labels=False,
+                            keep=table.keep)
     skips.merge(audio_skips)
     if len(clips) < 2:
         raise TrainingError(f"only {len(clips)} clips of {cfg.parquet_dir} have both readable audio and a caption "

@@ -20,13 +20,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.audio import CLIP_SECONDS, MAX_SAMPLES, TARGET_SR, Segmenting
+from data.audio import CLIP_SECONDS, MAX_SAMPLES, TARGET_SR, Segmenting, segmenting_from
 from data.audioset import Clip, ClipMeta, SkipLog, list_parquet_files
 from data.labels import LabelMatcher
 from hyperbolic.cache import EmbeddingCache, RowOutcome
 from hyperbolic.clap import FrozenClap, resolve_device
 from hyperbolic.extraction import ClipRun, assemble
-from hyperbolic.extraction import forward_threads  # noqa: F401  (part of this module's API)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +39,18 @@ def open_clap(cfg) -> FrozenClap:
 def open_cache(cfg) -> EmbeddingCache | None:
     """The embedding cache of a run's ``EmbeddingConfig`` (``--cache-dir``); None with ``--no-cache``."""
     return None if cfg.no_cache else EmbeddingCache(cfg.cache_dir)
+
+
+def embed_run_clips(cfg, clap, cache: EmbeddingCache | None, *, matcher: LabelMatcher, skips: SkipLog,
+                    label_column: str | None, require_labels: bool,
+                    keep: Callable[[ClipMeta], bool] | None = None) -> "ClipEmbeddings":
+    """``embed_clips`` of ``--parquet-dir`` with a run's flags (``--num-samples``,
+    ``--embed-batch-size``, ``--num-workers``, ``--segment``/``--hop``): where the scripts' flags
+    reach the embedding stage, for training and evaluation alike."""
+    return embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=label_column,
+                       limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=require_labels,
+                       cache=cache, num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop),
+                       keep=keep)
 
 
 @dataclass

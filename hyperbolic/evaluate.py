@@ -31,7 +31,8 @@ from data.class_list import FROM_DATA, resolve_class_names
 from data.errors import DatasetError
 from data.labels import LabelMatcher, load_class_ids
 from hyperbolic.config import EvalConfig
-from hyperbolic.embeddings import ClipEmbeddings, duration_report, embed_clips, embed_prompts, open_cache, open_clap, prompts_for
+from hyperbolic.embeddings import (ClipEmbeddings, duration_report, embed_prompts, embed_run_clips, open_cache, open_clap,
+                                   prompts_for)
 from hyperbolic.eval_files import save_scores, write_plots
 from hyperbolic.eval_hierarchy import HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
 from hyperbolic.metrics import (
@@ -177,9 +178,8 @@ class _Clips:
 def _read_clips(cfg: EvalConfig, clap, cache, class_names: list[str], hier: HierarchyContext | None) -> _Clips:
     matcher = LabelMatcher(class_names, load_class_ids(cfg.class_labels, class_names))
     skips = SkipLog()
-    clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
-                        limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=False,
-                        cache=cache, num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop))
+    clips = embed_run_clips(cfg, clap, cache, matcher=matcher, skips=skips, label_column=cfg.label_column,
+                            require_labels=False)
     if len(clips) == 0:
         raise DatasetError(f"no clip of {cfg.parquet_dir} could be read (skipped: {skips.describe(cfg.label_column)})")
     rows_read, rows_held = len(clips) + skips.rows_skipped(), count_rows(cfg.parquet_dir)[0]

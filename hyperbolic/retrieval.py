@@ -38,14 +38,13 @@ import numpy as np
 import torch
 from scipy.stats import hypergeom
 
-from data.audio import segmenting_from
 from data.audioset import SkipLog
 from data.captions import caption_counts, read_captions
 from data.errors import DatasetError
 from data.labels import LabelMatcher
 from hyperbolic.captions import embed_texts, pair_captions
 from hyperbolic.config import EvalConfig
-from hyperbolic.embeddings import embed_clips, open_cache, open_clap
+from hyperbolic.embeddings import embed_run_clips, open_cache, open_clap
 from hyperbolic.eval_files import save_caption_scores
 from hyperbolic.outputs import atomic_write_json, unique_path
 from hyperbolic.scoring import PLAIN_MODEL_NAME, build_models, model_info, usage_block
@@ -197,10 +196,8 @@ def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
     table = read_captions(cfg.parquet_dir, text_columns=list(cfg.text_column), clip_id_column=cfg.clip_id_column,
                           skips=skips, limit=cfg.num_samples)
     audio_skips = SkipLog()
-    clips = embed_clips(clap, cfg.parquet_dir, matcher=LabelMatcher([]), skips=audio_skips, label_column=None,
-                        limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=False, cache=cache,
-                        num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop),
-                        keep=table.keep)
+    clips = embed_run_clips(cfg, clap, cache, matcher=LabelMatcher([]), skips=audio_skips, label_column=None,
+                            require_labels=False, keep=table.keep)
     skips.merge(audio_skips)
     if len(clips) == 0:
         raise DatasetError(f"no clip of {cfg.parquet_dir} has both readable audio and a caption in "

@@ -32,8 +32,8 @@ from hyperbolic.embeddings import (
     PROMPT_NAME_RULE,
     ClipEmbeddings,
     duration_report,
-    embed_clips,
     embed_prompts,
+    embed_run_clips,
     open_cache,
     open_clap,
     prompts_for,
@@ -602,9 +602,8 @@ def _labelled_clips(cfg: TrainConfig, clap, cache, class_names: list[str], match
                     skips: SkipLog) -> tuple[ClipEmbeddings, list[int], dict]:
     """The clips with a known label, less those carrying a held-out class; the held-out class
     indices and the counts of clips dropped for them."""
-    clips = embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=cfg.label_column,
-                        limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=True,
-                        cache=cache, num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop))
+    clips = embed_run_clips(cfg, clap, cache, matcher=matcher, skips=skips, label_column=cfg.label_column,
+                            require_labels=True)
     present = sorted({k for row in clips.label_indices for k in row})
     holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.seed)
     clips, dropped = drop_holdout_clips(clips, holdout)

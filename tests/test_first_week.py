@@ -357,9 +357,9 @@ def test_swanlab_offline_logs_go_under_the_output_dir(tmp_path, tiny_clap_dir, d
 def test_missing_swanlab_fails_before_embedding(tmp_path, tiny_clap_dir, demo_train_dir, monkeypatch):
     import sys
 
-    import hyperbolic.train
+    import hyperbolic.embeddings
     monkeypatch.setitem(sys.modules, "swanlab", None)  # import swanlab -> ImportError
-    monkeypatch.setattr(hyperbolic.train, "embed_clips", lambda *a, **k: pytest.fail("embedded before the check"))
+    monkeypatch.setattr(hyperbolic.embeddings, "embed_clips", lambda *a, **k: pytest.fail("embedded before the check"))
     code, err = run_main(train_script, _train_argv(demo_train_dir, tiny_clap_dir, tmp_path / "run", "--use-swanlab"))
     assert code == 2
     assert "--use-swanlab needs the swanlab package" in err
