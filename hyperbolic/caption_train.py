@@ -36,8 +36,7 @@ from hyperbolic.cache import EmbeddingCache
 from hyperbolic.captions import embed_texts, pair_captions
 from hyperbolic.config import TrainConfig
 from hyperbolic.embeddings import ClipEmbeddings, embed_prompts, embed_run_clips, prompts_for
-from hyperbolic.entailment import entailment_loss
-from hyperbolic.objective import multi_positive_contrastive
+from hyperbolic.objective import caption_cone_term, multi_positive_contrastive
 from hyperbolic.metrics import classification_metrics, retrieval_metrics
 from hyperbolic.trainer import Trainer, TrainingError
 
@@ -55,16 +54,14 @@ class CaptionTrainer(Trainer):
         self.num_classes = num_classes
 
     def batch_loss(self, audio: torch.Tensor, labels: list[list[int]], first: list[int]) -> torch.Tensor:
+        """The contrastive objective (``Trainer.batch_loss``) plus, with ``--entailment-weight``,
+        the caption cone term (``hyperbolic.objective.caption_cone_term``)."""
         loss = super().batch_loss(audio, labels, first)
         if self.cfg.entailment_weight > 0:
-            pairs = [(i, k) for i, row in enumerate(labels) for k in row if k >= self.num_classes]
-            clip = torch.tensor([i for i, _ in pairs], dtype=torch.long)
-            text = torch.tensor([k for _, k in pairs], dtype=torch.long)
             c = self.geometry.c
-            general = self.projector(self.prompts[text], c=c)
-            specific = self.projector(audio[clip], c=c)
-            loss = loss + self.cfg.entailment_weight * entailment_loss(
-                general, specific, c=c, K=self.cfg.entailment_k)
+            loss = loss + self.cfg.entailment_weight * caption_cone_term(
+                audio, labels, prompts=self.prompts, project=lambda x: self.projector(x, c=c),
+                num_classes=self.num_classes, K=self.cfg.entailment_k, c=c)
         return loss
 
     @torch.no_grad()

@@ -6,6 +6,8 @@ with logits ``L = -d_c(audio, text) / tau`` (or cosine / tau) between the batch'
 and the projected prompts of its columns, ``P`` the clips' positives among those columns, and the
 cone term ``hyperbolic.entailment.EntailmentObjective.term`` (with ``--ontology`` and
 ``--entailment-weight > 0``). Each batch's audio and each prompt are projected once.
+Caption training (``--text-column``) adds ``caption_cone_term`` instead: each caption's cone holds
+its clip.
 
 Columns (``batch_columns``): the classes among the batch's labels (after ``--expand-ancestors``
 adds their ancestors), and with ``--negatives all-classes`` every seen class as well.
@@ -36,6 +38,8 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+from hyperbolic.entailment import entailment_loss
 
 if TYPE_CHECKING:  # annotations only
     from hyperbolic.entailment import EntailmentObjective
@@ -104,3 +108,17 @@ def batch_loss(a: torch.Tensor, labels: Sequence[Sequence[int]], first: Sequence
     if cone:
         loss = loss + entailment_weight * entailment.term(a, labels, rows, c=c)
     return loss
+
+
+def caption_cone_term(audio: torch.Tensor, labels: Sequence[Sequence[int]], *, prompts: torch.Tensor,
+                      project: Callable[[torch.Tensor], torch.Tensor], num_classes: int, K: float,
+                      c: torch.Tensor | float) -> torch.Tensor:
+    """Caption training's cone term: the mean violation of ``caption -> clip`` over the batch.
+
+    ``audio`` (B, D) the batch's CLAP embeddings, ``labels`` their text rows of ``prompts``: class
+    prompts are rows ``< num_classes`` and have no pair here, caption texts are the rows after.
+    Each (clip i, caption k of clip i) pair asks that clip i lie in caption k's cone."""
+    pairs = [(i, k) for i, row in enumerate(labels) for k in row if k >= num_classes]
+    clip = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+    text = torch.tensor([k for _, k in pairs], dtype=torch.long)
+    return entailment_loss(project(prompts[text]), project(audio[clip]), c=c, K=K)

@@ -66,3 +66,24 @@ def test_batch_projects_audio_once_and_prompts_once():
     t = trainer.projector(trainer.prompts[[row[0] for row in LABELS]], c=trainer.geometry.c)
     cone = loss - clip_contrastive(trainer.point_logits(a, t))
     assert cone.item() > 0
+
+
+def test_caption_cone_term_pairs_each_caption_with_its_own_clip_only():
+    """Closed form on the Poincare disk (c = 1, K = 0.1, projector = identity). Texts: row 0 a
+    class prompt, rows 1 and 2 captions, all at (0.5, 0). Clip 0 (labels: class 0, caption 1)
+    lies further out on the same ray: inside the cone, violation 0. Clip 1 (caption 2) lies at
+    (-0.5, 0): the geodesic from the caption to it runs back through the origin, so the angle is
+    pi and the violation pi - arcsin(K (1 - |x|^2) / |x|). The class pair (clip 0, row 0) is not
+    a caption pair and must not count, whatever its violation."""
+    import math
+
+    from hyperbolic.objective import caption_cone_term
+    prompts = torch.tensor([[0.5, 0.0], [0.5, 0.0], [0.5, 0.0]], dtype=torch.float64)
+    audio = torch.tensor([[0.7, 0.0], [-0.5, 0.0]], dtype=torch.float64)
+    term = caption_cone_term(audio, [[0, 1], [2]], prompts=prompts, project=lambda x: x, num_classes=1,
+                             K=0.1, c=1.0)
+    psi = math.asin(0.1 * (1 - 0.25) / 0.5)
+    assert term.item() == pytest.approx((0.0 + (math.pi - psi)) / 2, abs=1e-5)
+    # No caption in the batch: an empty mean is 0, not NaN.
+    assert caption_cone_term(audio, [[0], [0]], prompts=prompts, project=lambda x: x, num_classes=1,
+                             K=0.1, c=1.0).item() == 0.0
