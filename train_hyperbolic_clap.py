@@ -87,8 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def config_from_args(args: argparse.Namespace, argv=None) -> tuple[TrainConfig, list[float], list[float]]:
     """The run's configuration and sweep lists. With ``--resume``, the resumed run's settings with
-    the flags typed on this command line on top (``hyperbolic.train.resume_settings``)."""
-    from hyperbolic.train import TrainingError, resume_settings
+    the flags typed on this command line on top (``hyperbolic.run_folder.resume_settings``)."""
+    from hyperbolic.run_folder import resume_settings
+    from hyperbolic.trainer import TrainingError
     fields = TrainConfig.__dataclass_fields__
     if args.resume:
         typed = explicit_dests(build_parser(), sys.argv[1:] if argv is None else [str(a) for a in argv])

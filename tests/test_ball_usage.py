@@ -225,7 +225,7 @@ def test_resuming_a_run_from_before_the_new_recipe_keeps_its_clip_rule(tmp_path)
     """A run whose setup.json predates clip_mode/init_radius/negatives resumes with the rules it
     trained with (straight-through clip, Xavier scale, in-batch negatives), not today's defaults."""
     from hyperbolic.config import TrainConfig
-    from hyperbolic.train import resume_settings
+    from hyperbolic.run_folder import resume_settings
     config = TrainConfig(parquet_dir="data", learning_rate=1e-4, temperature=1.0, learn_temperature=False).to_dict()
     for key in ("clip_mode", "init_radius", "negatives"):
         config.pop(key)

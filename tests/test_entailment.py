@@ -29,6 +29,7 @@ from hyperbolic.entailment import (
 )
 from hyperbolic.ontology import Ontology
 from hyperbolic.trainer import Trainer
+from hyperbolic.training_data import TrainingData, split_indices
 from tests.helpers import random_ontology
 
 DTYPES = [torch.float32, torch.float64]
@@ -348,8 +349,8 @@ def _train(weight, clips, prompts, h, seed, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "batch_loss", batch_loss)
     cfg = TrainConfig(parquet_dir="unused", device="cpu", epochs=30, batch_size=16, learning_rate=2e-2,
                       lr_schedule="constant", temperature=0.1, seed=seed, output_dir=str(tmp_path / f"w{weight}"))
-    split = train_module.split_indices(len(clips), cfg.train_ratio, seed)
-    data = train_module.TrainingData(clips, prompts, split, seen=list(range(h.num_classes)))
+    split = split_indices(len(clips), cfg.train_ratio, seed)
+    data = TrainingData(clips, prompts, split, seen=list(range(h.num_classes)))
     train_module.fit(cfg, data, tmp_path / f"w{weight}")
     monkeypatch.undo()
     return trainers[-1]

@@ -1,0 +1,183 @@
+"""What training runs on, computed once per command: the clips' frozen CLAP embeddings (less
+held-out classes), the text embeddings they are contrasted with (class prompts, the ontology's
+abstract parents, or captions), the train/validation split, and the checks that the loss has
+something to contrast. Every (c, temperature) of a sweep trains on the same ``TrainingData``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from data.audio import segmenting_from
+from data.audioset import SkipLog
+from data.class_list import resolve_class_names
+from data.labels import LabelMatcher, load_class_ids
+from hyperbolic.caption_train import CaptionTrainer, caption_training_data
+from hyperbolic.config import TrainConfig
+from hyperbolic.embeddings import (PROMPT_NAME_RULE, ClipEmbeddings, duration_report, embed_prompts, embed_run_clips,
+                                   open_cache, open_clap, prompts_for)
+from hyperbolic.entailment import Hierarchy
+from hyperbolic.ontology import Ontology
+from hyperbolic.trainer import TrainingError
+
+log = logging.getLogger("hyperbolic.train")
+
+
+@dataclass
+class Split:
+    train: list[int]
+    val: list[int]
+
+
+def split_indices(n: int, train_ratio: float, seed: int) -> Split:
+    """Seeded permutation; the first ``round(n * train_ratio)`` clips train, the rest validate."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_train = int(round(n * train_ratio))
+    if n_train < 1 or n_train >= n:
+        raise TrainingError(
+            f"--train-ratio {train_ratio} splits {n} usable clips into {n_train} train and "
+            f"{n - n_train} validation clips; both need at least one (use more clips or another ratio)")
+    return Split(train=sorted(order[:n_train]), val=sorted(order[n_train:]))
+
+
+def choose_holdout(spec: str | None, class_names: list[str], present: list[int], seed: int) -> list[int]:
+    """``--holdout-classes``: a fraction of the classes present in the data (seeded), or a file
+    with one class name per line. Returns sorted class indices."""
+    if not spec:
+        return []
+    path = Path(spec)
+    if path.is_file():
+        index = {name.casefold(): i for i, name in enumerate(class_names)}
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        unknown = [n for n in names if n.casefold() not in index]
+        if unknown:
+            raise TrainingError(f"--holdout-classes {path}: not in the class list: {'; '.join(unknown[:5])}")
+        return sorted({index[n.casefold()] for n in names})
+    try:
+        fraction = float(spec)
+    except ValueError:
+        raise TrainingError(f"--holdout-classes must be a fraction in (0, 1) or an existing file (got {spec!r})")
+    if not 0 < fraction < 1:
+        raise TrainingError(f"--holdout-classes fraction must be in (0, 1) (got {fraction})")
+    count = int(round(fraction * len(present)))
+    if count < 1 or count >= len(present):
+        raise TrainingError(f"--holdout-classes {fraction} of the {len(present)} classes present holds out "
+                            f"{count}; need at least one held-out and one training class")
+    order = torch.randperm(len(present), generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(present[i] for i in order[:count])
+
+
+def drop_holdout_clips(clips: ClipEmbeddings, holdout: list[int]) -> tuple[ClipEmbeddings, dict]:
+    """Drop every clip that carries a held-out class, whatever its other labels.
+
+    Keeping such a clip under its other labels (a {Music, Guitar} clip trained as Music with
+    Guitar held out) would let held-out audio shape the projector, so the held-out classes
+    would not be unseen at evaluation. Returns the kept clips and the counts:
+    ``clips_dropped_holdout`` (every dropped clip) and ``clips_dropped_only_holdout_labels``
+    (those of them with no other label, the earlier key)."""
+    if not holdout:
+        return clips, {"clips_dropped_holdout": 0, "clips_dropped_only_holdout_labels": 0}
+    held = set(holdout)
+    keep = [i for i, row in enumerate(clips.label_indices) if not held.intersection(row)]
+    only = sum(1 for row in clips.label_indices if row and held.issuperset(row))
+    return clips.subset(keep), {"clips_dropped_holdout": len(clips) - len(keep),
+                                "clips_dropped_only_holdout_labels": only}
+
+
+@dataclass
+class TrainingData:
+    """What every run of a sweep trains on, computed once: the clips' CLAP embeddings, the text
+    embeddings they are contrasted with, and the split."""
+
+    clips: ClipEmbeddings
+    prompts: torch.Tensor                # (P, D): class prompts (+ the ontology's abstract parents), or caption texts
+    split: Split
+    seen: list[int] | None = None        # the class indices training may use; None: every class
+    hierarchy: Hierarchy | None = None   # --ontology: its pairs and label expansion
+    trainer_cls: Callable | None = None  # called like Trainer (captions: caption_train.CaptionTrainer)
+    extra: dict = field(default_factory=dict)  # run facts for setup.json
+
+
+def training_data(cfg: TrainConfig) -> TrainingData:
+    """Embed the clips and texts with the frozen CLAP (cached), keep held-out classes out, split,
+    and check that the loss has something to contrast."""
+    # Captions alone use no class list; with --label-column given too, its classes are mixed in.
+    class_names = (resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
+                                       limit=cfg.num_samples) if not cfg.text_column or cfg.caption_labels else [])
+    matcher = LabelMatcher(class_names, load_class_ids(cfg.class_labels, class_names))
+    clap, cache = open_clap(cfg), open_cache(cfg)
+    skips = SkipLog()
+    trainer_cls, caption_info = None, None
+    if cfg.text_column:  # captions are the texts: hyperbolic.caption_train
+        clips, prompts, caption_info = caption_training_data(cfg, clap, class_names=class_names, matcher=matcher,
+                                                             cache=cache, skips=skips)
+        trainer_cls = partial(CaptionTrainer, num_classes=len(class_names))
+        holdout, hierarchy = [], None
+        dropped = {"clips_dropped_holdout": 0, "clips_dropped_only_holdout_labels": 0}
+    else:
+        clips, holdout, dropped = _labelled_clips(cfg, clap, cache, class_names, matcher, skips)
+        hierarchy = _hierarchy(cfg, class_names)
+        prompt_names = class_names if hierarchy is None else list(hierarchy.prompt_names)
+        prompts = embed_prompts(clap, prompts_for(prompt_names, cfg.prompt_template), cache=cache)
+    split = split_indices(len(clips), cfg.train_ratio, cfg.seed)
+    if len(split.val) == 1 and cfg.select_metric == "val_mAP":
+        log.warning("--train-ratio %g leaves a single validation clip: average precision over one clip is 1.0 "
+                    "for any model, so val_mAP cannot tell epochs apart and the first epoch stays best; use more "
+                    "clips, a lower --train-ratio, or --select-metric val_loss", cfg.train_ratio)
+    seen = [k for k in range(len(class_names)) if k not in set(holdout)]
+    candidates = len(seen) if cfg.negatives == "all-classes" else len({k for row in clips.label_indices for k in row})
+    if cfg.text_pairing == "all-labels" and candidates < 2:
+        raise TrainingError(f"every clip's candidates are its own labels ({candidates} class in reach with "
+                            f"--negatives {cfg.negatives}), so the loss has no negative and nothing trains; "
+                            "use --negatives all-classes with a class list of several classes, or data with more classes")
+    extra = {"clap": {"path": str(clap.path), "embed_dim": clap.embed_dim},
+             "cache_dir": None if cache is None else str(cache.root),
+             "class_names": class_names, "prompt_label_rule": PROMPT_NAME_RULE,
+             "holdout_classes": [class_names[k] for k in holdout],
+             "data": {"clips": len(clips), "train_clips": len(split.train), "val_clips": len(split.val),
+                      **duration_report(clips, segmenting_from(cfg.segment, cfg.hop)),
+                      **dropped,
+                      "skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list()}}
+    if caption_info is not None:
+        extra.update(text_column=list(cfg.text_column), captions=caption_info)
+    if hierarchy is not None:
+        extra["hierarchy"] = {"ontology": cfg.ontology, "unmatched": list(hierarchy.unmatched),
+                              "extra_prompts": list(hierarchy.extra_names),
+                              "parent_child_pairs": int(hierarchy.parent_child.shape[0])}
+    log.info("%d clips (%d train / %d val), %d classes (%d held out)", len(clips), len(split.train),
+             len(split.val), len(class_names), len(holdout))
+    return TrainingData(clips, prompts, split, seen=seen, hierarchy=hierarchy, trainer_cls=trainer_cls, extra=extra)
+
+
+def _labelled_clips(cfg: TrainConfig, clap, cache, class_names: list[str], matcher: LabelMatcher,
+                    skips: SkipLog) -> tuple[ClipEmbeddings, list[int], dict]:
+    """The clips with a known label, less those carrying a held-out class; the held-out class
+    indices and the counts of clips dropped for them."""
+    clips = embed_run_clips(cfg, clap, cache, matcher=matcher, skips=skips, label_column=cfg.label_column,
+                            require_labels=True)
+    present = sorted({k for row in clips.label_indices for k in row})
+    holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.seed)
+    clips, dropped = drop_holdout_clips(clips, holdout)
+    if dropped["clips_dropped_holdout"]:
+        log.info("--holdout-classes: %d clips carry a held-out class and are left out of training and "
+                 "validation (%d of them had no other label)", dropped["clips_dropped_holdout"],
+                 dropped["clips_dropped_only_holdout_labels"])
+    if len(clips) < 2:
+        raise TrainingError(f"only {len(clips)} usable clips in {cfg.parquet_dir} "
+                            f"(skipped: {skips.describe(cfg.label_column)}); training needs at least 2")
+    return clips, holdout, dropped
+
+
+def _hierarchy(cfg: TrainConfig, class_names: list[str]) -> Hierarchy | None:
+    if not cfg.ontology:
+        return None
+    hierarchy = Hierarchy.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
+    if hierarchy.unmatched:
+        log.warning("%d of %d classes match no node of --ontology %s (first: %s)", len(hierarchy.unmatched),
+                    len(class_names), cfg.ontology, "; ".join(hierarchy.unmatched[:5]))
+    return hierarchy
