@@ -170,7 +170,6 @@ def list_parquet_files(folder: str | Path) -> list[Path]:
     return files
 
 
-
 def open_parquet_files(folder: str | Path):
     """``(path, pyarrow.parquet.ParquetFile)`` for each file of ``list_parquet_files(folder)`` whose
     footer can be read; an unreadable file is passed over here (the audio pass counts it as a skip)."""

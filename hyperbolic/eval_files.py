@@ -13,6 +13,12 @@ from hyperbolic.outputs import atomic_write_bytes, unique_path
 from hyperbolic.scoring import ScoringModel
 
 
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def save_scores(path: Path, score_sets: dict[str, np.ndarray], targets: np.ndarray, labelled: np.ndarray,
                 class_names: list[str], clips) -> Path:
     """Write the npz: ``scores_<name>`` (N, C) float32 per model, ``model_names``, ``targets``
@@ -24,9 +30,7 @@ def save_scores(path: Path, score_sets: dict[str, np.ndarray], targets: np.ndarr
                   clip_file=np.array([m.file for m in clips.metas], dtype=str),
                   clip_row=np.array([m.row for m in clips.metas], dtype=np.int64),
                   clip_video_id=np.array([m.video_id for m in clips.metas], dtype=str))
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return _write_npz(path, arrays)
 
 
 PLOT_CLIPS_MAX = 5000  # clips drawn (faintly) on the disk: the first ones, enough to see where they sit
@@ -74,6 +78,4 @@ def save_caption_scores(path: Path, score_sets: dict[str, np.ndarray], pairs, cl
                   captions=np.array(pairs.captions, dtype=str), clip_id=np.array(pairs.clip_ids, dtype=str),
                   clip_file=np.array([m.file for m in clips.metas], dtype=str),
                   clip_row=np.array([m.row for m in clips.metas], dtype=np.int64))
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return _write_npz(path, arrays)

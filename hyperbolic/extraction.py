@@ -243,7 +243,6 @@ class _DecodeStream(IterableDataset):
             yield ("batch", job.index, *batch)
 
 
-
 # ------------------------------------------------------------------ one embed_clips call
 
 

@@ -21,7 +21,6 @@ TABLE_KEYS = ("mAP", "mAUC", "d_prime", "mAP_per_clip", "acc@1", "acc@3", "acc@5
               "t2a_R@10", "t2a_mAP@10", "a2t_R@1", "a2t_R@5", "a2t_R@10", "valid_samples", "total_samples")
 
 
-
 def _fmt(value) -> str:
     if value is None:
         return "-"
