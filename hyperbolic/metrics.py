@@ -100,14 +100,14 @@ def _none_if_not_finite(x: float | None) -> float | None:
 
 # ----------------------------------------------------------------------- ranking helpers
 
-def _first_hit_rank(s: np.ndarray, t: np.ndarray) -> np.ndarray:
+def first_hit_rank(s: np.ndarray, t: np.ndarray) -> np.ndarray:
     """0-based position, in each row's stable descending ranking, of the first true entry.
 
     The first true entry in ``np.argsort(-row, kind="stable")`` is the true entry with the
     highest score, the lowest index among ties; its position is the number of entries
     scoring higher plus the number tied with it at a lower index. Every row needs a true
-    entry. Returns ``(R,)`` int. (Caption retrieval, ``hyperbolic.retrieval``, ranks with it;
-    the class metrics here take ties at their expected value, ``_expected_hit``.)
+    entry. Returns ``(R,)`` int. (Caption retrieval's t2a mAP@10, ``hyperbolic.retrieval``, ranks
+    with it; acc@k and R@k take ties at their expected value, ``expected_hits``.)
     """
     best = np.where(t, s, -np.inf).max(axis=1)
     at_best = s == best[:, None]
@@ -117,7 +117,7 @@ def _first_hit_rank(s: np.ndarray, t: np.ndarray) -> np.ndarray:
     return above + tied_before
 
 
-def _expected_hit(s: np.ndarray, t: np.ndarray, ks: Sequence[int]) -> dict[int, np.ndarray]:
+def expected_hits(s: np.ndarray, t: np.ndarray, ks: Sequence[int]) -> dict[int, np.ndarray]:
     """Per row, the probability that a true entry is among the top k when every tie is ordered
     uniformly at random; ``{k: (R,) float}``. Every row needs a true entry.
 
@@ -204,6 +204,23 @@ def _topk_order(s: np.ndarray, k: int) -> np.ndarray:
     rows, cols = np.nonzero(mask)
     order = np.lexsort((cols, -s[rows, cols], rows))
     return cols[order].reshape(s.shape[0], min(k, s.shape[1]))
+
+
+AP_ROWS = 1024  # rows ranked at a time by ap_at_k: bounds its memory at AP_ROWS x M per array
+
+
+def ap_at_k(s: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
+    """Per row, ``AP@k = (1 / min(k, #true)) * sum_{i<=k} P@i * rel_i`` under the stable
+    ranking (ties to the lower index): ``rel_i`` says whether the entry at rank i is true and
+    ``P@i`` is the fraction true in the top i. Every row needs a true entry. Returns ``(R,)``."""
+    out = []
+    for a in range(0, s.shape[0], AP_ROWS):
+        rows_s, rows_t = s[a:a + AP_ROWS], t[a:a + AP_ROWS]
+        top = _topk_order(rows_s, k)  # (rows, min(k, M))
+        rel = np.take_along_axis(rows_t, top, axis=1)
+        precision_at = np.cumsum(rel, axis=1) / np.arange(1, top.shape[1] + 1)
+        out.append((precision_at * rel).sum(axis=1) / np.minimum(k, rows_t.sum(axis=1)))
+    return np.concatenate(out) if out else np.empty(0)
 
 
 # ---------------------------------------------------------------------------- AP and AUC
@@ -302,7 +319,7 @@ def classification_metrics(scores, targets, *, ks: Sequence[int] = (1, 3, 5, 10)
     n, c = s.shape
     out: dict = {}
 
-    for k, hit in _expected_hit(s, t, ks).items():
+    for k, hit in expected_hits(s, t, ks).items():
         out[f"acc@{k}"] = float(np.mean(hit))
 
     ap, auc, positives = _per_class_ap_auc(s, t)
@@ -376,16 +393,12 @@ def retrieval_metrics(scores, targets, *, ks: Sequence[int] = (1, 5, 10), map_k:
     t_q = np.ascontiguousarray(t[:, queries].T)
     out: dict = {}
 
-    for k, hit in _expected_hit(s_q, t_q, ks).items():
+    for k, hit in expected_hits(s_q, t_q, ks).items():
         out[f"t2a_R@{k}"] = float(np.mean(hit))
 
-    top = _topk_order(s_q, map_k)  # (Q, min(map_k, N))
-    rel = np.take_along_axis(t_q, top, axis=1)
-    precision_at = np.cumsum(rel, axis=1) / np.arange(1, top.shape[1] + 1)
-    ap = (precision_at * rel).sum(axis=1) / np.minimum(map_k, t_q.sum(axis=1))
-    out[f"t2a_mAP@{map_k}"] = float(np.mean(ap))
+    out[f"t2a_mAP@{map_k}"] = float(np.mean(ap_at_k(s_q, t_q, map_k)))
 
-    for k, hit in _expected_hit(s, t, ks).items():
+    for k, hit in expected_hits(s, t, ks).items():
         out[f"a2t_R@{k}"] = float(np.mean(hit))
     out["t2a_num_queries"] = int(queries.size)
     out["a2t_num_queries"] = int(s.shape[0])
@@ -416,7 +429,7 @@ def bootstrap_samples(scores, targets, *, n: int, seed: int) -> dict[str, np.nda
     if int(n) < 1:
         raise ValueError(f"n must be >= 1 (got {n})")
     num_clips = s.shape[0]
-    hit1 = _expected_hit(s, t, (1,))[1]
+    hit1 = expected_hits(s, t, (1,))[1]
 
     # Per class, fixed across resamples: clip order by ascending score, and for each
     # positive its count of clips (and of positives) scoring strictly lower.

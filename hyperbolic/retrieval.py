@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import hypergeom
 
 from data.audioset import SkipLog
 from data.captions import caption_counts, read_captions
@@ -46,6 +45,7 @@ from hyperbolic.captions import embed_texts, pair_captions
 from hyperbolic.config import EvalConfig
 from hyperbolic.embeddings import embed_run_clips, open_cache, open_clap
 from hyperbolic.eval_files import save_caption_scores
+from hyperbolic.metrics import ap_at_k, expected_hits, first_hit_rank
 from hyperbolic.outputs import atomic_write_json, unique_path
 from hyperbolic.scoring import PLAIN_MODEL_NAME, build_models, model_info, usage_block
 
@@ -83,53 +83,24 @@ def _check(scores, caption_clip) -> tuple[np.ndarray, np.ndarray]:
     return s, owner
 
 
-def _stable_top(s: np.ndarray, k: int, rows: int = 1024) -> np.ndarray:
-    """``(N, min(k, M))`` column indices of each row's top k, best first, ties to the lower index
-    (``np.argsort(-s, kind="stable")[:, :k]``, a block of rows at a time to bound memory)."""
-    k = min(k, s.shape[1])
-    return np.concatenate([np.argsort(-s[a:a + rows], axis=1, kind="stable")[:, :k]
-                           for a in range(0, s.shape[0], rows)])
-
-
-def _expected_hits(above: np.ndarray, group: np.ndarray, relevant_in_group: np.ndarray, k: int) -> np.ndarray:
-    """P(a relevant item in the top k) when ties are ordered uniformly at random: ``above``
-    items score higher than the best relevant one, ``group`` items tie with it, of which
-    ``relevant_in_group`` are relevant; the group fills ``k - above`` places (hypergeometric)."""
-    places = np.clip(k - above, 0, group)
-    hit = 1.0 - hypergeom.pmf(0, group, relevant_in_group, places)
-    return np.where(places > 0, hit, 0.0)
-
-
 def per_query(scores, caption_clip) -> dict[str, np.ndarray]:
     """Per-query values whose means are the metrics: ``t2a_*`` (M,), one per caption, and
-    ``a2t_*`` (N,), one per clip (expected hits in [0, 1], AP@10 values)."""
+    ``a2t_*`` (N,), one per clip (expected hits in [0, 1], AP@10 values). The ranking rules are
+    ``hyperbolic.metrics``': ``expected_hits``, ``first_hit_rank``, ``ap_at_k``."""
     s, owner = _check(scores, caption_clip)
     n, m = s.shape
-    cols = np.arange(m)
-    out: dict[str, np.ndarray] = {}
-    # text -> audio: the caption's own clip against the others, per column
-    own = s[owner, cols]
-    above = np.count_nonzero(s > own, axis=0)
-    tied = s == own
-    for k in KS:
-        out[f"t2a_R@{k}"] = _expected_hits(above, np.count_nonzero(tied, axis=0), np.ones(m, dtype=np.int64), k)
-    tied_before = np.count_nonzero(tied & (np.arange(n)[:, None] < owner), axis=0)
-    rank = above + tied_before + 1  # stable rank of the own clip, 1-based
-    out[f"t2a_mAP@{MAP_K}"] = np.where(rank <= MAP_K, 1.0 / rank, 0.0)
-    # audio -> text: per row, the clip's best-scoring caption and the tie group around it
     relevant = np.zeros((n, m), dtype=bool)
-    relevant[owner, cols] = True
-    best = np.where(relevant, s, -np.inf).max(axis=1)
-    above = np.count_nonzero(s > best[:, None], axis=1)
-    tied = s == best[:, None]
-    group, in_group = np.count_nonzero(tied, axis=1), np.count_nonzero(tied & relevant, axis=1)
-    for k in KS:
-        out[f"a2t_R@{k}"] = _expected_hits(above, group, in_group, k)
-    top = _stable_top(s, MAP_K)
-    rel = np.take_along_axis(relevant, top, axis=1)
-    precision_at = np.cumsum(rel, axis=1) / np.arange(1, top.shape[1] + 1)
-    n_rel = np.bincount(owner, minlength=n)
-    out[f"a2t_mAP@{MAP_K}"] = (precision_at * rel).sum(axis=1) / np.minimum(MAP_K, n_rel)
+    relevant[owner, np.arange(m)] = True
+    out: dict[str, np.ndarray] = {}
+    # text -> audio: a caption is a row of the transposed matrix; its one relevant clip is its own,
+    # so its AP@10 is 1/rank of that clip (0 beyond rank 10)
+    s_t, relevant_t = s.T, relevant.T
+    out.update({f"t2a_R@{k}": hit for k, hit in expected_hits(s_t, relevant_t, KS).items()})
+    rank = first_hit_rank(s_t, relevant_t) + 1
+    out[f"t2a_mAP@{MAP_K}"] = np.where(rank <= MAP_K, 1.0 / rank, 0.0)
+    # audio -> text: a clip ranks every caption; its relevant ones are all of its own
+    out.update({f"a2t_R@{k}": hit for k, hit in expected_hits(s, relevant, KS).items()})
+    out[f"a2t_mAP@{MAP_K}"] = ap_at_k(s, relevant, MAP_K)
     return out
 
 
