@@ -1,16 +1,39 @@
-"""The files an evaluation writes beside its results JSON, when asked: the score matrices
-(``--save-scores``: one npz layout for class labels, one for captions) and the PNGs (``--plots``).
-Every file is new: ``hyperbolic.outputs.unique_path`` never overwrites one."""
+"""The files an evaluation writes: the results JSON (its default name and its two layouts, for
+classification and caption retrieval alike) and, when asked, the score matrices (``--save-scores``:
+one npz layout for class labels, one for captions) and the PNGs (``--plots``). Every file is new:
+``hyperbolic.outputs.unique_path`` never overwrites one."""
 
 from __future__ import annotations
 
 import io
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from hyperbolic.outputs import atomic_write_bytes, unique_path
+from hyperbolic.outputs import atomic_write_bytes, atomic_write_json, unique_path
 from hyperbolic.scoring import ScoringModel
+
+
+def results_path(cfg) -> Path:
+    """``--output-json``, else ``<result_dir>/clap_modelscope_results_<time>.json``; a name that
+    exists already gets a suffix (``unique_path``)."""
+    return unique_path(cfg.output_json or Path(cfg.result_dir) /
+                       f"clap_modelscope_results_{datetime.now().strftime('%Y%m%d_%H%M%S')}.json")
+
+
+def write_results(path: Path, test_info: dict, blocks: dict[str, dict], summary_keys: tuple[str, ...],
+                  rest: dict) -> dict:
+    """Write and return the results JSON. One model: its block's keys beside ``test_info`` (the
+    earlier scripts' single-model layout); several: ``summary`` (``summary_keys`` of each block's
+    metrics) and ``models`` (the blocks by name). ``rest`` (data quality, ontology) follows."""
+    if len(blocks) == 1:
+        results = {"test_info": test_info, **next(iter(blocks.values())), **rest}
+    else:
+        summary = {name: {k: (b["metrics"] or {}).get(k) for k in summary_keys} for name, b in blocks.items()}
+        results = {"test_info": test_info, "summary": summary, "models": blocks, **rest}
+    atomic_write_json(path, results)
+    return results
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:

@@ -33,7 +33,7 @@ from data.labels import LabelMatcher, load_class_ids
 from hyperbolic.config import EvalConfig
 from hyperbolic.embeddings import (ClipEmbeddings, duration_report, embed_prompts, embed_run_clips, open_cache, open_clap,
                                    prompts_for)
-from hyperbolic.eval_files import save_scores, write_plots
+from hyperbolic.eval_files import results_path, save_scores, write_plots, write_results
 from hyperbolic.eval_hierarchy import HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
 from hyperbolic.metrics import (
     bootstrap_ci,
@@ -45,9 +45,9 @@ from hyperbolic.metrics import (
     retrieval_metrics,
 )
 from hyperbolic.ontology import Ontology
-from hyperbolic.outputs import atomic_write_json, unique_path
+from hyperbolic.outputs import unique_path
 from hyperbolic.retrieval import evaluate_captions
-from hyperbolic.scoring import PLAIN_MODEL_NAME, ScoringModel, build_models, model_info, usage_block
+from hyperbolic.scoring import PLAIN_MODEL_NAME, ScoringModel, build_models, model_info, similarity_stats, usage_block
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +253,7 @@ def _score_model(model: ScoringModel, data: _Clips, prompts: _PromptEmbeddings, 
                                     cone_block(model, prompt_pts, labelled_pts, data.clip_labels, hier))
     block = {
         "model_info": model_info(model, model_path),
-        "similarity_stats": {"min": float(scores.min()), "max": float(scores.max()),
-                             "mean": float(scores.mean()), "std": float(scores.std())},
+        "similarity_stats": similarity_stats(scores),
         "metrics": metrics,
         "metrics_by_split": _holdout_metrics(model, s, t, class_names, cfg, data.rows_read) if metrics else None,
         "bootstrap": None,
@@ -348,20 +347,13 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     blocks = {name: r.block for name, r in scored.items()}
     _paired_with_plain(blocks, {name: r.boot_samples for name, r in scored.items() if r.boot_samples is not None})
 
-    path = unique_path(cfg.output_json or Path(cfg.result_dir) /
-                       f"clap_modelscope_results_{datetime.now().strftime('%Y%m%d_%H%M%S')}.json")
+    path = results_path(cfg)
     scores_file, comparison_plot = _write_files(cfg, path, models, scored, data, class_names, hier)
     test_info = _test_info(cfg, clap, cache, class_names, models, data, scores_file, comparison_plot)
     data_quality = {"skipped": data.skips.to_dict(), "unknown_labels": data.skips.unknown_labels_list(),
                     "excluded_from_metrics": _excluded(data.clips, data.labelled)}
     extra = {"ontology": hier.summary(cfg.ontology)} if hier is not None else {}
-    if len(models) == 1:
-        results = {"test_info": test_info, **next(iter(blocks.values())), **extra, **data_quality}
-    else:
-        summary = {name: {k: (b["metrics"] or {}).get(k) for k in SUMMARY_KEYS} for name, b in blocks.items()}
-        results = {"test_info": test_info, "summary": summary, "models": blocks, **extra, **data_quality}
-    atomic_write_json(path, results)
-    return results, path
+    return write_results(path, test_info, blocks, SUMMARY_KEYS, {**extra, **data_quality}), path
 
 
 SUMMARY_KEYS = ("mAP", "mAUC", "d_prime", "map", "mAP_per_clip", "acc@1", "acc@5", "f1_micro", "f1_macro",

@@ -44,10 +44,10 @@ from data.labels import LabelMatcher
 from hyperbolic.captions import embed_texts, pair_captions
 from hyperbolic.config import EvalConfig
 from hyperbolic.embeddings import embed_run_clips, open_cache, open_clap
-from hyperbolic.eval_files import save_caption_scores
+from hyperbolic.eval_files import results_path, save_caption_scores, write_results
 from hyperbolic.metrics import ap_at_k, expected_hits, first_hit_rank
-from hyperbolic.outputs import atomic_write_json, unique_path
-from hyperbolic.scoring import PLAIN_MODEL_NAME, build_models, model_info, usage_block
+from hyperbolic.outputs import unique_path
+from hyperbolic.scoring import PLAIN_MODEL_NAME, build_models, model_info, similarity_stats, usage_block
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,7 @@ def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
         info["text"] = "captions as written (no prompt template)"
         blocks[model.name] = {
             "model_info": info,
-            "similarity_stats": {"min": float(scores.min()), "max": float(scores.max()),
-                                 "mean": float(scores.mean()), "std": float(scores.std())},
+            "similarity_stats": similarity_stats(scores),
             "metrics": caption_retrieval_metrics(scores, pairs.caption_clip),
             "bootstrap": None,
             # hyperbolic models: radii of clips and captions, each clip's caption ranking vs cosine
@@ -197,15 +196,13 @@ def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
         for name, block in bootstrap_retrieval(score_sets, pairs.caption_clip, n=cfg.bootstrap,
                                                seed=cfg.bootstrap_seed).items():
             blocks[name]["bootstrap"] = block
-    path = unique_path(cfg.output_json or Path(cfg.result_dir) /
-                       f"clap_modelscope_results_{datetime.now().strftime('%Y%m%d_%H%M%S')}.json")
+    path = results_path(cfg)
     scores_file = (save_caption_scores(unique_path(cfg.save_scores), score_sets, pairs, clips)
                    if cfg.save_scores else None)
     lost = sum(len(c.captions) for c in table.clips.values()) - len(pairs.captions)
-    layout = "single" if len(models) == 1 else "comparison"
     test_info = {"timestamp": datetime.now().isoformat(), "task": "retrieval", "parquet_dir": str(cfg.parquet_dir),
                  "num_samples": cfg.num_samples, "device": str(clap.device), "model_path": str(clap.path),
-                 "layout": layout, "models": [m.name for m in models], **table.summary(),
+                 "layout": "single" if len(models) == 1 else "comparison", "models": [m.name for m in models], **table.summary(),
                  "captions_per_clip": {str(k): v for k, v in sorted(caption_counts(table).items())},
                  "clips_read": table.rows_read, "clips_embedded": len(clips),
                  "captions_evaluated": len(pairs.captions), "distinct_caption_texts": len(pairs.texts),
@@ -214,11 +211,4 @@ def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
                  "bootstrap_seed": cfg.bootstrap_seed if cfg.bootstrap else None,
                  "scores_file": None if scores_file is None else str(scores_file),
                  "cache_dir": None if cache is None else str(cache.root)}
-    data_quality = {"skipped": skips.to_dict()}
-    if layout == "single":
-        results = {"test_info": test_info, **next(iter(blocks.values())), **data_quality}
-    else:
-        summary = {name: {k: b["metrics"][k] for k in METRIC_KEYS} for name, b in blocks.items()}
-        results = {"test_info": test_info, "summary": summary, "models": blocks, **data_quality}
-    atomic_write_json(path, results)
-    return results, path
+    return write_results(path, test_info, blocks, METRIC_KEYS, {"skipped": skips.to_dict()}), path

@@ -3,8 +3,8 @@
 A ``ScoringModel`` is plain CLAP (cosine of the unit embeddings) or a trained projector with its
 geometry, c and temperature, read from a checkpoint (``load_projection``; the file format is
 ``hyperbolic.checkpoint``'s). ``build_models`` turns ``--projection-checkpoint`` into the models
-of a run (``plan_models``); ``model_info`` and ``usage_block`` are the per-model parts of a
-results block that classification (``hyperbolic.evaluate``) and caption retrieval
+of a run (``plan_models``); ``model_info``, ``similarity_stats`` and ``usage_block`` are the
+per-model parts of a results block that classification (``hyperbolic.evaluate``) and caption retrieval
 (``hyperbolic.retrieval``) share.
 
 Which models run (``plan_models``):
@@ -214,6 +214,12 @@ def build_models(cfg: EvalConfig, embed_dim: int) -> list[ScoringModel]:
                                       legacy_distance=cfg.legacy_distance,
                                       prompt_template_flag=cfg.prompt_template, name=name))
     return models
+
+
+def similarity_stats(scores: np.ndarray) -> dict:
+    """min, max, mean and std of a model's whole score matrix (every clip, every text)."""
+    return {"min": float(scores.min()), "max": float(scores.max()),
+            "mean": float(scores.mean()), "std": float(scores.std())}
 
 
 def usage_block(model: ScoringModel, audio_pts, text_pts, scores) -> dict | None:
