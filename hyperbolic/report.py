@@ -21,7 +21,7 @@ from pathlib import Path
 
 from hyperbolic.outputs import atomic_write_bytes
 
-PLAIN = "clap_cosine"
+PLAIN = "clap_cosine"  # hyperbolic.scoring.PLAIN_MODEL_NAME; not imported, so the report needs no torch
 HEADLINE = {"classification": ("mAP", "acc@1"),
             "retrieval": ("t2a_R@1", "t2a_R@10", "a2t_R@1", "a2t_R@10")}
 METRIC_COLUMNS = ("mAP", "acc@1", "t2a_R@1", "t2a_R@10", "a2t_R@1", "a2t_R@10")
@@ -49,7 +49,7 @@ def _number(x) -> str:
     return str(x)
 
 
-def _diff(entry) -> str | None:
+def format_diff(entry) -> str | None:
     """``{diff, low, high}`` -> ``+0.0123 [-0.0010, +0.0250]``; None when the entry is not one."""
     if not isinstance(entry, dict) or not all(isinstance(entry.get(k), (int, float)) for k in ("diff", "low", "high")):
         return None
@@ -70,7 +70,9 @@ def _sphere(part) -> float | None:
     return value if isinstance(value, (int, float)) else None
 
 
-def _blocks(results: dict) -> dict[str, dict]:
+def model_blocks(results: dict) -> dict[str, dict]:
+    """The model blocks of a results file by name: ``models`` of a comparison, or the file
+    itself under its model's name (single-model layout, the earlier scripts' files too)."""
     if isinstance(results.get("models"), dict):
         return results["models"]
     info = results.get("model_info") or {}
@@ -96,7 +98,7 @@ def read_results(path: Path, report: Report) -> None:
         return
     dataset = results["test_info"].get("parquet_dir", "-")
     lacks: list[str] = []
-    for name, block in _blocks(results).items():
+    for name, block in model_blocks(results).items():
         if not isinstance(block, dict):
             lacks.append(f"model {name}: not a model block")
             continue
@@ -118,7 +120,7 @@ def read_results(path: Path, report: Report) -> None:
                   if isinstance(block.get("bootstrap"), dict) else None)
             if isinstance(vs, dict):
                 for key in DIFF_KEYS[task]:
-                    row[f"d_{key}"] = _diff(vs.get(key)) or "-"
+                    row[f"d_{key}"] = format_diff(vs.get(key)) or "-"
             elif metrics:
                 lacks.append(f"model {name}: no bootstrap.vs_clap_cosine (paired difference to plain CLAP; "
                              "evaluate it beside plain CLAP with --bootstrap N)")

@@ -5,6 +5,7 @@ only read what the results JSON (or the sweep) already holds."""
 from __future__ import annotations
 
 from hyperbolic.eval_hierarchy import HIER_K
+from hyperbolic.report import format_diff, model_blocks
 from hyperbolic.retrieval import METRIC_KEYS
 from hyperbolic.scoring import PLAIN_MODEL_NAME
 
@@ -27,15 +28,9 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _fmt_diff(d: dict | None) -> str:
-    """A paired difference as ``+0.1234 [+0.0800, +0.1600]``."""
-    return "-" if not d else f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-
-
 def format_metrics_table(results: dict) -> str:
     """Side-by-side metrics of every model block, one row per metric."""
-    blocks = results.get("models") or {results["model_info"].get("name", results["model_info"]["model_type"]):
-                                       results}
+    blocks = model_blocks(results)
     names = list(blocks)
     rows: list[tuple[str, list[str]]] = []
     for key in TABLE_KEYS:
@@ -48,7 +43,7 @@ def format_metrics_table(results: dict) -> str:
         paired = f"vs_{PLAIN_MODEL_NAME}"
         if any((b.get("bootstrap") or {}).get(paired) for b in blocks.values()):
             for key in ("mAP", "acc@1"):
-                rows.append((f"{key} - cosine", [_fmt_diff((b.get("bootstrap") or {}).get(paired, {}).get(key))
+                rows.append((f"{key} - cosine", [format_diff((b.get("bootstrap") or {}).get(paired, {}).get(key)) or "-"
                                                  for b in blocks.values()]))
     if any(b.get("legacy_metrics") for b in blocks.values()):
         for key, label in (("precision_macro", "legacy P_macro"), ("recall_macro", "legacy R_macro"),
@@ -79,7 +74,7 @@ def format_metrics_table(results: dict) -> str:
 
 def format_retrieval_table(results: dict) -> str:
     """One row per metric, one column per model."""
-    blocks = results.get("models") or {results["model_info"].get("name", "model"): results}
+    blocks = model_blocks(results)
     width = max(14, *(len(n) for n in blocks))
     lines = [f"{'metric':<14}" + "".join(f"{n:>{width + 2}}" for n in blocks)]
     for key in METRIC_KEYS:
