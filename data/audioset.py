@@ -180,6 +180,7 @@ def open_parquet_files(folder: str | Path):
             continue
         yield path, pf
 
+
 def count_rows(folder: str | Path) -> tuple[int, list[str]]:
     """``(rows, unreadable)``: the rows the folder's parquet files hold, from their footers (no
     data is read), and the names of the files whose footer cannot be read (their rows are not

@@ -44,6 +44,11 @@ def epoch_path(out: Path, epoch: int, *, best: bool = False) -> Path:
     return out / f"{'best_' if best else ''}projection_epoch_{epoch}.pth"
 
 
+def epoch_of(path: Path) -> int:
+    """The epoch in the name of a checkpoint file (``epoch_path``'s inverse)."""
+    return int(path.stem.rsplit("_", 1)[1])
+
+
 def save_epoch(out: Path, epoch: int, ckpt: dict, *, best: bool) -> None:
     """Write ``projection_epoch_{epoch}.pth`` (and ``best_projection_epoch_{epoch}.pth`` when
     ``best``), each atomically. The per-epoch file is written last: a run killed before it
@@ -55,7 +60,7 @@ def save_epoch(out: Path, epoch: int, ckpt: dict, *, best: bool) -> None:
 
 def latest_epoch_file(out: Path) -> Path | None:
     """The ``projection_epoch_*.pth`` of the highest epoch in ``out``, or None."""
-    found = sorted(out.glob("projection_epoch_*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    found = sorted(out.glob("projection_epoch_*.pth"), key=epoch_of)
     return found[-1] if found else None
 
 
@@ -116,7 +121,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         except (ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"--projection-checkpoint {path}: its sweep.json names no winner ({err}); "
                                   "pass one of its c*_t*/best_projection_epoch_*.pth") from None
-    best = sorted(path.glob("best_projection_epoch_*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    best = sorted(path.glob("best_projection_epoch_*.pth"), key=epoch_of)
     if not best:
         raise CheckpointError(f"--projection-checkpoint {path} is a folder without best_projection_epoch_*.pth; "
                               "pass a training run's --output-dir or a .pth checkpoint file")
@@ -169,16 +174,24 @@ def read_projection(path: str | Path, *, embed_dim: int | None = None, c_default
                                 entailment_k=entailment_k, config=config)
 
 
-def read_resume(path: Path, config: dict, split_ids: dict, embed_dim: int) -> dict:
-    """Read and check a checkpoint to resume from (``config``: the resuming run's, as
-    ``TrainConfig.to_dict``); every problem names the file and the fix."""
+def load_resumable(path: Path) -> dict:
+    """A checkpoint ``--resume`` can continue from: readable, this codebase's, with its config and
+    shuffling state (the earlier scripts' checkpoints have neither)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises several types for torn or foreign files
-        raise CheckpointError(f"--resume {path} is not a readable checkpoint ({err}); resume from an earlier "
-                              "projection_epoch_*.pth of the run or start again with --overwrite") from err
-    if not isinstance(ckpt, dict) or "generator_state" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"--resume {path} is not a readable checkpoint ({err}); resume from the run's "
+                              "folder or an earlier projection_epoch_*.pth of it, or start again with "
+                              "--overwrite") from err
+    if not isinstance(ckpt, dict) or "generator_state" not in ckpt or not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"--resume {path} is not a resumable checkpoint of train_hyperbolic_clap.py")
+    return ckpt
+
+
+def read_resume(path: Path, config: dict, split_ids: dict, embed_dim: int) -> dict:
+    """Read and check a checkpoint to resume from (``config``: the resuming run's, as
+    ``TrainConfig.to_dict``); every problem names the file and the fix."""
+    ckpt = load_resumable(path)
     if ckpt.get("embed_dim") != embed_dim:
         raise CheckpointError(f"--resume {path} was trained on {ckpt.get('embed_dim')}-d CLAP embeddings, this "
                               f"CLAP model gives {embed_dim}-d; resume with the --checkpoint the run used")

@@ -11,17 +11,11 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from hyperbolic import checkpoint
 from hyperbolic.config import TrainConfig
 from hyperbolic.trainer import TrainingError
 
 log = logging.getLogger("hyperbolic.train")
-
-
-def epoch_of(path: Path) -> int:
-    return int(path.stem.rsplit("_", 1)[1])
 
 
 def prune_checkpoints(out: Path, *, epoch: int, best_epoch: int, keep_epochs: int) -> list[Path]:
@@ -31,9 +25,9 @@ def prune_checkpoints(out: Path, *, epoch: int, best_epoch: int, keep_epochs: in
 
     Removal comes after the newer file is in place (``atomic_torch_save`` has replaced it), so
     a crash at any point leaves a best checkpoint and a checkpoint to resume from."""
-    removed = [p for p in out.glob("best_projection_epoch_*.pth") if epoch_of(p) != best_epoch]
+    removed = [p for p in out.glob("best_projection_epoch_*.pth") if checkpoint.epoch_of(p) != best_epoch]
     if keep_epochs > 0:
-        removed += [p for p in out.glob("projection_epoch_*.pth") if epoch_of(p) <= epoch - keep_epochs]
+        removed += [p for p in out.glob("projection_epoch_*.pth") if checkpoint.epoch_of(p) <= epoch - keep_epochs]
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
@@ -79,14 +73,7 @@ def resume_settings(resume: str | Path, given: dict) -> tuple[TrainConfig, list[
         raise TrainingError(f"--resume {path} does not exist; pass the run's --output-dir or one of its "
                             "projection_epoch_*.pth")
     if path.is_file():
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # torch raises several types for torn or foreign files
-            raise TrainingError(f"--resume {path} is not a readable checkpoint ({err}); resume from the "
-                                "run's folder or an earlier projection_epoch_*.pth") from err
-        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-            raise TrainingError(f"--resume {path} is not a resumable checkpoint of train_hyperbolic_clap.py")
-        setups = [saved]
+        setups = [checkpoint.load_resumable(path)]
     else:
         own = path / "setup.json"
         files = [own] if own.is_file() else sorted(path.glob("c*_t*/setup.json"))

@@ -24,7 +24,7 @@ from hyperbolic.config import TrainConfig
 from hyperbolic.embeddings import ClipEmbeddings
 from hyperbolic.entailment import EntailmentObjective
 from hyperbolic.outputs import atomic_write_json
-from hyperbolic.run_folder import (continue_in_run_dir, epoch_of, prepare_output_dir, prune_checkpoints, resume_point,
+from hyperbolic.run_folder import (continue_in_run_dir, prepare_output_dir, prune_checkpoints, resume_point,
                                    sweep_dir_name)
 from hyperbolic.tables import format_sweep_table
 from hyperbolic.trainer import Trainer, TrainingError, lr_factor, upgrade_optimizer_state
@@ -108,7 +108,7 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, *, tracker=None, resume
             if tracker is not None:
                 tracker.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(epoch_of(last) if (last := checkpoint.latest_epoch_file(out)) else 0, out) from None
+        raise TrainingInterrupted(checkpoint.epoch_of(last) if (last := checkpoint.latest_epoch_file(out)) else 0, out) from None
     finally:
         torch.set_num_threads(before)
     if cfg.patience and run.stale >= cfg.patience:
