@@ -50,14 +50,13 @@ class HierarchyContext:
     @classmethod
     def build(cls, ontology: Ontology, class_names: list[str], *,
               expand_ancestors: bool = False) -> "HierarchyContext":
-        _, unmatched = ontology.match(class_names)
-        if unmatched:
-            log.warning("%d of %d classes match no ontology node (first: %s)", len(unmatched),
-                        len(class_names), "; ".join(unmatched[:5]))
         try:
             hierarchy = Hierarchy.build(ontology, class_names, expand_ancestors=expand_ancestors)
         except ValueError as err:  # two class names on one node: cones and ancestors are ambiguous
             raise OntologyError(f"--ontology {ontology.source}: {err}; give each class a distinct name") from err
+        if hierarchy.unmatched:
+            log.warning("%d of %d classes match no ontology node (first: %s)", len(hierarchy.unmatched),
+                        len(class_names), "; ".join(hierarchy.unmatched[:5]))
         return cls(ontology, hierarchy)
 
     @property
