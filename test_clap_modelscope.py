@@ -63,8 +63,8 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
     from data.class_list import resolve_class_names
     from hyperbolic.errors import UserError
-    from hyperbolic.evaluate import evaluate
-    from hyperbolic.tables import format_results_table
+    from hyperbolic.evaluation.evaluate import evaluate
+    from hyperbolic.evaluation.tables import format_results_table
     cfg = config_from_args(args)
     try:
         num_classes = None if cfg.text_column else len(resolve_class_names(

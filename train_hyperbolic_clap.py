@@ -87,9 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def config_from_args(args: argparse.Namespace, argv=None) -> tuple[TrainConfig, list[float], list[float]]:
     """The run's configuration and sweep lists. With ``--resume``, the resumed run's settings with
-    the flags typed on this command line on top (``hyperbolic.run_folder.resume_settings``)."""
-    from hyperbolic.run_folder import resume_settings
-    from hyperbolic.trainer import TrainingError
+    the flags typed on this command line on top (``hyperbolic.training.run_folder.resume_settings``)."""
+    from hyperbolic.training.run_folder import resume_settings
+    from hyperbolic.training.trainer import TrainingError
     fields = TrainConfig.__dataclass_fields__
     if args.resume:
         typed = explicit_dests(build_parser(), sys.argv[1:] if argv is None else [str(a) for a in argv])
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     from hyperbolic.errors import UserError
-    from hyperbolic.train import TrainingInterrupted, train
+    from hyperbolic.training.train import TrainingInterrupted, train
     try:
         if args.demo:
             from hyperbolic.demo import run_demo

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere as a plain script
 
-from hyperbolic.entailment import DEFAULT_K  # noqa: E402
+from hyperbolic.hierarchy.cones import DEFAULT_K  # noqa: E402
 from hyperbolic.outputs import setup_logging  # noqa: E402
 
 

@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 from data.synthetic import write_demo_ontology  # noqa: E402
 from hyperbolic.config import EvalConfig, TrainConfig  # noqa: E402
 from hyperbolic.demo import _demo_inputs  # noqa: E402
-from hyperbolic.evaluate import evaluate  # noqa: E402
-from hyperbolic.scoring import load_projection  # noqa: E402
+from hyperbolic.evaluation.evaluate import evaluate  # noqa: E402
+from hyperbolic.evaluation.scoring import load_projection  # noqa: E402
 from hyperbolic.outputs import setup_logging  # noqa: E402
-from hyperbolic.train import train  # noqa: E402
+from hyperbolic.training.train import train  # noqa: E402
 
 # name -> TrainConfig overrides. "earlier default" is the flags' default recipe before this table.
 EARLIER = dict(learning_rate=1e-4, temperature=1.0, learn_temperature=False, clip_mode="straight-through", epochs=10)

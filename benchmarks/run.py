@@ -4,7 +4,7 @@
     python benchmarks/run.py --quick    # tiny CLAP only
 
 Everything is built offline: the tiny CLAP and a randomly initialised CLAP of the real size
-(HTSAT-base + RoBERTa-base, ``hyperbolic.tiny_clap.build_random_clap``), and AudioSet-like parquet
+(HTSAT-base + RoBERTa-base, ``hyperbolic.embedding.tiny_clap.build_random_clap``), and AudioSet-like parquet
 folders of generated 10 s clips at 44.1 kHz (FLAC, so decoding and resampling are real work).
 Each ratio comes from one run of each side. Times are wall clock of library calls in this
 process (``train``, ``evaluate``, ``embed_clips``), after an untimed warm-up run that pays the
@@ -149,12 +149,12 @@ def pipeline(name: str, clap_dir: Path, data: Path, work: Path, *, workers: int,
     """Cold train + evaluate vs one CLAP pass and vs the usual approach; returns (clips, cold s, warm s)."""
     from data.audioset import SkipLog
     from data.labels import LabelMatcher, load_class_labels
-    from hyperbolic.clap import FrozenClap
+    from hyperbolic.embedding.clap import FrozenClap
     from hyperbolic.config import EvalConfig, TrainConfig
     from hyperbolic.config import DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE
-    from hyperbolic.embeddings import embed_clips, embed_prompts, prompts_for
-    from hyperbolic.evaluate import evaluate
-    from hyperbolic.train import train
+    from hyperbolic.embedding.embeddings import embed_clips, embed_prompts, prompts_for
+    from hyperbolic.evaluation.evaluate import evaluate
+    from hyperbolic.training.train import train
 
     class_names = load_class_labels(DEFAULT_CLASS_LABELS)
     matcher = LabelMatcher(class_names)
@@ -217,8 +217,8 @@ def warm_up(clap_dir: Path, data: Path, embed_batch: int, workers: int) -> None:
     whichever run came first would carry that."""
     from data.audioset import SkipLog
     from data.labels import LabelMatcher
-    from hyperbolic.clap import FrozenClap
-    from hyperbolic.embeddings import embed_clips
+    from hyperbolic.embedding.clap import FrozenClap
+    from hyperbolic.embedding.embeddings import embed_clips
     clap = FrozenClap.load(str(clap_dir), "cpu")
     embed_clips(clap, data, matcher=LabelMatcher(["Sine wave"]), skips=SkipLog(), limit=embed_batch,
                 batch_size=embed_batch, num_workers=workers, require_labels=False)
@@ -244,8 +244,8 @@ def cold_and_warm(name: str, clap_dir: Path, data: Path, work: Path, *, workers:
                   small: tuple[int, float, float] | None = None) -> None:
     """Only the cold and the warm run, on more clips (the usual approach would take too long there)."""
     from hyperbolic.config import EvalConfig, TrainConfig
-    from hyperbolic.evaluate import evaluate
-    from hyperbolic.train import train
+    from hyperbolic.evaluation.evaluate import evaluate
+    from hyperbolic.training.train import train
     cache = work / f"{name}_large_cache"
     shutil.rmtree(cache, ignore_errors=True)
     warm_up(clap_dir, data, embed_batch, workers)
@@ -268,7 +268,7 @@ def decode_rates(clap, data: Path) -> float:
     """Decode clips/s (10 s FLAC at 44.1 kHz -> 48 kHz -> mel) with 1 and 2 workers; returns the 2-worker rate."""
     from data.audioset import SkipLog
     from data.labels import LabelMatcher
-    from hyperbolic.embeddings import embed_clips
+    from hyperbolic.embedding.embeddings import embed_clips
 
     free = FreeForward(clap, clap.embed_dim)
     rates = {}
@@ -290,7 +290,7 @@ def decode_rates(clap, data: Path) -> float:
 
 def model_rate(name: str, clap, *, embed_batch: int, decode: float) -> None:
     """The model's forward clips/s, and which of decoding and the model bounds a run."""
-    from hyperbolic.clap import audio_features
+    from hyperbolic.embedding.clap import audio_features
     rng = np.random.default_rng(0)
     features = audio_features(clap.processor.feature_extractor, clap.sampling_rate,
                               [(0.1 * rng.standard_normal(480000)).astype(np.float32) for _ in range(embed_batch)])
@@ -310,9 +310,9 @@ def rss_child(argv: list[str]) -> int:
     """In a child process: embed_clips over the first N clips with the cost-free forward; print peak RSS."""
     from data.audioset import SkipLog
     from data.labels import LabelMatcher
-    from hyperbolic.cache import EmbeddingCache
-    from hyperbolic.clap import FrozenClap
-    from hyperbolic.embeddings import embed_clips
+    from hyperbolic.embedding.cache import EmbeddingCache
+    from hyperbolic.embedding.clap import FrozenClap
+    from hyperbolic.embedding.embeddings import embed_clips
     clap_dir, data, limit, cache = argv[0], Path(argv[1]), int(argv[2]), Path(argv[3])
     free = FreeForward(FrozenClap.load(clap_dir, "cpu"), 512)
     with Timer() as t:
@@ -352,9 +352,9 @@ def _vm_hwm_mb() -> float:
 
 def score_child(argv: list[str]) -> int:
     """In a child process: scores and metrics of 20,000 x 527; print seconds and extra peak memory."""
-    from hyperbolic.scoring import ScoringModel
-    from hyperbolic.metrics import classification_metrics, retrieval_metrics
-    from hyperbolic.projector import Projector
+    from hyperbolic.evaluation.scoring import ScoringModel
+    from hyperbolic.evaluation.metrics import classification_metrics, retrieval_metrics
+    from hyperbolic.model.projector import Projector
     n, c, d = int(argv[0]), int(argv[1]), 512
     g = torch.Generator().manual_seed(0)
     audio = F.normalize(torch.randn(n, d, generator=g), dim=-1)
@@ -394,8 +394,8 @@ def scoring(n: int = 20000, c: int = 527) -> None:
 
 def precision(name: str, clap_dir: Path, clips: int) -> None:
     """Forward clips/s per precision and cosine to fp32 (audio and text)."""
-    from hyperbolic.clap import FrozenClap, audio_features
-    from hyperbolic.embeddings import prompts_for
+    from hyperbolic.embedding.clap import FrozenClap, audio_features
+    from hyperbolic.embedding.embeddings import prompts_for
     base = FrozenClap.load(str(clap_dir), "cpu")
     rng = np.random.default_rng(1)
     waves = [(0.1 * rng.standard_normal(480000)).astype(np.float32) for _ in range(clips)]
@@ -456,7 +456,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     quiet_progress_bars()
     from hyperbolic.config import default_num_workers
-    from hyperbolic.tiny_clap import build_random_clap
+    from hyperbolic.embedding.tiny_clap import build_random_clap
     workers = default_num_workers() if args.workers is None else args.workers
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="hyperbolic_bench_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -489,7 +489,7 @@ def main(argv=None) -> int:
                           work, workers=workers, embed_batch=8, small=base_run)
 
         print("\ndecoding vs model:")
-        from hyperbolic.clap import FrozenClap
+        from hyperbolic.embedding.clap import FrozenClap
         tiny = FrozenClap.load(str(models["tiny"]), "cpu")
         decode = decode_rates(tiny, write_clips(work / "data_decode", clips_per_class=args.decode_clips // 10))
         model_rate("tiny", tiny, embed_batch=32, decode=decode)
@@ -525,22 +525,22 @@ def quiet_progress_bars() -> None:
     import tqdm
     import transformers
 
-    import hyperbolic.embeddings
-    import hyperbolic.extraction
+    import hyperbolic.embedding.embeddings
+    import hyperbolic.embedding.extraction
     transformers.utils.logging.disable_progress_bar()
 
     def quiet(*args, **kwargs):
         return tqdm.tqdm(*args, **{**kwargs, "disable": True})
 
-    hyperbolic.embeddings.tqdm = quiet
-    hyperbolic.extraction.tqdm = quiet
+    hyperbolic.embedding.embeddings.tqdm = quiet
+    hyperbolic.embedding.extraction.tqdm = quiet
 
 
 def pipeline_quiet(clap_dir: Path, data: Path, work: Path, workers: int) -> None:
     """The pipeline once, untimed (warm-up)."""
     from hyperbolic.config import EvalConfig, TrainConfig
-    from hyperbolic.evaluate import evaluate
-    from hyperbolic.train import train
+    from hyperbolic.evaluation.evaluate import evaluate
+    from hyperbolic.training.train import train
     shutil.rmtree(work, ignore_errors=True)
     train(TrainConfig(parquet_dir=str(data), device="cpu", checkpoint=str(clap_dir), epochs=2,
                       output_dir=str(work / "run"), cache_dir=str(work / "cache"), num_workers=workers))

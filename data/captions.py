@@ -8,7 +8,7 @@ row's, embedded once. A row without a clip id (no such column, or a null/empty c
 of its own.
 
 This pass reads only the text and clip-id columns, in the order and with the ``limit`` of
-``data.audioset.iter_clips``, so the audio pass (``hyperbolic.embeddings.embed_clips`` with
+``data.audioset.iter_clips``, so the audio pass (``hyperbolic.embedding.embeddings.embed_clips`` with
 ``keep=table.keep``) considers the same rows. A row with no usable caption (null, empty, only
 blank strings) is a counted skip, reason ``no_caption``; an unreadable file is left to the audio
 pass, which counts it.

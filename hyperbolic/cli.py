@@ -11,7 +11,7 @@ import shlex
 
 from hyperbolic.config import (DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, LR_SCHEDULES, NEGATIVES,
                                PRECISIONS, SELECT_METRICS, TEXT_PAIRINGS, default_num_workers)
-from hyperbolic.projector import CLIP_MODES, GEOMETRIES
+from hyperbolic.model.projector import CLIP_MODES, GEOMETRIES
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

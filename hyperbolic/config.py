@@ -14,7 +14,7 @@ TEXT_PAIRINGS = ("all-labels", "first-label")
 NEGATIVES = ("in-batch", "all-classes")
 LR_SCHEDULES = ("cosine", "constant")
 SELECT_METRICS = ("val_mAP", "val_loss", "val_t2a_R@10", "val_t2a_mAP@10")  # the last two: --text-column
-PRECISIONS = ("fp32", "bf16", "fp16")  # of the CLAP forward; see hyperbolic.clap
+PRECISIONS = ("fp32", "bf16", "fp16")  # of the CLAP forward; see hyperbolic.embedding.clap
 
 
 def default_num_workers() -> int:
@@ -35,7 +35,7 @@ class EmbeddingConfig:
     num_workers: int = field(default_factory=default_num_workers)
     cache_dir: str | None = None
     no_cache: bool = False
-    precision: str = "fp32"          # of the CLAP forward: fp32, bf16, fp16 (hyperbolic.clap)
+    precision: str = "fp32"          # of the CLAP forward: fp32, bf16, fp16 (hyperbolic.embedding.clap)
     segment: float | None = None     # seconds per window over whole recordings (data.audio.Segmenting)
     hop: float | None = None         # seconds between windows (default: segment)
     text_column: list[str] | None = None  # caption column(s): retrieval / caption training (data.captions)
@@ -57,14 +57,14 @@ class TrainConfig(EmbeddingConfig):
     train_ratio: float = 0.8
     seed: int = 42
     clip_r: float = 0.9
-    clip_mode: str = "inward"        # gradient rule of the clip (hyperbolic.projector.clip_tangent)
+    clip_mode: str = "inward"        # gradient rule of the clip (hyperbolic.model.projector.clip_tangent)
     init_radius: float | None = 0.5   # median relative radius of the training audio at init (None: Xavier as is)
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     text_pairing: str = "all-labels"
     negatives: str = "in-batch"      # classes a clip is contrasted with: NEGATIVES
     geometry: str = "hyperbolic"
     learn_c: bool = False
-    learn_temperature: bool = True   # refused together with learn_c (hyperbolic.train)
+    learn_temperature: bool = True   # refused together with learn_c (hyperbolic.training.train)
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"
     warmup_epochs: float = 0.0
@@ -100,12 +100,12 @@ class EvalConfig(EmbeddingConfig):
     threshold: float | None = None
     result_dir: str = str(REPO_ROOT / "result")
     # --projection-checkpoint: none, one, or several (a comparison run with plain CLAP); which
-    # models run is hyperbolic.evaluate.plan_models.
+    # models run is hyperbolic.evaluation.evaluate.plan_models.
     projection_checkpoints: list[str] = field(default_factory=list)
     bootstrap: int = 0
     bootstrap_seed: int = 0
     save_scores: str | None = None
     ontology: str | None = None
-    # Ground truth closed under the ontology's ancestry for every metric (see hyperbolic.evaluate).
+    # Ground truth closed under the ontology's ancestry for every metric (see hyperbolic.evaluation.evaluate).
     expand_ancestors: bool = False
     plots: bool = False

@@ -4,7 +4,7 @@
         --device cuda --cache-dir /shared/cache
     python train_hyperbolic_clap.py --parquet-dir DIR --checkpoint CLAP --cache-dir /shared/cache ...
 
-Each rank embeds its shard of the clips (``hyperbolic.embeddings.embed_shard``: units of
+Each rank embeds its shard of the clips (``hyperbolic.embedding.embeddings.embed_shard``: units of
 ``--embed-batch-size`` rows dealt out by ``data.audioset.combine_shards``) and writes its own cache
 files. After a barrier, rank 0 merges: one single-process ``embed_clips`` over the same cache, which
 reuses every row the ranks computed and computes any row they did not (a rank that found a file
@@ -90,9 +90,9 @@ def run(args: argparse.Namespace) -> dict | None:
     from data.audio import segmenting_from
     from data.audioset import SkipLog, list_parquet_files
     from data.labels import LabelMatcher, load_class_ids, load_class_labels
-    from hyperbolic.cache import EmbeddingCache
-    from hyperbolic.clap import FrozenClap, resolve_device
-    from hyperbolic.embeddings import embed_clips, embed_prompts, embed_shard, prompts_for
+    from hyperbolic.embedding.cache import EmbeddingCache
+    from hyperbolic.embedding.clap import FrozenClap, resolve_device
+    from hyperbolic.embedding.embeddings import embed_clips, embed_prompts, embed_shard, prompts_for
 
     rank, world_size, local_rank = world()
     if world_size > 1:

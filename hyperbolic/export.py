@@ -10,7 +10,7 @@ The graph takes CLAP embeddings, as ``FrozenClap`` gives them (L2-normalised flo
     scores     (N, M)  -d_c(proj(a), proj(t)) / tau   (hyperbolic; cos / tau for euclidean)
 
 N and M are dynamic. The projection (Linear, tangent clip, expmap0) and the distance are
-``hyperbolic.projector`` / ``hyperbolic.poincare`` traced as they are, in float32, with ``c`` and
+``hyperbolic.model.projector`` / ``hyperbolic.geometry.poincare`` traced as they are, in float32, with ``c`` and
 ``tau`` of the checkpoint as constants: the numerics are the evaluation's, not a re-derivation.
 The model's metadata holds geometry, c, temperature, clip_r, embed_dim, prompt_template, epoch
 and the source checkpoint.
@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from hyperbolic.checkpoint import read_projection
+from hyperbolic.model.checkpoint import read_projection
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE
 from hyperbolic.errors import UserError
-from hyperbolic.projector import Projector, similarity
+from hyperbolic.model.projector import Projector, similarity
 
 log = logging.getLogger(__name__)
 

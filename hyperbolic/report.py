@@ -21,7 +21,7 @@ from pathlib import Path
 
 from hyperbolic.outputs import atomic_write_bytes
 
-PLAIN = "clap_cosine"  # hyperbolic.scoring.PLAIN_MODEL_NAME; not imported, so the report needs no torch
+PLAIN = "clap_cosine"  # hyperbolic.evaluation.scoring.PLAIN_MODEL_NAME; not imported, so the report needs no torch
 HEADLINE = {"classification": ("mAP", "acc@1"),
             "retrieval": ("t2a_R@1", "t2a_R@10", "a2t_R@1", "a2t_R@10")}
 METRIC_COLUMNS = ("mAP", "acc@1", "t2a_R@1", "t2a_R@10", "a2t_R@1", "a2t_R@10")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from data.synthetic import DEMO_CLASSES, write_demo_dataset
-from hyperbolic.tiny_clap import build_tiny_clap
+from hyperbolic.embedding.tiny_clap import build_tiny_clap
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,7 +26,7 @@ def tiny_clap_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_clap(tiny_clap_dir):
-    from hyperbolic.clap import FrozenClap
+    from hyperbolic.embedding.clap import FrozenClap
     return FrozenClap.load(str(tiny_clap_dir), "cpu")
 
 

@@ -21,7 +21,7 @@ import test_clap_modelscope as eval_script
 import train_hyperbolic_clap as train_script
 from tests.helpers import corrupt_audio_page, run_main
 from data.synthetic import DEMO_CLASSES, encode_audio, synthesize, write_parquet_shard
-from hyperbolic.projector import Projector
+from hyperbolic.model.projector import Projector
 
 pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
 
@@ -374,7 +374,7 @@ def _reference_waveform(vid: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def reference_scores(tiny_clap, evaluated):
     """Cosine scores of each processed clip embedded alone from its source, and of silence."""
-    from hyperbolic.embeddings import embed_prompts, prompts_for
+    from hyperbolic.embedding.embeddings import embed_prompts, prompts_for
     results = evaluated[0]
     template = results["model_info"]["prompt_template"]
     text = embed_prompts(tiny_clap, prompts_for(list(DEMO_CLASSES), template))
@@ -608,7 +608,7 @@ def test_train_resume_from_a_bad_checkpoint_exits_2_naming_the_file(tmp_path, sm
 
 
 def test_train_resume_with_another_embedding_size_exits_2(tmp_path, small, tiny_clap_dir, classes_file):
-    from hyperbolic.tiny_clap import build_tiny_clap
+    from hyperbolic.embedding.tiny_clap import build_tiny_clap
     clap64 = build_tiny_clap(tmp_path / "clap64", seed=0, projection_dim=64)
     run = tmp_path / "run"
     code, err = run_main(train_script, [*_train_argv(small, clap64, classes_file, run), "--epochs", "1"])

@@ -10,9 +10,9 @@ from scipy.stats import spearmanr
 
 import test_clap_modelscope as eval_script
 import train_hyperbolic_clap as train_script
-from hyperbolic import poincare
-from hyperbolic.ball_usage import ON_SPHERE_TOL, ball_usage, ranking_vs_cosine
-from hyperbolic.projector import CLIP_MODES, Geometry, Projector, clip_tangent, similarity
+from hyperbolic.geometry import poincare
+from hyperbolic.evaluation.ball_usage import ON_SPHERE_TOL, ball_usage, ranking_vs_cosine
+from hyperbolic.model.projector import CLIP_MODES, Geometry, Projector, clip_tangent, similarity
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_results_ball_usage_of_constructed_checkpoints(tmp_path, tiny_clap_dir, 
     """W = I: a unit CLAP embedding maps to tangent norm 1, relative radius tanh(sqrt(c)) (0.462 at
     c = 0.25), every point at one radius, so the ranking is the cosine one. W = 10 I at c = 1:
     tangent norm 10 > artanh(0.9), every point on the clip sphere."""
-    from hyperbolic.clap import FrozenClap
+    from hyperbolic.embedding.clap import FrozenClap
     dim = FrozenClap.load(str(tiny_clap_dir)).embed_dim
     ckpt = _checkpoint(tmp_path / "w.pth", dim, scale * torch.eye(dim), c=c)
     out = tmp_path / "r.json"
@@ -225,7 +225,7 @@ def test_resuming_a_run_from_before_the_new_recipe_keeps_its_clip_rule(tmp_path)
     """A run whose setup.json predates clip_mode/init_radius/negatives resumes with the rules it
     trained with (straight-through clip, Xavier scale, in-batch negatives), not today's defaults."""
     from hyperbolic.config import TrainConfig
-    from hyperbolic.run_folder import resume_settings
+    from hyperbolic.training.run_folder import resume_settings
     config = TrainConfig(parquet_dir="data", learning_rate=1e-4, temperature=1.0, learn_temperature=False).to_dict()
     for key in ("clip_mode", "init_radius", "negatives"):
         config.pop(key)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import hyperbolic.cache as cache_mod
-from hyperbolic.cache import (CacheFileDamaged, EmbeddingCache, RowOutcome, decode_npz, default_cache_dir,
+import hyperbolic.embedding.cache as cache_mod
+from hyperbolic.embedding.cache import (CacheFileDamaged, EmbeddingCache, RowOutcome, decode_npz, default_cache_dir,
                               encode_npz)
-from hyperbolic.clap import FrozenClap
+from hyperbolic.embedding.clap import FrozenClap
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
@@ -83,13 +83,13 @@ def test_config_json_and_library_versions_are_in_the_keys(tiny_clap, tiny_clap_d
     clap = FrozenClap.load(str(folder), "cpu")
     cache = EmbeddingCache(tmp_path / "cache")
     audio, text = cache.audio(clap).folder, cache.text(clap).folder
-    with caplog.at_level(logging.WARNING, logger="hyperbolic.cache"):
+    with caplog.at_level(logging.WARNING, logger="hyperbolic.embedding.cache"):
         assert cache.audio(clap).folder == audio and cache.text(clap).folder == text
     assert "changed" not in caplog.text  # the same key twice: a hit, nothing logged
 
     config = folder / "config.json"  # an edited architecture with the same weights
     config.write_text(config.read_text().replace("{", '{"note": "edited",', 1))
-    with caplog.at_level(logging.WARNING, logger="hyperbolic.cache"):
+    with caplog.at_level(logging.WARNING, logger="hyperbolic.embedding.cache"):
         assert cache.audio(clap).folder != audio and cache.text(clap).folder != text
     assert "the audio key" in caplog.text and "model_config.config_json" in caplog.text
     audio, text = cache.audio(clap).folder, cache.text(clap).folder
@@ -101,7 +101,7 @@ def test_config_json_and_library_versions_are_in_the_keys(tiny_clap, tiny_clap_d
                             lambda *, audio, _n=name: {**real(audio=audio), _n: "0.0.upgraded"}
                             if _n in real(audio=audio) else real(audio=audio))
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="hyperbolic.cache"):
+        with caplog.at_level(logging.WARNING, logger="hyperbolic.embedding.cache"):
             new_audio, new_text = cache.audio(clap).folder, cache.text(clap).folder
         assert new_audio != audio, name
         assert (new_text != text) == (what == "both"), name
@@ -171,6 +171,6 @@ def test_text_store(tmp_path, caplog):
     assert torch.equal(store.get(texts), emb)
     assert store.get(["a dog"]) is None and store.get(["a cat", "a dog"]) is None
     path.write_bytes(path.read_bytes()[:-20])
-    with caplog.at_level(logging.WARNING, logger="hyperbolic.cache"):
+    with caplog.at_level(logging.WARNING, logger="hyperbolic.embedding.cache"):
         assert store.get(texts) is None
     assert "damaged" in caplog.text and not path.exists()

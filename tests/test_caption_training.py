@@ -13,10 +13,10 @@ import train_hyperbolic_clap as train_script
 from data.audioset import SkipLog
 from data.labels import LabelMatcher
 from data.synthetic import DEMO_CLASSES
-from hyperbolic.caption_train import CaptionTrainer, caption_training_data
-from hyperbolic.clap import FrozenClap
+from hyperbolic.captions.train import CaptionTrainer, caption_training_data
+from hyperbolic.embedding.clap import FrozenClap
 from hyperbolic.config import TrainConfig
-from hyperbolic.projector import similarity
+from hyperbolic.model.projector import similarity
 from tests.benchmark_folders import write_caption_training_folder
 from tests.helpers import run_main
 
@@ -131,7 +131,7 @@ def test_training_selects_on_validation_retrieval(captions_dir, tiny_clap_dir, t
     val = [ids[k] for k in ckpt["split"]["val"]]
     texts = sorted({k for i in val for k in clips.label_indices[i]})
     relevant = np.array([[k in clips.label_indices[i] for k in texts] for i in val])
-    from hyperbolic.projector import Projector
+    from hyperbolic.model.projector import Projector
     projector = Projector(prompts.shape[1], geometry="hyperbolic", clip_r=ckpt["clip_r"])
     projector.load_state_dict(ckpt["projection_state_dict"])
     c, tau = ckpt["c"], ckpt["temperature"]

@@ -1,4 +1,4 @@
-"""hyperbolic/checkpoint.py: the one home of the checkpoint format (write, read, check, resume)."""
+"""hyperbolic/model/checkpoint.py: the one home of the checkpoint format (write, read, check, resume)."""
 
 import subprocess
 import sys
@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from hyperbolic import checkpoint
-from hyperbolic.checkpoint import CheckpointError, read_projection, read_resume, save_epoch
-from hyperbolic.projector import Projector
+from hyperbolic.model import checkpoint
+from hyperbolic.model.checkpoint import CheckpointError, read_projection, read_resume, save_epoch
+from hyperbolic.model.projector import Projector
 
 EARLIER_KEYS = {"epoch", "projection_state_dict", "optimizer_state_dict", "train_loss", "val_loss", "c",
                 "temperature", "embed_dim"}
@@ -63,6 +63,6 @@ def test_save_epoch_writes_the_best_file_before_the_epoch_file(tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_export_reads_checkpoints_without_the_evaluation_module():
-    code = "import sys, hyperbolic.export; print('hyperbolic.evaluate' in sys.modules)"
+    code = "import sys, hyperbolic.export; print('hyperbolic.evaluation.evaluate' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hyperbolic.clap import ClapNotFoundError, resolve_clap_path
+from hyperbolic.embedding.clap import ClapNotFoundError, resolve_clap_path
 
 
 def test_local_folder_is_used_as_is(tiny_clap_dir):

@@ -149,11 +149,11 @@ def test_every_main_exits_2_on_a_user_error_and_nothing_else(monkeypatch, tmp_pa
     any other exception is a bug and keeps its traceback."""
     from data.errors import DatasetError
     from hyperbolic import distributed, export
-    from hyperbolic.clap import ClapNotFoundError, ClapPrecisionError
+    from hyperbolic.embedding.clap import ClapNotFoundError, ClapPrecisionError
     from hyperbolic.errors import UserError
-    from hyperbolic.checkpoint import CheckpointError
-    from hyperbolic.ontology import OntologyError
-    from hyperbolic.trainer import TrainingError
+    from hyperbolic.model.checkpoint import CheckpointError
+    from hyperbolic.hierarchy.ontology import OntologyError
+    from hyperbolic.training.trainer import TrainingError
     for cls in (DatasetError, ClapNotFoundError, ClapPrecisionError, OntologyError, CheckpointError,
                 TrainingError, export.ExportError):
         assert issubclass(cls, UserError), cls

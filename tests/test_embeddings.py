@@ -18,11 +18,11 @@ from data import audio as audio_rules
 from data.audioset import SkipLog, iter_clips
 from data.labels import LabelMatcher
 from data.synthetic import encode_audio, write_parquet_shard
-from hyperbolic.cache import EmbeddingCache
-from hyperbolic.clap import FrozenClap
-from hyperbolic.embeddings import (embed_clips, embed_prompts,
+from hyperbolic.embedding.cache import EmbeddingCache
+from hyperbolic.embedding.clap import FrozenClap
+from hyperbolic.embedding.embeddings import (embed_clips, embed_prompts,
                                    prompts_for)
-from hyperbolic.tiny_clap import build_tiny_clap
+from hyperbolic.embedding.tiny_clap import build_tiny_clap
 
 pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
 
@@ -168,7 +168,7 @@ def test_warm_run_reuses_everything_and_is_bit_identical(tiny_clap, messy, match
     _, cold, text_cold, cold_counts = warm
     assert cold_counts["audio"] == len(cold[0]) == 8 and cold_counts["text"] == len(CLASSES)
     cache = warm_copy(warm, tmp_path)
-    with caplog.at_level(logging.INFO, logger="hyperbolic.embeddings"):
+    with caplog.at_level(logging.INFO, logger="hyperbolic.embedding.embeddings"):
         again = run(tiny_clap, messy, matcher, cache=cache)
         text_again = embed_prompts(tiny_clap, PROMPTS, cache=cache)
     assert forwards["audio"] == forwards["text"] == 0
@@ -338,7 +338,7 @@ def test_damaged_cache_file_is_detected_and_rebuilt(tiny_clap, messy, matcher, w
         i = data.index(np.float32(cold[0].audio[-1, 0]).tobytes())  # inside b2's embedding
         data[i] ^= 0x01
     chunk.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="hyperbolic.cache"):
+    with caplog.at_level(logging.WARNING, logger="hyperbolic.embedding.cache"):
         again = run(tiny_clap, messy, matcher, cache=cache)
     assert "damaged" in caplog.text and str(chunk) in caplog.text
     assert forwards["audio"] == 3  # b.parquet only

@@ -1,4 +1,4 @@
-"""hyperbolic/entailment.py: cone terms against 50-digit mpmath references, the Hierarchy on
+"""hyperbolic/hierarchy/cones.py: cone terms against 50-digit mpmath references, the Hierarchy on
 AudioSet's and the demo ontology, and an end-to-end run in which the entailment term, added to
 Trainer.batch_loss the way train.py is to wire it, puts the ontology into the geometry."""
 
@@ -14,11 +14,11 @@ from mpmath import mp
 from data.audioset import SkipLog
 from data.labels import LabelMatcher, load_class_labels
 from data.synthetic import DEMO_CLASSES, demo_ontology, write_demo_ontology
-from hyperbolic import poincare as pm
-from hyperbolic import train as train_module
+from hyperbolic.geometry import poincare as pm
+from hyperbolic.training import train as train_module
 from hyperbolic.config import DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, TrainConfig
-from hyperbolic.embeddings import embed_clips, embed_prompts, prompts_for
-from hyperbolic.entailment import (
+from hyperbolic.embedding.embeddings import embed_clips, embed_prompts, prompts_for
+from hyperbolic.hierarchy.cones import (
     DEFAULT_K,
     EntailmentObjective,
     Hierarchy,
@@ -27,9 +27,9 @@ from hyperbolic.entailment import (
     entailment_batch_term,
     entailment_loss,
 )
-from hyperbolic.ontology import Ontology
-from hyperbolic.trainer import Trainer
-from hyperbolic.training_data import TrainingData, split_indices
+from hyperbolic.hierarchy.ontology import Ontology
+from hyperbolic.training.trainer import Trainer
+from hyperbolic.training.data import TrainingData, split_indices
 from tests.helpers import random_ontology
 
 DTYPES = [torch.float32, torch.float64]

@@ -8,7 +8,7 @@ import torch
 import train_hyperbolic_clap as train_script
 from data.synthetic import DEMO_CLASSES, write_demo_ontology
 from hyperbolic.outputs import atomic_write_json
-from hyperbolic import projector as projector_module
+from hyperbolic.model import projector as projector_module
 
 pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
 
@@ -41,8 +41,8 @@ def test_entailment_run_never_projects_held_out_prompts(tmp_path, monkeypatch, t
     onto = write_demo_ontology(tmp_path / "onto.json")
     held = tmp_path / "held.txt"
     held.write_text("Sine wave\n")
-    from hyperbolic.clap import FrozenClap
-    from hyperbolic.embeddings import embed_prompts, prompts_for
+    from hyperbolic.embedding.clap import FrozenClap
+    from hyperbolic.embedding.embeddings import embed_prompts, prompts_for
     held_emb = embed_prompts(FrozenClap.load(str(tiny_clap_dir)), prompts_for(["Sine wave"], "This is a sound of {label}."))
     seen_rows = []
     original = projector_module.Projector.forward

@@ -27,13 +27,13 @@ from data.synthetic import (
     write_demo_ontology,
     write_parquet_shard,
 )
-from hyperbolic import poincare
+from hyperbolic.geometry import poincare
 from hyperbolic.config import DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, EvalConfig
-from hyperbolic.embeddings import embed_clips, embed_prompts, prompts_for
-from hyperbolic.eval_hierarchy import HierarchyContext
-from hyperbolic.scoring import model_names, plan_models
-from hyperbolic.tables import format_metrics_table
-from hyperbolic.metrics import (
+from hyperbolic.embedding.embeddings import embed_clips, embed_prompts, prompts_for
+from hyperbolic.evaluation.hierarchy import HierarchyContext
+from hyperbolic.evaluation.scoring import model_names, plan_models
+from hyperbolic.evaluation.tables import format_metrics_table
+from hyperbolic.evaluation.metrics import (
     bootstrap_ci,
     bootstrap_samples,
     class_distance_matrix,
@@ -41,8 +41,8 @@ from hyperbolic.metrics import (
     mistake_severity,
     retrieval_metrics,
 )
-from hyperbolic.ontology import Ontology, OntologyError
-from hyperbolic.projector import Projector
+from hyperbolic.hierarchy.ontology import Ontology, OntologyError
+from hyperbolic.model.projector import Projector
 from tests.helpers import random_ontology
 
 DIM = 32  # the tiny CLAP's embedding size
@@ -522,7 +522,7 @@ def test_ontology_over_every_audioset_class():
 # --------------------------------------------------------------------------- plots
 
 def test_disk_layout_keeps_the_distance_from_the_origin():
-    from hyperbolic.plots import disk_layout
+    from hyperbolic.evaluation.plots import disk_layout
     gen = torch.Generator().manual_seed(0)
     for c in (0.5, 2.0):
         x = poincare.expmap0(torch.randn(30, 8, generator=gen, dtype=torch.float64), c=c)
@@ -534,7 +534,7 @@ def test_disk_layout_keeps_the_distance_from_the_origin():
 
 def test_plot_training_curves(tmp_path):
     image = pytest.importorskip("matplotlib.image")
-    from hyperbolic.plots import plot_training_curves
+    from hyperbolic.evaluation.plots import plot_training_curves
     history = [{"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.2 / e, "val_mAP": 0.1 * e, "c": 1.0 + 0.1 * e,
                 "temperature": 0.1} for e in range(1, 6)]
     (tmp_path / "setup.json").write_text(json.dumps({"history": history}))

@@ -153,7 +153,7 @@ def test_ctrl_c_names_the_last_epoch_and_the_resume_command(tmp_path, five_epoch
                                                             monkeypatch):
     import shlex
 
-    from hyperbolic.trainer import Trainer
+    from hyperbolic.training.trainer import Trainer
     out = tmp_path / "run dir"
     original = Trainer.batch_loss
 
@@ -357,9 +357,9 @@ def test_swanlab_offline_logs_go_under_the_output_dir(tmp_path, tiny_clap_dir, d
 def test_missing_swanlab_fails_before_embedding(tmp_path, tiny_clap_dir, demo_train_dir, monkeypatch):
     import sys
 
-    import hyperbolic.embeddings
+    import hyperbolic.embedding.embeddings
     monkeypatch.setitem(sys.modules, "swanlab", None)  # import swanlab -> ImportError
-    monkeypatch.setattr(hyperbolic.embeddings, "embed_clips", lambda *a, **k: pytest.fail("embedded before the check"))
+    monkeypatch.setattr(hyperbolic.embedding.embeddings, "embed_clips", lambda *a, **k: pytest.fail("embedded before the check"))
     code, err = run_main(train_script, _train_argv(demo_train_dir, tiny_clap_dir, tmp_path / "run", "--use-swanlab"))
     assert code == 2
     assert "--use-swanlab needs the swanlab package" in err
@@ -373,7 +373,7 @@ def test_epoch_loop_runs_on_one_thread_for_a_small_step_and_restores_the_count(
 
     import torch
 
-    from hyperbolic.trainer import Trainer
+    from hyperbolic.training.trainer import Trainer
     seen_threads, original = [], Trainer.batch_loss
 
     def spy(self, *args):
@@ -398,7 +398,7 @@ def test_epoch_loop_runs_on_one_thread_for_a_small_step_and_restores_the_count(
 
 
 def test_training_threads_grow_with_the_step():
-    from hyperbolic.train import training_threads
+    from hyperbolic.training.train import training_threads
     # 6 (B + P) D^2 flops per step, one thread per 1e9: hand-computed
     assert training_threads(16, 527, 512, 16) == 1          # 0.85e9
     assert training_threads(4096, 527, 512, 16) == 7        # 7.27e9
@@ -451,7 +451,7 @@ def test_truncated_clips_are_counted_and_logged(tmp_path, long_clips, tiny_clap_
 # ------------------------------------------------------------------ 13: plots
 
 def test_curve_panels_drop_what_was_not_learned():
-    from hyperbolic.plots import curve_panels
+    from hyperbolic.evaluation.plots import curve_panels
     fixed = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 2.0, "val_mAP": 0.1 * e, "c": 1.0,
               "temperature": 0.1} for e in (1, 2, 3)]
     assert [t for t, _ in curve_panels(fixed)] == ["loss", "validation mAP"]
@@ -463,7 +463,7 @@ def test_training_curves_mark_the_best_epoch(tmp_path):
     import numpy as np
     from matplotlib.image import imread
 
-    from hyperbolic.plots import plot_training_curves
+    from hyperbolic.evaluation.plots import plot_training_curves
     history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 2.0 - 0.1 * e, "val_mAP": 0.1 * e, "c": 1.0,
                 "temperature": 0.1} for e in range(1, 6)]
     images = {}
@@ -474,7 +474,7 @@ def test_training_curves_mark_the_best_epoch(tmp_path):
 
 
 def test_disk_labels_name_the_most_frequent_classes_when_there_are_many():
-    from hyperbolic.plots import disk_labels
+    from hyperbolic.evaluation.plots import disk_labels
     names = [f"class {i}" for i in range(527)]
     counts = [0] * 527
     for i, n in zip(range(100, 150), range(50, 0, -1)):  # classes 100..149, decreasing counts
@@ -486,8 +486,8 @@ def test_disk_labels_name_the_most_frequent_classes_when_there_are_many():
 def test_disk_layout_puts_clips_with_the_prompts_pca():
     import torch
 
-    from hyperbolic import poincare
-    from hyperbolic.plots import disk_layout
+    from hyperbolic.geometry import poincare
+    from hyperbolic.evaluation.plots import disk_layout
     g = torch.Generator().manual_seed(0)
     text = poincare.expmap0(0.5 * torch.randn(20, 8, generator=g, dtype=torch.float64), c=1.0)
     audio = poincare.expmap0(0.5 * torch.randn(7, 8, generator=g, dtype=torch.float64), c=1.0)

@@ -1,7 +1,7 @@
 """The evaluation's hierarchy block through ``test_clap_modelscope.main``: entailment-cone
 consistency, ``--expand-ancestors`` ground truth and mistake severity, on the tiny offline CLAP
 and the demo clips (2 per class). Expected values come from hand-written trees and from
-``poincare`` directly, never from ``hyperbolic.entailment.Hierarchy``.
+``poincare`` directly, never from ``hyperbolic.hierarchy.cones.Hierarchy``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import test_clap_modelscope as test_script
 from data.audioset import SkipLog
 from data.labels import LabelMatcher
 from data.synthetic import DEMO_CLASSES, write_demo_ontology
-from hyperbolic import poincare
+from hyperbolic.geometry import poincare
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE
-from hyperbolic.embeddings import embed_clips, embed_prompts, prompts_for
-from hyperbolic.entailment import DEFAULT_K
-from hyperbolic.metrics import classification_metrics
-from hyperbolic.projector import Projector
+from hyperbolic.embedding.embeddings import embed_clips, embed_prompts, prompts_for
+from hyperbolic.hierarchy.cones import DEFAULT_K
+from hyperbolic.evaluation.metrics import classification_metrics
+from hyperbolic.model.projector import Projector
 from tests.test_evaluate import DIM, _checkpoint, _load_npz
 
 pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from hyperbolic import poincare
-from hyperbolic.objective import clip_contrastive, multi_positive_contrastive
-from hyperbolic.projector import C_RANGE_FACTOR, TAU_MAX, TAU_MIN, Geometry, Projector, clip_tangent, similarity
+from hyperbolic.geometry import poincare
+from hyperbolic.training.objective import clip_contrastive, multi_positive_contrastive
+from hyperbolic.model.projector import C_RANGE_FACTOR, TAU_MAX, TAU_MIN, Geometry, Projector, clip_tangent, similarity
 
 
 @pytest.mark.parametrize("c", [0.1, 1.0, 4.0])

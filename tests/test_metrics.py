@@ -1,4 +1,4 @@
-"""hyperbolic.metrics against scikit-learn and naive loop references written here."""
+"""hyperbolic.evaluation.metrics against scikit-learn and naive loop references written here."""
 
 import itertools
 import math
@@ -9,7 +9,7 @@ from scipy import stats
 from sklearn.metrics import (average_precision_score, f1_score, precision_score, recall_score,
                              roc_auc_score)
 
-from hyperbolic import metrics as M
+from hyperbolic.evaluation import metrics as M
 
 TOL = 1e-12
 

@@ -1,14 +1,14 @@
-"""hyperbolic/objective.py: the loss a training batch is scored with, in one place."""
+"""hyperbolic/training/objective.py: the loss a training batch is scored with, in one place."""
 
 import pytest
 import torch
 
 from data.synthetic import DEMO_CLASSES, demo_ontology
 from hyperbolic.config import TrainConfig
-from hyperbolic.entailment import EntailmentObjective, Hierarchy, entailment_batch_term
-from hyperbolic.objective import batch_columns, clip_contrastive, multi_positive_contrastive, positives_matrix
-from hyperbolic.ontology import Ontology
-from hyperbolic.trainer import Trainer
+from hyperbolic.hierarchy.cones import EntailmentObjective, Hierarchy, entailment_batch_term
+from hyperbolic.training.objective import batch_columns, clip_contrastive, multi_positive_contrastive, positives_matrix
+from hyperbolic.hierarchy.ontology import Ontology
+from hyperbolic.training.trainer import Trainer
 
 DIM = 16
 LABELS = [[0, 1], [2], [4], [5, 6], [7], [8], [9], [0]]  # class 3 held out
@@ -77,7 +77,7 @@ def test_caption_cone_term_pairs_each_caption_with_its_own_clip_only():
     a caption pair and must not count, whatever its violation."""
     import math
 
-    from hyperbolic.objective import caption_cone_term
+    from hyperbolic.training.objective import caption_cone_term
     prompts = torch.tensor([[0.5, 0.0], [0.5, 0.0], [0.5, 0.0]], dtype=torch.float64)
     audio = torch.tensor([[0.7, 0.0], [-0.5, 0.0]], dtype=torch.float64)
     term = caption_cone_term(audio, [[0, 1], [2]], prompts=prompts, project=lambda x: x, num_classes=1,

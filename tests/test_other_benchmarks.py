@@ -14,7 +14,7 @@ from data.class_list import distinct_labels
 from data.errors import DatasetError
 from data.labels import LabelMatcher
 from data.synthetic import write_parquet_shard
-from hyperbolic.embeddings import PROMPT_NAME_RULE, embed_clips, embed_prompts, prompt_name
+from hyperbolic.embedding.embeddings import PROMPT_NAME_RULE, embed_clips, embed_prompts, prompt_name
 from tests.benchmark_folders import ESC_CATEGORIES, write_esc50_like
 from tests.helpers import run_main
 

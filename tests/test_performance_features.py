@@ -21,12 +21,12 @@ from data.audio import Segmenting, load_waveform, segmenting_from
 from data.audioset import SkipLog
 from data.labels import LabelMatcher
 from data.synthetic import encode_audio, write_parquet_shard
-from hyperbolic.cache import EmbeddingCache, audio_preprocessing, text_preprocessing
-from hyperbolic.clap import ClapPrecisionError, FrozenClap
-from hyperbolic.embeddings import embed_clips, embed_prompts, embed_shard, prompts_for
-from hyperbolic.scoring import load_projection
-from hyperbolic.projector import Projector
-from hyperbolic.tiny_clap import _configs
+from hyperbolic.embedding.cache import EmbeddingCache, audio_preprocessing, text_preprocessing
+from hyperbolic.embedding.clap import ClapPrecisionError, FrozenClap
+from hyperbolic.embedding.embeddings import embed_clips, embed_prompts, embed_shard, prompts_for
+from hyperbolic.evaluation.scoring import load_projection
+from hyperbolic.model.projector import Projector
+from hyperbolic.embedding.tiny_clap import _configs
 from tests.test_embeddings import CLASSES, count_forwards, skip_counts, write_messy
 
 pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
@@ -108,7 +108,7 @@ def test_flags_are_checked(script, argv, message, capsys):
 def test_fast_mel_features_are_the_extractors_bit_for_bit(tiny_clap, padding):
     from threadpoolctl import threadpool_limits
 
-    from hyperbolic.clap import _fast_features
+    from hyperbolic.embedding.clap import _fast_features
     fe = type(tiny_clap.processor.feature_extractor).from_dict(tiny_clap.processor.feature_extractor.to_dict())
     fe.padding = padding
     rng = np.random.default_rng(4)

@@ -1,4 +1,4 @@
-"""hyperbolic/poincare.py against geoopt and 50-digit mpmath references, geometric
+"""hyperbolic/geometry/poincare.py against geoopt and 50-digit mpmath references, geometric
 invariants, and finite values and gradients at extreme inputs."""
 
 import math
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mpmath import mp
 
-from hyperbolic import legacy
-from hyperbolic import poincare as pm
+from hyperbolic.geometry import legacy
+from hyperbolic.geometry import poincare as pm
 
 DTYPES = [torch.float32, torch.float64]
 CURVATURES = [0.1, 1.0, 5.0]

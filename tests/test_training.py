@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import train_hyperbolic_clap as train_script
-from hyperbolic import train as train_module
-from hyperbolic.projector import C_RANGE_FACTOR, Projector
-from hyperbolic.trainer import Trainer, upgrade_optimizer_state
+from hyperbolic.training import train as train_module
+from hyperbolic.model.projector import C_RANGE_FACTOR, Projector
+from hyperbolic.training.trainer import Trainer, upgrade_optimizer_state
 
 pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
 
@@ -40,8 +40,8 @@ def test_holdout_classes_never_reach_training(tmp_path, monkeypatch, tiny_clap_d
     ckpt = torch.load(out / "projection_epoch_4.pth", weights_only=False)
     assert ckpt["holdout_classes"] == held
     # Held-out prompt embeddings are never fed to the projector during training or validation.
-    from hyperbolic.clap import FrozenClap
-    from hyperbolic.embeddings import embed_prompts, prompts_for
+    from hyperbolic.embedding.clap import FrozenClap
+    from hyperbolic.embedding.embeddings import embed_prompts, prompts_for
     held_emb = embed_prompts(FrozenClap.load(str(tiny_clap_dir)), prompts_for(held, setup["config"]["prompt_template"]))
     seen_emb = embed_prompts(FrozenClap.load(str(tiny_clap_dir)), prompts_for([n for n in names if n not in held][:3],
                                                                               setup["config"]["prompt_template"]))
@@ -238,8 +238,8 @@ def test_holdout_drops_every_clip_with_a_held_out_label(tmp_path, tiny_clap_dir)
 def _hierarchy_trainer(expand):
     from data.synthetic import DEMO_CLASSES, demo_ontology
     from hyperbolic.config import TrainConfig
-    from hyperbolic.entailment import EntailmentObjective, Hierarchy
-    from hyperbolic.ontology import Ontology
+    from hyperbolic.hierarchy.cones import EntailmentObjective, Hierarchy
+    from hyperbolic.hierarchy.ontology import Ontology
     ontology = Ontology(demo_ontology())
     h = Hierarchy.build(ontology, list(DEMO_CLASSES), expand_ancestors=expand)
     torch.manual_seed(0)
@@ -254,7 +254,7 @@ def test_validation_scores_against_the_ground_truth_training_uses():
     import numpy as np
     from sklearn.metrics import average_precision_score
 
-    from hyperbolic.embeddings import ClipEmbeddings
+    from hyperbolic.embedding.embeddings import ClipEmbeddings
     trainer, ontology, h = _hierarchy_trainer(expand=True)
     rng = np.random.default_rng(0)
     labels = [sorted(rng.choice(h.num_classes, size=int(rng.integers(1, 3)), replace=False).tolist())

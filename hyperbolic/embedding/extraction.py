@@ -1,6 +1,6 @@
-"""The extraction engine behind ``embed_clips`` and ``embed_shard`` (``hyperbolic.embeddings``):
+"""The extraction engine behind ``embed_clips`` and ``embed_shard`` (``hyperbolic.embedding.embeddings``):
 parquet rows -> decoded clips -> frozen CLAP audio embeddings, read from and written to the cache
-(``hyperbolic.cache.AudioStore``) as it goes.
+(``hyperbolic.embedding.cache.AudioStore``) as it goes.
 
 How ``embed_clips`` reads a folder, file by file in sorted order:
 
@@ -62,8 +62,8 @@ from tqdm import tqdm
 from data.audio import MAX_SAMPLES, Segmenting
 from data.audioset import Clip, ClipMeta, SkipLog, combine_shards, iter_clips
 from data.labels import LabelMatcher
-from hyperbolic.cache import AudioStore, EmbeddingCache, RowOutcome
-from hyperbolic.clap import audio_features
+from hyperbolic.embedding.cache import AudioStore, EmbeddingCache, RowOutcome
+from hyperbolic.embedding.clap import audio_features
 
 log = logging.getLogger(__name__)
 

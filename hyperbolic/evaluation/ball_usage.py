@@ -93,7 +93,7 @@ def ball_usage(audio_pts: torch.Tensor, text_pts: torch.Tensor, scores: np.ndarr
             "clip_radius": clip_sphere(clip_radius),
             "definition": "relative radius = sqrt(c)|x| (fraction of the ball radius); on_clip_sphere: "
                           f"within {ON_SPHERE_TOL:g} of clip_radius; rankings compared per clip against the "
-                          "cosine of the same projected points' directions (see hyperbolic.ball_usage)"}
+                          "cosine of the same projected points' directions (see hyperbolic.evaluation.ball_usage)"}
 
 
 def epoch_usage(audio_pts: torch.Tensor, text_pts: torch.Tensor, *, c: float, clip_radius: float | None) -> dict:

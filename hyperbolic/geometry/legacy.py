@@ -4,7 +4,7 @@
 Their projection: ``y = expmap0(W x + b, c)``, then ``y`` rescaled to ``|y| <= 0.9`` in absolute
 units whatever ``c`` is (``project``). Their distance: ``c`` missing inside the fraction
 (``pairwise_dist``), which is the distance of the ball of curvature ``-1`` divided by
-``sqrt(c)``: WRONG geometry for ``c != 1``. The correct geometry is ``hyperbolic.poincare``.
+``sqrt(c)``: WRONG geometry for ``c != 1``. The correct geometry is ``hyperbolic.geometry.poincare``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hyperbolic import poincare
+from hyperbolic.geometry import poincare
 
 # The rescale of their projection: |y| <= MAX_NORM (absolute), NORM_EPS added to |y| before dividing.
 MAX_NORM = 0.9

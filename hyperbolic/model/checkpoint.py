@@ -25,7 +25,7 @@ import torch
 
 from hyperbolic.errors import UserError
 from hyperbolic.outputs import atomic_torch_save
-from hyperbolic.projector import CLIP_MODES, Projector
+from hyperbolic.model.projector import CLIP_MODES, Projector
 
 FORMAT_VERSION = 2
 LEGACY_FORMAT = "legacy (no config)"  # model_info.checkpoint_format of an earlier scripts' checkpoint

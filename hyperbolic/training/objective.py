@@ -4,7 +4,7 @@
 
 with logits ``L = -d_c(audio, text) / tau`` (or cosine / tau) between the batch's projected clips
 and the projected prompts of its columns, ``P`` the clips' positives among those columns, and the
-cone term ``hyperbolic.entailment.EntailmentObjective.term`` (with ``--ontology`` and
+cone term ``hyperbolic.hierarchy.cones.EntailmentObjective.term`` (with ``--ontology`` and
 ``--entailment-weight > 0``). Each batch's audio and each prompt are projected once.
 Caption training (``--text-column``) adds ``caption_cone_term`` instead: each caption's cone holds
 its clip.
@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from hyperbolic.entailment import entailment_loss
+from hyperbolic.hierarchy.cones import entailment_loss
 
 if TYPE_CHECKING:  # annotations only
-    from hyperbolic.entailment import EntailmentObjective
+    from hyperbolic.hierarchy.cones import EntailmentObjective
 
 
 def multi_positive_contrastive(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:

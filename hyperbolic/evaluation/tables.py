@@ -4,10 +4,10 @@ only read what the results JSON (or the sweep) already holds."""
 
 from __future__ import annotations
 
-from hyperbolic.eval_hierarchy import HIER_K
+from hyperbolic.evaluation.hierarchy import HIER_K
 from hyperbolic.report import format_diff, model_blocks
-from hyperbolic.retrieval import METRIC_KEYS
-from hyperbolic.scoring import PLAIN_MODEL_NAME
+from hyperbolic.captions.retrieval import METRIC_KEYS
+from hyperbolic.evaluation.scoring import PLAIN_MODEL_NAME
 
 
 def format_results_table(results: dict) -> str:

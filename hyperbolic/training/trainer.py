@@ -1,6 +1,6 @@
 """One training step's machinery over precomputed CLAP embeddings: the projector, its geometry,
 the optimizer and its groups, the learning-rate schedule, the objective of a batch and the
-validation of an epoch. ``hyperbolic.train`` runs the epochs; ``hyperbolic.caption_train``
+validation of an epoch. ``hyperbolic.training.train`` runs the epochs; ``hyperbolic.captions.train``
 subclasses ``Trainer`` for captions.
 """
 
@@ -11,15 +11,15 @@ import math
 
 import torch
 
-from hyperbolic import objective
-from hyperbolic.ball_usage import epoch_usage
+from hyperbolic.training import objective
+from hyperbolic.evaluation.ball_usage import epoch_usage
 from hyperbolic.config import TrainConfig
-from hyperbolic.embeddings import ClipEmbeddings
-from hyperbolic.entailment import EntailmentObjective
+from hyperbolic.embedding.embeddings import ClipEmbeddings
+from hyperbolic.hierarchy.cones import EntailmentObjective
 from hyperbolic.errors import UserError
-from hyperbolic.metrics import classification_metrics
-from hyperbolic.objective import multi_positive_contrastive
-from hyperbolic.projector import Geometry, Projector, similarity
+from hyperbolic.evaluation.metrics import classification_metrics
+from hyperbolic.training.objective import multi_positive_contrastive
+from hyperbolic.model.projector import Geometry, Projector, similarity
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Trainer:
         return similarity(a, t, geometry=self.cfg.geometry, c=self.geometry.c, temperature=self.geometry.temperature)
 
     def batch_loss(self, audio: torch.Tensor, labels: list[list[int]], first: list[int]) -> torch.Tensor:
-        """The objective (``hyperbolic.objective.batch_loss``) of one batch of CLAP audio embeddings."""
+        """The objective (``hyperbolic.training.objective.batch_loss``) of one batch of CLAP audio embeddings."""
         c = self.geometry.c
         return objective.batch_loss(self.projector(audio, c=c), labels, first, prompts=self.prompts,
                                     project=lambda x: self.projector(x, c=c), logits=self.point_logits,

@@ -2,7 +2,7 @@
 
 Geometry: the Poincaré-ball cones of Ganea, Bécigneul and Hofmann, "Hyperbolic Entailment Cones
 for Learning Hierarchical Embeddings" (ICML 2018), aperture formula and K included. MERU and
-HyCoCLIP train cones of the same idea in the Lorentz model, with their own aperture formula. In ``hyperbolic.poincare``'s
+HyCoCLIP train cones of the same idea in the Lorentz model, with their own aperture formula. In ``hyperbolic.geometry.poincare``'s
 convention (ball of curvature ``-c``, radius ``1/sqrt(c)``), for a general point ``u`` (a parent
 prompt, a label prompt) and a specific point ``v`` (a child prompt, a clip):
 
@@ -51,9 +51,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hyperbolic import poincare
-from hyperbolic.metrics import spearman_norm_depth
-from hyperbolic.ontology import Ontology, nearest_kept_ancestors
+from hyperbolic.geometry import poincare
+from hyperbolic.evaluation.metrics import spearman_norm_depth
+from hyperbolic.hierarchy.ontology import Ontology, nearest_kept_ancestors
 
 __all__ = [
     "DEFAULT_K",

@@ -1,11 +1,11 @@
 """Frozen CLAP embeddings of clips and class prompts, computed once and kept on disk.
 
 The CLAP model is frozen, so a clip's embedding never changes: it is computed once (and, with an
-``EmbeddingCache``, kept across runs; see ``hyperbolic.cache``), and every epoch and evaluation
+``EmbeddingCache``, kept across runs; see ``hyperbolic.embedding.cache``), and every epoch and evaluation
 works on the (N, D) matrix.
 
 How ``embed_clips`` and ``embed_shard`` read a folder (label pass, decoding workers, damaged files,
-long recordings, many machines): ``hyperbolic.extraction``, the engine behind them.
+long recordings, many machines): ``hyperbolic.embedding.extraction``, the engine behind them.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from tqdm import tqdm
 from data.audio import CLIP_SECONDS, MAX_SAMPLES, TARGET_SR, Segmenting, segmenting_from
 from data.audioset import Clip, ClipMeta, SkipLog, list_parquet_files
 from data.labels import LabelMatcher
-from hyperbolic.cache import EmbeddingCache, RowOutcome
-from hyperbolic.clap import FrozenClap, resolve_device
-from hyperbolic.extraction import ClipRun, assemble
+from hyperbolic.embedding.cache import EmbeddingCache, RowOutcome
+from hyperbolic.embedding.clap import FrozenClap, resolve_device
+from hyperbolic.embedding.extraction import ClipRun, assemble
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 from sklearn.decomposition import PCA
 
-from hyperbolic import poincare
+from hyperbolic.geometry import poincare
 from hyperbolic.outputs import atomic_write_bytes
 
 DPI = 100

@@ -32,6 +32,8 @@ from transformers import (
     RobertaTokenizer,
 )
 
+from hyperbolic.config import DEFAULT_CLASS_LABELS
+
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
@@ -101,7 +103,7 @@ def build_random_clap(folder: str | Path, *, size: str = "base", seed: int = 0,
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if corpus is None:
-        labels = Path(__file__).resolve().parent.parent / "CLAP" / "class_labels" / "audioset_class_labels_indices.json"
+        labels = DEFAULT_CLASS_LABELS
         corpus = list(json.loads(labels.read_text(encoding="utf-8")).values()) + ["This is a sound of"]
     config = ClapConfig(text_config=text_config.to_dict(), audio_config=audio_config.to_dict(),
                         projection_dim=audio_config.projection_dim)

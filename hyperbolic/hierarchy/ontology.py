@@ -14,7 +14,7 @@ Terms, used the same way everywhere here:
   collapsed, spacing around commas ignored), the rule that matches parquet labels to classes.
 
 The ontology matched to a class list, over class and prompt indices (parents, ancestors,
-depth, the cone pairs), is ``hyperbolic.entailment.Hierarchy``.
+depth, the cone pairs), is ``hyperbolic.hierarchy.cones.Hierarchy``.
 """
 
 from __future__ import annotations

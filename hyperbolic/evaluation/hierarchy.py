@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hyperbolic import poincare
-from hyperbolic.entailment import Hierarchy, cone_consistency, cone_report
-from hyperbolic.metrics import mistake_severity, spearman_norm_depth
-from hyperbolic.ontology import Ontology, OntologyError
-from hyperbolic.scoring import ScoringModel
+from hyperbolic.geometry import poincare
+from hyperbolic.hierarchy.cones import Hierarchy, cone_consistency, cone_report
+from hyperbolic.evaluation.metrics import mistake_severity, spearman_norm_depth
+from hyperbolic.hierarchy.ontology import Ontology, OntologyError
+from hyperbolic.evaluation.scoring import ScoringModel
 
-log = logging.getLogger("hyperbolic.evaluate")
+log = logging.getLogger("hyperbolic.evaluation.evaluate")
 
 HIER_K = 5  # hier_dist@k reported with --ontology
 
@@ -133,7 +133,7 @@ def cone_block(model: ScoringModel, prompt_pts, audio_pts, clip_labels: list[lis
                 "skipped": CONE_SKIPPED}
     c, K = model.c, model.entailment_k
     out = cone_report(prompt_pts, h.parent_child, h.depth, c=c, K=K, clip_pts=audio_pts, labels=clip_labels)
-    out.update(counts, K_source=model.info.get("entailment_k_source", "default (hyperbolic.entailment.DEFAULT_K)"))
+    out.update(counts, K_source=model.info.get("entailment_k_source", "default (hyperbolic.hierarchy.cones.DEFAULT_K)"))
     out["class_pairs_in_cone"] = (cone_consistency(prompt_pts[class_pairs[:, 0]], prompt_pts[class_pairs[:, 1]],
                                                    c=c, K=K) if len(class_pairs) else None)
     out["clips_in_all_label_cones"] = out.pop("clips_in_all_label_cones")  # the JSON's key order

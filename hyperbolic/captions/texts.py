@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from data.captions import CaptionTable
-from hyperbolic.cache import EmbeddingCache
-from hyperbolic.embeddings import ClipEmbeddings, embed_prompts
+from hyperbolic.embedding.cache import EmbeddingCache
+from hyperbolic.embedding.embeddings import ClipEmbeddings, embed_prompts
 
 log = logging.getLogger(__name__)
 

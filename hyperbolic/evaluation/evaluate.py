@@ -4,7 +4,7 @@ Data flow: parquet -> CLAP clip embeddings (once) -> per model: project -> (N, C
 metrics -> results JSON (+ optional score matrices and plots). Clips without a known label get
 predictions but stay out of every metric.
 
-Which models run: ``hyperbolic.scoring.plan_models``. Every model sees exactly the same clips, class names and bootstrap resamples.
+Which models run: ``hyperbolic.evaluation.scoring.plan_models``. Every model sees exactly the same clips, class names and bootstrap resamples.
 
 Ground truth: a clip's labels that match a class. With ``expand_ancestors`` (needs an ontology)
 it is closed under the ontology's ancestry (``expand_to_ancestors``) for the whole run: every
@@ -12,7 +12,7 @@ metric, per-class AP, bootstrap, hierarchy block and the npz targets use the sam
 in ``test_info.ground_truth``; the set of labelled clips does not change. One ground truth per
 file keeps every number of it comparable; run twice for both.
 
-With an ontology, each model gets a ``hierarchy`` block (``hyperbolic.eval_hierarchy``).
+With an ontology, each model gets a ``hierarchy`` block (``hyperbolic.evaluation.hierarchy``).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from data.class_list import FROM_DATA, resolve_class_names
 from data.errors import DatasetError
 from data.labels import LabelMatcher, load_class_ids
 from hyperbolic.config import EvalConfig
-from hyperbolic.embeddings import (ClipEmbeddings, duration_report, embed_prompts, embed_run_clips, open_cache, open_clap,
+from hyperbolic.embedding.embeddings import (ClipEmbeddings, duration_report, embed_prompts, embed_run_clips, open_cache, open_clap,
                                    prompts_for)
-from hyperbolic.eval_files import results_path, save_scores, write_plots, write_results
-from hyperbolic.eval_hierarchy import HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
-from hyperbolic.metrics import (
+from hyperbolic.evaluation.files import results_path, save_scores, write_plots, write_results
+from hyperbolic.evaluation.hierarchy import HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
+from hyperbolic.evaluation.metrics import (
     bootstrap_ci,
     bootstrap_difference,
     bootstrap_samples,
@@ -44,10 +44,10 @@ from hyperbolic.metrics import (
     per_class_ap,
     retrieval_metrics,
 )
-from hyperbolic.ontology import Ontology
+from hyperbolic.hierarchy.ontology import Ontology
 from hyperbolic.outputs import unique_path
-from hyperbolic.retrieval import evaluate_captions
-from hyperbolic.scoring import PLAIN_MODEL_NAME, ScoringModel, build_models, model_info, similarity_stats, usage_block
+from hyperbolic.captions.retrieval import evaluate_captions
+from hyperbolic.evaluation.scoring import PLAIN_MODEL_NAME, ScoringModel, build_models, model_info, similarity_stats, usage_block
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ def _write_files(cfg: EvalConfig, path: Path, models: list[ScoringModel], scored
             r.block["plots"] = write_plots(path, model, r.block, r.text_pts, class_names, hier, r.labelled_pts,
                                            data.targets[data.labelled])
         if len(models) > 1 and any(r.block["per_class"] for r in scored.values()):
-            from hyperbolic import plots
+            from hyperbolic.evaluation import plots
             comparison_plot = str(plots.plot_ap_comparison(
                 {name: r.block["per_class"] for name, r in scored.items()},
                 unique_path(path.with_name(f"{path.stem}_per_class_ap_models.png")),
@@ -322,7 +322,7 @@ def _test_info(cfg: EvalConfig, clap, cache, class_names: list[str], models: lis
 def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple[dict, Path]:
     """Evaluate every model on the same clips; write the results JSON (and the npz and plots
     when asked); return (results, path). With ``cfg.text_column``: caption retrieval instead
-    (``hyperbolic.retrieval``)."""
+    (``hyperbolic.captions.retrieval``)."""
     if cfg.text_column:
         return evaluate_captions(cfg, models)
     class_names = resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,

@@ -1,9 +1,9 @@
 """Training the projector on frozen CLAP embeddings.
 
-Data flow: parquet -> CLAP embeddings (once, ``hyperbolic.training_data``) -> split -> epochs over
-the (N, D) matrix -> checkpoints + setup.json in the run folder (``hyperbolic.run_folder``).
+Data flow: parquet -> CLAP embeddings (once, ``hyperbolic.training.data``) -> split -> epochs over
+the (N, D) matrix -> checkpoints + setup.json in the run folder (``hyperbolic.training.run_folder``).
 ``fit`` is the epoch loop over tensors (restore, then per epoch train / validate / save, with
-``hyperbolic.trainer.Trainer`` doing one step); ``train`` runs one fit per (c, temperature)
+``hyperbolic.training.trainer.Trainer`` doing one step); ``train`` runs one fit per (c, temperature)
 combination of a sweep, all from the same embeddings.
 """
 
@@ -19,16 +19,16 @@ from pathlib import Path
 
 import torch
 
-from hyperbolic import checkpoint
+from hyperbolic.model import checkpoint
 from hyperbolic.config import TrainConfig
-from hyperbolic.embeddings import ClipEmbeddings
-from hyperbolic.entailment import EntailmentObjective
+from hyperbolic.embedding.embeddings import ClipEmbeddings
+from hyperbolic.hierarchy.cones import EntailmentObjective
 from hyperbolic.outputs import atomic_write_json
-from hyperbolic.run_folder import (continue_in_run_dir, prepare_output_dir, prune_checkpoints, resume_point,
+from hyperbolic.training.run_folder import (continue_in_run_dir, prepare_output_dir, prune_checkpoints, resume_point,
                                    sweep_dir_name)
-from hyperbolic.tables import format_sweep_table
-from hyperbolic.trainer import Trainer, TrainingError, lr_factor, upgrade_optimizer_state
-from hyperbolic.training_data import TrainingData, training_data
+from hyperbolic.evaluation.tables import format_sweep_table
+from hyperbolic.training.trainer import Trainer, TrainingError, lr_factor, upgrade_optimizer_state
+from hyperbolic.training.data import TrainingData, training_data
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def _summary(cfg: TrainConfig, history: list[dict], best_epoch: int, out: Path) 
 
 def _plot_curves(out: Path) -> None:
     try:
-        from hyperbolic.plots import plot_training_curves
+        from hyperbolic.evaluation.plots import plot_training_curves
     except ImportError:  # matplotlib missing: curves are optional
         return
     plot_training_curves(out / "setup.json", out / "training_curves.png")

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from data import audio as audio_rules
-from hyperbolic.clap import WEIGHT_SUFFIXES
+from hyperbolic.embedding.clap import WEIGHT_SUFFIXES
 from hyperbolic.outputs import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)

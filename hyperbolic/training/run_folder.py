@@ -1,7 +1,7 @@
 """A run's folder (``--output-dir``): what it holds, creating it without overwriting an earlier
 run, pruning old epoch checkpoints, and continuing a run from it (``--resume``: its settings,
 the checkpoint to start from, a sweep's subfolders). The checkpoint format itself is
-``hyperbolic.checkpoint``'s."""
+``hyperbolic.model.checkpoint``'s."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from hyperbolic import checkpoint
+from hyperbolic.model import checkpoint
 from hyperbolic.config import TrainConfig
-from hyperbolic.trainer import TrainingError
+from hyperbolic.training.trainer import TrainingError
 
-log = logging.getLogger("hyperbolic.train")
+log = logging.getLogger("hyperbolic.training.train")
 
 
 def prune_checkpoints(out: Path, *, epoch: int, best_epoch: int, keep_epochs: int) -> list[Path]:

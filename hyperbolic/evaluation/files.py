@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from hyperbolic.outputs import atomic_write_bytes, atomic_write_json, unique_path
-from hyperbolic.scoring import ScoringModel
+from hyperbolic.evaluation.scoring import ScoringModel
 
 
 def results_path(cfg) -> Path:
@@ -63,7 +63,7 @@ def write_plots(json_path: Path, model: ScoringModel, block: dict, text_pts, cla
            audio_pts=None, targets=None) -> dict:
     """``audio_pts`` (N, D) and ``targets`` (N, C): the labelled clips' points and ground truth
     (chance levels, label choice, the clips on the disk)."""
-    from hyperbolic import plots  # matplotlib is imported only when plots are asked for
+    from hyperbolic.evaluation import plots  # matplotlib is imported only when plots are asked for
     written: dict = {}
     num_clips = None if targets is None else len(targets)
     if block["per_class"]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperbolic import legacy, poincare
+from hyperbolic.geometry import legacy, poincare
 
 GEOMETRIES = ("hyperbolic", "euclidean")
 

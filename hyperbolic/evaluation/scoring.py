@@ -2,10 +2,10 @@
 
 A ``ScoringModel`` is plain CLAP (cosine of the unit embeddings) or a trained projector with its
 geometry, c and temperature, read from a checkpoint (``load_projection``; the file format is
-``hyperbolic.checkpoint``'s). ``build_models`` turns ``--projection-checkpoint`` into the models
+``hyperbolic.model.checkpoint``'s). ``build_models`` turns ``--projection-checkpoint`` into the models
 of a run (``plan_models``); ``model_info``, ``similarity_stats`` and ``usage_block`` are the
-per-model parts of a results block that classification (``hyperbolic.evaluate``) and caption retrieval
-(``hyperbolic.retrieval``) share.
+per-model parts of a results block that classification (``hyperbolic.evaluation.evaluate``) and caption retrieval
+(``hyperbolic.captions.retrieval``) share.
 
 Which models run (``plan_models``):
 
@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperbolic import legacy
-from hyperbolic.ball_usage import ball_usage
-from hyperbolic.checkpoint import read_projection, resolve_checkpoint
+from hyperbolic.geometry import legacy
+from hyperbolic.evaluation.ball_usage import ball_usage
+from hyperbolic.model.checkpoint import read_projection, resolve_checkpoint
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
-from hyperbolic.embeddings import PROMPT_NAME_RULE
-from hyperbolic.entailment import DEFAULT_K
-from hyperbolic.projector import Projector, effective_temperature, similarity
+from hyperbolic.embedding.embeddings import PROMPT_NAME_RULE
+from hyperbolic.hierarchy.cones import DEFAULT_K
+from hyperbolic.model.projector import Projector, effective_temperature, similarity
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class ScoringModel:
     geometry: str = "cosine"
     c: float | None = None
     temperature: float | None = None
-    legacy_distance: bool = False  # with it, the legacy projection too (hyperbolic.legacy.project)
+    legacy_distance: bool = False  # with it, the legacy projection too (hyperbolic.geometry.legacy.project)
     info: dict = field(default_factory=dict)
     entailment_k: float = DEFAULT_K  # cone aperture K for the --ontology cone numbers (hyperbolic only)
 
@@ -132,7 +132,7 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
     if read.entailment_k is not None:
         entailment_k, k_source = read.entailment_k, "checkpoint config entailment_k"
     else:
-        entailment_k, k_source = DEFAULT_K, "default (hyperbolic.entailment.DEFAULT_K)"
+        entailment_k, k_source = DEFAULT_K, "default (hyperbolic.hierarchy.cones.DEFAULT_K)"
     for flag, value in ignored.items():
         log.warning("%s: --%s %s does not apply to this checkpoint (it has %s); ignored", path.name,
                     flag.replace("_", "-"), value,

@@ -1,10 +1,10 @@
 """Training on captions (``train_hyperbolic_clap.py --text-column COL``).
 
-Texts: the distinct caption strings of the clips read (``hyperbolic.captions.CaptionPairs``),
+Texts: the distinct caption strings of the clips read (``hyperbolic.captions.texts.CaptionPairs``),
 after the class prompts when class labels are mixed in. A clip's positives are the texts of its
 own captions, so a caption string written for two clips is a positive of both; with
 ``--label-column`` given too, the clip's class prompts are positives as well, all in one
-softmax: the multi-positive objective (``hyperbolic.objective``) over the batch's texts, captions
+softmax: the multi-positive objective (``hyperbolic.training.objective``) over the batch's texts, captions
 and class prompts alike (``--text-pairing first-label``: one text per clip, its first caption).
 A clip needs a caption; its class labels may be empty.
 
@@ -32,13 +32,13 @@ import torch
 from data.audioset import SkipLog
 from data.captions import read_captions
 from data.labels import LabelMatcher
-from hyperbolic.cache import EmbeddingCache
-from hyperbolic.captions import embed_texts, pair_captions
+from hyperbolic.embedding.cache import EmbeddingCache
+from hyperbolic.captions.texts import embed_texts, pair_captions
 from hyperbolic.config import TrainConfig
-from hyperbolic.embeddings import ClipEmbeddings, embed_prompts, embed_run_clips, prompts_for
-from hyperbolic.objective import caption_cone_term, multi_positive_contrastive
-from hyperbolic.metrics import classification_metrics, retrieval_metrics
-from hyperbolic.trainer import Trainer, TrainingError
+from hyperbolic.embedding.embeddings import ClipEmbeddings, embed_prompts, embed_run_clips, prompts_for
+from hyperbolic.training.objective import caption_cone_term, multi_positive_contrastive
+from hyperbolic.evaluation.metrics import classification_metrics, retrieval_metrics
+from hyperbolic.training.trainer import Trainer, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class CaptionTrainer(Trainer):
 
     def batch_loss(self, audio: torch.Tensor, labels: list[list[int]], first: list[int]) -> torch.Tensor:
         """The contrastive objective (``Trainer.batch_loss``) plus, with ``--entailment-weight``,
-        the caption cone term (``hyperbolic.objective.caption_cone_term``)."""
+        the caption cone term (``hyperbolic.training.objective.caption_cone_term``)."""
         loss = super().batch_loss(audio, labels, first)
         if self.cfg.entailment_weight > 0:
             c = self.geometry.c

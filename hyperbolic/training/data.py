@@ -17,15 +17,15 @@ from data.audio import segmenting_from
 from data.audioset import SkipLog
 from data.class_list import resolve_class_names
 from data.labels import LabelMatcher, load_class_ids
-from hyperbolic.caption_train import CaptionTrainer, caption_training_data
+from hyperbolic.captions.train import CaptionTrainer, caption_training_data
 from hyperbolic.config import TrainConfig
-from hyperbolic.embeddings import (PROMPT_NAME_RULE, ClipEmbeddings, duration_report, embed_prompts, embed_run_clips,
+from hyperbolic.embedding.embeddings import (PROMPT_NAME_RULE, ClipEmbeddings, duration_report, embed_prompts, embed_run_clips,
                                    open_cache, open_clap, prompts_for)
-from hyperbolic.entailment import Hierarchy
-from hyperbolic.ontology import Ontology
-from hyperbolic.trainer import TrainingError
+from hyperbolic.hierarchy.cones import Hierarchy
+from hyperbolic.hierarchy.ontology import Ontology
+from hyperbolic.training.trainer import TrainingError
 
-log = logging.getLogger("hyperbolic.train")
+log = logging.getLogger("hyperbolic.training.train")
 
 
 @dataclass
@@ -113,7 +113,7 @@ def training_data(cfg: TrainConfig) -> TrainingData:
     clap, cache = open_clap(cfg), open_cache(cfg)
     skips = SkipLog()
     trainer_cls, caption_info = None, None
-    if cfg.text_column:  # captions are the texts: hyperbolic.caption_train
+    if cfg.text_column:  # captions are the texts: hyperbolic.captions.train
         clips, prompts, caption_info = caption_training_data(cfg, clap, class_names=class_names, matcher=matcher,
                                                              cache=cache, skips=skips)
         trainer_cls = partial(CaptionTrainer, num_classes=len(class_names))

@@ -1,0 +1,1 @@
+"""Captions: per-text embeddings, caption training and caption retrieval."""

@@ -1,0 +1,1 @@
+"""The projector into the ball with its similarity head, and its checkpoints."""
