@@ -9,7 +9,9 @@ from scipy import stats
 from sklearn.metrics import (average_precision_score, f1_score, precision_score, recall_score,
                              roc_auc_score)
 
+from hyperbolic.evaluation import bootstrap as B
 from hyperbolic.evaluation import metrics as M
+from hyperbolic.hierarchy import metrics as H
 
 TOL = 1e-12
 
@@ -478,14 +480,14 @@ def ref_bootstrap(s, t, n, seed, alpha):
 @pytest.mark.parametrize("seed,levels", [(0, None), (1, 3)])
 def test_bootstrap_matches_resampled_loops(seed, levels):
     s, t = make_case(seed, 30, 6, levels)
-    got = M.bootstrap_ci(s, t, n=25, seed=7, alpha=0.1)
+    got = B.bootstrap_ci(s, t, n=25, seed=7, alpha=0.1)
     (m_lo, m_hi), (a_lo, a_hi), maps, accs = ref_bootstrap(s, t, 25, 7, 0.1)
     assert got["mAP"]["low"] == pytest.approx(m_lo, abs=TOL)
     assert got["mAP"]["high"] == pytest.approx(m_hi, abs=TOL)
     assert got["acc@1"]["low"] == pytest.approx(a_lo, abs=TOL)
     assert got["acc@1"]["high"] == pytest.approx(a_hi, abs=TOL)
     assert got["n"] == 25 and got["seed"] == 7
-    samples = M.bootstrap_samples(s, t, n=25, seed=7)
+    samples = B.bootstrap_samples(s, t, n=25, seed=7)
     np.testing.assert_allclose(samples["mAP"], maps, atol=TOL)
     np.testing.assert_allclose(samples["acc@1"], accs, atol=TOL)
 
@@ -508,39 +510,39 @@ def test_bootstrap_interval_is_not_biased_upward():
     draws = np.random.default_rng(1)
     tied = [ref_map_classes(s[idx], t[idx]) for idx in (draws.integers(0, 1500, size=1500) for _ in range(40))]
     assert np.percentile(tied, 2.5) > point  # the earlier interval misses the point
-    got = M.bootstrap_ci(s, t, n=40, seed=1)
+    got = B.bootstrap_ci(s, t, n=40, seed=1)
     assert got["mAP"]["low"] < point < got["mAP"]["high"]
-    assert abs(np.mean(M.bootstrap_samples(s, t, n=40, seed=1)["mAP"]) - point) < abs(np.mean(tied) - point) / 2
+    assert abs(np.mean(B.bootstrap_samples(s, t, n=40, seed=1)["mAP"]) - point) < abs(np.mean(tied) - point) / 2
 
 
 def test_paired_difference_uses_the_same_resamples():
     s, t = make_case(4, 120, 12, None)
     better = s + 0.8 * t  # informative
-    a = M.bootstrap_samples(better, t, n=50, seed=2)
-    b = M.bootstrap_samples(s, t, n=50, seed=2)
+    a = B.bootstrap_samples(better, t, n=50, seed=2)
+    b = B.bootstrap_samples(s, t, n=50, seed=2)
     pa, pb = M.classification_metrics(better, t), M.classification_metrics(s, t)
-    d = M.bootstrap_difference(a, b, pa, pb)
+    d = B.bootstrap_difference(a, b, pa, pb)
     for key in ("mAP", "acc@1"):
         assert d[key]["diff"] == pytest.approx(pa[key] - pb[key])
         assert d[key]["low"] == pytest.approx(np.percentile(a[key] - b[key], 2.5))
         assert d[key]["high"] == pytest.approx(np.percentile(a[key] - b[key], 97.5))
         assert d[key]["low"] > 0
     # Same resamples: the model against itself differs by exactly 0 on every resample.
-    same = M.bootstrap_difference(a, a, pa, pa)
+    same = B.bootstrap_difference(a, a, pa, pa)
     assert same["mAP"] == {"diff": 0.0, "low": 0.0, "high": 0.0}
     with pytest.raises(ValueError, match="same resamples"):
-        M.bootstrap_difference(a, M.bootstrap_samples(s, t, n=10, seed=2), pa, pb)
+        B.bootstrap_difference(a, B.bootstrap_samples(s, t, n=10, seed=2), pa, pb)
 
 
 def test_bootstrap_contains_estimate_and_is_reproducible():
     s, t = make_case(5, 300, 15, None)
     point = M.classification_metrics(s, t)
-    a = M.bootstrap_ci(s, t, n=200, seed=3)
-    assert a == M.bootstrap_ci(s, t, n=200, seed=3)
-    assert a != M.bootstrap_ci(s, t, n=200, seed=4)
+    a = B.bootstrap_ci(s, t, n=200, seed=3)
+    assert a == B.bootstrap_ci(s, t, n=200, seed=3)
+    assert a != B.bootstrap_ci(s, t, n=200, seed=4)
     for key in ("mAP", "acc@1"):
         assert a[key]["low"] < point[key] < a[key]["high"], key
-    narrow = M.bootstrap_ci(s, t, n=200, seed=3, alpha=0.5)
+    narrow = B.bootstrap_ci(s, t, n=200, seed=3, alpha=0.5)
     assert a["mAP"]["low"] <= narrow["mAP"]["low"] <= narrow["mAP"]["high"] <= a["mAP"]["high"]
 
 
@@ -552,17 +554,17 @@ def test_spearman_matches_rank_formula():
     depths = norms * 3 + rng.random(30)  # distinct values, so the no-tie formula applies
     d = stats.rankdata(norms) - stats.rankdata(depths)
     expected = 1 - 6 * np.sum(d ** 2) / (30 * (30 ** 2 - 1))
-    got = M.spearman_norm_depth(norms, depths)
+    got = H.spearman_norm_depth(norms, depths)
     assert got["rho"] == pytest.approx(expected, abs=1e-12)
     assert 0 <= got["p_value"] < 0.05 and got["n"] == 30
-    assert M.spearman_norm_depth([0.1, 0.2, 0.3], [3, 2, 1])["rho"] == pytest.approx(-1.0)
+    assert H.spearman_norm_depth([0.1, 0.2, 0.3], [3, 2, 1])["rho"] == pytest.approx(-1.0)
 
 
 def test_spearman_undefined_and_invalid():
-    got = M.spearman_norm_depth([0.1, 0.2, 0.3], [2, 2, 2])
+    got = H.spearman_norm_depth([0.1, 0.2, 0.3], [2, 2, 2])
     assert got["rho"] is None and got["p_value"] is None and got["n"] == 3
     with pytest.raises(ValueError):
-        M.spearman_norm_depth([0.1, 0.2], [1, 2, 3])
+        H.spearman_norm_depth([0.1, 0.2], [1, 2, 3])
 
 
 # ----------------------------------------------------------------------- hierarchy
@@ -589,9 +591,9 @@ TREE_D = np.array([
 
 
 def test_class_distance_matrix_hand_tree():
-    np.testing.assert_array_equal(M.class_distance_matrix(PARENTS, 6), TREE_D)
+    np.testing.assert_array_equal(H.class_distance_matrix(PARENTS, 6), TREE_D)
     with pytest.raises(ValueError, match="cycle"):
-        M.class_distance_matrix({0: [1], 1: [2], 2: [0]}, 3)
+        H.class_distance_matrix({0: [1], 1: [2], 2: [0]}, 3)
 
 
 def test_mistake_severity_hand_tree():
@@ -602,10 +604,10 @@ def test_mistake_severity_hand_tree():
     ])
     t = np.zeros((3, 6), dtype=bool)
     t[0, 0] = t[1, 2] = t[1, 5] = t[2, 4] = True
-    got = M.mistake_severity(s, t, PARENTS, k=2)
+    got = H.mistake_severity(s, t, PARENTS, k=2)
     assert got["mistake_severity"] == pytest.approx((1 + 3) / 2)
     assert got["hier_dist@2"] == pytest.approx(((1 + 0) / 2 + (3 + 1) / 2 + (0 + 2) / 2) / 3)
     assert got["num_mistakes"] == 2 and got["num_clips"] == 3
-    assert M.mistake_severity(s, t, PARENTS, k=1)["hier_dist@1"] == pytest.approx(4 / 3)
-    correct = M.mistake_severity(s[2:], t[2:], PARENTS, k=1)
+    assert H.mistake_severity(s, t, PARENTS, k=1)["hier_dist@1"] == pytest.approx(4 / 3)
+    correct = H.mistake_severity(s[2:], t[2:], PARENTS, k=1)
     assert correct["mistake_severity"] is None and correct["hier_dist@1"] == 0.0

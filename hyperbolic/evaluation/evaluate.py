@@ -35,10 +35,8 @@ from hyperbolic.embedding.embeddings import (ClipEmbeddings, duration_report, em
                                    prompts_for)
 from hyperbolic.evaluation.files import results_path, save_scores, write_plots, write_results
 from hyperbolic.evaluation.hierarchy import HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
+from hyperbolic.evaluation.bootstrap import bootstrap_ci, bootstrap_difference, bootstrap_samples
 from hyperbolic.evaluation.metrics import (
-    bootstrap_ci,
-    bootstrap_difference,
-    bootstrap_samples,
     classification_metrics,
     legacy_set_metrics,
     per_class_ap,
@@ -56,7 +54,7 @@ EXCLUDED_EXAMPLES = 5
 BOOTSTRAP_NOTE = (
     "Percentile bootstrap over the labelled clips; every model uses the same resamples (same seed). "
     "A clip drawn m times counts m times but its copies do not rank against each other "
-    "(metrics.bootstrap_samples), which removes the upward bias of resampled mAP that copies tied "
+    "(bootstrap.bootstrap_samples), which removes the upward bias of resampled mAP that copies tied "
     "with each other gave. vs_clap_cosine: this model minus plain CLAP on each shared resample "
     "(paired), diff the difference of the point estimates."
 )

@@ -15,7 +15,7 @@ Conventions, shared by every function here:
   ``places left / group size``, and holds a true label there with probability
   ``1 - hypergeom.pmf(0, group size, true in group, places left)``. A model whose scores are
   all equal gets ``acc@1 = mean over clips of #labels / C``. AP@10 (``t2a_mAP@10``), the
-  hierarchy metrics and the predictions list still rank ties by the lower index
+  hierarchy metrics (``hyperbolic.hierarchy.metrics``) and the predictions list still rank ties by the lower index
   (``np.argsort(-s, kind="stable")``). Average precision and ROC AUC do not depend on the
   order inside a tie: they follow scikit-learn, which treats a tie as one threshold.
 - A value that is undefined or infinite is returned as ``None`` (results are written to JSON,
@@ -38,16 +38,10 @@ from scipy import stats
 from scipy.stats import hypergeom
 
 __all__ = [
-    "bootstrap_ci",
-    "bootstrap_difference",
-    "bootstrap_samples",
-    "class_distance_matrix",
     "classification_metrics",
     "legacy_set_metrics",
-    "mistake_severity",
     "per_class_ap",
     "retrieval_metrics",
-    "spearman_norm_depth",
 ]
 
 # Elements per block in the per-clip AP pass: bounds the temporary (block, C) copies to a
@@ -405,121 +399,6 @@ def retrieval_metrics(scores, targets, *, ks: Sequence[int] = (1, 5, 10), map_k:
     return out
 
 
-def bootstrap_samples(scores, targets, *, n: int, seed: int) -> dict[str, np.ndarray]:
-    """mAP and acc@1 of each of ``n`` resamples of the clips: ``{"mAP": (n,), "acc@1": (n,)}``.
-
-    Resample b (b = 0..n-1) takes ``idx = rng.integers(0, N, size=N)`` in that order from
-    ``rng = np.random.default_rng(seed)``, so a result can be reproduced draw by draw, and two
-    models given the same seed and N see the same resamples (``bootstrap_difference``).
-
-    A clip drawn m times counts m times (weights), but its copies do not rank against each
-    other: in each class, a drawn positive with score x has precision
-    ``(P_ge - m + 1) / (N_ge - m + 1)``, where ``P_ge`` and ``N_ge`` are the weighted counts of
-    positives and of clips scoring >= x, i.e. its own copies count once, as the clip does in
-    the data. Treating the copies as one tie instead (scikit-learn on the duplicated rows)
-    credits each copy with all the others as hits at its own rank, which biases resampled mAP
-    upward: on random 4000 x 60 scores with 1% positives (200 resamples) the point mAP 0.0212
-    lay below the whole 95% interval [0.0216, 0.0236]; this rule gives [0.0202, 0.0218]. The resample's
-    AP of a class is the weighted mean of these precisions over its drawn positives, and its
-    mAP averages over the classes with >= 1 positive drawn. Without duplicates (all m = 1)
-    this is scikit-learn's AP. acc@1 is the weighted mean of the clips' expected hits (ties
-    ordered at random, as ``classification_metrics``).
-    """
-    s, t = _check_inputs(scores, targets)
-    if int(n) < 1:
-        raise ValueError(f"n must be >= 1 (got {n})")
-    num_clips = s.shape[0]
-    hit1 = expected_hits(s, t, (1,))[1]
-
-    # Per class, fixed across resamples: clip order by ascending score, and for each
-    # positive its count of clips (and of positives) scoring strictly lower.
-    cols = np.flatnonzero(t.any(axis=0))
-    order = np.argsort(s[:, cols].T, axis=1).astype(np.int32)  # (Q, N)
-    per_class = []
-    for row, col in enumerate(cols):
-        v = s[order[row], col]
-        clips = np.flatnonzero(t[:, col])
-        x = s[clips, col]
-        u_order = np.argsort(x)
-        per_class.append((clips[u_order], np.searchsorted(v, x[u_order], side="left"),
-                          np.searchsorted(x[u_order], x[u_order], side="left")))
-
-    rng = np.random.default_rng(seed)
-    maps = np.empty(int(n))
-    accs = np.empty(int(n))
-    for b in range(int(n)):
-        # int32 holds any count up to N and halves the memory traffic of the gather below.
-        w = np.bincount(rng.integers(0, num_clips, size=num_clips),
-                        minlength=num_clips).astype(np.int32)
-        accs[b] = np.dot(w, hit1) / num_clips
-        # Weight below each position of each class's sorted column: cum[q, i] = sum of the
-        # weights of the i lowest-scoring clips.
-        cum = np.zeros((len(cols), num_clips + 1), dtype=np.int32)
-        np.cumsum(w[order], axis=1, out=cum[:, 1:])
-        aps = []
-        for row, (clips, n_lt, p_lt) in enumerate(per_class):
-            wp = w[clips].astype(np.float64)
-            if not wp.any():
-                continue  # class absent from this resample
-            pos_cum = np.concatenate(([0.0], np.cumsum(wp)))
-            p_ge = pos_cum[-1] - pos_cum[p_lt]
-            n_ge = cum[row, -1] - cum[row, n_lt]
-            d = wp > 0  # undrawn positives add nothing, and may have n_ge == 0
-            # Own copies count once: n_ge - m + 1 >= 1 since n_ge includes the m copies.
-            precision = (p_ge[d] - wp[d] + 1) / (n_ge[d] - wp[d] + 1)
-            aps.append(np.sum(wp[d] * precision) / pos_cum[-1])
-        maps[b] = np.mean(aps)
-    return {"mAP": maps, "acc@1": accs}
-
-
-def _check_alpha(alpha: float) -> list[float]:
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1) (got {alpha})")
-    return [100 * alpha / 2, 100 * (1 - alpha / 2)]
-
-
-def bootstrap_ci(scores, targets, *, n: int, seed: int, alpha: float = 0.05,
-                 samples: dict[str, np.ndarray] | None = None) -> dict:
-    """Percentile bootstrap intervals of mAP and acc@1 over clips.
-
-    The values are ``bootstrap_samples(scores, targets, n=n, seed=seed)`` (pass them as
-    ``samples`` when already computed); the interval is
-    ``np.percentile(values, [100 alpha/2, 100 (1 - alpha/2)])``.
-
-    Returns ``{"mAP": {"low", "high"}, "acc@1": {"low", "high"}, "n", "seed", "alpha"}``.
-    """
-    q = _check_alpha(alpha)
-    if samples is None:
-        samples = bootstrap_samples(scores, targets, n=n, seed=seed)
-    out: dict = {}
-    for key in ("mAP", "acc@1"):
-        lo, hi = np.percentile(samples[key], q)
-        out[key] = {"low": float(lo), "high": float(hi)}
-    return {**out, "n": int(n), "seed": int(seed), "alpha": float(alpha)}
-
-
-def bootstrap_difference(samples: dict[str, np.ndarray], baseline: dict[str, np.ndarray],
-                         point: Mapping[str, float], baseline_point: Mapping[str, float], *,
-                         alpha: float = 0.05) -> dict:
-    """Paired bootstrap of a difference between two models scored on the same clips.
-
-    ``samples`` and ``baseline`` come from ``bootstrap_samples`` with the same seed, n and
-    clips, so resample b is the same set of clips for both. For each key (mAP, acc@1):
-    ``diff = point - baseline_point``; ``low``, ``high``: the percentile interval of
-    ``samples[key] - baseline[key]``. Pairing removes the clip-to-clip variation the two
-    models share, so the interval is narrower than one read off two separate intervals.
-    """
-    q = _check_alpha(alpha)
-    out = {}
-    for key in ("mAP", "acc@1"):
-        if len(samples[key]) != len(baseline[key]):
-            raise ValueError(f"paired bootstrap needs the same resamples ({len(samples[key])} vs "
-                             f"{len(baseline[key])} values of {key})")
-        lo, hi = np.percentile(np.asarray(samples[key]) - np.asarray(baseline[key]), q)
-        out[key] = {"diff": float(point[key] - baseline_point[key]), "low": float(lo), "high": float(hi)}
-    return out
-
-
 def legacy_set_metrics(scores, targets, *, set_k: int = 5, threshold: float | None = None) -> dict:
     """Macro precision, recall and F1 as the earlier public scripts computed them.
 
@@ -540,115 +419,3 @@ def legacy_set_metrics(scores, targets, *, set_k: int = 5, threshold: float | No
             "num_classes_averaged": int(s.shape[1]),
             "definition": "earlier scripts: per-class P and R averaged over all classes of the list "
                           "(no positive: 0); f1_macro = harmonic mean of the two averages"}
-
-
-def spearman_norm_depth(norms, depths) -> dict:
-    """Spearman rank correlation of embedding norms with hierarchy depths.
-
-    ``scipy.stats.spearmanr`` on two 1-D sequences of equal length >= 2. Returns
-    ``{"rho", "p_value", "n"}``; rho and p_value are ``None`` when undefined (a constant input).
-    """
-    x = np.asarray(norms, dtype=np.float64)
-    y = np.asarray(depths, dtype=np.float64)
-    if x.ndim != 1 or x.shape != y.shape:
-        raise ValueError(f"norms and depths must be 1-D of equal length (got {x.shape}, {y.shape})")
-    if len(x) < 2:
-        raise ValueError(f"need at least 2 points for a rank correlation (got {len(x)})")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        res = stats.spearmanr(x, y)
-    return {"rho": _none_if_not_finite(float(res.statistic)),
-            "p_value": _none_if_not_finite(float(res.pvalue)), "n": int(len(x))}
-
-
-# ------------------------------------------------------------------------------ hierarchy
-
-def class_distance_matrix(parents: Mapping[int, Iterable[int]], num_classes: int) -> np.ndarray:
-    """LCA-height distance between every pair of classes, ``(C, C)`` float.
-
-    The hierarchy is a DAG over integer nodes: ``parents[v]`` lists v's parents; classes are
-    nodes ``0..C-1``; other integers are nodes that are not classes (abstract categories);
-    a node missing from ``parents`` has none.
-
-    - ``height(v)``: the largest number of edges on a downward path from v to a leaf;
-      leaves have height 0.
-    - ``d(a, a) = 0``. For a != b, ``d(a, b)`` = the smallest height among the common
-      ancestors of a and b, each node counting as its own ancestor (so if a is an ancestor of
-      b, ``d(a, b) = height(a)``). This is the LCA height of Bertinetto et al. (2020), "Making
-      Better Mistakes"; in a DAG the LCA is the lowest of possibly several common ancestors.
-    - Classes with no common ancestor (AudioSet has several top-level categories) meet at a
-      virtual root above all roots: ``d = 1 + max height`` over the hierarchy.
-
-    Raises ValueError on a cycle.
-    """
-    nodes = set(range(num_classes))
-    parent_sets: dict[int, set[int]] = {}
-    for v, ps in parents.items():
-        parent_sets[int(v)] = {int(p) for p in ps}
-        nodes.add(int(v))
-        nodes.update(parent_sets[int(v)])
-    children: dict[int, list[int]] = {v: [] for v in nodes}
-    for v, ps in parent_sets.items():
-        for p in ps:
-            children[p].append(v)
-
-    # Kahn's algorithm, parents before children; anything left over lies on a cycle.
-    pending = {v: len(parent_sets.get(v, ())) for v in nodes}
-    topo = [v for v in sorted(nodes) if pending[v] == 0]
-    for v in topo:  # topo grows while we walk it
-        for ch in children[v]:
-            pending[ch] -= 1
-            if pending[ch] == 0:
-                topo.append(ch)
-    if len(topo) != len(nodes):
-        raise ValueError("the class hierarchy has a cycle")
-
-    height = {}
-    for v in reversed(topo):
-        height[v] = 1 + max(height[ch] for ch in children[v]) if children[v] else 0
-    ancestors: dict[int, set[int]] = {}
-    for v in topo:
-        ancestors[v] = {v}.union(*(ancestors[p] for p in parent_sets.get(v, ())))
-
-    index = {v: i for i, v in enumerate(sorted(nodes))}
-    anc = np.zeros((num_classes, len(nodes)), dtype=bool)
-    for a in range(num_classes):
-        anc[a, [index[v] for v in ancestors[a]]] = True
-    d = np.full((num_classes, num_classes), float(1 + max(height.values())))  # virtual root
-    # Lowest ancestors last, so each pair ends with the smallest common height.
-    for v in sorted(nodes, key=lambda v: -height[v]):
-        members = np.flatnonzero(anc[:, index[v]])
-        if members.size:
-            d[np.ix_(members, members)] = height[v]
-    np.fill_diagonal(d, 0.0)
-    return d
-
-
-def mistake_severity(scores, targets, parents: Mapping[int, Iterable[int]], *, k: int = 5) -> dict:
-    """Hierarchical mistake metrics after Bertinetto et al. (2020), for multi-label clips.
-
-    With ``d`` from :func:`class_distance_matrix` and ``dist_i(p) = min over true classes j of
-    clip i of d(p, j)``:
-
-    - ``mistake_severity``: mean of ``dist_i(top1_i)`` over the clips whose top-1 class is not
-      a true label (``None`` if there is no such clip).
-    - ``hier_dist@k``: mean over all clips of the mean of ``dist_i(p)`` over the top-k classes
-      p of clip i (stable ranking; a correct prediction contributes 0).
-    - ``num_mistakes`` (int), ``num_clips`` (int).
-
-    Raises ValueError as :func:`classification_metrics` does, or on a cyclic hierarchy.
-    """
-    s, t = _check_inputs(scores, targets)
-    (k,) = _check_ks((k,), "k")
-    d = class_distance_matrix(parents, s.shape[1])
-    top = _topk_order(s, k)  # (N, k')
-    dist = np.empty(top.shape)
-    block = max(1, _BLOCK_ELEMS // (top.shape[1] * s.shape[1]))
-    for a in range(0, len(top), block):
-        # (rows, k', C): distance from each prediction to every class, kept where true.
-        pair = np.where(t[a:a + block, None, :], d[top[a:a + block]], np.inf)
-        dist[a:a + block] = pair.min(axis=2)
-    wrong = ~t[np.arange(len(t)), top[:, 0]]
-    return {"mistake_severity": float(dist[wrong, 0].mean()) if wrong.any() else None,
-            f"hier_dist@{k}": float(dist.mean(axis=1).mean()),
-            "num_mistakes": int(wrong.sum()), "num_clips": int(s.shape[0])}

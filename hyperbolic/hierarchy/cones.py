@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from hyperbolic.geometry import poincare
-from hyperbolic.evaluation.metrics import spearman_norm_depth
+from hyperbolic.hierarchy.metrics import spearman_norm_depth
 from hyperbolic.hierarchy.ontology import Ontology, nearest_kept_ancestors
 
 __all__ = [
