@@ -296,3 +296,48 @@ def eval_parser(description: str | None = None) -> argparse.ArgumentParser:
                         "models) and best/worst per-class AP")
     add_embedding_args(p)
     return p
+
+
+def proj_dim_arg(text: str) -> int | None:
+    """``--proj-dims``: a projection size >= 1, or ``clap`` for the CLAP embedding size (None)."""
+    if text.strip().lower() == "clap":
+        return None
+    try:
+        d = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a size >= 1 or 'clap' (got {text!r})") from None
+    if d < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {d})")
+    return d
+
+
+def study_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The flags of ``python -m hyperbolic.study``: every flag of ``train_parser`` (the recipe each
+    cell trains with; ``--seed`` seeds the train/validation/eval split) and the grid's own."""
+    p = train_parser(description)
+    p.set_defaults(output_dir="./study")
+    g = p.add_argument_group("study", "the grid; every flag above sets the recipe each cell trains with "
+                                      "(--output-dir: the study folder, --seed: the split of the clips)")
+    g.add_argument("--eval-parquet-dir", default=None,
+                   help="folder of the eval clips (default: none, --eval-fraction of the --parquet-dir clips)")
+    g.add_argument("--eval-fraction", type=float, default=0.2,
+                   help="without --eval-parquet-dir: this seeded fraction of the clips is kept out of training "
+                        "and scores every cell")
+    g.add_argument("--geometries", nargs="+", default=["hyperbolic", "euclidean"], metavar="G",
+                   help="geometries of the grid (choices as --geometry)")
+    g.add_argument("--proj-dims", nargs="+", type=proj_dim_arg, default=[None], metavar="D|clap",
+                   help="projection sizes of the grid (default: clap, the CLAP embedding size)")
+    g.add_argument("--fractions", nargs="+", type=float, default=[1.0], metavar="F",
+                   help="fractions of the training part each cell trains on (seeded per cell)")
+    g.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds of every configuration")
+    g.add_argument("--probe", action=argparse.BooleanOptionalAction, default=True,
+                   help="the linear-probe ceiling: a supervised linear classifier per fraction and seed")
+    g.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="worker I of N sharing --output-dir: it runs the cells k with k mod N == I, each claimed "
+                        "atomically, then rebuilds the summary from every finished cell")
+    g.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="paired clip resamples of the summary's intervals (seeds averaged inside each)")
+    g.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples")
+    g.add_argument("--summary-only", action="store_true",
+                   help="rebuild study.json, the table and the plots from the finished cells; train nothing")
+    return p

@@ -109,3 +109,25 @@ class EvalConfig(EmbeddingConfig):
     # Ground truth closed under the ontology's ancestry for every metric (see hyperbolic.evaluation.evaluate).
     expand_ancestors: bool = False
     plots: bool = False
+
+
+@dataclass(kw_only=True)
+class StudyConfig:
+    """The grid of ``python -m hyperbolic.study`` (``hyperbolic.study``): every cell trains with
+    ``recipe`` (the training flags), its geometry, projection size, data fraction and seed set."""
+
+    recipe: TrainConfig
+    eval_parquet_dir: str | None = None  # the eval clips; None: --eval-fraction of the clips
+    eval_fraction: float = 0.2           # of the clips, kept out of training for evaluation (no eval folder)
+    geometries: list[str] = field(default_factory=lambda: ["hyperbolic", "euclidean"])
+    proj_dims: list[int | None] = field(default_factory=lambda: [None])  # None: the CLAP embedding size
+    fractions: list[float] = field(default_factory=lambda: [1.0])        # of the training part, per cell
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    probe: bool = True                   # the linear-probe ceiling row
+    shard: str = "0/1"                   # I/N: this worker's share of the cells
+    bootstrap: int = 1000                # paired clip resamples of the summary (hyperbolic.evaluation.bootstrap)
+    bootstrap_seed: int = 0
+    summary_only: bool = False           # rebuild study.json from the finished cells, train nothing
+
+    def to_dict(self) -> dict:
+        return asdict(self)
