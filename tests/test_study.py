@@ -4,6 +4,7 @@ and the seed-averaged paired bootstrap against a brute-force computation."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -217,3 +218,34 @@ def test_seed_averaged_paired_bootstrap_matches_brute_force(tmp_path):
     avg = seed_averaged_samples([{"mAP": np.array([0.0, 1.0]), "acc@1": np.array([1.0, 0.0])},
                                  {"mAP": np.array([1.0, 1.0]), "acc@1": np.array([0.0, 0.0])}])
     assert avg["mAP"].tolist() == [0.5, 1.0] and avg["acc@1"].tolist() == [0.5, 0.0]
+
+
+@pytest.mark.slow
+def test_the_command_end_to_end_on_parquet_with_a_tiny_clap(tmp_path, tiny_clap_dir, demo_train_dir, demo_eval_dir):
+    from hyperbolic.study.command import main
+    out = tmp_path / "study"
+    argv = ["--parquet-dir", demo_train_dir, "--eval-parquet-dir", demo_eval_dir, "--checkpoint", tiny_clap_dir,
+            "--device", "cpu", "--num-workers", "0", "--output-dir", out, "--epochs", "2", "--batch-size", "8",
+            "--geometries", "hyperbolic", "euclidean", "--seeds", "0", "--bootstrap", "20", "--no-probe"]
+    assert main([str(a) for a in argv]) == 0
+    result = json.loads((out / "study.json").read_text())
+    assert result["data"]["clips_eval"] == 20 and result["data"]["clips_train"] + result["data"]["clips_val"] == 40
+    assert len(result["cells"]) == 3 and result["missing"] == []
+    setup = json.loads((out / "cells" / "hyperbolic_dclap_f1_s0" / "setup.json").read_text())
+    assert setup["config"]["geometry"] == "hyperbolic" and setup["config"]["seed"] == 0
+    assert setup["config"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--geometry", "euclidean"], "--geometry .use --geometries. does not apply"),
+    (["--geometries", "spherical"], "unknown geometry 'spherical'"),
+    (["--fractions", "0"], "--fractions must be in"),
+    (["--shard", "3/3"], "--shard"),
+    (["--c", "0.5", "1"], "one --c"),
+])
+def test_bad_study_flags_name_the_flag(flags, message, capsys):
+    from hyperbolic.study.command import parse_args
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--parquet-dir", "x", *flags])
+    assert stop.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
