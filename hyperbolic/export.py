@@ -36,7 +36,7 @@ from torch import nn
 
 from hyperbolic.model.checkpoint import read_projection
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE
-from hyperbolic.errors import UserError
+from hyperbolic.errors import ExportError, UserError  # noqa: F401 (re-exported)
 from hyperbolic.model.projector import Projector, similarity
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,6 @@ MIN_OPSET = 9  # ONNX Asinh
 # onnxruntime and PyTorch order float32 reductions differently, so scores agree to a few ulps of
 # their size: the check is |onnx - torch| <= VERIFY_TOL * (1 + |torch|).
 VERIFY_TOL = 1e-5
-
-
-class ExportError(UserError, ValueError):
-    """The export cannot be made as asked (opset), or its check against PyTorch failed."""
 
 
 class SimilarityHead(nn.Module):

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hyperbolic.config import CLIP_MODES, GEOMETRIES
 from hyperbolic.geometry import legacy, poincare
 
-GEOMETRIES = ("hyperbolic", "euclidean")
 
 # Learned curvature may move at most this factor away from its initial value (either way), so the
 # ball radius cannot collapse or blow up during training.
@@ -28,8 +28,6 @@ C_RANGE_FACTOR = 10.0
 # above 100 every pair looks alike.
 TAU_MIN, TAU_MAX = 0.01, 100.0
 
-
-CLIP_MODES = ("inward", "straight-through", "hard")
 
 
 class _InwardClip(torch.autograd.Function):

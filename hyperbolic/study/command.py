@@ -27,9 +27,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hyperbolic.cli import embedding_arg_errors, explicit_dests, study_parser
-from hyperbolic.config import StudyConfig, TrainConfig
-from hyperbolic.model.projector import GEOMETRIES
+from hyperbolic.cli import explicit_dests, study_parser
+from hyperbolic.config import StudyConfig, TrainConfig, default_of
 from hyperbolic.outputs import atomic_write_json, atomic_write_bytes, setup_logging
 from hyperbolic.study.grid import (PROBE, Cell, StudyError, claim, is_finished, make_grid, parse_shard, release,
                                    release_stale_claims, shard_cells)
@@ -47,45 +46,37 @@ RUN_ONLY = ("output_dir", "device", "num_workers", "cache_dir", "no_cache", "kee
 
 
 def parse_args(argv=None) -> tuple[StudyConfig, bool]:
+    """The flags, checked: those only a command line has here (the training flags a study does not
+    take, the data source, --shard), every setting by ``StudyConfig.problems`` (the grid, then the
+    recipe's ``TrainConfig.problems``, as for ``train_hyperbolic_clap.py``)."""
     parser = study_parser(__doc__.splitlines()[0])
     args = parser.parse_args(argv)
     typed = explicit_dests(study_parser(), sys.argv[1:] if argv is None else [str(a) for a in argv])
-    if args.learn_temperature is None:
-        args.learn_temperature = not args.learn_c
-    if args.init_radius == 0:
-        args.init_radius = None
-    args.caption_labels = False
     if args.label_column is None:
-        args.label_column = "human_labels"
-    if args.select_metric is None:
-        args.select_metric = "val_mAP"
-    checks = [
+        args.label_column = default_of(TrainConfig, "label_column")
+    messages = [m for failed, m in [
         *[(dest in typed, f"{flag} does not apply to a study") for dest, flag in NOT_IN_A_STUDY.items()],
-        (args.parquet_dir is None, "--parquet-dir is required: the clips the cells train on"),
+        (not _data_source(args), "--parquet-dir (or --embeddings) is required: the clips the cells train on"),
         (len(args.c) > 1 or len(args.temperature) > 1,
          "one --c and one --temperature per study (a sweep of them is not a study axis)"),
-        *[(g not in GEOMETRIES, f"--geometries: unknown geometry {g!r}; choose from {', '.join(GEOMETRIES)}")
-          for g in args.geometries],
-        *[(not 0 < f <= 1, f"--fractions must be in (0, 1] (got {f:g})") for f in args.fractions],
-        (not 0 < args.eval_fraction < 1, f"--eval-fraction must be in (0, 1) (got {args.eval_fraction:g})"),
-        (args.bootstrap < 1, f"--bootstrap must be >= 1: the summary's intervals need resamples (got {args.bootstrap})"),
-        (args.epochs < 1, f"--epochs must be >= 1 (got {args.epochs})"),
-        (not 0 < args.train_ratio < 1, f"--train-ratio must be in (0, 1) (got {args.train_ratio})"),
-        ((args.entailment_weight > 0 or args.expand_ancestors) and not args.ontology,
-         "--entailment-weight > 0 and --expand-ancestors need --ontology PATH"),
-    ]
+    ] if failed]
     try:
         parse_shard(args.shard)
     except StudyError as err:
-        checks.append((True, str(err)))
-    for message in [m for failed, m in checks if failed] + embedding_arg_errors(args):
-        parser.error(message)
+        messages.append(str(err))
     fields = TrainConfig.__dataclass_fields__
-    recipe = TrainConfig(**{**{k: v for k, v in vars(args).items() if k in fields},
+    recipe = TrainConfig(**{**{k: v for k, v in vars(args).items() if k in fields and k != "text_column"},
                             "c": args.c[0], "temperature": args.temperature[0]})
     study = StudyConfig(recipe=recipe, **{k: getattr(args, k) for k in StudyConfig.__dataclass_fields__
                                           if k != "recipe"})
+    messages += [m for m in study.problems() if m not in messages]
+    for message in messages:
+        parser.error(message)
     return study, args.verbose
+
+
+def _data_source(args: argparse.Namespace) -> str | None:
+    return args.parquet_dir or getattr(args, "embeddings", None)
 
 
 def fingerprint(study: StudyConfig) -> dict:
