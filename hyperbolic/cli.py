@@ -314,7 +314,10 @@ def study_parser(description: str | None = None) -> argparse.ArgumentParser:
     g = p.add_argument_group("study", "the grid; every flag above sets the recipe each cell trains with "
                                       "(--output-dir: the study folder, --seed: the split of the clips)")
     g.add_argument("--eval-parquet-dir", default=_S("eval_parquet_dir"),
-                   help="folder of the eval clips (default: none, --eval-fraction of the --parquet-dir clips)")
+                   help="folder of the eval clips, embedded once (default: none, --eval-fraction of the clips)")
+    g.add_argument("--eval-embeddings", default=_S("eval_embeddings"), metavar="DIR",
+                   help="the eval clips as stored embeddings (the --embeddings layout, same classes.parquet) "
+                        "(default: none)")
     g.add_argument("--eval-fraction", type=float, default=_S("eval_fraction"),
                    help="without --eval-parquet-dir: this seeded fraction of the clips is kept out of training "
                         "and scores every cell")

@@ -286,6 +286,7 @@ class StudyConfig:
 
     recipe: TrainConfig
     eval_parquet_dir: str | None = None  # the eval clips; None: --eval-fraction of the clips
+    eval_embeddings: str | None = None   # the eval clips as stored embeddings (hyperbolic.embedding.stored)
     eval_fraction: float = 0.2           # of the clips, kept out of training for evaluation (no eval folder)
     geometries: list[str] = field(default_factory=lambda: list(GEOMETRIES))
     proj_dims: list[int | None] = field(default_factory=lambda: [None])  # None: the CLAP embedding size
@@ -312,4 +313,6 @@ class StudyConfig:
             (not 0 < self.eval_fraction < 1, f"--eval-fraction must be in (0, 1) (got {self.eval_fraction:g})"),
             (self.bootstrap < 1, f"--bootstrap must be >= 1: the summary's intervals need resamples (got {self.bootstrap})"),
             (self.recipe.text_column, "--text-column: a study scores classes; caption runs are not a study axis"),
+            (bool(self.eval_parquet_dir) and bool(self.eval_embeddings),
+             "--eval-parquet-dir and --eval-embeddings both name the eval clips; give one of them"),
         ] if failed] + self.recipe.problems()

@@ -82,8 +82,9 @@ def _data_source(args: argparse.Namespace) -> str | None:
 def fingerprint(study: StudyConfig) -> dict:
     """What every cell's numbers depend on besides its own axes."""
     recipe = {k: v for k, v in asdict(study.recipe).items() if k not in RUN_ONLY}
-    return {"recipe": recipe, "eval_parquet_dir": study.eval_parquet_dir,
-            "eval_fraction": None if study.eval_parquet_dir else study.eval_fraction,
+    own_eval = study.eval_parquet_dir or study.eval_embeddings
+    return {"recipe": recipe, "eval_parquet_dir": study.eval_parquet_dir, "eval_embeddings": study.eval_embeddings,
+            "eval_fraction": None if own_eval else study.eval_fraction,
             "bootstrap": study.bootstrap, "bootstrap_seed": study.bootstrap_seed}
 
 

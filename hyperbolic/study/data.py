@@ -83,7 +83,11 @@ def load_study_data(study: StudyConfig) -> StudyData:
     cfg = study.recipe
     data = training_data(cfg)
     clips, class_names = data.clips, list(data.extra["class_names"])
-    if study.eval_parquet_dir:
+    if study.eval_embeddings:
+        eval_clips, skipped = _stored_eval(study, class_names)
+        pool = list(range(len(clips)))
+        source = {"eval": study.eval_embeddings, "skipped_eval": skipped}
+    elif study.eval_parquet_dir:
         eval_clips, skipped = _embed_eval_folder(study, class_names)
         pool = list(range(len(clips)))
         source = {"eval": study.eval_parquet_dir, "skipped_eval": skipped}
@@ -121,3 +125,20 @@ def _embed_eval_folder(study: StudyConfig, class_names: list[str]) -> tuple[Clip
     if skips.rows_skipped():
         log.warning("--eval-parquet-dir: %s", skips.describe(cfg.label_column))
     return clips, skips.to_dict()
+
+
+def _stored_eval(study: StudyConfig, class_names: list[str]) -> tuple[ClipEmbeddings, dict]:
+    """``--eval-embeddings``: the folder's labelled clips; its class list must be the training one."""
+    from hyperbolic.embedding.stored import read_embeddings
+    from data.labels import label_key
+    stored = read_embeddings(study.eval_embeddings, require_labels=True)
+    if [label_key(n) for n in stored.class_names] != [label_key(n) for n in class_names]:
+        raise StudyError(f"--eval-embeddings {study.eval_embeddings}: its classes.parquet lists "
+                         f"{len(stored.class_names)} classes, not the {len(class_names)} of the training data in the "
+                         "same order; write both folders with the same class table")
+    if len(stored.clips) == 0:
+        raise StudyError(f"no labelled clip in --eval-embeddings {study.eval_embeddings} "
+                         f"(skipped: {stored.skips.describe()})")
+    if stored.skips.rows_skipped():
+        log.warning("--eval-embeddings: %s", stored.skips.describe())
+    return stored.clips, stored.skips.to_dict()
