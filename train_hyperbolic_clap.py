@@ -60,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         (not (math.isfinite(args.warmup_epochs) and args.warmup_epochs >= 0),
          f"--warmup-epochs must be a finite number >= 0 (got {args.warmup_epochs})"),
         (not positive(args.grad_clip), f"--grad-clip must be a finite number > 0 (got {args.grad_clip})"),
+        (args.proj_dim is not None and args.proj_dim < 1,
+         f"--proj-dim must be >= 1 (or left out: the CLAP embedding size) (got {args.proj_dim})"),
         (args.patience < 0, f"--patience must be >= 0 (got {args.patience})"),
         (args.keep_epochs < 0, f"--keep-epochs must be >= 0 (0 keeps every epoch) (got {args.keep_epochs})"),
         (args.export_onnx is not None and not args.export_onnx.endswith(".onnx"),

@@ -62,7 +62,8 @@ class TrainConfig(EmbeddingConfig):
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     text_pairing: str = "all-labels"
     negatives: str = "in-batch"      # classes a clip is contrasted with: NEGATIVES
-    geometry: str = "hyperbolic"
+    geometry: str = "hyperbolic"     # hyperbolic.model.projector.GEOMETRIES
+    proj_dim: int | None = None      # D of the projector Linear(d, D) (None: d, the CLAP embedding size)
     learn_c: bool = False
     learn_temperature: bool = True   # refused together with learn_c (hyperbolic.training.train)
     weight_decay: float = 0.0
