@@ -76,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         *[(args.text_column and value, f"{flag} works on class labels and is not available with --text-column")
           for flag, value in (("--ontology", args.ontology), ("--holdout-classes", args.holdout_classes),
                               ("--expand-ancestors", args.expand_ancestors))],
+        (args.learn_c and args.geometry != "hyperbolic",
+         f"--learn-c needs --geometry hyperbolic: --geometry {args.geometry} has no curvature to learn"),
         (args.entailment_weight > 0 and args.geometry != "hyperbolic",
          "--entailment-weight > 0 needs --geometry hyperbolic: entailment cones live on the Poincare ball"),
         (args.expand_ancestors and args.text_pairing == "first-label",
