@@ -17,13 +17,19 @@ on both sides. Measured on the 2-core machine (shared), 1 thread:
 """
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
-from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
-from sklearn.metrics import average_precision_score
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-from hyperbolic.evaluation.probe import ALPHAS
+import numpy as np  # noqa: E402
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV  # noqa: E402
+from sklearn.metrics import average_precision_score  # noqa: E402
+
+from hyperbolic.evaluation.probe import ALPHAS  # noqa: E402
 
 
 def simulate(rng, n, classes, freq, noise):
