@@ -175,7 +175,8 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
                         "straight-through (earlier rule: the pre-clip norm can run away), hard")
     p.add_argument("--init-radius", type=float, default=_T("init_radius"), metavar="R",
                    help="scale the initial layer so the training audio's median point sits at this fraction "
-                        "of the ball radius, hyperbolic only (0: Xavier init as is)")
+                        "of the ball radius, at any --proj-dim; hyperbolic, and euclidean-distance (the same "
+                        "tangent norm, artanh(R)/sqrt(c)); cosine ignores the scale (0: Xavier init as is)")
     p.add_argument("--prompt-template", default=_T("prompt_template"),
                    help="text of each class prompt; {label} is the class name")
     p.add_argument("--text-pairing", choices=TEXT_PAIRINGS, default=_T("text_pairing"),
@@ -183,7 +184,12 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--negatives", choices=NEGATIVES, default=_T("negatives"),
                    help="classes each clip is contrasted with: those in its batch, or every seen class")
     p.add_argument("--geometry", choices=GEOMETRIES, default=_T("geometry"),
-                   help="hyperbolic: Poincare ball, score -d_c / tau; euclidean: cosine / tau (a baseline)")
+                   help="hyperbolic: Poincare ball, score -d_c / tau; euclidean: cosine / tau (a baseline); "
+                        "euclidean-distance: -|a - t|^2 / tau on the unnormalised projections (the EuCLIP "
+                        "control: no expmap, no clip; docs/geometry.md)")
+    p.add_argument("--proj-dim", type=int, default=_T("proj_dim"), metavar="D",
+                   help="output size D of the projector Linear(d, D), in every geometry (default: d, the CLAP "
+                        "embedding size)")
     p.add_argument("--learn-c", action="store_true",
                    help="learn the curvature; with a learned linear layer this only learns the effective "
                         "temperature tau*sqrt(c), so it cannot be combined with --learn-temperature")

@@ -28,7 +28,7 @@ NEGATIVES = ("in-batch", "all-classes")
 LR_SCHEDULES = ("cosine", "constant")
 SELECT_METRICS = ("val_mAP", "val_loss", "val_t2a_R@10", "val_t2a_mAP@10")  # the last two: --text-column
 PRECISIONS = ("fp32", "bf16", "fp16")  # of the CLAP forward; see hyperbolic.embedding.clap
-GEOMETRIES = ("hyperbolic", "euclidean")  # of the projector: hyperbolic.model.projector
+GEOMETRIES = ("hyperbolic", "euclidean", "euclidean-distance")  # of the projector: hyperbolic.model.projector
 CLIP_MODES = ("inward", "straight-through", "hard")  # gradient rule of the clip: hyperbolic.model.projector
 SWANLAB_MODES = ("cloud", "online", "local", "offline", "disabled")
 
@@ -147,6 +147,7 @@ class TrainConfig(EmbeddingConfig):
     text_pairing: str = choice("all-labels", TEXT_PAIRINGS)
     negatives: str = choice("in-batch", NEGATIVES)  # classes a clip is contrasted with
     geometry: str = choice("hyperbolic", GEOMETRIES)
+    proj_dim: int | None = None      # D of the projector Linear(d, D) (None: d, the CLAP embedding size)
     learn_c: bool = False
     learn_temperature: bool | None = None  # None: learned unless learn_c (the pair is refused)
     weight_decay: float = 0.0
@@ -208,6 +209,10 @@ class TrainConfig(EmbeddingConfig):
             (not _finite_non_negative(self.warmup_epochs),
              f"--warmup-epochs must be a finite number >= 0 (got {self.warmup_epochs})"),
             (not _finite_positive(self.grad_clip), f"--grad-clip must be a finite number > 0 (got {self.grad_clip})"),
+            (self.proj_dim is not None and self.proj_dim < 1,
+             f"--proj-dim must be >= 1 (or left out: the CLAP embedding size) (got {self.proj_dim})"),
+            (self.learn_c and self.geometry != "hyperbolic",
+             f"--learn-c needs --geometry hyperbolic: --geometry {self.geometry} has no curvature to learn"),
             (self.patience < 0, f"--patience must be >= 0 (got {self.patience})"),
             (self.keep_epochs < 0, f"--keep-epochs must be >= 0 (0 keeps every epoch) (got {self.keep_epochs})"),
             (self.entailment_weight < 0, f"--entailment-weight must be >= 0 (got {self.entailment_weight})"),

@@ -45,7 +45,8 @@ from hyperbolic.evaluation.metrics import (
 from hyperbolic.hierarchy.ontology import Ontology
 from hyperbolic.outputs import unique_path
 from hyperbolic.captions.retrieval import evaluate_captions
-from hyperbolic.evaluation.scoring import PLAIN_MODEL_NAME, ScoringModel, build_models, model_info, similarity_stats, usage_block
+from hyperbolic.evaluation.scoring import (PLAIN_MODEL_NAME, ScoringModel, build_models, model_info, similarity_stats,
+                                          usage_block, usage_skipped)
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,7 @@ def _score_model(model: ScoringModel, data: _Clips, prompts: _PromptEmbeddings, 
         "bootstrap": None,
         "hierarchy": hierarchy,
         "ball_usage": usage_block(model, audio_pts, text_pts, scores),
+        "ball_usage_skipped": usage_skipped(model),
         "per_class": per_class_ap(s, t, class_names) if metrics else [],
         "predictions": _predictions(scores, data.clips, class_names, cfg.top_k,
                                     data.targets if cfg.expand_ancestors else None),
