@@ -39,6 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
          f"--threshold must be a finite number (got {args.threshold})"),
         (args.save_scores is not None and not args.save_scores.endswith(".npz"),
          f"--save-scores must name a .npz file (got {args.save_scores!r})"),
+        (args.parquet_dir is None and args.embeddings is None,
+         "--parquet-dir is required (or --embeddings DIR: stored embeddings, docs/data.md)"),
+        (args.export_embeddings is not None and args.parquet_dir is None,
+         "--export-embeddings writes the CLAP embeddings of --parquet-dir; give --parquet-dir"),
+        (args.export_embeddings is not None and args.text_column,
+         "--export-embeddings writes class-labelled clips; caption retrieval (--text-column) cannot export"),
         (len(set(paths)) != len(paths), "--projection-checkpoint lists a path twice; give each checkpoint once"),
         *[(args.text_column and value, f"{flag} is for class labels; caption retrieval (--text-column) "
                                        "does not use it") for flag, value in (
@@ -67,8 +73,12 @@ def main(argv=None) -> int:
     from hyperbolic.evaluation.tables import format_results_table
     cfg = config_from_args(args)
     try:
-        num_classes = None if cfg.text_column else len(resolve_class_names(
-            cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column, limit=cfg.num_samples))
+        if cfg.embeddings:
+            from hyperbolic.embedding.stored import read_class_names
+            num_classes = len(read_class_names(cfg.embeddings))
+        else:
+            num_classes = None if cfg.text_column else len(resolve_class_names(
+                cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column, limit=cfg.num_samples))
         if num_classes is not None and args.top_k > num_classes:
             build_parser().error(f"--top-k must be <= the number of classes in --class-labels "
                                  f"({num_classes}) (got {args.top_k})")

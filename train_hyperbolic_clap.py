@@ -32,8 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.select_metric is None:
         args.select_metric = "val_t2a_R@10" if args.text_column else "val_mAP"
     checks = [
-        (args.parquet_dir is None and not args.demo and not args.resume,
-         "--parquet-dir is required (or use --demo, or --resume RUN_DIR to continue a run)"),
+        (args.parquet_dir is None and args.embeddings is None and not args.demo and not args.resume,
+         "--parquet-dir (or --embeddings DIR) is required (or use --demo, or --resume RUN_DIR to continue a run)"),
         (args.epochs < 1, f"--epochs must be >= 1 (got {args.epochs})"),
         (args.batch_size < 1, f"--batch-size must be >= 1 (got {args.batch_size})"),
         (not positive(args.learning_rate), f"--learning-rate must be a finite number > 0 (got {args.learning_rate})"),
@@ -101,7 +101,7 @@ def config_from_args(args: argparse.Namespace, argv=None) -> tuple[TrainConfig, 
         resumed = resume_settings(args.resume, given)
         if resumed is not None:
             return resumed
-        if args.parquet_dir is None:
+        if args.parquet_dir is None and args.embeddings is None:
             raise TrainingError(f"--resume {args.resume} holds no setup.json of a run (it stopped before its "
                                 "first epoch, or is not a run folder); give the run's flags again with --resume")
     values = {k: v for k, v in vars(args).items() if k in fields}

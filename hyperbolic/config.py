@@ -40,6 +40,7 @@ class EmbeddingConfig:
     hop: float | None = None         # seconds between windows (default: segment)
     text_column: list[str] | None = None  # caption column(s): retrieval / caption training (data.captions)
     clip_id_column: str = "video_id"      # rows sharing it are one clip (with --text-column)
+    embeddings: str | None = None         # --embeddings DIR: stored embeddings instead of parquet + CLAP (embedding.stored)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,3 +110,4 @@ class EvalConfig(EmbeddingConfig):
     # Ground truth closed under the ontology's ancestry for every metric (see hyperbolic.evaluation.evaluate).
     expand_ancestors: bool = False
     plots: bool = False
+    export_embeddings: str | None = None  # write the clips and prompts read in the --embeddings layout
