@@ -134,6 +134,10 @@ def add_embedding_args(p: argparse.ArgumentParser, *, per_rank: bool = False) ->
                    help="caption column(s): a caption (string) or several (list) per row. Evaluation: caption "
                         "retrieval (t2a/a2t R@k, mAP@10); training: captions are the clip's positives (default: none, "
                         "class labels)")
+    p.add_argument("--embeddings", default=_E("embeddings"), metavar="DIR",
+                   help="read stored embeddings instead of --parquet-dir and CLAP: DIR/clips.parquet and "
+                        "DIR/classes.parquet (docs/data.md); the class list is the classes in classes.parquet "
+                        "(default: none, embed --parquet-dir with CLAP)")
     p.add_argument("--clip-id-column", default=_E("clip_id_column"),
                    help="with --text-column: rows sharing this value are one clip with all their captions, "
                         "its audio embedded once (a file without the column: each row is a clip)")
@@ -177,7 +181,8 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
                         "straight-through (earlier rule: the pre-clip norm can run away), hard")
     p.add_argument("--init-radius", type=float, default=_T("init_radius"), metavar="R",
                    help="scale the initial layer so the training audio's median point sits at this fraction "
-                        "of the ball radius, hyperbolic only (0: Xavier init as is)")
+                        "of the ball radius, at any --proj-dim; hyperbolic, and euclidean-distance (the same "
+                        "tangent norm, artanh(R)/sqrt(c)); cosine ignores the scale (0: Xavier init as is)")
     p.add_argument("--prompt-template", default=_T("prompt_template"),
                    help="text of each class prompt; {label} is the class name")
     p.add_argument("--text-pairing", choices=TEXT_PAIRINGS, default=_T("text_pairing"),
@@ -185,7 +190,12 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--negatives", choices=NEGATIVES, default=_T("negatives"),
                    help="classes each clip is contrasted with: those in its batch, or every seen class")
     p.add_argument("--geometry", choices=GEOMETRIES, default=_T("geometry"),
-                   help="hyperbolic: Poincare ball, score -d_c / tau; euclidean: cosine / tau (a baseline)")
+                   help="hyperbolic: Poincare ball, score -d_c / tau; euclidean: cosine / tau (a baseline); "
+                        "euclidean-distance: -|a - t|^2 / tau on the unnormalised projections (the EuCLIP "
+                        "control: no expmap, no clip; docs/geometry.md)")
+    p.add_argument("--proj-dim", type=int, default=_T("proj_dim"), metavar="D",
+                   help="output size D of the projector Linear(d, D), in every geometry (default: d, the CLAP "
+                        "embedding size)")
     p.add_argument("--learn-c", action="store_true",
                    help="learn the curvature; with a learned linear layer this only learns the effective "
                         "temperature tau*sqrt(c), so it cannot be combined with --learn-temperature")
@@ -243,7 +253,8 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
 def eval_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The flags of ``test_clap_modelscope.py`` (which validates them after parsing)."""
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
-    p.add_argument("--parquet-dir", required=True, help="folder of AudioSet-style .parquet files (required)")
+    p.add_argument("--parquet-dir", default=None,
+                   help="folder of AudioSet-style .parquet files (required unless --embeddings; no default)")
     p.add_argument("--projection-checkpoint", nargs="+", default=None, metavar="PATH",
                    help="projector checkpoint(s): a .pth from training or from the earlier scripts, or a "
                         "training run's --output-dir (its best checkpoint; a sweep's: the winner's). One path "
@@ -289,6 +300,10 @@ def eval_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--plots", action="store_true",
                    help="write PNGs next to the results JSON: prompts on the Poincare disk (hyperbolic "
                         "models) and best/worst per-class AP")
+    p.add_argument("--export-embeddings", default=None, metavar="DIR",
+                   help="also write the clips read (their CLAP embeddings and known labels) and the class prompts' "
+                        "embeddings (with --ontology, the abstract parents' too) in the --embeddings layout; "
+                        "never overwrites (default: not written)")
     add_embedding_args(p)
     return p
 

@@ -203,7 +203,7 @@ def _save(run: Run, epoch: int, row: dict, improved: bool, *, embed_dim: int) ->
         "generator_state": run.generator.get_state(),
         "train_loss": row["train_loss"], "val_loss": row["val_loss"], "val_mAP": row["val_mAP"],
         "c": row["c"], "temperature": row["temperature"], "effective_temperature": row["effective_temperature"],
-        "embed_dim": embed_dim, "geometry": cfg.geometry, "clip_r": cfg.clip_r,
+        "embed_dim": embed_dim, "proj_dim": trainer.projector.proj_dim, "geometry": cfg.geometry, "clip_r": cfg.clip_r,
         "clip_mode": cfg.clip_mode, "prompt_template": cfg.prompt_template,
         "best_metric": run.best, "best_epoch": run.best_epoch, "stale_epochs": run.stale,
         "history": run.setup["history"], "split": run.split_ids, "config": cfg.to_dict(), **run.extra,

@@ -19,7 +19,7 @@ from hyperbolic.hierarchy.cones import EntailmentObjective
 from hyperbolic.errors import TrainingError  # noqa: F401 (re-exported)
 from hyperbolic.evaluation.metrics import classification_metrics
 from hyperbolic.training.objective import multi_positive_contrastive
-from hyperbolic.model.projector import Geometry, Projector, similarity
+from hyperbolic.model.projector import SCALED_GEOMETRIES, Geometry, Projector, similarity
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,11 @@ class Trainer:
                  entailment: EntailmentObjective | None = None, init_audio: torch.Tensor | None = None):
         torch.manual_seed(cfg.seed)
         self.cfg = cfg
-        self.projector = Projector(embed_dim, geometry=cfg.geometry, clip_r=cfg.clip_r, clip_mode=cfg.clip_mode)
-        if cfg.init_radius is not None and cfg.geometry == "hyperbolic" and init_audio is not None:
-            # --init-radius: the training audio starts at this fraction of the ball radius.
+        self.projector = Projector(embed_dim, geometry=cfg.geometry, clip_r=cfg.clip_r, clip_mode=cfg.clip_mode,
+                                   proj_dim=cfg.proj_dim)
+        if cfg.init_radius is not None and cfg.geometry in SCALED_GEOMETRIES and init_audio is not None:
+            # --init-radius: the training audio starts at this fraction of the ball radius (for
+            # euclidean-distance: at the tangent norm that radius has), whatever --proj-dim.
             self.projector.scale_to_radius_(init_audio, c=cfg.c, radius=cfg.init_radius)
         self.geometry = Geometry(cfg.c, cfg.temperature, learn_c=cfg.learn_c and cfg.geometry == "hyperbolic",
                                  learn_temperature=cfg.learn_temperature)
