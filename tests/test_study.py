@@ -85,6 +85,25 @@ def test_a_two_cell_study_writes_cells_summary_and_table(tmp_path, count_fits):
     assert (tmp_path / "study_mAP_vs_dim.png").stat().st_size > 0
 
 
+def test_projection_sizes_controls_and_the_probe_ceiling(tmp_path, count_fits):
+    study = study_config(tmp_path, geometries=["hyperbolic", "euclidean-distance"], proj_dims=[2, None], probe=True)
+    run_study(study, tmp_path, load_data=tiny_data)
+    out = json.loads((tmp_path / "study.json").read_text())
+    cells = {c["key"]: c for c in out["cells"]}
+    assert set(cells) == {"clap-cosine_dclap_f1_s0", "linear-probe_dclap_f1_s0", "hyperbolic_d2_f1_s0",
+                          "hyperbolic_dclap_f1_s0", "euclidean-distance_d2_f1_s0", "euclidean-distance_dclap_f1_s0"}
+    import torch as _torch
+    state = _torch.load(cells["hyperbolic_d2_f1_s0"]["checkpoint"], weights_only=False)
+    assert state["projection_state_dict"]["linear.weight"].shape == (2, 16)
+    rows = {(r["geometry"], r["proj_dim"]): r for r in out["summary"]}
+    probe, cosine, hyp = rows[("linear-probe", None)], rows[("clap-cosine", None)], rows[("hyperbolic", 2)]
+    assert set(hyp["differences"]) == {"euclidean-distance", "clap-cosine", "linear-probe"}
+    share = (hyp["mAP"]["mean"] - cosine["mAP"]["mean"]) / (probe["mAP"]["mean"] - cosine["mAP"]["mean"])
+    assert hyp["gain_share_of_probe"] == pytest.approx(share)
+    # The probe is a supervised ridge fit: independent of the text prompts, it beats chance easily.
+    assert probe["mAP"]["mean"] > 0.5
+
+
 def test_a_cell_trains_on_its_fraction_of_the_training_part(tmp_path, count_fits):
     study = study_config(tmp_path, fractions=[0.5, 1.0], seeds=[0, 1])
     run_study(study, tmp_path, load_data=tiny_data)
