@@ -169,8 +169,10 @@ def write_summary(study: StudyConfig, root: Path, cells: list[Cell]) -> dict:
     rows = summarize(root, records) if records else []
     done = {r["key"] for r in records}
     missing = [c.key for c in cells if c.key not in done]
-    out = {"config": {**study.to_dict(), "recipe": study.recipe.to_dict()}, "data": facts, "cells": records,
-           "summary": rows, "missing": missing}
+    timing = {"cells_wall_seconds": round(sum(r["seconds"]["total"] for r in records), 1),
+              "cells_cpu_seconds": round(sum(r.get("cpu_seconds", {}).get("total", 0.0) for r in records), 1)}
+    out = {"config": {**study.to_dict(), "recipe": study.recipe.to_dict()}, "data": facts, "timing": timing,
+           "cells": records, "summary": rows, "missing": missing}
     atomic_write_json(root / "study.json", out)
     table = markdown_table(rows, embed_dim=facts.get("embed_dim"))
     if missing:

@@ -76,6 +76,7 @@ def _config_row(key: tuple, cells: list[dict], samples: dict[str, np.ndarray]) -
         row["selected_epoch_parked"] = int(sum(parked))
         row["on_clip_sphere_max_jump"] = max(c["on_clip_sphere_max_jump"] for c in cells)
     row["seconds_per_cell"] = _mean_sd([c["seconds"]["total"] for c in cells])["mean"]
+    row["cpu_seconds_per_cell"] = _mean_sd([c.get("cpu_seconds", {}).get("total") for c in cells])["mean"]
     return row
 
 
