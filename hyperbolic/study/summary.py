@@ -158,7 +158,8 @@ def markdown_table(rows: list[dict], *, embed_dim: int | None = None) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in hier:
             h = r["hierarchy"]
-            lines.append(f"| {r['train_fraction']:g} | {_dim(r['proj_dim'], embed_dim)} | {r['geometry']} | "
+            dim = "-" if r["geometry"] in (COSINE, PROBE) else _dim(r["proj_dim"], embed_dim)
+            lines.append(f"| {r['train_fraction']:g} | {dim} | {r['geometry']} | "
                          + " | ".join(_fmt(h[k]["mean"]) for k in HIERARCHY_KEYS)
                          + f" | {r.get('selected_epoch_parked', '-')} | {_fmt(r.get('on_clip_sphere_max_jump'), 2)} |")
     return "\n".join(lines) + "\n"
