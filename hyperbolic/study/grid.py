@@ -21,16 +21,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hyperbolic.errors import UserError
+from hyperbolic.errors import StudyError  # noqa: F401  (raised here and re-exported, as TrainingError is)
 
 COSINE = "clap-cosine"
 PROBE = "linear-probe"
 REFERENCES = (COSINE, PROBE)
 CELL_FILE = "cell.json"
-
-
-class StudyError(UserError, ValueError):
-    """A study that cannot run as asked; the message names the flag or file and the fix."""
 
 
 @dataclass(frozen=True)
