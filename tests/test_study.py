@@ -17,9 +17,8 @@ from hyperbolic.embedding.embeddings import ClipEmbeddings
 from hyperbolic.study import cell as cell_module
 from hyperbolic.study.command import run_study
 from hyperbolic.study.data import StudyData
-from hyperbolic.study.grid import (COSINE, Cell, StudyError, claim, make_grid, parse_shard, release,
-                                   shard_cells)
-from hyperbolic.study.summary import read_cells, seed_averaged_samples, summarize
+from hyperbolic.study.grid import COSINE, Cell, StudyError, claim, make_grid, parse_shard, release, shard_cells
+from hyperbolic.study.summary import seed_averaged_samples, summarize
 
 
 def _clips(centers: torch.Tensor, n: int, rng: np.random.Generator, tag: str) -> ClipEmbeddings:
@@ -92,8 +91,7 @@ def test_projection_sizes_controls_and_the_probe_ceiling(tmp_path, count_fits):
     cells = {c["key"]: c for c in out["cells"]}
     assert set(cells) == {"clap-cosine_dclap_f1_s0", "linear-probe_dclap_f1_s0", "hyperbolic_d2_f1_s0",
                           "hyperbolic_dclap_f1_s0", "euclidean-distance_d2_f1_s0", "euclidean-distance_dclap_f1_s0"}
-    import torch as _torch
-    state = _torch.load(cells["hyperbolic_d2_f1_s0"]["checkpoint"], weights_only=False)
+    state = torch.load(cells["hyperbolic_d2_f1_s0"]["checkpoint"], weights_only=False)
     assert state["projection_state_dict"]["linear.weight"].shape == (2, 16)
     rows = {(r["geometry"], r["proj_dim"]): r for r in out["summary"]}
     probe, cosine, hyp = rows[("linear-probe", None)], rows[("clap-cosine", None)], rows[("hyperbolic", 2)]

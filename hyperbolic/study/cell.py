@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from hyperbolic.config import StudyConfig, TrainConfig
 from hyperbolic.evaluation.bootstrap import bootstrap_samples

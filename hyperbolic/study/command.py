@@ -29,9 +29,18 @@ from tqdm import tqdm
 
 from hyperbolic.cli import explicit_dests, study_parser
 from hyperbolic.config import StudyConfig, TrainConfig, default_of
-from hyperbolic.outputs import atomic_write_json, atomic_write_bytes, setup_logging
-from hyperbolic.study.grid import (PROBE, Cell, StudyError, claim, is_finished, make_grid, parse_shard, release,
-                                   release_stale_claims, shard_cells)
+from hyperbolic.outputs import atomic_write_bytes, atomic_write_json, setup_logging
+from hyperbolic.study.grid import (
+    Cell,
+    StudyError,
+    claim,
+    is_finished,
+    make_grid,
+    parse_shard,
+    release,
+    release_stale_claims,
+    shard_cells,
+)
 
 log = logging.getLogger("hyperbolic.study")
 

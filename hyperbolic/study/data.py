@@ -129,8 +129,8 @@ def _embed_eval_folder(study: StudyConfig, class_names: list[str]) -> tuple[Clip
 
 def _stored_eval(study: StudyConfig, class_names: list[str]) -> tuple[ClipEmbeddings, dict]:
     """``--eval-embeddings``: the folder's labelled clips; its class list must be the training one."""
-    from hyperbolic.embedding.stored import read_embeddings
     from data.labels import label_key
+    from hyperbolic.embedding.stored import read_embeddings
     stored = read_embeddings(study.eval_embeddings, require_labels=True)
     if [label_key(n) for n in stored.class_names] != [label_key(n) for n in class_names]:
         raise StudyError(f"--eval-embeddings {study.eval_embeddings}: its classes.parquet lists "

@@ -37,7 +37,9 @@ def plot_study(rows: list[dict], out_dir: Path, *, embed_dim: int) -> list[Path]
     trained = [r for r in rows if r["geometry"] not in (COSINE, PROBE)]
     if not trained:
         return []
-    dim_of = (lambda r: embed_dim if r["proj_dim"] is None else r["proj_dim"])
+    def dim_of(row: dict) -> int:
+        return embed_dim if row["proj_dim"] is None else row["proj_dim"]
+
     fractions = sorted({r["train_fraction"] for r in trained})
     dims = sorted({dim_of(r) for r in trained})
     written = []
