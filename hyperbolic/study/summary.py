@@ -114,8 +114,9 @@ def summarize(root: Path, records: list[dict] | None = None) -> list[dict]:
                 diff[m]["verdict"] = verdict(diff[m]["low"], diff[m]["high"])
             row["differences"][other[0]] = diff
     order = {COSINE: 0, PROBE: 1}
-    return [rows[k] for k in sorted(rows, key=lambda k: (k[2], order.get(k[0], 2), -1 if k[1] is None else k[1],
-                                                        k[0]))]
+    # By fraction, the references first, then D ascending (the CLAP size, None, last), then geometry.
+    return [rows[k] for k in sorted(rows, key=lambda k: (k[2], order.get(k[0], 2),
+                                                        math.inf if k[1] is None else k[1], k[0]))]
 
 
 def _fmt(x, digits: int = 3) -> str:
