@@ -66,6 +66,8 @@ DEFAULT_ONTOLOGY = REPO_ROOT / "CLAP" / "class_labels" / "audioset_ontology.json
 class TestbedConfig:
     """Every setting of the generator (written to ``testbed.json``)."""
 
+    __test__ = False  # a name pytest would otherwise take for a test class
+
     seed: int = 0
     flat: bool = False
     num_train: int = 18000
@@ -195,6 +197,8 @@ def text_embeddings(vectors: np.ndarray, cfg: TestbedConfig, rng: np.random.Gene
 @dataclass
 class Testbed:
     """One generated world: names, the text embeddings and both splits."""
+
+    __test__ = False
 
     hierarchy: Hierarchy
     text: np.ndarray                      # (P, D): classes then abstract parents
