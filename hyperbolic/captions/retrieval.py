@@ -47,7 +47,8 @@ from hyperbolic.embedding.embeddings import embed_run_clips, open_cache, open_cl
 from hyperbolic.evaluation.files import results_path, save_caption_scores, write_results
 from hyperbolic.evaluation.metrics import ap_at_k, expected_hits, first_hit_rank
 from hyperbolic.outputs import unique_path
-from hyperbolic.evaluation.scoring import PLAIN_MODEL_NAME, build_models, model_info, similarity_stats, usage_block
+from hyperbolic.evaluation.scoring import (PLAIN_MODEL_NAME, build_models, model_info, similarity_stats, usage_block,
+                                          usage_skipped)
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,7 @@ def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
             "bootstrap": None,
             # hyperbolic models: radii of clips and captions, each clip's caption ranking vs cosine
             "ball_usage": usage_block(model, audio_pts, caption_pts, scores),
+            "ball_usage_skipped": usage_skipped(model),
         }
     if cfg.bootstrap:
         for name, block in bootstrap_retrieval(score_sets, pairs.caption_clip, n=cfg.bootstrap,

@@ -47,7 +47,8 @@ from hyperbolic.evaluation.metrics import (
 from hyperbolic.hierarchy.ontology import Ontology
 from hyperbolic.outputs import unique_path
 from hyperbolic.captions.retrieval import evaluate_captions
-from hyperbolic.evaluation.scoring import PLAIN_MODEL_NAME, ScoringModel, build_models, model_info, similarity_stats, usage_block
+from hyperbolic.evaluation.scoring import (PLAIN_MODEL_NAME, ScoringModel, build_models, model_info, similarity_stats,
+                                          usage_block, usage_skipped)
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,7 @@ def _score_model(model: ScoringModel, data: _Clips, prompts: _PromptEmbeddings, 
         "bootstrap": None,
         "hierarchy": hierarchy,
         "ball_usage": usage_block(model, audio_pts, text_pts, scores),
+        "ball_usage_skipped": usage_skipped(model),
         "per_class": per_class_ap(s, t, class_names) if metrics else [],
         "predictions": _predictions(scores, data.clips, class_names, cfg.top_k,
                                     data.targets if cfg.expand_ancestors else None),
@@ -356,14 +358,13 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     """Evaluate every model on the same clips; write the results JSON (and the npz and plots
     when asked); return (results, path). With ``cfg.text_column``: caption retrieval instead
     (``hyperbolic.captions.retrieval``)."""
+    cfg.validate()  # the checks the script runs on its flags
     if cfg.text_column:
         return evaluate_captions(cfg, models)
     stored = read_embeddings(cfg.embeddings, limit=cfg.num_samples) if cfg.embeddings else None
     class_names = (stored.class_names if stored is not None else
                    resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
                                        limit=cfg.num_samples))
-    if cfg.expand_ancestors and not cfg.ontology:
-        raise ValueError("expand_ancestors needs an ontology (--expand-ancestors needs --ontology PATH)")
     if cfg.export_embeddings:
         check_writable(cfg.export_embeddings)  # before CLAP's work, not after it
     hier = (HierarchyContext.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors,

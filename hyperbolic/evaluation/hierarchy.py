@@ -156,6 +156,7 @@ def hierarchy_block(model: ScoringModel, audio_pts, text_pts, scores, targets, h
     same unit as the prompt norm). Cosine and euclidean models put every embedding on the unit
     sphere, so the prompt norm is constant and skipped; their audio norm is the Euclidean
     norm of the mean unit vector, a measure of how spread the class's clips are, not a depth.
+    euclidean-distance: the Euclidean norms of the unnormalised prompt and of the class's mean point.
     """
     hyperbolic = model.projector is not None and model.geometry == "hyperbolic"
     depth = np.array([np.nan if d is None else d for d in hier.depths])
@@ -169,6 +170,14 @@ def hierarchy_block(model: ScoringModel, audio_pts, text_pts, scores, targets, h
         prompt_what = "dist0 of the projected prompt (hyperbolic distance from the origin)"
         audio_what = ("dist0(expmap0(mean of logmap0 of the class's clip points)) = 2 |tangent mean|, "
                       "over the labelled clips of the class")
+    elif model.projector is not None and model.geometry == "euclidean-distance":
+        # Unnormalised points: the prompt's norm sets its per-class bias -|t|^2 / tau, the
+        # euclidean counterpart of a prompt's radius in the ball.
+        prompt_norm = text_pts.norm(dim=-1).numpy()
+        mean = (y.T @ audio_pts) / clips_per_class.clamp_min(1)[:, None]
+        audio_norm = mean.norm(dim=-1).numpy()
+        prompt_what = "Euclidean norm |t| of the projected prompt (its score bias is -|t|^2 / tau)"
+        audio_what = "Euclidean norm of the mean projected point of the class's labelled clips"
     else:
         prompt_norm = None
         mean = (y.T @ audio_pts) / clips_per_class.clamp_min(1)[:, None]
@@ -178,7 +187,8 @@ def hierarchy_block(model: ScoringModel, audio_pts, text_pts, scores, targets, h
     matched = ~np.isnan(depth)
     has_audio = matched & (clips_per_class.numpy() > 0)
     out = {
-        "prompt_norm_vs_depth": (_spearman(prompt_norm[matched], depth[matched], prompt_what) if hyperbolic else
+        "prompt_norm_vs_depth": (_spearman(prompt_norm[matched], depth[matched], prompt_what)
+                                 if prompt_norm is not None else
                                  {"rho": None, "p_value": None, "n": 0,
                                   "skipped": "cosine/euclidean prompts are unit vectors; their norm is constant"}),
         "audio_mean_norm_vs_depth": _spearman(audio_norm[has_audio], depth[has_audio], audio_what),
