@@ -52,7 +52,7 @@ from data.labels import load_class_labels
 from hyperbolic.cli import HelpFormatter
 from hyperbolic.config import DEFAULT_CLASS_LABELS, REPO_ROOT
 from hyperbolic.embedding.stored import check_writable, write_embeddings
-from hyperbolic.errors import UserError
+from hyperbolic.errors import ConfigError, UserError
 from hyperbolic.hierarchy.cones import Hierarchy
 from hyperbolic.hierarchy.ontology import Ontology
 from hyperbolic.outputs import atomic_write_json, setup_logging
@@ -99,7 +99,7 @@ class TestbedConfig:
               for k, v in asdict(self).items() if isinstance(v, float)],
         ] if bad]
         if problems:
-            raise UserError("; ".join(problems))
+            raise ConfigError("; ".join(problems))
 
 
 class _Noise:

@@ -11,13 +11,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 import test_clap_modelscope as eval_script
 import train_hyperbolic_clap as train_script
 from data.synthetic import DEMO_CLASSES, demo_ontology
-from hyperbolic.embedding.stored import (CLASSES_FILE, CLIPS_FILE, EmbeddingsError, read_class_names,
-                                         read_embeddings, write_embeddings)
+from hyperbolic.embedding.stored import (
+    CLASSES_FILE,
+    CLIPS_FILE,
+    EmbeddingsError,
+    read_class_names,
+    read_embeddings,
+    write_embeddings,
+)
 from hyperbolic.hierarchy.cones import Hierarchy
 from hyperbolic.hierarchy.ontology import Ontology
 from tests.helpers import run_main

@@ -35,9 +35,9 @@ import pyarrow.parquet as pq
 import torch
 
 from data.audioset import ClipMeta, SkipLog
-from data.errors import DatasetError
 from data.labels import LabelMatcher, label_key
 from hyperbolic.embedding.embeddings import ClipEmbeddings
+from hyperbolic.errors import EmbeddingsError
 
 CLIPS_FILE = "clips.parquet"
 CLASSES_FILE = "classes.parquet"
@@ -47,10 +47,6 @@ METADATA_KEY = b"hyperbolic_clap"   # parquet schema metadata: JSON of how the f
 
 __all__ = ["CLASSES_FILE", "CLIPS_FILE", "EmbeddingsError", "StoredEmbeddings", "read_class_names", "read_embeddings",
            "write_embeddings"]
-
-
-class EmbeddingsError(DatasetError):
-    """An ``--embeddings`` folder (or an ``--export-embeddings`` target) cannot be used as given."""
 
 
 @dataclass
