@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 import test_clap_modelscope as eval_script
 import train_hyperbolic_clap as train_script
@@ -210,6 +211,7 @@ def test_training_links_past_parents_missing_from_classes_parquet(tmp_path):
     (eval_script, [], "--parquet-dir is required"),
     (eval_script, ["--embeddings", "y", "--export-embeddings", "z"], "--export-embeddings writes"),
     (train_script, ["--embeddings", "y", "--text-column", "caption"], "caption runs"),
+    (eval_script, ["--embeddings", "y", "--class-labels", "from-data"], "--class-labels is not used with --embeddings"),
 ])
 def test_usage_errors(script, argv, message):
     code, err = run_main(script, argv)
@@ -303,3 +305,20 @@ def test_export_round_trip_gives_the_same_training_and_metrics(tmp_path, tiny_cl
         assert json.loads((tmp_path / "e2.json").read_text())["ontology"]["abstract_parents_linked_past"] == 0
     test_info = json.loads((tmp_path / "e2.json").read_text())["test_info"]
     assert test_info["embeddings"] == str(export) and test_info["clips_embedded"] == len(stored.clips)
+
+
+def test_audioset_without_any_parent_prompt_keeps_the_class_to_class_pairs():
+    """Every abstract parent missing: the cone pairs are each class to its nearest class
+    ancestors, which ``Hierarchy.edges(range(C))`` computes from the full hierarchy."""
+    from data.labels import load_class_labels
+    from hyperbolic.config import DEFAULT_CLASS_LABELS, REPO_ROOT
+
+    ontology = Ontology.load(REPO_ROOT / "CLAP" / "class_labels" / "audioset_ontology.json")
+    names = load_class_labels(DEFAULT_CLASS_LABELS)
+    full = Hierarchy.build(ontology, names)
+    none = Hierarchy.build(ontology, names, available=lambda name: False)
+    assert none.extra_names == () and len(none.linked_past) == len(full.extra_names) == 30
+    assert torch.equal(none.parent_child, full.edges(range(len(names))))
+    one = Hierarchy.build(ontology, names, available=lambda name: name != "Human voice")
+    pairs = {(one.prompt_names[p], one.prompt_names[c]) for p, c in one.parent_child.tolist()}
+    assert ("Human sounds", "Speech") in pairs and ("Human voice", "Speech") not in pairs
