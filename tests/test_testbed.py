@@ -132,3 +132,35 @@ def test_plain_cosine_scores_in_the_target_band(world):
     clean_scores = audio @ clean.text[:C].T
     clean_map = np.mean([average_precision_score(y[:, k], clean_scores[:, k]) for k in np.flatnonzero(present)])
     assert clean_map > mAP + 0.1
+
+
+@pytest.mark.slow
+def test_the_scripts_run_on_it_end_to_end(tmp_path):
+    """Held-out classes, cones, bootstrap, hierarchy metrics and the report on a small testbed."""
+    import test_clap_modelscope as eval_script
+    import train_hyperbolic_clap as train_script
+    from hyperbolic import report
+    from hyperbolic.config import REPO_ROOT
+
+    ontology = str(REPO_ROOT / "CLAP" / "class_labels" / "audioset_ontology.json")
+    assert run_main(testbed, [tmp_path / "tb", "--num-train", "300", "--num-eval", "200", "--dim", "16"])[0] == 0
+    code, err = run_main(train_script, ["--embeddings", tmp_path / "tb" / "train", "--ontology", ontology,
+                                        "--entailment-weight", "1", "--holdout-classes", "0.2", "--epochs", "1",
+                                        "--device", "cpu", "--output-dir", tmp_path / "run"])
+    assert code == 0, err
+    setup = json.loads((tmp_path / "run" / "setup.json").read_text())
+    assert setup["holdout_classes"] and setup["hierarchy"]["parent_child_pairs"] == 593
+    assert setup["hierarchy"]["abstract_parents_linked_past"] == 0
+    out = tmp_path / "results.json"
+    code, err = run_main(eval_script, ["--embeddings", tmp_path / "tb" / "eval", "--num-samples", "all",
+                                       "--ontology", ontology, "--projection-checkpoint", tmp_path / "run",
+                                       "--bootstrap", "10", "--device", "cpu", "--output-json", out])
+    assert code == 0, err
+    results = json.loads(out.read_text())
+    trained = next(m for m in results["models"] if m != "clap_cosine")
+    block = results["models"][trained]
+    assert block["metrics_by_split"]["unseen"] is not None and block["hierarchy"]["cones"]
+    assert "vs_clap_cosine" in block["bootstrap"] and results["test_info"]["clips_embedded"] == 200
+    code, err = run_main(report, [out, "--output", tmp_path / "table.md"])
+    assert code == 0, err
+    assert "embeddings:" in (tmp_path / "table.md").read_text()

@@ -195,7 +195,7 @@ def read_embeddings(folder: str | Path, *, limit: int | None = None, require_lab
     rows, lengths = _embedding_matrix(table.column("embedding"), path)
     matcher = LabelMatcher(class_names)
     skips = SkipLog()
-    kept, seen_ids = [], set()
+    kept, seen_ids, class_of = [], set(), {}
     labels, first, raw, metas = [], [], [], []
     for i, (clip_id, cell, row, n) in enumerate(zip(ids, label_cells, rows, lengths)):
         meta = ClipMeta(CLIPS_FILE, i, "" if clip_id is None else str(clip_id))
@@ -211,7 +211,12 @@ def read_embeddings(folder: str | Path, *, limit: int | None = None, require_lab
             written = matcher.split(cell)
         except TypeError as err:
             raise EmbeddingsError(f"{path}, row {i}, column 'labels': {err}") from None
-        found, unknown = matcher.match(written)
+        for w in written:  # a whole label names one class or none; the same strings recur across clips
+            if w not in class_of:
+                class_of[w] = matcher.match([w])[0]
+        per_label = [class_of[w] for w in written]
+        found = sorted({k for ks in per_label for k in ks})
+        unknown = [w for w, ks in zip(written, per_label) if not ks]
         skips.unknown_labels.update(unknown)
         if require_labels and not found:
             skips.add("no_known_label", meta, detail=f"unknown labels {unknown}" if unknown else "no labels")
@@ -219,7 +224,7 @@ def read_embeddings(folder: str | Path, *, limit: int | None = None, require_lab
         seen_ids.add(meta.video_id)
         kept.append(i)
         labels.append(found)
-        first.append(next((matcher.match([w])[0][0] for w in written if matcher.match([w])[0]), None))
+        first.append(next((ks[0] for ks in per_label if ks), None))
         raw.append(written)
         metas.append(meta)
     audio = _unit(np.stack([rows[i] for i in kept])) if kept else torch.empty(0, dim)
