@@ -150,6 +150,7 @@ def test_write_then_read_and_never_overwrite(tmp_path):
     assert json.loads(table.schema.metadata[b"hyperbolic_clap"]) == {"why": "test"}
     s = read_embeddings(folder)
     assert read_class_names(folder) == s.class_names == ["A", "B"] and s.parent_names == ["Group"]
+    assert s.prompt_names == ["A", "B", "Group"] and s.text_embeddings.shape == (3, D)
     assert s.clips.label_indices == [[0, 1], [], [0]] and s.clips.first_label == [1, None, 0]
     np.testing.assert_allclose(s.prompt_embeddings(["Group", "a"]).numpy(),
                                np.stack([parents[0] / np.linalg.norm(parents[0]), text[0] / np.linalg.norm(text[0])]),

@@ -67,6 +67,16 @@ class StoredEmbeddings:
     def dim(self) -> int:
         return int(self.class_embeddings.shape[1])
 
+    @property
+    def prompt_names(self) -> list[str]:
+        """Every row's name: the classes, then the abstract parents."""
+        return [*self.class_names, *self.parent_names]
+
+    @property
+    def text_embeddings(self) -> torch.Tensor:
+        """(C + A, D): the rows of ``prompt_names``."""
+        return torch.cat([self.class_embeddings, self.parent_embeddings])
+
     def has_prompt(self, name: str) -> bool:
         """Whether a row of classes.parquet (class or abstract) is named ``name`` (by ``label_key``)."""
         return label_key(name) in self._index()
@@ -78,11 +88,11 @@ class StoredEmbeddings:
         if missing:
             raise EmbeddingsError(f"{self.folder / CLASSES_FILE} has no row named {'; '.join(missing[:5])} "
                                   f"({len(missing)} missing); add their prompt embeddings")
-        table = torch.cat([self.class_embeddings, self.parent_embeddings])
+        table = self.text_embeddings
         return table[[index[label_key(n)] for n in names]] if names else table[:0]
 
     def _index(self) -> dict[str, int]:
-        return {label_key(n): i for i, n in enumerate([*self.class_names, *self.parent_names])}
+        return {label_key(n): i for i, n in enumerate(self.prompt_names)}
 
 
 def _embedding_matrix(column: pa.ChunkedArray, path: Path) -> tuple[list[np.ndarray | None], list[int]]:
