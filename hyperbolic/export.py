@@ -38,7 +38,7 @@ from torch import nn
 
 from hyperbolic.model.checkpoint import read_projection
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE
-from hyperbolic.errors import UserError
+from hyperbolic.errors import ExportError, UserError  # noqa: F401 (re-exported)
 from hyperbolic.model.projector import Projector, similarity
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,6 @@ VERIFY_TOL = 1e-5
 OUTPUT_TEXT = {"hyperbolic": "scores (N, M) = -d_c(proj(a), proj(t)) / tau",
                "euclidean": "scores (N, M) = cos(proj(a), proj(t)) / tau",
                "euclidean-distance": "scores (N, M) = -|proj(a) - proj(t)|^2 / tau"}
-
-
-class ExportError(UserError, ValueError):
-    """The export cannot be made as asked (opset), or its check against PyTorch failed."""
 
 
 class SimilarityHead(nn.Module):

@@ -323,12 +323,11 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     """Evaluate every model on the same clips; write the results JSON (and the npz and plots
     when asked); return (results, path). With ``cfg.text_column``: caption retrieval instead
     (``hyperbolic.captions.retrieval``)."""
+    cfg.validate()  # the checks the script runs on its flags
     if cfg.text_column:
         return evaluate_captions(cfg, models)
     class_names = resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
                                       limit=cfg.num_samples)
-    if cfg.expand_ancestors and not cfg.ontology:
-        raise ValueError("expand_ancestors needs an ontology (--expand-ancestors needs --ontology PATH)")
     hier = (HierarchyContext.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
             if cfg.ontology else None)
     clap = open_clap(cfg)

@@ -30,8 +30,7 @@ its per-clip AP loops over 20,000 rows. ``tests/test_metrics.py`` checks both ag
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import stats

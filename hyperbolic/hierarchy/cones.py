@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from hyperbolic.geometry import poincare
+from hyperbolic.geometry.constants import DEFAULT_K
 from hyperbolic.hierarchy.metrics import spearman_norm_depth
 from hyperbolic.hierarchy.ontology import Ontology, nearest_kept_ancestors
 
@@ -65,7 +66,6 @@ __all__ = [
     "entailment_loss",
 ]
 
-DEFAULT_K = 0.1
 
 
 @dataclass(frozen=True, eq=False)

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperbolic.errors import UserError
+from hyperbolic import __version__
+from hyperbolic.errors import CheckpointError  # noqa: F401 (re-exported)
 from hyperbolic.outputs import atomic_torch_save
 from hyperbolic.model.projector import CLIP_MODES, GEOMETRIES, Projector
 
@@ -33,10 +34,6 @@ LEGACY_FORMAT = "legacy (no config)"  # model_info.checkpoint_format of an earli
 # Settings that may differ when a run is resumed: where and how it runs, not what it computes.
 RESUME_MAY_DIFFER = {"resume", "overwrite", "output_dir", "device", "num_workers", "cache_dir", "no_cache",
                      "keep_epochs", "use_swanlab", "swanlab_project", "swanlab_workspace", "swanlab_mode"}
-
-
-class CheckpointError(UserError, ValueError):
-    """A projection checkpoint that cannot be used as given; the message names the file."""
 
 
 # ------------------------------------------------------------------------------ writing
@@ -53,7 +50,9 @@ def epoch_of(path: Path) -> int:
 def save_epoch(out: Path, epoch: int, ckpt: dict, *, best: bool) -> None:
     """Write ``projection_epoch_{epoch}.pth`` (and ``best_projection_epoch_{epoch}.pth`` when
     ``best``), each atomically. The per-epoch file is written last: a run killed before it
-    resumes from the previous epoch and rewrites this epoch's files identically."""
+    resumes from the previous epoch and rewrites this epoch's files identically. The code's
+    version is recorded beside what the caller gives (``hyperbolic_clap_version``)."""
+    ckpt = {**ckpt, "hyperbolic_clap_version": __version__}
     if best:
         atomic_torch_save(epoch_path(out, epoch, best=True), ckpt)
     atomic_torch_save(epoch_path(out, epoch), ckpt)

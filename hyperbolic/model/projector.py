@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hyperbolic.config import CLIP_MODES, GEOMETRIES
 from hyperbolic.geometry import legacy, poincare
 
-GEOMETRIES = ("hyperbolic", "euclidean", "euclidean-distance")
 # Geometries whose points keep the scale the layer gives them (so --init-radius sets it): the ball's
 # tangent vectors, and the unnormalised points of euclidean-distance. Cosine ignores the scale.
 SCALED_GEOMETRIES = ("hyperbolic", "euclidean-distance")
@@ -32,9 +32,6 @@ C_RANGE_FACTOR = 10.0
 # Temperature bounds: below 0.01 logits span hundreds of nats and softmax saturates in float32;
 # above 100 every pair looks alike.
 TAU_MIN, TAU_MAX = 0.01, 100.0
-
-
-CLIP_MODES = ("inward", "straight-through", "hard")
 
 
 class _InwardClip(torch.autograd.Function):

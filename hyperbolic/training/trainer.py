@@ -16,15 +16,12 @@ from hyperbolic.evaluation.ball_usage import epoch_usage
 from hyperbolic.config import TrainConfig
 from hyperbolic.embedding.embeddings import ClipEmbeddings
 from hyperbolic.hierarchy.cones import EntailmentObjective
-from hyperbolic.errors import UserError
+from hyperbolic.errors import TrainingError  # noqa: F401 (re-exported)
 from hyperbolic.evaluation.metrics import classification_metrics
 from hyperbolic.training.objective import multi_positive_contrastive
 from hyperbolic.model.projector import SCALED_GEOMETRIES, Geometry, Projector, similarity
 
 log = logging.getLogger(__name__)
-
-class TrainingError(UserError, RuntimeError):
-    """A run that cannot go on (bad split, diverged loss, bad resume); the message says what to do."""
 
 def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
     """AdamW groups: ``decay`` holds the weight matrices (ndim >= 2) with ``weight_decay``;
