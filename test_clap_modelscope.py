@@ -43,8 +43,12 @@ def main(argv=None) -> int:
     from hyperbolic.evaluation.tables import format_results_table
     cfg = config_from_args(args)
     try:
-        num_classes = None if cfg.text_column else len(resolve_class_names(
-            cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column, limit=cfg.num_samples))
+        if cfg.embeddings:
+            from hyperbolic.embedding.stored import read_class_names
+            num_classes = len(read_class_names(cfg.embeddings))
+        else:
+            num_classes = None if cfg.text_column else len(resolve_class_names(
+                cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column, limit=cfg.num_samples))
         if num_classes is not None and args.top_k > num_classes:
             build_parser().error(f"--top-k must be <= the number of classes in --class-labels "
                                  f"({num_classes}) (got {args.top_k})")

@@ -31,8 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.label_column is None:
         args.label_column = default_of(TrainConfig, "label_column")
     checks = [
-        (args.parquet_dir is None and not args.demo and not args.resume,
-         "--parquet-dir is required (or use --demo, or --resume RUN_DIR to continue a run)"),
+        (args.parquet_dir is None and args.embeddings is None and not args.demo and not args.resume,
+         "--parquet-dir (or --embeddings DIR) is required (or use --demo, or --resume RUN_DIR to continue a run)"),
         (args.learn_c and len(args.c) > 1, "--learn-c with several --c values: sweep or learn, not both"),
         (args.export_onnx is not None and not args.export_onnx.endswith(".onnx"),
          f"--export-onnx must name a .onnx file (got {args.export_onnx!r})"),
@@ -69,7 +69,7 @@ def config_from_args(args: argparse.Namespace, argv=None) -> tuple[TrainConfig, 
         resumed = resume_settings(args.resume, given)
         if resumed is not None:
             return resumed
-        if args.parquet_dir is None:
+        if args.parquet_dir is None and args.embeddings is None:
             raise TrainingError(f"--resume {args.resume} holds no setup.json of a run (it stopped before its "
                                 "first epoch, or is not a run folder); give the run's flags again with --resume")
     return _config(args, args.c[0], args.temperature[0]), args.c, args.temperature

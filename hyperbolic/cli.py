@@ -132,6 +132,10 @@ def add_embedding_args(p: argparse.ArgumentParser, *, per_rank: bool = False) ->
                    help="caption column(s): a caption (string) or several (list) per row. Evaluation: caption "
                         "retrieval (t2a/a2t R@k, mAP@10); training: captions are the clip's positives (default: none, "
                         "class labels)")
+    p.add_argument("--embeddings", default=_E("embeddings"), metavar="DIR",
+                   help="read stored embeddings instead of --parquet-dir and CLAP: DIR/clips.parquet and "
+                        "DIR/classes.parquet (docs/data.md); the class list is the classes in classes.parquet "
+                        "(default: none, embed --parquet-dir with CLAP)")
     p.add_argument("--clip-id-column", default=_E("clip_id_column"),
                    help="with --text-column: rows sharing this value are one clip with all their captions, "
                         "its audio embedded once (a file without the column: each row is a clip)")
@@ -247,7 +251,8 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
 def eval_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The flags of ``test_clap_modelscope.py`` (which validates them after parsing)."""
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
-    p.add_argument("--parquet-dir", required=True, help="folder of AudioSet-style .parquet files (required)")
+    p.add_argument("--parquet-dir", default=None,
+                   help="folder of AudioSet-style .parquet files (required unless --embeddings; no default)")
     p.add_argument("--projection-checkpoint", nargs="+", default=None, metavar="PATH",
                    help="projector checkpoint(s): a .pth from training or from the earlier scripts, or a "
                         "training run's --output-dir (its best checkpoint; a sweep's: the winner's). One path "
@@ -293,5 +298,9 @@ def eval_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--plots", action="store_true",
                    help="write PNGs next to the results JSON: prompts on the Poincare disk (hyperbolic "
                         "models) and best/worst per-class AP")
+    p.add_argument("--export-embeddings", default=None, metavar="DIR",
+                   help="also write the clips read (their CLAP embeddings and known labels) and the class prompts' "
+                        "embeddings (with --ontology, the abstract parents' too) in the --embeddings layout; "
+                        "never overwrites (default: not written)")
     add_embedding_args(p)
     return p

@@ -67,7 +67,7 @@ def _finite_non_negative(x) -> bool:
 class EmbeddingConfig:
     """How clips and prompts reach the frozen CLAP: the settings training and evaluation share."""
 
-    parquet_dir: str
+    parquet_dir: str | None = None  # (or embeddings) the data: required, one of the two
     device: str = "cuda:0"
     checkpoint: str = DEFAULT_CHECKPOINT
     class_labels: str = str(DEFAULT_CLASS_LABELS)
@@ -81,6 +81,7 @@ class EmbeddingConfig:
     hop: float | None = None         # seconds between windows (default: segment)
     text_column: list[str] | None = None  # caption column(s): retrieval / caption training (data.captions)
     clip_id_column: str = "video_id"      # rows sharing it are one clip (with --text-column)
+    embeddings: str | None = None         # --embeddings DIR: stored embeddings instead of parquet + CLAP (embedding.stored)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,7 +96,12 @@ class EmbeddingConfig:
 
     def _embedding_problems(self) -> list[str]:
         from data.audio import segmenting_from
+        sources = [name for name, given in (("--parquet-dir", self.parquet_dir), ("--embeddings", self.embeddings))
+                   if given]
         out = [message for failed, message in [
+            (len(sources) > 1, "--parquet-dir and --embeddings both name the data; give one of them"),
+            (bool(self.embeddings) and bool(self.text_column),
+             "--embeddings holds class-labelled clips; caption runs (--text-column) need --parquet-dir"),
             (self.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {self.embed_batch_size})"),
             (self.num_workers is not None and self.num_workers < 0,
              f"--num-workers must be >= 0 (got {self.num_workers})"),
@@ -276,9 +282,16 @@ class EvalConfig(EmbeddingConfig):
              f"--threshold must be a finite number (got {self.threshold})"),
             (self.save_scores is not None and not self.save_scores.endswith(".npz"),
              f"--save-scores must name a .npz file (got {self.save_scores!r})"),
+            (self.parquet_dir is None and self.embeddings is None,
+             "--parquet-dir is required (or --embeddings DIR: stored embeddings, docs/data.md)"),
+            (self.export_embeddings is not None and self.parquet_dir is None,
+             "--export-embeddings writes the CLAP embeddings of --parquet-dir; give --parquet-dir"),
+            (self.export_embeddings is not None and self.text_column,
+             "--export-embeddings writes class-labelled clips; caption retrieval (--text-column) cannot export"),
             (len(set(paths)) != len(paths), "--projection-checkpoint lists a path twice; give each checkpoint once"),
             *[(self.text_column and value, f"{name} is for class labels; caption retrieval (--text-column) "
                                            "does not use it") for name, value in (
                 ("--ontology", self.ontology), ("--expand-ancestors", self.expand_ancestors), ("--plots", self.plots),
                 ("--threshold", self.threshold is not None))],
         ] if failed]
+    export_embeddings: str | None = None  # write the clips and prompts read in the --embeddings layout

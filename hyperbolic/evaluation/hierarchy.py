@@ -48,10 +48,12 @@ class HierarchyContext:
     hierarchy: Hierarchy
 
     @classmethod
-    def build(cls, ontology: Ontology, class_names: list[str], *,
-              expand_ancestors: bool = False) -> "HierarchyContext":
+    def build(cls, ontology: Ontology, class_names: list[str], *, expand_ancestors: bool = False,
+              available=None) -> "HierarchyContext":
+        """``available``: as ``Hierarchy.build`` takes it (``--embeddings``: which abstract parents
+        have a stored prompt)."""
         try:
-            hierarchy = Hierarchy.build(ontology, class_names, expand_ancestors=expand_ancestors)
+            hierarchy = Hierarchy.build(ontology, class_names, expand_ancestors=expand_ancestors, available=available)
         except ValueError as err:  # two class names on one node: cones and ancestors are ambiguous
             raise OntologyError(f"--ontology {ontology.source}: {err}; give each class a distinct name") from err
         if hierarchy.unmatched:
@@ -86,6 +88,7 @@ class HierarchyContext:
                 "distance": "LCA height (metrics.class_distance_matrix) over the classes and their "
                             "ontology ancestors; unmatched classes meet the rest only at a virtual root",
                 "extra_prompts": list(h.extra_names), "cone_prompt_pairs": int(h.parent_child.shape[0]),
+                "abstract_parents_linked_past": len(h.linked_past), "linked_past": list(h.linked_past),
                 "cone_class_pairs": int(h.edges(range(h.num_classes)).shape[0]),
                 "cone_pairs": CONE_PAIRS_TEXT}
 
