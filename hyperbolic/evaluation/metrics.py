@@ -99,7 +99,7 @@ def first_hit_rank(s: np.ndarray, t: np.ndarray) -> np.ndarray:
     The first true entry in ``np.argsort(-row, kind="stable")`` is the true entry with the
     highest score, the lowest index among ties; its position is the number of entries
     scoring higher plus the number tied with it at a lower index. Every row needs a true
-    entry. Returns ``(R,)`` int. (Caption retrieval's t2a mAP@10, ``hyperbolic.captions.retrieval``, ranks
+    entry. Returns ``(R,)`` int. (Caption retrieval's t2a mAP@10, ``hyperbolic.evaluation.retrieval``, ranks
     with it; acc@k and R@k take ties at their expected value, ``expected_hits``.)
     """
     best = np.where(t, s, -np.inf).max(axis=1)

@@ -1,6 +1,6 @@
 """One training step's machinery over precomputed CLAP embeddings: the projector, its geometry,
 the optimizer and its groups, the learning-rate schedule, the objective of a batch and the
-validation of an epoch. ``hyperbolic.training.train`` runs the epochs; ``hyperbolic.captions.train``
+validation of an epoch. ``hyperbolic.training.train`` runs the epochs; ``hyperbolic.training.captions``
 subclasses ``Trainer`` for captions.
 """
 

@@ -41,7 +41,7 @@ from data.audioset import SkipLog
 from data.captions import caption_counts, read_captions
 from data.errors import DatasetError
 from data.labels import LabelMatcher
-from hyperbolic.captions.texts import embed_texts, pair_captions
+from hyperbolic.embedding.captions import embed_texts, pair_captions
 from hyperbolic.config import EvalConfig
 from hyperbolic.embedding.embeddings import embed_run_clips, open_cache, open_clap
 from hyperbolic.evaluation.files import results_path, save_caption_scores, write_results
