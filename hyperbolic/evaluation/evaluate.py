@@ -37,8 +37,8 @@ from hyperbolic.embedding.stored import (StoredEmbeddings, check_writable, expor
                                          read_embeddings, write_embeddings)
 from hyperbolic.evaluation.files import results_path, save_scores, write_plots, write_results
 from hyperbolic.evaluation.hierarchy import HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
-from hyperbolic.evaluation.bootstrap import bootstrap_ci, bootstrap_difference, bootstrap_samples
-from hyperbolic.evaluation.metrics import (
+from hyperbolic.metrics.bootstrap import bootstrap_ci, bootstrap_difference, bootstrap_samples
+from hyperbolic.metrics.classification import (
     classification_metrics,
     legacy_set_metrics,
     per_class_ap,

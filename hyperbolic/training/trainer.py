@@ -17,7 +17,7 @@ from hyperbolic.config import TrainConfig
 from hyperbolic.embedding.embeddings import ClipEmbeddings
 from hyperbolic.hierarchy.cones import EntailmentObjective
 from hyperbolic.errors import TrainingError  # noqa: F401 (re-exported)
-from hyperbolic.evaluation.metrics import classification_metrics
+from hyperbolic.metrics.classification import classification_metrics
 from hyperbolic.training.objective import multi_positive_contrastive
 from hyperbolic.model.projector import SCALED_GEOMETRIES, Geometry, Projector, similarity
 

@@ -15,7 +15,7 @@ Conventions, shared by every function here:
   ``places left / group size``, and holds a true label there with probability
   ``1 - hypergeom.pmf(0, group size, true in group, places left)``. A model whose scores are
   all equal gets ``acc@1 = mean over clips of #labels / C``. AP@10 (``t2a_mAP@10``), the
-  hierarchy metrics (``hyperbolic.hierarchy.metrics``) and the predictions list still rank ties by the lower index
+  hierarchy metrics (``hyperbolic.metrics.hierarchy``) and the predictions list still rank ties by the lower index
   (``np.argsort(-s, kind="stable")``). Average precision and ROC AUC do not depend on the
   order inside a tie: they follow scikit-learn, which treats a tie as one threshold.
 - A value that is undefined or infinite is returned as ``None`` (results are written to JSON,
