@@ -33,9 +33,9 @@ from hyperbolic.embedding.embeddings import embed_clips, embed_prompts, prompts_
 from hyperbolic.evaluation.hierarchy import HierarchyContext
 from hyperbolic.evaluation.scoring import model_names, plan_models
 from hyperbolic.evaluation.tables import format_metrics_table
-from hyperbolic.evaluation.bootstrap import bootstrap_ci, bootstrap_samples
-from hyperbolic.evaluation.metrics import classification_metrics, retrieval_metrics
-from hyperbolic.hierarchy.metrics import class_distance_matrix, mistake_severity
+from hyperbolic.metrics.bootstrap import bootstrap_ci, bootstrap_samples
+from hyperbolic.metrics.classification import classification_metrics, retrieval_metrics
+from hyperbolic.metrics.hierarchy import class_distance_matrix, mistake_severity
 from hyperbolic.hierarchy.ontology import Ontology, OntologyError
 from hyperbolic.model.projector import Projector
 from tests.helpers import random_ontology
