@@ -120,6 +120,7 @@ def test_limit_reads_the_first_rows(tmp_path):
     ({"name": ["Dog"]}, "no column 'embedding'"),
     ({"name": ["Dog"], "embedding": ["one two"]}, "must be a list of float32"),
     ({"name": ["Dog"], "embedding": [[1.0] * D], "abstract": [True]}, "no class"),
+    ({"name": ["Dog"], "embedding": [[1.0] * D], "abstract": ["no"]}, "column 'abstract' has type string"),
 ])
 def test_bad_class_table_is_an_error_naming_the_file(tmp_path, classes, message):
     folder = _folder(tmp_path, classes=classes)

@@ -128,6 +128,9 @@ def _read_classes(folder: Path) -> tuple[list[str], np.ndarray, list[bool]]:
     path = folder / CLASSES_FILE
     table = _open(path, CLASS_COLUMNS, "a class table")
     names = table.column("name").to_pylist()
+    if "abstract" in table.column_names and not pa.types.is_boolean(table.column("abstract").type):
+        raise EmbeddingsError(f"{path}: column 'abstract' has type {table.column('abstract').type}; it must be "
+                              "bool (true for an ontology node that is not a class)")
     abstract = (table.column("abstract").to_pylist() if "abstract" in table.column_names else [False] * len(names))
     rows, lengths = _embedding_matrix(table.column("embedding"), path)
     if not names:
