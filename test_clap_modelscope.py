@@ -50,7 +50,8 @@ def main(argv=None) -> int:
             num_classes = None if cfg.text_column else len(resolve_class_names(
                 cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column, limit=cfg.num_samples))
         if num_classes is not None and args.top_k > num_classes:
-            build_parser().error(f"--top-k must be <= the number of classes in --class-labels "
+            source = "--embeddings classes.parquet" if cfg.embeddings else "--class-labels"
+            build_parser().error(f"--top-k must be <= the number of classes in {source} "
                                  f"({num_classes}) (got {args.top_k})")
         results, path = evaluate(cfg)
     except UserError as err:

@@ -102,6 +102,9 @@ class EmbeddingConfig:
             (len(sources) > 1, "--parquet-dir and --embeddings both name the data; give one of them"),
             (bool(self.embeddings) and bool(self.text_column),
              "--embeddings holds class-labelled clips; caption runs (--text-column) need --parquet-dir"),
+            (bool(self.embeddings) and self.class_labels != str(DEFAULT_CLASS_LABELS),
+             "--class-labels is not used with --embeddings: the class list is the classes of DIR/classes.parquet; "
+             "leave --class-labels out"),
             (self.embed_batch_size < 1, f"--embed-batch-size must be >= 1 (got {self.embed_batch_size})"),
             (self.num_workers is not None and self.num_workers < 0,
              f"--num-workers must be >= 0 (got {self.num_workers})"),

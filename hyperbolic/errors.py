@@ -24,6 +24,11 @@ class DatasetError(UserError):
     message names the folder/file/column at fault and what to do about it."""
 
 
+class EmbeddingsError(DatasetError):
+    """An ``--embeddings`` folder (or an ``--export-embeddings`` target) cannot be used as given; the
+    message names the file, row or column (``hyperbolic.embedding.stored``)."""
+
+
 class ClapNotFoundError(UserError, FileNotFoundError):
     """The CLAP checkpoint is neither a local folder nor in the ModelScope cache."""
 

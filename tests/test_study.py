@@ -200,8 +200,8 @@ def test_seed_averaged_paired_bootstrap_matches_brute_force(tmp_path):
     t[rng.random((n, classes)) < 0.15] = True
     scores = {(g, s): rng.standard_normal((n, classes)) + (1.0 if g == "hyperbolic" else 0.3) * t
               for g in ("hyperbolic", "euclidean") for s in range(3)}
-    from hyperbolic.evaluation.bootstrap import bootstrap_samples
-    from hyperbolic.evaluation.metrics import classification_metrics
+    from hyperbolic.metrics.bootstrap import bootstrap_samples
+    from hyperbolic.metrics.classification import classification_metrics
     records = []
     for (g, s), sc in scores.items():
         c = Cell(g, None, 1.0, s)

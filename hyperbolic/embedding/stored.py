@@ -35,9 +35,9 @@ import pyarrow.parquet as pq
 import torch
 
 from data.audioset import ClipMeta, SkipLog
-from data.errors import DatasetError
 from data.labels import LabelMatcher, label_key
 from hyperbolic.embedding.embeddings import ClipEmbeddings
+from hyperbolic.errors import EmbeddingsError
 
 CLIPS_FILE = "clips.parquet"
 CLASSES_FILE = "classes.parquet"
@@ -47,10 +47,6 @@ METADATA_KEY = b"hyperbolic_clap"   # parquet schema metadata: JSON of how the f
 
 __all__ = ["CLASSES_FILE", "CLIPS_FILE", "EmbeddingsError", "StoredEmbeddings", "read_class_names", "read_embeddings",
            "write_embeddings"]
-
-
-class EmbeddingsError(DatasetError):
-    """An ``--embeddings`` folder (or an ``--export-embeddings`` target) cannot be used as given."""
 
 
 @dataclass
@@ -71,6 +67,16 @@ class StoredEmbeddings:
     def dim(self) -> int:
         return int(self.class_embeddings.shape[1])
 
+    @property
+    def prompt_names(self) -> list[str]:
+        """Every row's name: the classes, then the abstract parents."""
+        return [*self.class_names, *self.parent_names]
+
+    @property
+    def text_embeddings(self) -> torch.Tensor:
+        """(C + A, D): the rows of ``prompt_names``."""
+        return torch.cat([self.class_embeddings, self.parent_embeddings])
+
     def has_prompt(self, name: str) -> bool:
         """Whether a row of classes.parquet (class or abstract) is named ``name`` (by ``label_key``)."""
         return label_key(name) in self._index()
@@ -82,11 +88,11 @@ class StoredEmbeddings:
         if missing:
             raise EmbeddingsError(f"{self.folder / CLASSES_FILE} has no row named {'; '.join(missing[:5])} "
                                   f"({len(missing)} missing); add their prompt embeddings")
-        table = torch.cat([self.class_embeddings, self.parent_embeddings])
+        table = self.text_embeddings
         return table[[index[label_key(n)] for n in names]] if names else table[:0]
 
     def _index(self) -> dict[str, int]:
-        return {label_key(n): i for i, n in enumerate([*self.class_names, *self.parent_names])}
+        return {label_key(n): i for i, n in enumerate(self.prompt_names)}
 
 
 def _embedding_matrix(column: pa.ChunkedArray, path: Path) -> tuple[list[np.ndarray | None], list[int]]:
@@ -122,6 +128,9 @@ def _read_classes(folder: Path) -> tuple[list[str], np.ndarray, list[bool]]:
     path = folder / CLASSES_FILE
     table = _open(path, CLASS_COLUMNS, "a class table")
     names = table.column("name").to_pylist()
+    if "abstract" in table.column_names and not pa.types.is_boolean(table.column("abstract").type):
+        raise EmbeddingsError(f"{path}: column 'abstract' has type {table.column('abstract').type}; it must be "
+                              "bool (true for an ontology node that is not a class)")
     abstract = (table.column("abstract").to_pylist() if "abstract" in table.column_names else [False] * len(names))
     rows, lengths = _embedding_matrix(table.column("embedding"), path)
     if not names:
@@ -199,7 +208,7 @@ def read_embeddings(folder: str | Path, *, limit: int | None = None, require_lab
     rows, lengths = _embedding_matrix(table.column("embedding"), path)
     matcher = LabelMatcher(class_names)
     skips = SkipLog()
-    kept, seen_ids = [], set()
+    kept, seen_ids, class_of = [], set(), {}
     labels, first, raw, metas = [], [], [], []
     for i, (clip_id, cell, row, n) in enumerate(zip(ids, label_cells, rows, lengths)):
         meta = ClipMeta(CLIPS_FILE, i, "" if clip_id is None else str(clip_id))
@@ -215,7 +224,12 @@ def read_embeddings(folder: str | Path, *, limit: int | None = None, require_lab
             written = matcher.split(cell)
         except TypeError as err:
             raise EmbeddingsError(f"{path}, row {i}, column 'labels': {err}") from None
-        found, unknown = matcher.match(written)
+        for w in written:  # a whole label names one class or none; the same strings recur across clips
+            if w not in class_of:
+                class_of[w] = matcher.match([w])[0]
+        per_label = [class_of[w] for w in written]
+        found = sorted({k for ks in per_label for k in ks})
+        unknown = [w for w, ks in zip(written, per_label) if not ks]
         skips.unknown_labels.update(unknown)
         if require_labels and not found:
             skips.add("no_known_label", meta, detail=f"unknown labels {unknown}" if unknown else "no labels")
@@ -223,7 +237,7 @@ def read_embeddings(folder: str | Path, *, limit: int | None = None, require_lab
         seen_ids.add(meta.video_id)
         kept.append(i)
         labels.append(found)
-        first.append(next((matcher.match([w])[0][0] for w in written if matcher.match([w])[0]), None))
+        first.append(next((ks[0] for ks in per_label if ks), None))
         raw.append(written)
         metas.append(meta)
     audio = _unit(np.stack([rows[i] for i in kept])) if kept else torch.empty(0, dim)

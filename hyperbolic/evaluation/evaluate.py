@@ -37,8 +37,8 @@ from hyperbolic.embedding.stored import (StoredEmbeddings, check_writable, expor
                                          read_embeddings, write_embeddings)
 from hyperbolic.evaluation.files import results_path, save_scores, write_plots, write_results
 from hyperbolic.evaluation.hierarchy import HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
-from hyperbolic.evaluation.bootstrap import bootstrap_ci, bootstrap_difference, bootstrap_samples
-from hyperbolic.evaluation.metrics import (
+from hyperbolic.metrics.bootstrap import bootstrap_ci, bootstrap_difference, bootstrap_samples
+from hyperbolic.metrics.classification import (
     classification_metrics,
     legacy_set_metrics,
     per_class_ap,
@@ -46,7 +46,7 @@ from hyperbolic.evaluation.metrics import (
 )
 from hyperbolic.hierarchy.ontology import Ontology
 from hyperbolic.outputs import unique_path
-from hyperbolic.captions.retrieval import evaluate_captions
+from hyperbolic.evaluation.retrieval import evaluate_captions
 from hyperbolic.evaluation.scoring import (PLAIN_MODEL_NAME, ScoringModel, build_models, model_info, similarity_stats,
                                           usage_block, usage_skipped)
 
@@ -357,7 +357,7 @@ def _test_info(cfg: EvalConfig, clap, cache, class_names: list[str], models: lis
 def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple[dict, Path]:
     """Evaluate every model on the same clips; write the results JSON (and the npz and plots
     when asked); return (results, path). With ``cfg.text_column``: caption retrieval instead
-    (``hyperbolic.captions.retrieval``)."""
+    (``hyperbolic.evaluation.retrieval``)."""
     cfg.validate()  # the checks the script runs on its flags
     if cfg.text_column:
         return evaluate_captions(cfg, models)

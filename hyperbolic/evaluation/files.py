@@ -88,7 +88,7 @@ def write_plots(json_path: Path, model: ScoringModel, block: dict, text_pts, cla
             c=model.c, names=class_names, categories=categories, edges=edges, audio_xy=audio_xy,
             held_out=[i for i, n in enumerate(class_names) if n.casefold() in held],
             counts=None if targets is None else targets.sum(axis=0).tolist(),
-            title=f"{model.name}: class prompts and clips (c={model.c:.3g})"))
+            title=f"{model.name}: class prompts and clips (c={model.c:.3g}, D={model.projector.proj_dim})"))
     else:
         written["poincare_disk"] = None
         written["poincare_disk_skipped"] = "not a hyperbolic model"

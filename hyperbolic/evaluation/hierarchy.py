@@ -18,7 +18,7 @@ import torch
 
 from hyperbolic.geometry import poincare
 from hyperbolic.hierarchy.cones import Hierarchy, cone_consistency, cone_report
-from hyperbolic.hierarchy.metrics import mistake_severity, spearman_norm_depth
+from hyperbolic.metrics.hierarchy import mistake_severity, spearman_norm_depth
 from hyperbolic.hierarchy.ontology import Ontology, OntologyError
 from hyperbolic.evaluation.scoring import ScoringModel
 

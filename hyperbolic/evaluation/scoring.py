@@ -5,7 +5,7 @@ geometry, c and temperature, read from a checkpoint (``load_projection``; the fi
 ``hyperbolic.model.checkpoint``'s). ``build_models`` turns ``--projection-checkpoint`` into the models
 of a run (``plan_models``); ``model_info``, ``similarity_stats`` and ``usage_block`` are the
 per-model parts of a results block that classification (``hyperbolic.evaluation.evaluate``) and caption retrieval
-(``hyperbolic.captions.retrieval``) share.
+(``hyperbolic.evaluation.retrieval``) share.
 
 Which models run (``plan_models``):
 

@@ -53,7 +53,7 @@ from torch import Tensor
 
 from hyperbolic.geometry import poincare
 from hyperbolic.geometry.constants import DEFAULT_K
-from hyperbolic.hierarchy.metrics import spearman_norm_depth
+from hyperbolic.metrics.hierarchy import spearman_norm_depth
 from hyperbolic.hierarchy.ontology import Ontology, nearest_kept_ancestors
 
 __all__ = [

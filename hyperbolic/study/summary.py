@@ -6,7 +6,7 @@ clips (same ``--bootstrap`` and ``--bootstrap-seed``, same clips), so resample b
 configuration is the mean over its seeds of their values on resample b
 (``seed_averaged_samples``). The point value is the mean over seeds of the full-data metric; the
 interval is the percentile interval of the seed-averaged resamples; a difference pairs the two
-configurations resample by resample (``hyperbolic.evaluation.bootstrap.bootstrap_difference``).
+configurations resample by resample (``hyperbolic.metrics.bootstrap.bootstrap_difference``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperbolic.evaluation.bootstrap import bootstrap_difference
+from hyperbolic.metrics.bootstrap import bootstrap_difference
 from hyperbolic.study.cell import METRICS, read_samples
 from hyperbolic.study.grid import CELL_FILE, COSINE, PROBE
 

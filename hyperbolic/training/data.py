@@ -17,7 +17,7 @@ from data.audio import segmenting_from
 from data.audioset import SkipLog
 from data.class_list import resolve_class_names
 from data.labels import LabelMatcher, load_class_ids
-from hyperbolic.captions.train import CaptionTrainer, caption_training_data
+from hyperbolic.training.captions import CaptionTrainer, caption_training_data
 from hyperbolic.config import TrainConfig
 from hyperbolic.embedding.stored import read_embeddings
 from hyperbolic.embedding.embeddings import (PROMPT_NAME_RULE, ClipEmbeddings, duration_report, embed_prompts, embed_run_clips,
@@ -116,7 +116,7 @@ def training_data(cfg: TrainConfig) -> TrainingData:
     clap, cache = open_clap(cfg), open_cache(cfg)
     skips = SkipLog()
     trainer_cls, caption_info = None, None
-    if cfg.text_column:  # captions are the texts: hyperbolic.captions.train
+    if cfg.text_column:  # captions are the texts: hyperbolic.training.captions
         clips, prompts, caption_info = caption_training_data(cfg, clap, class_names=class_names, matcher=matcher,
                                                              cache=cache, skips=skips)
         trainer_cls = partial(CaptionTrainer, num_classes=len(class_names))

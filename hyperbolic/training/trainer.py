@@ -1,6 +1,6 @@
 """One training step's machinery over precomputed CLAP embeddings: the projector, its geometry,
 the optimizer and its groups, the learning-rate schedule, the objective of a batch and the
-validation of an epoch. ``hyperbolic.training.train`` runs the epochs; ``hyperbolic.captions.train``
+validation of an epoch. ``hyperbolic.training.train`` runs the epochs; ``hyperbolic.training.captions``
 subclasses ``Trainer`` for captions.
 """
 
@@ -17,7 +17,7 @@ from hyperbolic.config import TrainConfig
 from hyperbolic.embedding.embeddings import ClipEmbeddings
 from hyperbolic.hierarchy.cones import EntailmentObjective
 from hyperbolic.errors import TrainingError  # noqa: F401 (re-exported)
-from hyperbolic.evaluation.metrics import classification_metrics
+from hyperbolic.metrics.classification import classification_metrics
 from hyperbolic.training.objective import multi_positive_contrastive
 from hyperbolic.model.projector import SCALED_GEOMETRIES, Geometry, Projector, similarity
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from hyperbolic.evaluation.metrics import _check_inputs, expected_hits
+from hyperbolic.metrics.classification import _check_inputs, expected_hits
 
 
 def bootstrap_samples(scores, targets, *, n: int, seed: int) -> dict[str, np.ndarray]:
