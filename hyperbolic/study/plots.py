@@ -11,16 +11,18 @@ from hyperbolic.study.grid import COSINE, PROBE
 from hyperbolic.study.summary import BOOTSTRAPPED
 
 REFERENCE_STYLE = {COSINE: ("0.4", "--"), PROBE: ("0.2", ":")}
+COLORS = {"hyperbolic": "C3", "euclidean": "C0", "euclidean-distance": "C2"}  # the same in every figure
 
 
 def _panel(ax, rows: list[dict], metric: str, x_of, refs: list[dict]) -> None:
     for geometry in sorted({r["geometry"] for r in rows}):
         pts = sorted((x_of(r), r[metric]) for r in rows if r["geometry"] == geometry)
         xs = [x for x, _ in pts]
-        ax.plot(xs, [s["mean"] for _, s in pts], marker="o", label=geometry)
+        color = COLORS.get(geometry)
+        ax.plot(xs, [s["mean"] for _, s in pts], marker="o", label=geometry, color=color)
         if all("interval" in s for _, s in pts):
             ax.fill_between(xs, [s["interval"]["low"] for _, s in pts], [s["interval"]["high"] for _, s in pts],
-                            alpha=0.2)
+                            alpha=0.2, color=color)
     for ref in refs:
         color, style = REFERENCE_STYLE[ref["geometry"]]
         ax.axhline(ref[metric]["mean"], color=color, linestyle=style, label=ref["geometry"])
