@@ -10,7 +10,7 @@ import math
 import shlex
 
 from hyperbolic.config import (DEFAULT_CHECKPOINT, DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, LR_SCHEDULES, NEGATIVES,
-                               PRECISIONS, SELECT_METRICS, TEXT_PAIRINGS, default_num_workers)
+                               PRECISIONS, SELECT_METRICS, TEXT_PAIRINGS)
 from hyperbolic.model.projector import CLIP_MODES, GEOMETRIES
 
 
@@ -110,8 +110,9 @@ def add_embedding_args(p: argparse.ArgumentParser, *, per_rank: bool = False) ->
         p.add_argument("--num-workers", type=int, default=None,
                        help="decoding worker processes per rank (default: spare cores / ranks on this machine)")
     else:
-        p.add_argument("--num-workers", type=int, default=default_num_workers(),
-                       help="decoding worker processes (0: decode in the main process)")
+        p.add_argument("--num-workers", type=int, default=None,
+                       help="decoding worker processes (0: decode in the main process; default: chosen per run "
+                            "from the measured decoding and forward cost of the first batch, docs/performance.md)")
     p.add_argument("--cache-dir", default=None,
                    help="embedding cache (default: $HYPERBOLIC_CLAP_CACHE, else ~/.cache/hyperbolic_clap)"
                         + ("; the same for every rank" if per_rank else ""))
