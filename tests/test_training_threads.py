@@ -18,8 +18,12 @@ def sleeper(seconds_at: dict[int, float], calls: list[int]):
     return step
 
 
-@pytest.mark.parametrize("one,two,want", [(0.004, 0.001, 2), (0.001, 0.004, 1)])
-def test_the_faster_count_wins_and_the_count_is_restored(one, two, want):
+@pytest.mark.parametrize("one,two,want,rounds", [
+    (0.008, 0.002, 2, 1),    # 4x apart: settled after the first round
+    (0.002, 0.008, 1, 1),
+    (0.003, 0.002, 2, 3),    # 1.5x: every round runs
+])
+def test_the_faster_count_wins_and_the_count_is_restored(one, two, want, rounds):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -29,8 +33,10 @@ def test_the_faster_count_wins_and_the_count_is_restored(one, two, want):
     finally:
         torch.set_num_threads(before)
     assert threads == want
-    assert per_step[1] == pytest.approx(one, abs=0.003) and per_step[2] == pytest.approx(two, abs=0.003)
-    assert calls == [1, 2] + [1, 2] * 3  # one untimed step each, then interleaved timings
+    assert per_step[1] >= one and per_step[2] >= two  # a sleep never ends early
+    # One untimed step each, then interleaved timings; a clear case stops after its first round
+    # (a close one may too on a loaded machine, when a sleep overruns, so only its start is fixed).
+    assert calls[:4] == [1, 2, 1, 2] and (calls == [1, 2] + [1, 2] * rounds or rounds > 1)
 
 
 def test_one_core_runs_nothing():

@@ -453,7 +453,10 @@ class EmbeddingCache:
     def processor_key(self, clap) -> dict[str, Any]:
         """``processor_parts(clap)``, remembered on disk while the model folder's other files
         (configs, vocabularies) and the transformers version stay the same: a warm run then
-        never loads the processor, nor imports transformers."""
+        never loads the processor, nor imports transformers. A processor already in memory
+        (loaded, or given to ``FrozenClap``, perhaps changed since) is read directly."""
+        if getattr(clap, "_processor_loader", None) is None:
+            return processor_parts(clap)
         folder = Path(clap.path).resolve()
 
         def stat():

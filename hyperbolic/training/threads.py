@@ -19,19 +19,23 @@ import torch
 
 PROBE_ROUNDS = 5        # timings per thread count, interleaved (1, N, 1, N, ...): load moves both alike
 PROBE_STEPS = 2         # steps per timing
+CLEAR_RATIO = 2.0       # after a round, one count this much faster than the other settles it ...
+PROBE_BUDGET_S = 1.0    # ... as does this much probing: under load, N threads took 140 ms a step (1: 13 ms)
 
 
 def probe_threads(step: Callable[[], None], available: int, *, rounds: int = PROBE_ROUNDS,
                   steps: int = PROBE_STEPS) -> tuple[int, dict[int, float]]:
     """The faster of 1 and ``available`` intra-op threads for ``step`` and the measured seconds
-    per step of each (median over ``rounds`` interleaved timings of ``steps`` steps, after one
-    untimed step each: the first call at a thread count allocates). Ties go to 1 thread.
+    per step of each (median over up to ``rounds`` interleaved timings of ``steps`` steps, after
+    one untimed step each: the first call at a thread count allocates). It stops early once one
+    count is ``CLEAR_RATIO`` times faster or ``PROBE_BUDGET_S`` is spent. Ties go to 1 thread.
     ``available <= 1``: ``(1, {})``, nothing run. Restores the thread count it found."""
     if available <= 1:
         return 1, {}
     before = torch.get_num_threads()
     counts = (1, available)
     times: dict[int, list[float]] = {n: [] for n in counts}
+    begun = time.perf_counter()
     try:
         for n in counts:
             torch.set_num_threads(n)
@@ -43,6 +47,9 @@ def probe_threads(step: Callable[[], None], available: int, *, rounds: int = PRO
                 for _ in range(steps):
                     step()
                 times[n].append((time.perf_counter() - started) / steps)
+            fast, slow = sorted(statistics.median(v) for v in times.values())
+            if slow > CLEAR_RATIO * fast or time.perf_counter() - begun > PROBE_BUDGET_S:
+                break
     finally:
         torch.set_num_threads(before)
     per_step = {n: statistics.median(v) for n, v in times.items()}
