@@ -35,6 +35,16 @@ def test_closed_form_cases(decode, forward, cores, want):
     assert choose_split(decode, forward, cores) == want
 
 
+def test_a_forward_that_threads_do_not_speed_gets_a_worker():
+    # The tiny CLAP on the loaded 2-core VM: 68 ms of forward on 2 threads and as much on 1 (the
+    # measured one_less), 60 ms of decoding: a worker hides the decoding (measured: 1.7x faster).
+    assert choose_split(0.060, 0.068, 2) == 0                  # assumed perfect scaling: no worker
+    assert choose_split(0.060, 0.068, 2, one_less=1.0) == 1
+    # one_less = 1.5 on 4 threads: each thread lost costs half of a perfectly scaling forward's loss.
+    # W=1: slow = 1 + 0.5 * 3 * 1/3 = 1.5 -> max(0.15, 0.2) = 0.2; W=2: 1 + 0.5 * 3 * 2/2 = 2.5 -> 0.25.
+    assert choose_split(0.2, 0.1, 4, one_less=1.5) == 1
+
+
 def test_the_choice_minimises_the_stated_cost():
     rng = np.random.default_rng(0)
     for _ in range(300):

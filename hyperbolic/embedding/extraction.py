@@ -124,23 +124,28 @@ MAX_AUTO_WORKERS = 8
 
 
 def choose_split(decode_s: float, forward_s: float, cores: int, *, threads: int | None = None,
-                 max_workers: int = MAX_AUTO_WORKERS) -> int:
+                 one_less: float | None = None, max_workers: int = MAX_AUTO_WORKERS) -> int:
     """Decoding workers for a run whose clips cost ``decode_s`` seconds of CPU each to decode
     (parquet, resampling, mel features) and ``forward_s`` seconds each to forward on ``threads``
     intra-op threads (default ``cores``); with W workers the forward runs on
-    ``min(threads, cores - W)`` threads (``forward_threads``).
+    ``T_W = min(threads, cores - W)`` threads (``forward_threads``).
 
     Estimated seconds per clip: with no worker, decoding and forward take turns,
-    ``forward_s + decode_s``; with W workers they overlap, ``max(forward_s * threads /
-    min(threads, cores - W), decode_s / W)``, the forward assumed to slow in proportion to the
-    threads it loses (the pessimistic case for workers: a forward that scales worse loses less). The smallest estimate
-    wins, ties to fewer workers. On 2 cores a model-bound forward (the base-size CLAP: 160 ms vs
-    15 ms of decoding per clip) gets no worker; a decode-bound one (the tiny CLAP) or a machine
-    with many cores gets workers."""
+    ``forward_s + decode_s``; with W workers they overlap, ``max(forward_s * slow(W), decode_s / W)``.
+    ``one_less``: the measured ratio of the forward's time on ``threads - 1`` threads to that on
+    ``threads``; the forward is taken to lose the same share per thread lost, ``slow(W) = 1 +
+    (one_less - 1) (threads - 1) (threads - T_W) / T_W`` (``threads / T_W`` when the forward scales
+    perfectly, 1 when threads do not help it). Without a measurement, perfect scaling: the
+    pessimistic case for workers. The smallest estimate wins, ties to fewer workers. On 2 cores the
+    base-size CLAP (160 ms of forward vs 15 ms of decoding per clip) gets no worker; a decode-bound
+    tiny CLAP, or a machine with many cores, gets workers."""
     threads = cores if threads is None else threads
+    scaling = threads / max(threads - 1, 1) if one_less is None else max(one_less, 1.0)
     best, best_cost = 0, forward_s + decode_s
     for w in range(1, min(max_workers, cores - 1) + 1):
-        cost = max(forward_s * threads / min(threads, cores - w), decode_s / w)
+        left = min(threads, cores - w)
+        slow = 1 + (scaling - 1) * (threads - 1) * (threads - left) / left
+        cost = max(forward_s * slow, decode_s / w)
         if cost < best_cost:
             best, best_cost = w, cost
     return best
@@ -452,7 +457,7 @@ class _Embedder:
         first, plan = jobs[0], plans[jobs[0].index]
         done: set[int] = set()
         decode_s = forward_s = 0.0
-        clips, item = 0, ("done",)
+        clips, item, one_less = 0, ("done",), None
         self.clap.model  # load the weights (lazy) before the clock starts
         stream = iter(self._decoded([first], 0))
         started = time.perf_counter()
@@ -469,6 +474,7 @@ class _Embedder:
             elif item[0] == "batch":
                 forward_s = time.perf_counter() - started
                 done.update(item[2])
+                one_less = self._one_less(item[4], torch.get_num_threads())
                 break
         stream.close()
         rest = [_DecodeJob(first.index, first.path, first.limit, first.needed - done)] + jobs[1:]
@@ -478,11 +484,31 @@ class _Embedder:
         if not clips:
             return rest, 0
         threads = torch.get_num_threads()
-        workers = choose_split(decode_s / clips, forward_s / clips, cores, threads=threads)
+        workers = choose_split(decode_s / clips, forward_s / clips, cores, threads=threads, one_less=one_less)
         log.info("decoding split: %d worker(s), the forward on %d thread(s) (measured per clip on the first "
-                 "%d: %.1f ms of decoding, %.1f ms of forward on %d thread(s))", workers,
-                 forward_threads(workers, threads), clips, 1000 * decode_s / clips, 1000 * forward_s / clips, threads)
+                 "%d: %.1f ms of decoding, %.1f ms of forward on %d thread(s), %s on one thread less)", workers,
+                 forward_threads(workers, threads), clips, 1000 * decode_s / clips, 1000 * forward_s / clips, threads,
+                 "not measured" if one_less is None else f"{one_less:.2f}x")
         return rest, workers
+
+    def _one_less(self, features: dict, threads: int, clips: int = 2) -> float | None:
+        """Forward time on ``threads - 1`` threads over that on ``threads``, from the first
+        ``clips`` clips of a batch (results discarded): one untimed forward of that shape, then one
+        timed on each count. None on one thread."""
+        if threads < 2 or self.args.segmenting is not None:
+            return None
+        part = {k: v[:clips] for k, v in features.items()}
+        self.clap.embed_features(part)
+        timed = {}
+        try:
+            for n in (threads - 1, threads):
+                torch.set_num_threads(n)
+                started = time.perf_counter()
+                self.clap.embed_features(part)
+                timed[n] = time.perf_counter() - started
+        finally:
+            torch.set_num_threads(threads)
+        return timed[threads - 1] / timed[threads]
 
     def _take(self, plan: _FilePlan, item: tuple, progress: tqdm) -> None:
         """One ``_DecodeStream`` item other than "done" (see there)."""
