@@ -8,6 +8,7 @@ machine's other load moves both sides alike; every figure is printed with the lo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -34,10 +35,20 @@ def _timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def extraction_split(record, name: str, clap_dir: Path, data: Path, *, rounds: int = 1) -> float:
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, rec):
+        self.lines.append(rec.getMessage())
+
+
+def extraction_split(record, name: str, clap_dir: Path, data: Path, *, rounds: int = 1, batch: int = 32) -> float:
     """Extraction (decode + forward, no cache) at the default split and at 0 and 1 workers,
     against the bare forward over the same clips (mel features computed beforehand, batches of
-    32 on every thread): the limit. Returns the default's seconds per clip."""
+    ``batch`` on every thread): the limit. The four run in turn, ``rounds`` times; each keeps its
+    fastest. Returns the default's seconds per clip."""
     from data.audioset import SkipLog, iter_clips
     from data.labels import LabelMatcher
     from hyperbolic.embedding.clap import FrozenClap, audio_features
@@ -47,8 +58,8 @@ def extraction_split(record, name: str, clap_dir: Path, data: Path, *, rounds: i
     matcher = LabelMatcher(["Sine wave"])
     waves = [c.waveform for c in iter_clips(data, matcher=matcher, skips=SkipLog(), decode=True,
                                             require_labels=False)]
-    batches = [audio_features(clap.processor.feature_extractor, clap.sampling_rate, waves[i:i + 32])
-               for i in range(0, len(waves), 32)]
+    batches = [audio_features(clap.processor.feature_extractor, clap.sampling_rate, waves[i:i + batch])
+               for i in range(0, len(waves), batch)]
     clap.embed_features(batches[0])  # untimed: weights, first-call buffers
 
     def bare():
@@ -56,18 +67,30 @@ def extraction_split(record, name: str, clap_dir: Path, data: Path, *, rounds: i
             clap.embed_features(b)
 
     def extract(workers):
-        return lambda: embed_clips(clap, data, matcher=matcher, skips=SkipLog(), batch_size=32,
+        return lambda: embed_clips(clap, data, matcher=matcher, skips=SkipLog(), batch_size=batch,
                                    num_workers=workers, require_labels=False)
 
     runs = {"bare": bare, "default": extract(None), "0 workers": extract(0), "1 worker": extract(1)}
     times = {k: [] for k in runs}
-    for _ in range(rounds):
-        for key, fn in runs.items():
-            times[key].append(_timed(fn))
+    lines = _Lines()
+    engine = logging.getLogger("hyperbolic.embedding.extraction")
+    engine.addHandler(lines)
+    level, engine.level = engine.level, logging.INFO
+    try:
+        for _ in range(rounds):
+            for key, fn in runs.items():
+                times[key].append(_timed(fn))
+    finally:
+        engine.removeHandler(lines)
+        engine.setLevel(level)
+    for line in lines.lines:
+        if line.startswith("decoding split"):
+            print(f"    [{name}] {line}", flush=True)
     t = {k: min(v) for k, v in times.items()}
     n = len(waves)
     best = min(t["0 workers"], t["1 worker"])
-    note = f"({n} clips, {os.cpu_count()} cores, {torch.get_num_threads()} threads; {_load()})"
+    note = (f"({n} clips, batches of {batch}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+            f"best of {rounds}; {_load()})")
     record("extraction", name, f"bare forward (the limit), {n} clips", n / t["bare"], "clips/s", note=note)
     # Only a model-bound forward (the base size) can reach the limit: the tiny CLAP is decode-bound.
     target = "default" if name == "base" else None

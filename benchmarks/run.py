@@ -439,7 +439,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--perf-only", action="store_true",
                    help="only the sections of issue 22: extraction split, training threads, bootstrap and "
                         "results at 20,000 clips, warm start")
-    p.add_argument("--split-clips", type=int, default=100, help="clips of the extraction-split runs (multiple of 10)")
+    p.add_argument("--split-clips", type=int, default=100, help="clips of the tiny extraction-split runs (multiple of 10)")
+    p.add_argument("--base-split-clips", type=int, default=40,
+                   help="clips of the base-size extraction-split runs, in batches of 8 (multiple of 10)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     p.add_argument("--workdir", default=None, help="keep the generated models and data here (default: a "
                    "temporary folder, removed at the end)")
@@ -539,8 +541,11 @@ def perf_sections(args, models: dict[str, Path], work: Path) -> None:
     from data.synthetic import DEMO_CLASSES
     data = write_clips(work / "data_split", clips_per_class=args.split_clips // 10)
     print("extraction split (decode + forward, no cache) vs the bare forward:", flush=True)
-    P.extraction_split(record, "tiny", models["tiny"], data, rounds=2)
-    base_per_clip = P.extraction_split(record, "base", models["base"], data) if "base" in models else None
+    P.extraction_split(record, "tiny", models["tiny"], data, rounds=3)
+    base_per_clip = None
+    if "base" in models:  # few clips, small batches (still 4 of them, so the split is measured), 2 rounds
+        small = write_clips(work / "data_split_base", clips_per_class=args.base_split_clips // 10)
+        base_per_clip = P.extraction_split(record, "base", models["base"], small, rounds=2, batch=8)
     print("\ntraining threads:", flush=True)
     P.training_threads(record)
     print("\nbootstrap and results at 20,000 clips:", flush=True)
