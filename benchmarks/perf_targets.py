@@ -142,7 +142,7 @@ def training_threads(record, *, clips: int = 18000, dim: int = 512, prompts: int
 def results_at_scale(record, n: int = 20000, c: int = 527, resamples: int = 1000) -> None:
     """The bootstrap, the ball-usage block, the predictions list and the results JSON at n x c."""
     from hyperbolic.evaluation.ball_usage import ball_usage
-    from hyperbolic.evaluation.bootstrap import bootstrap_samples
+    from hyperbolic.metrics.bootstrap import bootstrap_samples
     from hyperbolic.evaluation.evaluate import _predictions
     from hyperbolic.outputs import atomic_write_json
 

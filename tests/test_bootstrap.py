@@ -10,8 +10,8 @@ any difference a changed resample or count would make).
 import numpy as np
 import pytest
 
-from hyperbolic.evaluation import bootstrap as B
-from hyperbolic.evaluation.metrics import expected_hits
+from hyperbolic.metrics import bootstrap as B
+from hyperbolic.metrics.classification import expected_hits
 
 
 def reference_samples(s, t, n, seed):

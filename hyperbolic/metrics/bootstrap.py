@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from hyperbolic.evaluation.metrics import _check_inputs, expected_hits
+from hyperbolic.metrics.classification import _check_inputs, expected_hits
+
 
 # Resamples per block, and positives per chunk of classes: at 20,000 x 527, blocks of 100
 # resamples ran fastest (250 were 4x slower), and chunks of ~1,000 positives keep each
