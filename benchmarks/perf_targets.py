@@ -7,7 +7,6 @@ machine's other load moves both sides alike; every figure is printed with the lo
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import statistics
@@ -116,7 +115,7 @@ def training_threads(record, *, clips: int = 18000, dim: int = 512, prompts: int
     g = torch.Generator().manual_seed(0)
     audio = F.normalize(torch.randn(clips, dim, generator=g), dim=-1)
     labels = [[int(i % prompts)] for i in range(clips)]
-    data = ClipEmbeddings(audio, labels, [l[0] for l in labels], [["x"]] * clips, [None] * clips)
+    data = ClipEmbeddings(audio, labels, [lab[0] for lab in labels], [["x"]] * clips, [None] * clips)
     trainer = Trainer(TrainConfig(parquet_dir="-", batch_size=batch), dim,
                       F.normalize(torch.randn(prompts, dim, generator=g), dim=-1), list(range(prompts)))
     started = time.perf_counter()
@@ -142,8 +141,8 @@ def training_threads(record, *, clips: int = 18000, dim: int = 512, prompts: int
 def results_at_scale(record, n: int = 20000, c: int = 527, resamples: int = 1000) -> None:
     """The bootstrap, the ball-usage block, the predictions list and the results JSON at n x c."""
     from hyperbolic.evaluation.ball_usage import ball_usage
-    from hyperbolic.metrics.bootstrap import bootstrap_samples
     from hyperbolic.evaluation.evaluate import _predictions
+    from hyperbolic.metrics.bootstrap import bootstrap_samples
     from hyperbolic.outputs import atomic_write_json
 
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ from data.labels import LabelMatcher
 from hyperbolic.embedding import extraction
 from hyperbolic.embedding.embeddings import embed_clips
 from hyperbolic.embedding.extraction import choose_split
-from tests.test_embeddings import CLASSES, assert_same, skip_counts, write_messy
+from tests.test_embeddings import CLASSES, assert_same, write_messy
 
 
 def cost(decode, forward, cores, threads, w):

@@ -10,7 +10,6 @@ import scipy.sparse as sp
 
 from hyperbolic.metrics.classification import _check_inputs, expected_hits
 
-
 # Resamples per block, and positives per chunk of classes: at 20,000 x 527, blocks of 100
 # resamples ran fastest (250 were 4x slower), and chunks of ~1,000 positives keep each
 # chunk's (rows, 100) temporaries in the cache (one chunk of all 60,000 was 3x slower).
