@@ -363,17 +363,25 @@ def _columns_to_read(schema: pa.Schema, path: Path, label_column: str | None, de
         if col not in present:
             raise DatasetError(
                 f"parquet file {path} has no column {col!r} (its columns: {', '.join(present)}); "
-                + (
-                    "pass the column that holds the labels with --label-column (e.g. --label-column labels "
-                    "for AudioSet's machine ids)"
-                    if col == label_column
-                    else "the audio must be in a column named 'audio'"
-                )
+                + (_label_column_hint(schema) if col == label_column else "the audio must be in a column named 'audio'")
             )
     columns = ([AUDIO_COLUMN] if decode else []) + ([label_column] if label_column is not None else [])
     if VIDEO_ID_COLUMN in present:
         columns.append(VIDEO_ID_COLUMN)
     return columns
+
+
+def _label_column_hint(schema: pa.Schema) -> str:
+    """The fix for a missing label column: the label flag, and the caption flag too, since a
+    folder of captions (AudioCaps, Clotho) read without ``--text-column`` lands here as well."""
+    text_columns = [f.name for f in schema if f.name not in (AUDIO_COLUMN, VIDEO_ID_COLUMN)
+                    and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+    example = text_columns[0] if text_columns else "caption"
+    return (
+        "pass the column that holds the class labels with --label-column (e.g. --label-column labels "
+        f"for AudioSet's machine ids); if the rows hold captions (free text), pass --text-column {example} "
+        "instead (caption retrieval, or caption training)"
+    )
 
 
 class _RowGroupReader:

@@ -37,13 +37,22 @@ RUN_FILES = ("projection_epoch_*.pth", "best_projection_epoch_*.pth", "setup.jso
              "training_curves.png")
 
 
-def prepare_output_dir(cfg: TrainConfig) -> Path:
-    """Create the output dir. A non-empty one needs --resume or --overwrite; --overwrite removes
-    the earlier run's files first, so none of them is later taken for this run's."""
+def check_output_dir(cfg: TrainConfig) -> Path:
+    """Refuse a non-empty output dir without --resume or --overwrite; touch nothing. Called
+    before the embedding pass, so a wrong folder costs seconds; the folder itself is created
+    only once the data is ready (``prepare_output_dir``), so an early error leaves no empty
+    run folder behind."""
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
         raise TrainingError(f"--output-dir {out} is not empty; pass --resume {out} to continue that run, "
                             "--overwrite to replace its files, or choose another --output-dir")
+    return out
+
+
+def prepare_output_dir(cfg: TrainConfig) -> Path:
+    """Create the output dir. A non-empty one needs --resume or --overwrite; --overwrite removes
+    the earlier run's files first, so none of them is later taken for this run's."""
+    out = check_output_dir(cfg)
     if cfg.overwrite and out.exists():
         for folder in [out, *(d for d in out.glob("c*_t*") if d.is_dir())]:
             for pattern in RUN_FILES:

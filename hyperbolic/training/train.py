@@ -24,8 +24,8 @@ from hyperbolic.config import TrainConfig
 from hyperbolic.embedding.embeddings import ClipEmbeddings
 from hyperbolic.hierarchy.cones import EntailmentObjective
 from hyperbolic.outputs import atomic_write_json
-from hyperbolic.training.run_folder import (continue_in_run_dir, prepare_output_dir, prune_checkpoints, resume_point,
-                                   sweep_dir_name)
+from hyperbolic.training.run_folder import (check_output_dir, continue_in_run_dir, prepare_output_dir,
+                                            prune_checkpoints, resume_point, sweep_dir_name)
 from hyperbolic.evaluation.tables import format_sweep_table
 from hyperbolic.training.trainer import Trainer, TrainingError, lr_factor, upgrade_optimizer_state
 from hyperbolic.training.data import TrainingData, training_data
@@ -300,8 +300,9 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
     if cfg.resume:
         cfg = continue_in_run_dir(cfg, combos)
     _swanlab_module(cfg)
+    check_output_dir(cfg)
+    data = training_data(cfg)  # nothing is written before the data is ready: an early error leaves no folder
     out = prepare_output_dir(cfg)
-    data = training_data(cfg)
     data.extra["sweep"] = {"c": list(c_values), "temperature": list(temperatures)}  # for --resume RUN_DIR alone
     tracker = _swanlab(cfg, out)
     try:
