@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from data.audioset import describe_skipped
 from hyperbolic.model import checkpoint
 from hyperbolic.config import TrainConfig
 from hyperbolic.embedding.embeddings import ClipEmbeddings
@@ -308,8 +309,11 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
     try:
         if len(combos) == 1:
             run_cfg = replace(cfg, c=combos[0][0], temperature=combos[0][1])
-            return fit(run_cfg, data, out, tracker=tracker, resume=resume_point(out, cfg))
-        return _sweep(cfg, combos, data, out)
+            summary = fit(run_cfg, data, out, tracker=tracker, resume=resume_point(out, cfg))
+        else:
+            summary = _sweep(cfg, combos, data, out)
+        log.info("%s (examples under data.skipped in setup.json)", describe_skipped(data.extra["data"]["skipped"]))
+        return summary
     except TrainingInterrupted as stop:
         if stop.run_dir == out:
             raise
