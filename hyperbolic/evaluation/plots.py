@@ -209,19 +209,25 @@ CURVE_PANELS = (("loss", ("train_loss", "val_loss")), ("validation mAP", ("val_m
                 ("curvature c", ("c",)), ("temperature", ("temperature",)))
 
 
-def curve_panels(history: Sequence[dict]) -> list[tuple[str, tuple[str, ...]]]:
-    """The panels worth drawing: loss and validation mAP always; c and temperature only when
-    they moved (learned), since a flat line says nothing the title could not."""
+def curve_panels(history: Sequence[dict], select_metric: str = "val_mAP") -> list[tuple[str, tuple[str, ...]]]:
+    """The panels worth drawing: loss and validation mAP always; the metric that selects the
+    best epoch when it is neither (``val_t2a_R@10`` of caption training), second; c and
+    temperature only when they moved (learned), since a flat line says nothing the title could not."""
     def flat(key):
         values = {row[key] for row in history if row.get(key) is not None}
         return len(values) <= 1
-    return [(title, keys) for title, keys in CURVE_PANELS if title in ("loss", "validation mAP")
-            or not all(flat(k) for k in keys)]
+    panels = [(title, keys) for title, keys in CURVE_PANELS if title in ("loss", "validation mAP")
+              or not all(flat(k) for k in keys)]
+    if select_metric not in ("val_loss", "val_mAP"):
+        panels.insert(1, (f"{select_metric} (selects the best epoch)", (select_metric,)))
+    return panels
 
 
 def plot_training_curves(setup_json_path: str | Path, out_png: str | Path) -> Path:
-    """Loss, validation mAP, and c and temperature when they were learned, per epoch, from a
-    training ``setup.json``, with the best epoch (``summary.best_epoch``) marked on every panel.
+    """Loss, validation mAP, the selection metric (``config.select_metric``) when it is another,
+    and c and temperature when they were learned, per epoch, from a training ``setup.json``,
+    with the best epoch (``summary.best_epoch``) marked on every panel and the metric it was
+    selected on (and the epochs tied on it, broken on val_loss) in the figure's title.
 
     Reads ``setup["history"]``: one row per epoch with ``epoch`` (else the row number) and
     ``train_loss``, ``val_loss``, ``val_mAP``, ``c``, ``temperature``; a panel whose keys no
@@ -232,8 +238,10 @@ def plot_training_curves(setup_json_path: str | Path, out_png: str | Path) -> Pa
     if not history:
         raise ValueError(f"{setup_json_path}: no 'history' rows to plot")
     epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
-    best = (setup.get("summary") or {}).get("best_epoch")
-    panels = curve_panels(history)
+    summary = setup.get("summary") or {}
+    best = summary.get("best_epoch")
+    select = (setup.get("config") or {}).get("select_metric") or "val_mAP"
+    panels = curve_panels(history, select)
     rows = 1 if len(panels) <= 2 else 2
     fig = _figure(CURVES_PX)
     for k, (title, keys) in enumerate(panels):
@@ -252,5 +260,23 @@ def plot_training_curves(setup_json_path: str | Path, out_png: str | Path) -> Pa
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
+    if best is not None:
+        tied = summary.get("epochs_tied_on_select_metric") or [best]
+        if len(tied) > 1:
+            title = f"best epoch {best}: {select} ties at epochs {_span(tied)}, broken on the lowest val_loss"
+        else:
+            title = f"best epoch {best}: {'lowest' if select == 'val_loss' else 'highest'} {select}"
+        fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(hspace=0.4, wspace=0.3)
     return _save(fig, out_png)
+
+
+def _span(epochs: Sequence[int]) -> str:
+    """``[1, 2, 3, 5]`` -> ``1-3, 5``."""
+    runs: list[list[int]] = []
+    for e in sorted(epochs):
+        if runs and e == runs[-1][-1] + 1:
+            runs[-1].append(e)
+        else:
+            runs.append([e])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
