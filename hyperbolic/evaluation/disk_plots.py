@@ -115,6 +115,7 @@ def plot_poincare_disk(xy: np.ndarray, out_png: str | Path, *, c: float, names: 
         held = list(held_out)
         ax.scatter(xy[held, 0], xy[held, 1], s=60, facecolors="none", edgecolors="tab:red", linewidths=1.2,
                    zorder=3, label=f"held out in training ({len(held)})")
+    fig.subplots_adjust(left=0.03, right=0.97, top=0.9, bottom=0.12)
     shown = disk_labels(names, counts=counts)
     _, omitted = place_labels(ax, xy[shown], [names[i] for i in shown])
     fig.legend(loc="lower center", ncol=4, fontsize=7, frameon=False,
@@ -122,7 +123,6 @@ def plot_poincare_disk(xy: np.ndarray, out_png: str | Path, *, c: float, names: 
     named = f"{len(shown) - omitted} named" + (f", {omitted} more left unnamed to avoid overlap" if omitted else "")
     ax.set_title(f"{title or 'Where the classes sit'}\n{len(xy)} class prompts, {named}\n{layout_note(dim)}",
                  fontsize=9)
-    fig.subplots_adjust(left=0.03, right=0.97, top=0.9, bottom=0.12)
     return _save(fig, out_png)
 
 
@@ -148,6 +148,7 @@ def plot_clip_distances(text_xy: np.ndarray, audio_xy: np.ndarray, out_png: str 
     classes, colour_class = clip_colour_classes(clip_labels)
     colour_class = np.asarray(colour_class)
     fig = _figure(PAIR_PX)
+    fig.subplots_adjust(left=0.03, right=0.97, top=0.86, bottom=0.22, wspace=0.15)
     ax = fig.add_subplot(1, 2, 1)
     _disk_axes(ax, c)
     rest = colour_class == -1
@@ -178,7 +179,6 @@ def plot_clip_distances(text_xy: np.ndarray, audio_xy: np.ndarray, out_png: str 
     ax2.legend(fontsize=8)
     ax2.set_title(f"{len(own)} clips; nearer their own label than any other class: {nearer:.0%}", fontsize=9)
     fig.suptitle(title or "How far is each clip from its label?", fontsize=10)
-    fig.subplots_adjust(left=0.03, right=0.97, top=0.86, bottom=0.22, wspace=0.15)
     return _save(fig, out_png)
 
 
@@ -201,6 +201,7 @@ def plot_hierarchy_radii(d0: np.ndarray, xy: np.ndarray, edges: Sequence[tuple[i
     d0, xy = np.asarray(d0, dtype=float), np.asarray(xy, dtype=float)
     pairs = np.asarray(edges, dtype=int).reshape(-1, 2)
     fig = _figure(PAIR_PX)
+    fig.subplots_adjust(left=0.06, right=0.97, top=0.86, bottom=0.2, wspace=0.15)
     ax = fig.add_subplot(1, 2, 1)
     parent, child = d0[pairs[:, 0]], d0[pairs[:, 1]]
     outside = child > parent
@@ -233,5 +234,4 @@ def plot_hierarchy_radii(d0: np.ndarray, xy: np.ndarray, edges: Sequence[tuple[i
     ax2.set_title(f"the {len(families)} largest families (parent ringed), only their edges\n{layout_note(dim)}",
                   fontsize=9)
     fig.suptitle(title or "Are children outside their parents?", fontsize=10)
-    fig.subplots_adjust(left=0.06, right=0.97, top=0.86, bottom=0.2, wspace=0.15)
     return _save(fig, out_png)
