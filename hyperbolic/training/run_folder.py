@@ -37,11 +37,26 @@ RUN_FILES = ("projection_epoch_*.pth", "best_projection_epoch_*.pth", "setup.jso
              "training_curves.png")
 
 
+def missing_dirs(path: Path) -> list[Path]:
+    """The folders ``path.mkdir(parents=True)`` would create, deepest first."""
+    missing = []
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def remove_empty_dirs(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that exists and is empty: what an early error
+    leaves of the folders ``prepare_output_dir`` created."""
+    for folder in folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def check_output_dir(cfg: TrainConfig) -> Path:
-    """Refuse a non-empty output dir without --resume or --overwrite; touch nothing. Called
-    before the embedding pass, so a wrong folder costs seconds; the folder itself is created
-    only once the data is ready (``prepare_output_dir``), so an early error leaves no empty
-    run folder behind."""
+    """Refuse a non-empty output dir without --resume or --overwrite; touch nothing."""
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
         raise TrainingError(f"--output-dir {out} is not empty; pass --resume {out} to continue that run, "

@@ -25,8 +25,8 @@ from hyperbolic.config import TrainConfig
 from hyperbolic.embedding.embeddings import ClipEmbeddings
 from hyperbolic.hierarchy.cones import EntailmentObjective
 from hyperbolic.outputs import atomic_write_json
-from hyperbolic.training.run_folder import (check_output_dir, continue_in_run_dir, prepare_output_dir,
-                                            prune_checkpoints, resume_point, sweep_dir_name)
+from hyperbolic.training.run_folder import (continue_in_run_dir, missing_dirs, prepare_output_dir, prune_checkpoints,
+                                            remove_empty_dirs, resume_point, sweep_dir_name)
 from hyperbolic.evaluation.tables import format_sweep_table
 from hyperbolic.training.trainer import Trainer, TrainingError, lr_factor, upgrade_optimizer_state
 from hyperbolic.training.data import TrainingData, training_data
@@ -332,9 +332,15 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
     if cfg.resume:
         cfg = continue_in_run_dir(cfg, combos)
     _swanlab_module(cfg)
-    check_output_dir(cfg)
-    data = training_data(cfg)  # nothing is written before the data is ready: an early error leaves no folder
+    created = missing_dirs(Path(cfg.output_dir))
     out = prepare_output_dir(cfg)
+    try:
+        data = training_data(cfg)
+    except Exception:
+        # An error before any epoch leaves no empty run folder behind (docs/data.md); Ctrl-C and a
+        # killed process keep it, so --resume RUN_DIR (or the same command) goes on from the cache.
+        remove_empty_dirs(created)
+        raise
     data.extra["sweep"] = {"c": list(c_values), "temperature": list(temperatures)}  # for --resume RUN_DIR alone
     tracker = _swanlab(cfg, out)
     try:
