@@ -176,7 +176,7 @@ def test_curves_show_the_selection_metric():
 # ------------------------------------------------------------------ 3, 9: the printed tables
 
 def test_retrieval_table_prints_intervals_and_paired_differences():
-    from hyperbolic.captions.retrieval import METRIC_KEYS
+    from hyperbolic.evaluation.retrieval import METRIC_KEYS
     from hyperbolic.evaluation.tables import format_retrieval_table
 
     def block(v, paired):

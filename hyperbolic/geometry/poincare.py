@@ -24,6 +24,8 @@ import math
 import torch
 from torch import Tensor
 
+from hyperbolic.geometry.constants import DEFAULT_K
+
 # Usable ball: s = sqrt(c)|x| <= 1 - BALL_EPS. Without a margin, artanh(s) and
 # 1/(1 - c|x|^2) are infinite on the boundary, which float32 reaches at tangent
 # norms of only ~9/sqrt(c) (tanh rounds to 1). The margin is about 8 machine
@@ -221,7 +223,7 @@ def _cone_root(K: float, t: float) -> float:
 
 
 def half_aperture(
-    x: Tensor, *, c: float | Tensor, K: float = 0.1, min_radius: float | Tensor | None = None
+    x: Tensor, *, c: float | Tensor, K: float = DEFAULT_K, min_radius: float | Tensor | None = None
 ) -> Tensor:
     """Half-aperture of the entailment cone at ``x`` (Ganea et al. 2018).
 
@@ -292,7 +294,7 @@ def oxy_angle(x: Tensor, y: Tensor, *, c: float | Tensor) -> Tensor:
 
 
 def cone_violation(
-    x: Tensor, y: Tensor, *, c: float | Tensor, K: float = 0.1, min_radius: float | Tensor | None = None
+    x: Tensor, y: Tensor, *, c: float | Tensor, K: float = DEFAULT_K, min_radius: float | Tensor | None = None
 ) -> Tensor:
     """How far ``y`` lies outside the entailment cone of ``x``, in radians.
 

@@ -1,6 +1,6 @@
 """Hierarchy metrics over the class ontology: rank correlation of radius with depth, the LCA-height
 distance between classes and the severity of mistakes (Bertinetto et al. 2020). Inputs follow the
-conventions of ``hyperbolic.evaluation.metrics``."""
+conventions of ``hyperbolic.metrics.classification``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from scipy import stats
 
-from hyperbolic.evaluation.metrics import _BLOCK_ELEMS, _check_inputs, _check_ks, _none_if_not_finite, _topk_order
+from hyperbolic.metrics.classification import _BLOCK_ELEMS, _check_inputs, _check_ks, _none_if_not_finite, _topk_order
 
 
 def spearman_norm_depth(norms, depths) -> dict:
