@@ -142,6 +142,19 @@ def test_a_folder_made_with_another_recipe_is_refused(tmp_path):
         run_study(other, tmp_path, load_data=tiny_data)
 
 
+def test_a_setting_added_to_the_code_later_at_its_default_keeps_the_folder(tmp_path):
+    run_study(study_config(tmp_path), tmp_path, load_data=tiny_data)
+    path = tmp_path / "study_config.json"
+    stored = json.loads(path.read_text())
+    del stored["recipe"]["grad_clip"]  # as if the folder predated the flag
+    path.write_text(json.dumps(stored))
+    stats = run_study(study_config(tmp_path), tmp_path, load_data=tiny_data)
+    assert stats["reused"] == 2 and stats["ran"] == []
+    other = study_config(tmp_path)
+    with pytest.raises(StudyError, match="grad_clip"):
+        run_study(replace(other, recipe=replace(other.recipe, grad_clip=2.0)), tmp_path, load_data=tiny_data)
+
+
 def test_shards_split_the_cells_and_no_cell_runs_twice(tmp_path, count_fits):
     grid = {"geometries": ["hyperbolic", "euclidean"], "seeds": [0, 1, 2]}
     cells = make_grid(grid["geometries"], [None], [1.0], grid["seeds"], probe=False)

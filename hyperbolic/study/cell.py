@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from hyperbolic.config import StudyConfig, TrainConfig
-from hyperbolic.metrics.bootstrap import bootstrap_samples
 from hyperbolic.evaluation.hierarchy import HierarchyContext, cone_block, hierarchy_block
-from hyperbolic.metrics.classification import classification_metrics
 from hyperbolic.evaluation.scoring import ScoringModel, load_projection, usage_block
 from hyperbolic.hierarchy.ontology import Ontology
+from hyperbolic.metrics.bootstrap import bootstrap_samples
+from hyperbolic.metrics.classification import classification_metrics
 from hyperbolic.outputs import atomic_write_bytes, atomic_write_json
 from hyperbolic.study.data import StudyData
 from hyperbolic.study.grid import CELL_FILE, COSINE, PROBE, Cell, StudyError, cell_dir

@@ -102,6 +102,10 @@ def check_folder(study: StudyConfig, root: Path) -> None:
     path, mine = root / "study_config.json", fingerprint(study)
     if path.exists():
         theirs = json.loads(path.read_text())
+        # A setting added to the code after the folder was made, at its default, is no difference.
+        added = {k for k in set(mine["recipe"]) - set(theirs.get("recipe", {}))
+                 if mine["recipe"][k] == default_of(TrainConfig, k)}
+        mine = {**mine, "recipe": {k: v for k, v in mine["recipe"].items() if k not in added}}
         if theirs != mine:
             diff = sorted({*_diff(theirs, mine)})
             raise StudyError(f"--output-dir {root} holds a study whose cells were made with other settings "
