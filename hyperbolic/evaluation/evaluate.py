@@ -39,6 +39,7 @@ from hyperbolic.evaluation.files import results_path, save_scores, write_plots, 
 from hyperbolic.evaluation.hierarchy import HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
 from hyperbolic.metrics.bootstrap import bootstrap_ci, bootstrap_difference, bootstrap_samples
 from hyperbolic.metrics.classification import (
+    _topk_order,
     classification_metrics,
     legacy_set_metrics,
     per_class_ap,
@@ -75,16 +76,20 @@ GROUND_TRUTH_TEXT = {
 def _predictions(scores, clips, class_names, top_k, expanded=None):
     """Top-k per clip with its ground truth; ``expanded`` (N, C) bool: the ancestor-closed
     ground truth, listed as ``ground_truth_indices_with_ancestors``."""
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+    # The top k without sorting whole rows, whole-array lookups and one tolist(): the same list
+    # as np.argsort(-scores, kind="stable") and per-element float(), in a third of the time.
+    order = _topk_order(scores, top_k)
+    top_scores = np.take_along_axis(scores, order, axis=1).tolist()
+    names = np.asarray(class_names, dtype=object)[order].tolist()
     out = []
     for i, meta in enumerate(clips.metas):
         extra = ({} if expanded is None else
                  {"ground_truth_indices_with_ancestors": np.flatnonzero(expanded[i]).tolist()})
         out.append({
             "sample_id": i, "video_id": meta.video_id, "file": meta.file, "row": meta.row,
-            "predicted_top1": class_names[order[i, 0]],
-            "top_k_predictions": [{"rank": r + 1, "classname": class_names[k], "similarity": float(scores[i, k])}
-                                  for r, k in enumerate(order[i])],
+            "predicted_top1": names[i][0],
+            "top_k_predictions": [{"rank": r + 1, "classname": name, "similarity": value}
+                                  for r, (name, value) in enumerate(zip(names[i], top_scores[i]))],
             "ground_truth_human_labels": clips.raw_labels[i],
             "ground_truth_indices": clips.label_indices[i],
             **extra,

@@ -29,6 +29,7 @@ from hyperbolic.outputs import atomic_write_json
 from hyperbolic.training.run_folder import (continue_in_run_dir, missing_dirs, prepare_output_dir, prune_checkpoints,
                                             remove_empty_dirs, resume_point, sweep_dir_name)
 from hyperbolic.evaluation.tables import format_sweep_table
+from hyperbolic.training.threads import probe_threads, trainer_step
 from hyperbolic.training.trainer import Trainer, TrainingError, lr_factor, upgrade_optimizer_state
 from hyperbolic.training.data import TrainingData, training_data
 
@@ -73,6 +74,7 @@ class Run:
     best_epoch: int | None = None
     stale: int = 0
     start: int = 1
+    resumed_threads: int | None = None   # the resumed checkpoint's training_threads (0: from before the probe)
 
 
 def fit(cfg: TrainConfig, data: TrainingData, out: Path, *, tracker=None, resume: Path | None = None) -> dict:
@@ -90,12 +92,8 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, *, tracker=None, resume
     else:  # the configuration is in the folder from the start, so --resume RUN_DIR alone works
         atomic_write_json(out / "setup.json", run.setup)
     before = torch.get_num_threads()
-    threads = training_threads(cfg.batch_size, len(run.trainer.seen), clips.audio.shape[1], before)
-    if run.start <= cfg.epochs:
-        texts = (f"{len(run.trainer.seen)} prompts" if not cfg.text_column else
-                 f"{data.prompts.shape[0]} texts (captions{' and class prompts' if run.trainer.seen else ''})")
-        log.info("training on %d intra-op thread%s (of %d) for a %d-clip x %d-d step over %s", threads,
-                 "" if threads == 1 else "s", before, cfg.batch_size, clips.audio.shape[1], texts)
+    threads = (_choose_threads(run, train_clips, before, num_texts=data.prompts.shape[0]) if run.start <= cfg.epochs
+               else before)
     torch.set_num_threads(threads)
     try:
         for epoch in range(run.start, cfg.epochs + 1):
@@ -155,6 +153,7 @@ def _restore(run: Run, resume: Path, *, embed_dim: int) -> None:
     run.setup["history"] = list(ckpt["history"])
     run.setup["summary"] = _summary(run.cfg, run.setup["history"], run.best_epoch, run.out)
     run.start = ckpt["epoch"] + 1
+    run.resumed_threads = int(ckpt.get("training_threads", 0))
     log.info("resuming %s after epoch %d", resume, ckpt["epoch"])
 
 
@@ -231,6 +230,7 @@ def _save(run: Run, epoch: int, row: dict, improved: bool, *, embed_dim: int) ->
         "clip_mode": cfg.clip_mode, "prompt_template": cfg.prompt_template,
         "best_metric": run.best, "best_epoch": run.best_epoch, "stale_epochs": run.stale,
         "history": run.setup["history"], "split": run.split_ids, "config": cfg.to_dict(), **run.extra,
+        "training_threads": torch.get_num_threads(),
     }
     checkpoint.save_epoch(run.out, epoch, ckpt, best=improved)
     prune_checkpoints(run.out, epoch=epoch, best_epoch=run.best_epoch, keep_epochs=cfg.keep_epochs)
@@ -252,9 +252,8 @@ def _log_epoch(cfg: TrainConfig, row: dict, improved: bool, note: str = "") -> N
              "  *best*" if improved else "", f"  ({note})" if note else "")
 
 
-# Projector work per thread before a second thread pays (forward + backward flops of one step).
-# Measured (docs/performance.md): one thread is fastest for the default step (16 clips, 527
-# prompts, 512-d: ~0.85 GFLOP), and with other jobs on the cores several threads are 5-16x slower.
+# The earlier rule, kept for checkpoints written before the probe (``_choose_threads``): projector
+# work per thread before a second thread pays (forward + backward flops of one step).
 STEP_FLOPS_PER_THREAD = 1e9
 
 
@@ -265,6 +264,31 @@ def training_threads(batch_size: int, num_prompts: int, dim: int, available: int
     resumed run uses the same count (and the same floating-point reductions)."""
     flops = 6 * (batch_size + num_prompts) * dim * dim
     return max(1, min(available, int(flops // STEP_FLOPS_PER_THREAD)))
+
+
+def _choose_threads(run: Run, train_clips: ClipEmbeddings, available: int, *, num_texts: int) -> int:
+    """Intra-op threads for the epochs: the faster of 1 and ``available`` for this run's step,
+    measured (``threads.probe_threads``); logged and kept in setup.json and every checkpoint
+    (``training_threads``). A resumed run keeps the count its checkpoint ran on, so it makes the
+    same floating-point reductions as the uninterrupted run; a checkpoint from before the probe
+    gets the earlier rule (``training_threads``) it ran on."""
+    cfg, dim, prompts = run.cfg, train_clips.audio.shape[1], len(run.trainer.seen)
+    texts = (f"{prompts} prompts" if not cfg.text_column else  # caption runs contrast with texts, not classes
+             f"{num_texts} texts (captions{' and class prompts' if prompts else ''})")
+    shape = f"a {cfg.batch_size}-clip x {dim}-d step over {texts}"
+    if run.resumed_threads is not None:
+        threads = run.resumed_threads or training_threads(cfg.batch_size, prompts, dim, available)
+        log.info("training on %d intra-op thread%s (of %d) for %s: the count the resumed run used", threads,
+                 "" if threads == 1 else "s", available, shape)
+        run.setup["training_threads"] = {"threads": threads, "available": available, "from": "resumed checkpoint"}
+        return threads
+    threads, per_step = probe_threads(trainer_step(run.trainer, train_clips, cfg.batch_size), available)
+    measured = "; ".join(f"{n} thread{'' if n == 1 else 's'}: {1000 * s:.2f} ms" for n, s in per_step.items())
+    log.info("training on %d intra-op thread%s (of %d) for %s%s", threads, "" if threads == 1 else "s", available,
+             shape, f" (measured per step: {measured})" if per_step else "")
+    run.setup["training_threads"] = {"threads": threads, "available": available,
+                                     "seconds_per_step": {str(n): s for n, s in per_step.items()}}
+    return threads
 
 
 def _summary(cfg: TrainConfig, history: list[dict], best_epoch: int, out: Path) -> dict:
