@@ -300,3 +300,47 @@ def cone_violation(
     range ``[0, pi)``; 0 iff y is inside the cone.
     """
     return torch.relu(oxy_angle(x, y, c=c) - half_aperture(x, c=c, K=K, min_radius=min_radius))
+
+
+def mobius_add(x: Tensor, y: Tensor, *, c: float | Tensor) -> Tensor:
+    """Möbius addition ``x (+)_c y``; ``(..., D), (..., D) -> (..., D)``.
+
+    ``((1 + 2c<x,y> + c|y|^2) x + (1 - c|x|^2) y) / (1 + 2c<x,y> + c^2|x|^2|y|^2)``.
+    ``z -> (-m) (+)_c z`` is an isometry of the ball that moves ``m`` to the origin, and
+    ``z -> m (+)_c z`` is its inverse (left cancellation), which ``frechet_mean`` uses. The result
+    is projected into the usable ball (rounding near the boundary).
+    """
+    c = _curvature(c, x)
+    xy = (x * y).sum(-1, keepdim=True)
+    x2 = x.square().sum(-1, keepdim=True)
+    y2 = y.square().sum(-1, keepdim=True)
+    num = (1 + 2 * c * xy + c * y2) * x + (1 - c * x2) * y
+    den = 1 + 2 * c * xy + c * c * x2 * y2
+    return project(num / den.clamp_min(MIN_NORM), c=c)
+
+
+FRECHET_TOL = 1e-12   # stop when the mean tangent step is this short (in units of 1/sqrt(c))
+FRECHET_STEPS = 200   # Karcher flow iterations at most (a handful are needed for clustered points)
+
+
+def frechet_mean(x: Tensor, *, c: float | Tensor) -> Tensor:
+    """Fréchet (Karcher) mean of ``(N, D)`` points: the point ``m`` minimising
+    ``sum_i d_c(m, x_i)^2``; returns ``(D,)``.
+
+    Karcher flow: move ``m`` to the origin by the isometry ``z -> (-m) (+)_c z``, take the
+    mean ``v`` of the points' ``logmap0`` there (the Riemannian gradient direction, up to the
+    conformal factor 2 at the origin), and step to ``m (+)_c expmap0(v)``. The ball has negative
+    curvature, so the minimiser is unique and the unit-step flow converges; it stops when
+    ``sqrt(c)|v| < FRECHET_TOL`` or after ``FRECHET_STEPS``. Computed in the input's dtype
+    (pass float64 for accuracy). Raises ValueError on no points.
+    """
+    if x.dim() != 2 or len(x) == 0:
+        raise ValueError(f"frechet_mean takes (N, D) points with N >= 1 (got shape {tuple(x.shape)})")
+    c = _curvature(c, x)
+    m = expmap0(logmap0(x, c=c).mean(0), c=c)  # start: the tangent mean at the origin
+    for _ in range(FRECHET_STEPS):
+        v = logmap0(mobius_add(-m.expand_as(x), x, c=c), c=c).mean(0)
+        m = mobius_add(m, expmap0(v, c=c), c=c)
+        if float(c.sqrt() * _norm(v, keepdim=False)) < FRECHET_TOL:
+            break
+    return m
