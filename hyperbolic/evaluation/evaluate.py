@@ -34,8 +34,10 @@ from hyperbolic.config import EvalConfig
 from hyperbolic.embedding.embeddings import (ClipEmbeddings, duration_report, embed_prompts, embed_run_clips, open_cache, open_clap,
                                    prompts_for)
 from hyperbolic.evaluation.files import results_path, save_scores, write_plots, write_results
-from hyperbolic.evaluation.hierarchy import HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
+from hyperbolic.evaluation.hierarchy import (HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block,
+                                             hierarchy_metrics)
 from hyperbolic.evaluation.bootstrap import bootstrap_ci, bootstrap_difference, bootstrap_samples
+from hyperbolic.evaluation.radius import radius_block
 from hyperbolic.evaluation.metrics import (
     classification_metrics,
     legacy_set_metrics,
@@ -168,6 +170,7 @@ class _Clips:
     rows_rule: str          # which rows were used, in words
     durations: dict         # clip lengths (``duration_report``)
     targets: np.ndarray     # (N, C) bool; with expand_ancestors, closed under the ontology
+    raw_targets: np.ndarray  # (N, C) bool: the clips' own labels, never closed under the ontology
     labelled: np.ndarray    # (N,) bool: rows with a known label, the rows every metric uses
     annotated_positives: int
     clip_labels: list[list[int]] | None  # cone pairs of each labelled clip, as prompt indices
@@ -189,6 +192,7 @@ def _read_clips(cfg: EvalConfig, clap, cache, class_names: list[str], hier: Hier
         log.warning("no clip has a label among the %d classes of %s (--label-column %r): metrics are null",
                     len(class_names), cfg.class_labels, cfg.label_column)
     annotated = int(targets.sum())
+    raw_targets = targets
     if cfg.expand_ancestors:
         # One ground truth for the whole run (every metric, the npz targets); the labelled set
         # is unchanged, since only clips with a label gain its ancestors.
@@ -197,7 +201,7 @@ def _read_clips(cfg: EvalConfig, clap, cache, class_names: list[str], hier: Hier
     clip_labels = (hier.hierarchy.training_labels([clips.label_indices[i] for i in np.flatnonzero(labelled)])
                    if hier is not None else None)
     return _Clips(clips, skips, rows_read=rows_read, rows_held=rows_held, rows_rule=rows_rule, durations=durations,
-                  targets=targets, labelled=labelled, annotated_positives=annotated, clip_labels=clip_labels)
+                  targets=targets, raw_targets=raw_targets, labelled=labelled, annotated_positives=annotated, clip_labels=clip_labels)
 
 
 class _PromptEmbeddings:
@@ -249,6 +253,7 @@ def _score_model(model: ScoringModel, data: _Clips, prompts: _PromptEmbeddings, 
         prompt_pts = torch.cat([text_pts, model.project(prompts.parents(model.prompt_template))])
         hierarchy = hierarchy_block(model, labelled_pts, text_pts, s, t, hier, class_names,
                                     cone_block(model, prompt_pts, labelled_pts, data.clip_labels, hier))
+        hierarchy.update(hierarchy_metrics(model, s, t, data.raw_targets[labelled], hier, labelled_pts, prompt_pts))
     block = {
         "model_info": model_info(model, model_path),
         "similarity_stats": similarity_stats(scores),
@@ -257,6 +262,8 @@ def _score_model(model: ScoringModel, data: _Clips, prompts: _PromptEmbeddings, 
         "bootstrap": None,
         "hierarchy": hierarchy,
         "ball_usage": usage_block(model, audio_pts, text_pts, scores),
+        "radius": radius_block(model, audio_pts, text_pts, scores, labelled, t, data.raw_targets[labelled],
+                               hier.depths if hier is not None else None),
         "per_class": per_class_ap(s, t, class_names) if metrics else [],
         "predictions": _predictions(scores, data.clips, class_names, cfg.top_k,
                                     data.targets if cfg.expand_ancestors else None),

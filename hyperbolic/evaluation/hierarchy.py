@@ -18,7 +18,9 @@ import torch
 
 from hyperbolic.geometry import poincare
 from hyperbolic.hierarchy.cones import Hierarchy, cone_consistency, cone_report
-from hyperbolic.hierarchy.metrics import mistake_severity, spearman_norm_depth
+from hyperbolic.hierarchy.metrics import (backoff_curve, closure_matrix, hierarchical_prf, map_by_depth,
+                                         mistake_severity, spearman_norm_depth, traversal_summary)
+from hyperbolic.evaluation.metrics import classification_metrics
 from hyperbolic.hierarchy.ontology import Ontology, OntologyError
 from hyperbolic.evaluation.scoring import ScoringModel
 
@@ -138,6 +140,48 @@ def cone_block(model: ScoringModel, prompt_pts, audio_pts, clip_labels: list[lis
                                                    c=c, K=K) if len(class_pairs) else None)
     out["clips_in_all_label_cones"] = out.pop("clips_in_all_label_cones")  # the JSON's key order
     out["norm_depth_over"] = "dist0 of every prompt node (classes and abstract parents) against its ontology depth"
+    return out
+
+
+TRAVERSAL_STEPS = 10
+TRAVERSAL_SKIPPED = ("cosine and euclidean scores depend only on direction: moving a point towards the origin "
+                     "changes no ranking")
+
+
+@torch.no_grad()
+def traversal_nearest(model: ScoringModel, audio_pts, prompt_pts, *, steps: int = TRAVERSAL_STEPS) -> np.ndarray:
+    """``(N, steps)`` index of the nearest prompt node (geodesic distance, float64) to each clip's
+    point moved towards the origin along its geodesic: ``expmap0((1 - s/steps) logmap0(x))``,
+    s = 1..steps (the last step is the origin)."""
+    tangent = poincare.logmap0(audio_pts.double(), c=model.c)
+    prompts = prompt_pts.double()
+    out = np.empty((len(audio_pts), steps), dtype=np.int64)
+    for s in range(1, steps + 1):
+        pts = poincare.expmap0(tangent * (1 - s / steps), c=model.c)
+        out[:, s - 1] = poincare.pairwise_dist(pts, prompts, c=model.c).argmin(dim=1).numpy()
+    return out
+
+
+def hierarchy_metrics(model: ScoringModel, scores, targets, raw_targets, hier: HierarchyContext,
+                      audio_pts=None, prompt_pts=None) -> dict:
+    """The hierarchy-aware metrics of one model (docs/hierarchy.md): hierarchical P/R/F1 of the
+    top 1, mAP by ground truth (the clips' own labels and parent-propagated ones) and per depth,
+    back-off decoding, and (hyperbolic, with ``audio_pts`` and ``prompt_pts``) the traversal test."""
+    h = hier.hierarchy
+    num_nodes = len(h.prompt_names)
+    closure = closure_matrix(h.ancestors, num_nodes)
+    class_depth = list(h.depth[:h.num_classes])
+    propagated = expand_to_ancestors(raw_targets, h)
+    out = {**hierarchical_prf(scores, targets, h.ancestors, num_nodes),
+           "map_by_ground_truth": {
+               name: {"mAP": classification_metrics(scores, gt, ks=(1,))["mAP"], "per_depth": map_by_depth(scores, gt, class_depth)}
+               for name, gt in (("labels", raw_targets), ("labels+ancestors", propagated))},
+           "backoff": backoff_curve(scores, targets, h.ancestors, h.parents, h.depth)}
+    if model.projector is not None and model.geometry == "hyperbolic" and audio_pts is not None:
+        truth = (targets.astype(np.float64) @ closure) > 0
+        out["traversal"] = traversal_summary(traversal_nearest(model, audio_pts, prompt_pts), truth, h.depth)
+    else:
+        out["traversal"] = {"on_path": None, "depth_never_increases": None, "skipped": TRAVERSAL_SKIPPED}
     return out
 
 

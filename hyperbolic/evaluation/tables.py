@@ -56,6 +56,8 @@ def format_metrics_table(results: dict) -> str:
                            ("top1_same_cos", lambda u: u["top1_same_as_cosine"])):
             rows.append((label, [_fmt(get(b["ball_usage"])) if b.get("ball_usage") else "-"
                                  for b in blocks.values()]))
+    if any(b.get("radius") for b in blocks.values()):
+        rows += _block_rows(blocks, "radius", RADIUS_ROWS)
     if any(b.get("hierarchy") for b in blocks.values()):
         for label, get in (("rho(prompt,dep)", lambda h: h["prompt_norm_vs_depth"]["rho"]),
                            ("rho(audio,dep)", lambda h: h["audio_mean_norm_vs_depth"]["rho"]),
@@ -70,6 +72,31 @@ def format_metrics_table(results: dict) -> str:
     lines = [f"{'metric':<16}" + "".join(f"{n:>{width + 2}}" for n in names)]
     lines += [f"{label:<16}" + "".join(f"{v:>{width + 2}}" for v in vals) for label, vals in rows]
     return "\n".join(lines)
+
+
+RADIUS_ROWS = (
+    # (label, path inside the model's "radius" block); docs/evaluation.md "What the radius means"
+    ("hub_skew_N10", ("hubness", "skewness_N10")),
+    ("hub_top1_share", ("hubness", "top1_hub_share")),
+    ("angle_only_top1", ("logit_split", "angle_only", "top1_agreement")),
+    ("angle_only_rho", ("logit_split", "angle_only", "spearman")),
+    ("radius_only_top1", ("logit_split", "radius_only", "top1_agreement")),
+    ("radius_only_rho", ("logit_split", "radius_only", "spearman")),
+    ("rho(r,#labels)", ("genericity", "radius_vs_num_labels", "rho")),
+    ("rho(r,lab_depth)", ("genericity", "radius_vs_label_depth", "rho")),
+    ("AURC softmax", ("confidence", "max_softmax", "aurc")),
+    ("AURC margin", ("confidence", "margin", "aurc")),
+    ("AURC radius", ("confidence", "radius", "aurc")),
+    ("AURC random", ("confidence", "max_softmax", "aurc_random")),
+    ("gap r_audio", ("modality_gap", "audio_radius_median")),
+    ("gap r_text", ("modality_gap", "text_radius_median")),
+    ("gap centroids", ("modality_gap", "centroid_distance")),
+)
+
+
+def _block_rows(blocks: dict, key: str, spec) -> list[tuple[str, list[str]]]:
+    """One row per (label, path) of ``spec`` read inside each model's ``key`` block; "-" where absent."""
+    return [(label, [_fmt(_get(b.get(key) or {}, path)) for b in blocks.values()]) for label, path in spec]
 
 
 def format_retrieval_table(results: dict) -> str:
