@@ -68,6 +68,8 @@ def format_metrics_table(results: dict) -> str:
                            ("rho(nodes,dep)", lambda h: (h["cones"]["norm_depth"] or {}).get("rho"))):
             rows.append((label, [_fmt(get(b["hierarchy"])) if b.get("hierarchy") else "-"
                                  for b in blocks.values()]))
+        rows += _block_rows(blocks, "hierarchy", HIERARCHY_AWARE_ROWS)
+        rows += _depth_rows(blocks)
     width = max(14, *(len(n) for n in names), *(len(v) for _, vals in rows for v in vals))
     lines = [f"{'metric':<16}" + "".join(f"{n:>{width + 2}}" for n in names)]
     lines += [f"{label:<16}" + "".join(f"{v:>{width + 2}}" for v in vals) for label, vals in rows]
@@ -92,6 +94,29 @@ RADIUS_ROWS = (
     ("gap r_text", ("modality_gap", "text_radius_median")),
     ("gap centroids", ("modality_gap", "centroid_distance")),
 )
+
+
+HIERARCHY_AWARE_ROWS = (
+    # (label, path inside the model's "hierarchy" block); docs/hierarchy.md "Hierarchy-aware metrics"
+    ("hier_P@1", ("hierarchical_precision@1",)),
+    ("hier_R@1", ("hierarchical_recall@1",)),
+    ("hier_F1@1", ("hierarchical_f1@1",)),
+    ("mAP labels", ("map_by_ground_truth", "labels", "mAP")),
+    ("mAP +ancestors", ("map_by_ground_truth", "labels+ancestors", "mAP")),
+    ("backoff_area", ("backoff", "area_normalised")),
+    ("traverse_on_path", ("traversal", "on_path")),
+    ("traverse_monoton", ("traversal", "depth_never_increases")),
+)
+
+
+def _depth_rows(blocks: dict) -> list[tuple[str, list[str]]]:
+    """``mAP depth d`` (the clips' own labels) for every depth some model has."""
+    per_model = [{e["depth"]: e["mAP"] for e in
+                  (_get(b.get("hierarchy") or {}, ("map_by_ground_truth", "labels", "per_depth")) or [])}
+                 for b in blocks.values()]
+    depths = sorted({d for m in per_model for d in m if d is not None}) + (
+        [None] if any(None in m for m in per_model) else [])
+    return [(f"mAP depth {'?' if d is None else d}", [_fmt(m.get(d)) for m in per_model]) for d in depths]
 
 
 def _block_rows(blocks: dict, key: str, spec) -> list[tuple[str, list[str]]]:
