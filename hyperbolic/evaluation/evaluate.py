@@ -73,16 +73,24 @@ GROUND_TRUTH_TEXT = {
 
 def _predictions(scores, clips, class_names, top_k, expanded=None):
     """Top-k per clip with its ground truth; ``expanded`` (N, C) bool: the ancestor-closed
-    ground truth, listed as ``ground_truth_indices_with_ancestors``."""
+    ground truth, listed as ``ground_truth_indices_with_ancestors``.
+
+    A list needs an order, so tied classes are listed by index; nothing is hidden by it: every
+    entry has ``tie_size`` (classes sharing its score, 1 when none) and each clip
+    ``predicted_top1_tied`` (every class tied at the top: the top 1 is any of them with equal
+    probability, as the metrics take it)."""
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
     out = []
     for i, meta in enumerate(clips.metas):
         extra = ({} if expanded is None else
                  {"ground_truth_indices_with_ancestors": np.flatnonzero(expanded[i]).tolist()})
+        row = scores[i]
         out.append({
             "sample_id": i, "video_id": meta.video_id, "file": meta.file, "row": meta.row,
             "predicted_top1": class_names[order[i, 0]],
-            "top_k_predictions": [{"rank": r + 1, "classname": class_names[k], "similarity": float(scores[i, k])}
+            "predicted_top1_tied": [class_names[k] for k in np.flatnonzero(row == row[order[i, 0]])],
+            "top_k_predictions": [{"rank": r + 1, "classname": class_names[k], "similarity": float(row[k]),
+                                   "tie_size": int(np.count_nonzero(row == row[k]))}
                                   for r, k in enumerate(order[i])],
             "ground_truth_human_labels": clips.raw_labels[i],
             "ground_truth_indices": clips.label_indices[i],
