@@ -192,3 +192,22 @@ def test_modality_gap_hyperbolic_closed_form():
     out = R.modality_gap(model, audio, text)
     assert out["centroid_distance"] == pytest.approx(2 * math.atanh(0.3), abs=1e-6)
     assert out["audio_radius_median"] == pytest.approx(0.5) and out["text_radius_median"] == pytest.approx(0.3)
+
+
+# --------------------------------------------------------------------- text-tower health
+
+def test_prompt_health_closed_forms():
+    from hyperbolic.evaluation.scoring import prompt_health
+    ortho = prompt_health(torch.eye(5) * 3)
+    assert ortho["mean_pairwise_cosine"] == pytest.approx(0.0) and ortho["effective_rank"] == pytest.approx(5.0)
+    same = prompt_health(torch.ones(4, 3))
+    assert same["mean_pairwise_cosine"] == pytest.approx(1.0) and same["effective_rank"] == pytest.approx(1.0, abs=1e-6)
+    assert same["collapsed"] and not ortho["collapsed"]
+    # Two unit vectors at angle a: singular values sqrt(1 + cos a) and sqrt(1 - cos a).
+    a = 0.3
+    two = prompt_health(torch.tensor([[1.0, 0.0], [math.cos(a), math.sin(a)]]))
+    p = np.array([math.sqrt(1 + math.cos(a)), math.sqrt(1 - math.cos(a))])
+    p /= p.sum()
+    assert two["mean_pairwise_cosine"] == pytest.approx(math.cos(a))
+    assert two["effective_rank"] == pytest.approx(math.exp(-(p * np.log(p)).sum()))
+    assert prompt_health(torch.ones(1, 3))["effective_rank"] is None

@@ -72,7 +72,7 @@ def test_radius_and_hierarchy_blocks_match_a_recomputation(run):
 def test_table_rows_and_old_results_files(run):
     results, _ = run
     table = format_metrics_table(results)
-    for label in ("hub_skew_N10", "radius_only_rho", "AURC radius", "gap centroids", "hier_F1@1",
+    for label in ("text_cos_mean", "text_erank", "hub_skew_N10", "radius_only_rho", "AURC radius", "gap centroids", "hier_F1@1",
                   "mAP +ancestors", "backoff_area", "traverse_on_path", "mAP depth 2"):
         assert label in table
     old = copy.deepcopy(results)

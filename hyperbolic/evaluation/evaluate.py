@@ -47,7 +47,8 @@ from hyperbolic.evaluation.metrics import (
 from hyperbolic.hierarchy.ontology import Ontology
 from hyperbolic.outputs import unique_path
 from hyperbolic.captions.retrieval import evaluate_captions
-from hyperbolic.evaluation.scoring import PLAIN_MODEL_NAME, ScoringModel, build_models, model_info, similarity_stats, usage_block
+from hyperbolic.evaluation.scoring import (COLLAPSED_TEXT_COSINE, PLAIN_MODEL_NAME, ScoringModel, build_models, model_info,
+                                          prompt_health, similarity_stats, usage_block)
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,22 @@ def _holdout_metrics(model: ScoringModel, scores, targets, class_names, cfg: Eva
         rows = targets[:, cols].any(axis=1)
         out[part] = (_metrics(scores[rows][:, cols], targets[rows][:, cols], cfg, rows_read)
                      if rows.any() else None)
+    return out
+
+
+def _text_health(model: ScoringModel, class_emb, text_pts) -> dict:
+    """``text_tower`` (the CLAP embeddings of the class prompts) and, for a projector,
+    ``projected_prompts`` (the projected points' directions): ``prompt_health``. Warns when the
+    text tower looks collapsed."""
+    tower = prompt_health(class_emb)
+    if tower.get("collapsed"):
+        log.warning("%s: the class prompts' CLAP text embeddings have a mean pairwise cosine of %.3f (> %g) "
+                    "and an effective rank of %.1f over %d prompts: a collapsed text tower, whose prompts can "
+                    "hardly be told apart; check the CLAP checkpoint and --prompt-template", model.name,
+                    tower["mean_pairwise_cosine"], COLLAPSED_TEXT_COSINE, tower["effective_rank"], tower["num_prompts"])
+    out = {"text_tower": tower}
+    if model.projector is not None:
+        out["projected_prompts"] = prompt_health(text_pts)
     return out
 
 
@@ -250,7 +267,8 @@ class _Scored:
 
 def _score_model(model: ScoringModel, data: _Clips, prompts: _PromptEmbeddings, cfg: EvalConfig,
                  class_names: list[str], hier: HierarchyContext | None, model_path: str) -> _Scored:
-    audio_pts, text_pts = model.project(data.clips.audio), model.project(prompts.classes(model.prompt_template))
+    class_emb = prompts.classes(model.prompt_template)
+    audio_pts, text_pts = model.project(data.clips.audio), model.project(class_emb)
     scores = model.score_points(audio_pts, text_pts)
     labelled = data.labelled
     s, t = scores[labelled], data.targets[labelled]
@@ -263,7 +281,7 @@ def _score_model(model: ScoringModel, data: _Clips, prompts: _PromptEmbeddings, 
                                     cone_block(model, prompt_pts, labelled_pts, data.clip_labels, hier))
         hierarchy.update(hierarchy_metrics(model, s, t, data.raw_targets[labelled], hier, labelled_pts, prompt_pts))
     block = {
-        "model_info": model_info(model, model_path),
+        "model_info": {**model_info(model, model_path), **_text_health(model, class_emb, text_pts)},
         "similarity_stats": similarity_stats(scores),
         "metrics": metrics,
         "metrics_by_split": _holdout_metrics(model, s, t, class_names, cfg, data.rows_read) if metrics else None,

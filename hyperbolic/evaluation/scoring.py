@@ -243,3 +243,23 @@ def model_info(model: ScoringModel, model_path: str) -> dict:
     for key in ("projection_checkpoint", "c", "temperature", "effective_temperature"):
         info.setdefault(key, None)
     return info
+
+
+COLLAPSED_TEXT_COSINE = 0.95  # mean pairwise cosine of the class prompts above which the text tower is called collapsed
+
+
+def prompt_health(emb: torch.Tensor) -> dict:
+    """Text-tower health of ``(C, D)`` prompt embeddings: ``mean_pairwise_cosine`` (over the pairs
+    i < j of their unit vectors, ``(|sum u|^2 - C) / (C (C - 1))``) and ``effective_rank`` (Roy and
+    Vetterli 2007: ``exp(H(p))`` with ``p`` the singular values of the unit vectors' matrix divided
+    by their sum, H the Shannon entropy; 1 for identical rows, C for orthogonal ones), in float64.
+    Null with a reason for fewer than 2 prompts."""
+    if len(emb) < 2:
+        return {"mean_pairwise_cosine": None, "effective_rank": None, "skipped": "fewer than 2 prompts"}
+    u = torch.nn.functional.normalize(emb.double(), dim=-1)
+    c = len(u)
+    mean_cos = float((u.sum(0).square().sum() - c) / (c * (c - 1)))
+    sv = torch.linalg.svdvals(u)
+    p = sv[sv > 0] / sv.sum()
+    return {"mean_pairwise_cosine": mean_cos, "effective_rank": float(torch.exp(-(p * p.log()).sum())),
+            "num_prompts": c, "collapsed": mean_cos > COLLAPSED_TEXT_COSINE}

@@ -56,6 +56,8 @@ def format_metrics_table(results: dict) -> str:
                            ("top1_same_cos", lambda u: u["top1_same_as_cosine"])):
             rows.append((label, [_fmt(get(b["ball_usage"])) if b.get("ball_usage") else "-"
                                  for b in blocks.values()]))
+    if any((b.get("model_info") or {}).get("text_tower") for b in blocks.values()):
+        rows += _block_rows(blocks, "model_info", TEXT_ROWS)
     if any(b.get("radius") for b in blocks.values()):
         rows += _block_rows(blocks, "radius", RADIUS_ROWS)
     if any(b.get("hierarchy") for b in blocks.values()):
@@ -76,6 +78,11 @@ def format_metrics_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+TEXT_ROWS = (
+    ("text_cos_mean", ("text_tower", "mean_pairwise_cosine")),
+    ("text_erank", ("text_tower", "effective_rank")),
+    ("proj_cos_mean", ("projected_prompts", "mean_pairwise_cosine")),
+)
 RADIUS_ROWS = (
     # (label, path inside the model's "radius" block); docs/evaluation.md "What the radius means"
     ("hub_skew_N10", ("hubness", "skewness_N10")),
