@@ -288,6 +288,9 @@ def eval_parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="AudioSet ontology.json: adds a 'hierarchy' block per model (norm vs depth, "
                         "mistake severity, entailment-cone consistency) and colours the --plots disk by "
                         "top-level category (default: none)")
+    p.add_argument("--entailment-k", type=float, default=None, metavar="K",
+                   help="with --ontology: measure every model's entailment cones at this aperture K, so models "
+                        "compare at one K (default: each checkpoint's own K, the default K for one without)")
     p.add_argument("--expand-ancestors", action="store_true",
                    help="ground truth closed under the ontology: a clip is also positive for every class "
                         "above one of its labels, for every metric (recorded as test_info.ground_truth)")

@@ -109,3 +109,4 @@ class EvalConfig(EmbeddingConfig):
     # Ground truth closed under the ontology's ancestry for every metric (see hyperbolic.evaluation.evaluate).
     expand_ancestors: bool = False
     plots: bool = False
+    entailment_k: float | None = None  # cone aperture K for every model's cones (None: each checkpoint's own)

@@ -210,9 +210,14 @@ def build_models(cfg: EvalConfig, embed_dim: int) -> list[ScoringModel]:
                                    info={"projection": PROJECTION_TEXT["cosine"], "distance": "cosine",
                                          "legacy_distance": False}))
     for path, name in zip(paths, model_names(paths)):
-        models.append(load_projection(path, embed_dim=embed_dim, c_flag=cfg.c, temperature_flag=cfg.temperature,
-                                      legacy_distance=cfg.legacy_distance,
-                                      prompt_template_flag=cfg.prompt_template, name=name))
+        model = load_projection(path, embed_dim=embed_dim, c_flag=cfg.c, temperature_flag=cfg.temperature,
+                                legacy_distance=cfg.legacy_distance,
+                                prompt_template_flag=cfg.prompt_template, name=name)
+        if getattr(cfg, "entailment_k", None) is not None:  # one K for every model: comparable cones
+            model.info.update(entailment_k_checkpoint=model.info["entailment_k"], entailment_k=cfg.entailment_k,
+                              entailment_k_source="--entailment-k")
+            model.entailment_k = cfg.entailment_k
+        models.append(model)
     return models
 
 

@@ -65,6 +65,7 @@ def format_metrics_table(results: dict) -> str:
                            ("rho(audio,dep)", lambda h: h["audio_mean_norm_vs_depth"]["rho"]),
                            ("mistake_sev", lambda h: h["mistake_severity"]),
                            (f"hier_dist@{HIER_K}", lambda h: h[f"hier_dist@{HIER_K}"]),
+                           ("cone_K", lambda h: h["cones"].get("K")),
                            ("cone_pairs_in", lambda h: h["cones"]["prompt_pairs_in_cone"]),
                            ("cone_clips_in", lambda h: h["cones"]["clip_label_pairs_in_cone"]),
                            ("rho(nodes,dep)", lambda h: (h["cones"]["norm_depth"] or {}).get("rho"))):
@@ -147,6 +148,7 @@ HIERARCHY_COLUMNS = (
     ("acc@1", ("metrics", "acc@1")),
     ("mistake sev.", ("hierarchy", "mistake_severity")),
     ("hier_dist@5", ("hierarchy", "hier_dist@5")),
+    ("cone K", ("hierarchy", "cones", "K")),
     ("pairs in cone", ("hierarchy", "cones", "prompt_pairs_in_cone")),
     ("clips in cone", ("hierarchy", "cones", "clip_label_pairs_in_cone")),
     ("rho classes", ("hierarchy", "prompt_norm_vs_depth", "rho")),
