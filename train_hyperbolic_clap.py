@@ -9,6 +9,7 @@ import sys
 
 from hyperbolic.cli import embedding_arg_errors, explicit_dests, positive, train_parser
 from hyperbolic.config import TrainConfig
+from hyperbolic.geometry.poincare import clip_radius_resolvable
 from hyperbolic.outputs import setup_logging
 
 log = logging.getLogger("train_hyperbolic_clap")
@@ -42,6 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         (args.learn_c and len(args.c) > 1, "--learn-c with several --c values: sweep or learn, not both"),
         (not 0 < args.train_ratio < 1, f"--train-ratio must be in (0, 1) (got {args.train_ratio})"),
         (not 0 < args.clip_r <= 1, f"--clip-r must be in (0, 1] (got {args.clip_r})"),
+        (0 < args.clip_r <= 1 and args.geometry == "hyperbolic" and not clip_radius_resolvable(args.clip_r),
+         f"--clip-r {args.clip_r:g} lets points reach relative radius {min(args.clip_r, 1 - 1e-6):.7f}, where "
+         f"1 - c|x|^2 is within float32's resolution of 0 (hyperbolic.geometry.poincare.BOUNDARY_RESOLUTION): "
+         "distances there are rounding noise, not geometry; use --clip-r 0.999 or less"),
         (args.init_radius is not None and not 0 < args.init_radius < min(1.0, args.clip_r),
          f"--init-radius must be in [0, --clip-r) (0: no rescaling; got {args.init_radius})"),
         (args.learn_c and args.learn_temperature,

@@ -124,13 +124,14 @@ def _holdout_metrics(model: ScoringModel, scores, targets, class_names, cfg: Eva
     return out
 
 
-def _text_health(model: ScoringModel, class_emb, text_pts) -> dict:
+def _text_health(model: ScoringModel, class_emb, text_pts, warned: set) -> dict:
     """``text_tower`` (the CLAP embeddings of the class prompts) and, for a projector,
     ``projected_prompts`` (the projected points' directions): ``prompt_health``. Warns when the
-    text tower looks collapsed."""
+    text tower looks collapsed, once per prompt template (``warned``)."""
     tower = prompt_health(class_emb)
-    if tower.get("collapsed"):
-        log.warning("%s: the class prompts' CLAP text embeddings have a mean pairwise cosine of %.3f (> %g) "
+    if tower.get("collapsed") and model.prompt_template not in warned:
+        warned.add(model.prompt_template)
+        log.warning("%s (and every model with its prompt template): the class prompts' CLAP text embeddings have a mean pairwise cosine of %.3f (> %g) "
                     "and an effective rank of %.1f over %d prompts: a collapsed text tower, whose prompts can "
                     "hardly be told apart; check the CLAP checkpoint and --prompt-template", model.name,
                     tower["mean_pairwise_cosine"], COLLAPSED_TEXT_COSINE, tower["effective_rank"], tower["num_prompts"])
@@ -237,6 +238,7 @@ class _PromptEmbeddings:
         self.clap, self.cache, self.class_names, self.extra_names = clap, cache, class_names, extra_names
         self._classes: dict[str, torch.Tensor] = {}
         self._parents: dict[str, torch.Tensor] = {}
+        self.warned: set[str] = set()  # templates whose collapsed text tower was reported
 
     def classes(self, template: str) -> torch.Tensor:
         if template not in self._classes:
@@ -281,7 +283,7 @@ def _score_model(model: ScoringModel, data: _Clips, prompts: _PromptEmbeddings, 
                                     cone_block(model, prompt_pts, labelled_pts, data.clip_labels, hier))
         hierarchy.update(hierarchy_metrics(model, s, t, data.raw_targets[labelled], hier, labelled_pts, prompt_pts))
     block = {
-        "model_info": {**model_info(model, model_path), **_text_health(model, class_emb, text_pts)},
+        "model_info": {**model_info(model, model_path), **_text_health(model, class_emb, text_pts, prompts.warned)},
         "similarity_stats": similarity_stats(scores),
         "metrics": metrics,
         "metrics_by_split": _holdout_metrics(model, s, t, class_names, cfg, data.rows_read) if metrics else None,

@@ -20,6 +20,7 @@ from hyperbolic.geometry import poincare
 from hyperbolic.hierarchy.cones import Hierarchy, cone_consistency, cone_report
 from hyperbolic.hierarchy.metrics import (backoff_curve, closure_matrix, hierarchical_prf, map_by_depth,
                                          mistake_severity, spearman_norm_depth, traversal_summary)
+from hyperbolic.evaluation.ball_usage import radius_resolved, relative_radius
 from hyperbolic.evaluation.metrics import classification_metrics
 from hyperbolic.hierarchy.ontology import Ontology, OntologyError
 from hyperbolic.evaluation.scoring import ScoringModel
@@ -29,7 +30,9 @@ log = logging.getLogger("hyperbolic.evaluation.evaluate")
 HIER_K = 5  # hier_dist@k reported with --ontology
 
 
-def _spearman(norms: np.ndarray, depths: np.ndarray, what: str) -> dict:
+def _spearman(norms: np.ndarray, depths: np.ndarray, what: str, unresolved: str | None = None) -> dict:
+    if unresolved:
+        return {"rho": None, "p_value": None, "n": int(len(norms)), "norm": what, "skipped": unresolved}
     if len(norms) < 2:
         return {"rho": None, "p_value": None, "n": int(len(norms)), "norm": what,
                 "skipped": "fewer than 2 classes"}
@@ -139,8 +142,23 @@ def cone_block(model: ScoringModel, prompt_pts, audio_pts, clip_labels: list[lis
     out["class_pairs_in_cone"] = (cone_consistency(prompt_pts[class_pairs[:, 0]], prompt_pts[class_pairs[:, 1]],
                                                    c=c, K=K) if len(class_pairs) else None)
     out["clips_in_all_label_cones"] = out.pop("clips_in_all_label_cones")  # the JSON's key order
-    out["norm_depth_over"] = "dist0 of every prompt node (classes and abstract parents) against its ontology depth"
+    out["norm_depth"] = _norm_depth64(prompt_pts, h.depth, c)
+    out["norm_depth_over"] = ("dist0 (float64) of every prompt node (classes and abstract parents) against its "
+                              "ontology depth")
     return out
+
+
+def _norm_depth64(prompt_pts, depth, c: float) -> dict | None:
+    """Spearman of ``dist0`` against depth over the nodes with a depth, in float64; rho null with the
+    reason when their radii do not differ beyond the stored dtype's resolution."""
+    known = [k for k, d in enumerate(depth) if d is not None]
+    if len(known) < 2:
+        return None
+    pts = prompt_pts[known]
+    reason = radius_resolved(relative_radius(pts, c=c), pts.dtype)
+    if reason:
+        return {"rho": None, "p_value": None, "n": len(known), "skipped": reason}
+    return spearman_norm_depth(poincare.dist0(pts.double(), c=c).numpy(), [depth[k] for k in known])
 
 
 TRAVERSAL_STEPS = 10
@@ -203,15 +221,20 @@ def hierarchy_block(model: ScoringModel, audio_pts, text_pts, scores, targets, h
     y = torch.from_numpy(targets).float()  # (N, C), labelled clips only
     clips_per_class = y.sum(0)
     if hyperbolic:
-        prompt_norm = poincare.dist0(text_pts, c=model.c).numpy()
-        tangent = poincare.logmap0(audio_pts, c=model.c)
+        # float64 from the stored points; null where their radii are all one value within resolution
+        prompt_reason = radius_resolved(relative_radius(text_pts[torch.from_numpy(~np.isnan(depth))], c=model.c),
+                                        text_pts.dtype)
+        audio_reason = radius_resolved(relative_radius(audio_pts, c=model.c), audio_pts.dtype)
+        prompt_norm = poincare.dist0(text_pts.double(), c=model.c).numpy()
+        tangent = poincare.logmap0(audio_pts.double(), c=model.c)
+        y = y.double()
         mean = (y.T @ tangent) / clips_per_class.clamp_min(1)[:, None]
         audio_norm = poincare.dist0(poincare.expmap0(mean, c=model.c), c=model.c).numpy()
         prompt_what = "dist0 of the projected prompt (hyperbolic distance from the origin)"
         audio_what = ("dist0(expmap0(mean of logmap0 of the class's clip points)) = 2 |tangent mean|, "
                       "over the labelled clips of the class")
     else:
-        prompt_norm = None
+        prompt_norm = prompt_reason = audio_reason = None
         mean = (y.T @ audio_pts) / clips_per_class.clamp_min(1)[:, None]
         audio_norm = mean.norm(dim=-1).numpy()
         audio_what = ("Euclidean norm of the mean unit embedding of the class's labelled clips "
@@ -219,10 +242,11 @@ def hierarchy_block(model: ScoringModel, audio_pts, text_pts, scores, targets, h
     matched = ~np.isnan(depth)
     has_audio = matched & (clips_per_class.numpy() > 0)
     out = {
-        "prompt_norm_vs_depth": (_spearman(prompt_norm[matched], depth[matched], prompt_what) if hyperbolic else
+        "prompt_norm_vs_depth": (_spearman(prompt_norm[matched], depth[matched], prompt_what, prompt_reason)
+                                 if hyperbolic else
                                  {"rho": None, "p_value": None, "n": 0,
                                   "skipped": "cosine/euclidean prompts are unit vectors; their norm is constant"}),
-        "audio_mean_norm_vs_depth": _spearman(audio_norm[has_audio], depth[has_audio], audio_what),
+        "audio_mean_norm_vs_depth": _spearman(audio_norm[has_audio], depth[has_audio], audio_what, audio_reason),
         **mistake_severity(scores, targets, hier.parents, k=HIER_K),
         "cones": cones,
         "classes": [{"index": i, "name": class_names[i], "node_id": hier.node_ids[i], "depth": hier.depths[i],

@@ -234,7 +234,13 @@ def usage_block(model: ScoringModel, audio_pts, text_pts, scores) -> dict | None
     if model.projector is None or model.geometry != "hyperbolic":
         return None
     clip = legacy.MAX_NORM * model.c ** 0.5 if model.legacy_distance else model.projector.clip_r
-    return ball_usage(audio_pts, text_pts, scores, c=model.c, clip_radius=clip)
+    usage = ball_usage(audio_pts, text_pts, scores, c=model.c, clip_radius=clip)
+    for part in ("audio", "text"):
+        if usage[part]["at_numerical_boundary"]:
+            log.warning("%s: %.0f%% of the %s points sit at the numerical boundary of the ball (1 - c|x|^2 within "
+                        "%s resolution): their distances and scores there are rounding, not position", model.name,
+                        100 * usage[part]["at_numerical_boundary"], part, text_pts.dtype)
+    return usage
 
 
 def model_info(model: ScoringModel, model_path: str) -> dict:

@@ -56,6 +56,9 @@ def format_metrics_table(results: dict) -> str:
                            ("top1_same_cos", lambda u: u["top1_same_as_cosine"])):
             rows.append((label, [_fmt(get(b["ball_usage"])) if b.get("ball_usage") else "-"
                                  for b in blocks.values()]))
+    if any(b.get("ball_usage") for b in blocks.values()):
+        rows += _block_rows(blocks, "ball_usage", (("audio_at_bound", ("audio", "at_numerical_boundary")),
+                                                   ("text_at_bound", ("text", "at_numerical_boundary"))))
     if any((b.get("model_info") or {}).get("text_tower") for b in blocks.values()):
         rows += _block_rows(blocks, "model_info", TEXT_ROWS)
     if any(b.get("radius") for b in blocks.values()):
@@ -148,11 +151,11 @@ HIERARCHY_COLUMNS = (
     ("acc@1", ("metrics", "acc@1")),
     ("mistake sev.", ("hierarchy", "mistake_severity")),
     ("hier_dist@5", ("hierarchy", "hier_dist@5")),
-    ("cone K", ("hierarchy", "cones", "K")),
     ("pairs in cone", ("hierarchy", "cones", "prompt_pairs_in_cone")),
     ("clips in cone", ("hierarchy", "cones", "clip_label_pairs_in_cone")),
     ("rho classes", ("hierarchy", "prompt_norm_vs_depth", "rho")),
     ("rho all nodes", ("hierarchy", "cones", "norm_depth", "rho")),
+    ("cone K", ("hierarchy", "cones", "K")),
 )
 
 

@@ -57,6 +57,28 @@ MIN_NORM = 1e-15
 CONE_ARG_MARGIN = 1e-3
 
 
+# The numerical boundary: 1 - c|x|^2 at or below BOUNDARY_RESOLUTION[dtype] (64 machine epsilons:
+# 7.6e-6 in float32, 1.4e-14 in float64). |x|^2 recomputed from stored coordinates carries a
+# few ulps of error per term summed, so there 1 - c|x|^2 (and every distance, which divides by it)
+# keeps at most a digit or two: points that close to the boundary are rounding, not position.
+BOUNDARY_RESOLUTION = {dt: 64 * torch.finfo(dt).eps for dt in (torch.float32, torch.float64)}
+
+
+def at_numerical_boundary(x: Tensor, *, c: float) -> Tensor:
+    """``(N,)`` bool: points of ``(N, D)`` ``x`` whose ``1 - c|x|^2``, formed in float64 from the stored
+    coordinates, is at most ``BOUNDARY_RESOLUTION`` of ``x``'s dtype."""
+    _check_dtype(x)
+    s2 = x.double().square().sum(-1) * float(c)
+    return (1 - s2) <= BOUNDARY_RESOLUTION[x.dtype]
+
+
+def clip_radius_resolvable(clip_r: float, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether points on a clip sphere of relative radius ``clip_r`` (1: no clip, so the usable
+    ball's edge ``1 - BALL_EPS``) stay off the numerical boundary in ``dtype``."""
+    s = min(clip_r, 1 - BALL_EPS[dtype])
+    return 1 - s * s > BOUNDARY_RESOLUTION[dtype]
+
+
 def _check_dtype(x: Tensor) -> None:
     if x.dtype not in BALL_EPS:
         raise TypeError(
