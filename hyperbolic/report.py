@@ -29,7 +29,8 @@ DIFF_KEYS = {"classification": ("mAP", "acc@1"), "retrieval": ("t2a_R@10", "a2t_
 DIFF_COLUMNS = tuple(f"d_{k}" for k in ("mAP", "acc@1", "t2a_R@10", "a2t_R@10"))
 BALL_COLUMNS = ("audio_radius_median", "audio_on_sphere", "text_radius_median", "text_on_sphere", "top1_same_as_cosine",
                 "rank_corr_with_cosine")
-COLUMNS = ("file", "dataset", "model", "task", *METRIC_COLUMNS, *DIFF_COLUMNS, *BALL_COLUMNS)
+GUARD_COLUMNS = ("train_overlap",)  # fraction of the evaluated clips the checkpoint trained or validated on
+COLUMNS = ("file", "dataset", "model", "task", *METRIC_COLUMNS, *DIFF_COLUMNS, *BALL_COLUMNS, *GUARD_COLUMNS)
 
 
 @dataclass
@@ -124,6 +125,12 @@ def read_results(path: Path, report: Report) -> None:
             elif metrics:
                 lacks.append(f"model {name}: no bootstrap.vs_clap_cosine (paired difference to plain CLAP; "
                              "evaluate it beside plain CLAP with --bootstrap N)")
+        overlap = block.get("overlap_with_training")
+        if isinstance(overlap, dict) and isinstance(overlap.get("fraction"), (int, float)):
+            row["train_overlap"] = _number(overlap["fraction"])
+            if overlap.get("clips"):
+                lacks.append(f"model {name}: {overlap['clips']} evaluated clips were in its training or validation "
+                             "data (overlap_with_training): not a held-out result")
         hyperbolic = info.get("geometry") == "hyperbolic" or info.get("use_hyperbolic") is True
         if hyperbolic:
             ball = block.get("ball_usage")

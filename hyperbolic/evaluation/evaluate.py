@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from data.audio import segmenting_from
-from data.audioset import SkipLog, count_rows
+from data.audioset import SkipLog, audio_digests, count_rows
 from data.class_list import FROM_DATA, resolve_class_names
 from data.errors import DatasetError
 from data.labels import LabelMatcher, load_class_ids
@@ -48,7 +48,7 @@ from hyperbolic.hierarchy.ontology import Ontology
 from hyperbolic.outputs import unique_path
 from hyperbolic.captions.retrieval import evaluate_captions
 from hyperbolic.evaluation.scoring import (COLLAPSED_TEXT_COSINE, PLAIN_MODEL_NAME, ScoringModel, build_models, model_info,
-                                          prompt_health, similarity_stats, usage_block)
+                                          prompt_health, similarity_stats, training_overlap, usage_block)
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,7 @@ class _Clips:
     labelled: np.ndarray    # (N,) bool: rows with a known label, the rows every metric uses
     annotated_positives: int
     clip_labels: list[list[int]] | None  # cone pairs of each labelled clip, as prompt indices
+    digests: list[str | None] | None = None  # audio sha256 per clip (only when a checkpoint records its clips)
 
 
 def _read_clips(cfg: EvalConfig, clap, cache, class_names: list[str], hier: HierarchyContext | None) -> _Clips:
@@ -282,8 +283,14 @@ def _score_model(model: ScoringModel, data: _Clips, prompts: _PromptEmbeddings, 
         hierarchy = hierarchy_block(model, labelled_pts, text_pts, s, t, hier, class_names,
                                     cone_block(model, prompt_pts, labelled_pts, data.clip_labels, hier))
         hierarchy.update(hierarchy_metrics(model, s, t, data.raw_targets[labelled], hier, labelled_pts, prompt_pts))
+    overlap = training_overlap(model, [m.video_id for m in data.clips.metas], data.digests)
+    if overlap and overlap.get("clips"):
+        log.warning("%s: %d of the %d evaluated clips (%.0f%%) were in its training or validation data (%d by audio, "
+                    "%d by video_id): its metrics are not held-out numbers", model.name, overlap["clips"],
+                    overlap["evaluated"], 100 * overlap["fraction"], overlap["by_audio"], overlap["by_video_id"])
     block = {
         "model_info": {**model_info(model, model_path), **_text_health(model, class_emb, text_pts, prompts.warned)},
+        "overlap_with_training": overlap,
         "similarity_stats": similarity_stats(scores),
         "metrics": metrics,
         "metrics_by_split": _holdout_metrics(model, s, t, class_names, cfg, data.rows_read) if metrics else None,
@@ -375,6 +382,10 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
                     cfg.threshold)
     cache = open_cache(cfg)
     data = _read_clips(cfg, clap, cache, class_names, hier)
+    if any(m.training_clips for m in models):  # the audio bytes are read again only when there is something to check
+        data.digests = audio_digests(cfg.parquet_dir, data.clips.metas)
+    else:
+        data.digests = [None] * len(data.clips)
     prompts = _PromptEmbeddings(clap, cache, class_names, list(hier.hierarchy.extra_names) if hier else [])
     scored = {m.name: _score_model(m, data, prompts, cfg, class_names, hier, str(clap.path)) for m in models}
     blocks = {name: r.block for name, r in scored.items()}

@@ -63,6 +63,7 @@ class ScoringModel:
     legacy_distance: bool = False  # with it, the legacy projection too (hyperbolic.geometry.legacy.project)
     info: dict = field(default_factory=dict)
     entailment_k: float = DEFAULT_K  # cone aperture K for the --ontology cone numbers (hyperbolic only)
+    training_clips: dict | None = None  # the checkpoint's training/validation ids and audio digests
 
     @torch.no_grad()
     def project(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +158,7 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
         log.warning("%s: %s", path.name, info["note"])
     return ScoringModel(name=name or path.stem, prompt_template=template, projector=projector,
                         geometry=geometry, c=c, temperature=temperature, legacy_distance=legacy_distance,
-                        info=info, entailment_k=entailment_k)
+                        info=info, entailment_k=entailment_k, training_clips=ckpt.get("training_clips"))
 
 
 def checkpoint_paths(cfg: EvalConfig) -> list[str]:
@@ -274,3 +275,33 @@ def prompt_health(emb: torch.Tensor) -> dict:
     p = sv[sv > 0] / sv.sum()
     return {"mean_pairwise_cosine": mean_cos, "effective_rank": float(torch.exp(-(p * p.log()).sum())),
             "num_prompts": c, "collapsed": mean_cos > COLLAPSED_TEXT_COSINE}
+
+
+NO_GUARD = "the checkpoint records no training clip ids or audio digests (trained before they were recorded)"
+
+
+def training_overlap(model: ScoringModel, video_ids: list[str], digests: list[str | None]) -> dict | None:
+    """``overlap_with_training`` of a checkpoint's model: the evaluated clips (``video_ids``,
+    ``digests``, one per clip) whose audio digest is among those of the clips the checkpoint trained
+    or validated on, or, for a clip without a digest, whose non-empty video id is.
+    ``{clips, fraction, by_audio, by_video_id (every id match, informational), evaluated}``;
+    None for plain CLAP; null values with a reason for a checkpoint without the record."""
+    if model.projector is None:
+        return None
+    guard = model.training_clips
+    if not guard:
+        return {"clips": None, "fraction": None, "skipped": NO_GUARD}
+    seen_ids = {v for part in guard.values() for v in part.get("video_ids", []) if v}
+    seen_audio = {d for part in guard.values() for d in part.get("audio_digests", []) if d}
+    by_audio = np.array([d is not None and d in seen_audio for d in digests], dtype=bool)
+    by_id = np.array([bool(v) and v in seen_ids for v in video_ids], dtype=bool)
+    no_digest = np.array([d is None for d in digests], dtype=bool)
+    # The audio decides where both sides have a digest: a video id can name other audio (generated
+    # data, several segments of one video); it decides alone only for a clip without one.
+    hit = by_audio | (by_id & no_digest)
+    n = len(hit)
+    return {"clips": int(hit.sum()), "fraction": float(hit.mean()) if n else None,
+            "by_audio": int(by_audio.sum()), "by_video_id": int(by_id.sum()), "evaluated": n,
+            "definition": "evaluated clips whose audio bytes (sha256) match a training or validation clip of "
+                          "the checkpoint (video_id where a clip has no audio digest); by_video_id counts every "
+                          "video_id match"}

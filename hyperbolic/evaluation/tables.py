@@ -56,6 +56,9 @@ def format_metrics_table(results: dict) -> str:
                            ("top1_same_cos", lambda u: u["top1_same_as_cosine"])):
             rows.append((label, [_fmt(get(b["ball_usage"])) if b.get("ball_usage") else "-"
                                  for b in blocks.values()]))
+    if any(b.get("overlap_with_training") for b in blocks.values()):
+        rows.append(("train_overlap", [_fmt((b.get("overlap_with_training") or {}).get("fraction"))
+                                       for b in blocks.values()]))
     if any(b.get("ball_usage") for b in blocks.values()):
         rows += _block_rows(blocks, "ball_usage", (("audio_at_bound", ("audio", "at_numerical_boundary")),
                                                    ("text_at_bound", ("text", "at_numerical_boundary"))))
@@ -79,6 +82,9 @@ def format_metrics_table(results: dict) -> str:
     width = max(14, *(len(n) for n in names), *(len(v) for _, vals in rows for v in vals))
     lines = [f"{'metric':<16}" + "".join(f"{n:>{width + 2}}" for n in names)]
     lines += [f"{label:<16}" + "".join(f"{v:>{width + 2}}" for v in vals) for label, vals in rows]
+    lines += [f"! {name}: {o['clips']} of the {o['evaluated']} clips were in its training or validation data; "
+              "not a held-out result" for name, b in blocks.items()
+              if (o := b.get("overlap_with_training")) and o.get("clips")]
     return "\n".join(lines)
 
 
