@@ -211,6 +211,9 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--holdout-classes", default=None, metavar="FRACTION|FILE",
                    help="keep these classes out of training entirely: a seeded fraction of the classes "
                         "present, or a file with one class name per line (default: none)")
+    p.add_argument("--holdout-seed", type=int, default=0,
+                   help="seed of a --holdout-classes fraction; fixed and independent of --seed, so runs with "
+                        "different --seed hold out the same classes and differ only in the model")
     p.add_argument("--ontology", default=None, metavar="PATH",
                    help="AudioSet ontology.json (CLAP/class_labels/audioset_ontology.json): its abstract parents "
                         "get prompts too (needed by the two below) (default: none)")

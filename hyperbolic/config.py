@@ -72,6 +72,7 @@ class TrainConfig(EmbeddingConfig):
     patience: int = 0
     select_metric: str = "val_mAP"
     holdout_classes: str | None = None
+    holdout_seed: int = 0            # seed of a --holdout-classes fraction, fixed so --seed varies the model only
     ontology: str | None = None
     entailment_weight: float = 0.0
     entailment_k: float = 0.1

@@ -38,6 +38,7 @@ from hyperbolic.evaluation.hierarchy import (HierarchyContext, cone_block, expan
                                              hierarchy_metrics)
 from hyperbolic.evaluation.bootstrap import bootstrap_ci, bootstrap_difference, bootstrap_samples
 from hyperbolic.evaluation.radius import radius_block
+from hyperbolic.evaluation.splits import class_parts, coverage, split_block
 from hyperbolic.evaluation.metrics import (
     classification_metrics,
     legacy_set_metrics,
@@ -107,21 +108,26 @@ def _metrics(scores, targets, cfg: EvalConfig, rows_read: int) -> dict:
     return metrics
 
 
-def _holdout_metrics(model: ScoringModel, scores, targets, class_names, cfg: EvalConfig, rows_read: int):
-    """Metrics on the classes a checkpoint saw in training and on those it held out.
-
-    Each part uses only its own score columns (ranking among that subset of classes) and the
-    clips with at least one label in it."""
-    held = {name.casefold() for name in model.info.get("holdout_classes", [])}
-    if not held:
-        return None
-    out = {"holdout_classes": sorted(model.info["holdout_classes"])}
-    unseen = np.array([name.casefold() in held for name in class_names])
-    for part, cols in (("seen", ~unseen), ("unseen", unseen)):
-        rows = targets[:, cols].any(axis=1)
-        out[part] = (_metrics(scores[rows][:, cols], targets[rows][:, cols], cfg, rows_read)
-                     if rows.any() else None)
-    return out
+def _splits(models: list[ScoringModel], scored: dict, data: "_Clips", class_names: list[str], cfg: EvalConfig) -> None:
+    """``metrics_by_split`` and ``training_coverage`` of every checkpoint (``hyperbolic.evaluation.splits``),
+    with plain CLAP's metrics on the same class subsets when it ran."""
+    labelled = data.labelled
+    if not labelled.any():
+        return
+    plain = scored.get(PLAIN_MODEL_NAME)
+    t = data.targets[labelled]
+    for model in models:
+        if model.projector is None:
+            continue
+        parts = class_parts(model.info, model.training_clips, class_names)
+        if parts is None:
+            continue
+        r = scored[model.name]
+        r.block["metrics_by_split"] = split_block(
+            parts, r.scores[labelled], None if plain is None else plain.scores[labelled], t, cfg,
+            lambda s, tt: _metrics(s, tt, cfg, data.rows_read), model.info.get("holdout_classes") or [],
+            PLAIN_MODEL_NAME)
+        r.block["training_coverage"] = coverage(parts, r.scores, t, class_names, model.name)
 
 
 def _text_health(model: ScoringModel, class_emb, text_pts, warned: set) -> dict:
@@ -293,7 +299,7 @@ def _score_model(model: ScoringModel, data: _Clips, prompts: _PromptEmbeddings, 
         "overlap_with_training": overlap,
         "similarity_stats": similarity_stats(scores),
         "metrics": metrics,
-        "metrics_by_split": _holdout_metrics(model, s, t, class_names, cfg, data.rows_read) if metrics else None,
+        "metrics_by_split": None,  # filled by _splits once every model is scored
         "bootstrap": None,
         "hierarchy": hierarchy,
         "ball_usage": usage_block(model, audio_pts, text_pts, scores),
@@ -388,6 +394,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         data.digests = [None] * len(data.clips)
     prompts = _PromptEmbeddings(clap, cache, class_names, list(hier.hierarchy.extra_names) if hier else [])
     scored = {m.name: _score_model(m, data, prompts, cfg, class_names, hier, str(clap.path)) for m in models}
+    _splits(models, scored, data, class_names, cfg)
     blocks = {name: r.block for name, r in scored.items()}
     _paired_with_plain(blocks, {name: r.boot_samples for name, r in scored.items() if r.boot_samples is not None})
 

@@ -291,8 +291,9 @@ def training_overlap(model: ScoringModel, video_ids: list[str], digests: list[st
     guard = model.training_clips
     if not guard:
         return {"clips": None, "fraction": None, "skipped": NO_GUARD}
-    seen_ids = {v for part in guard.values() for v in part.get("video_ids", []) if v}
-    seen_audio = {d for part in guard.values() for d in part.get("audio_digests", []) if d}
+    parts = [guard[p] for p in ("train", "val") if isinstance(guard.get(p), dict)]
+    seen_ids = {v for part in parts for v in part.get("video_ids", []) if v}
+    seen_audio = {d for part in parts for d in part.get("audio_digests", []) if d}
     by_audio = np.array([d is not None and d in seen_audio for d in digests], dtype=bool)
     by_id = np.array([bool(v) and v in seen_ids for v in video_ids], dtype=bool)
     no_digest = np.array([d is None for d in digests], dtype=bool)

@@ -56,6 +56,8 @@ def format_metrics_table(results: dict) -> str:
                            ("top1_same_cos", lambda u: u["top1_same_as_cosine"])):
             rows.append((label, [_fmt(get(b["ball_usage"])) if b.get("ball_usage") else "-"
                                  for b in blocks.values()]))
+    if any(b.get("metrics_by_split") for b in blocks.values()):
+        rows += _split_rows(blocks)
     if any(b.get("overlap_with_training") for b in blocks.values()):
         rows.append(("train_overlap", [_fmt((b.get("overlap_with_training") or {}).get("fraction"))
                                        for b in blocks.values()]))
@@ -82,6 +84,8 @@ def format_metrics_table(results: dict) -> str:
     width = max(14, *(len(n) for n in names), *(len(v) for _, vals in rows for v in vals))
     lines = [f"{'metric':<16}" + "".join(f"{n:>{width + 2}}" for n in names)]
     lines += [f"{label:<16}" + "".join(f"{v:>{width + 2}}" for v in vals) for label, vals in rows]
+    lines += [f"! {b['training_coverage']['warning']}" for b in blocks.values()
+              if (b.get("training_coverage") or {}).get("warning")]
     lines += [f"! {name}: {o['clips']} of the {o['evaluated']} clips were in its training or validation data; "
               "not a held-out result" for name, b in blocks.items()
               if (o := b.get("overlap_with_training")) and o.get("clips")]
@@ -111,6 +115,32 @@ RADIUS_ROWS = (
     ("gap r_text", ("modality_gap", "text_radius_median")),
     ("gap centroids", ("modality_gap", "centroid_distance")),
 )
+
+
+SPLIT_LABELS = {"seen": "seen", "unseen": "unseen", "never_trained": "never_tr"}
+
+
+def _split_rows(blocks: dict) -> list[tuple[str, list[str]]]:
+    """Per class split (``metrics_by_split``): the model's mAP and acc@1, plain CLAP's on the same
+    classes (``cos``) and the difference (with its paired interval under --bootstrap)."""
+    rows = []
+    for part, short in SPLIT_LABELS.items():
+        for key in ("mAP", "acc@1"):
+            own, cos, diff = [], [], []
+            for b in blocks.values():
+                split = b.get("metrics_by_split") or {}
+                m, p = split.get(part) or {}, (split.get(PLAIN_MODEL_NAME) or {}).get(part) or {}
+                own.append(_fmt(m.get(key)))
+                cos.append(_fmt(p.get(key)))
+                paired = ((split.get("bootstrap") or {}).get(part) or {}).get(f"vs_{PLAIN_MODEL_NAME}", {}).get(key)
+                point = (m.get(key) - p.get(key)) if m.get(key) is not None and p.get(key) is not None else None
+                diff.append(format_diff(paired) or ("-" if point is None else f"{point:+.4f}"))
+            if any(v != "-" for v in own):
+                rows += [(f"{short} {key}", own), (f"{short} {key} cos", cos), (f"{short} {key}-cos", diff)]
+    if any(b.get("training_coverage") for b in blocks.values()):
+        rows += _block_rows(blocks, "training_coverage", (("trained_cover", ("trained_of_evaluated",)),
+                                                          ("top1_never_tr", ("top1_on_never_trained",))))
+    return rows
 
 
 HIERARCHY_AWARE_ROWS = (

@@ -164,6 +164,9 @@ def training_data(cfg: TrainConfig) -> TrainingData:
                     duplicates["duplicate_clips_moved"])
     guard = {part: {"video_ids": [clips.metas[i].video_id for i in rows], "audio_digests": [digests[i] for i in rows]}
              for part, rows in (("train", split.train), ("val", split.val))}
+    # Classes with a training clip: evaluation's "seen" split (the others are never trained on).
+    guard["trained_classes"] = [class_names[k] for k in sorted({k for i in split.train for k in clips.label_indices[i]})
+                                if k < len(class_names)]
     if len(split.val) == 1 and cfg.select_metric == "val_mAP":
         log.warning("--train-ratio %g leaves a single validation clip: average precision over one clip is 1.0 "
                     "for any model, so val_mAP cannot tell epochs apart and the first epoch stays best; use more "
@@ -201,7 +204,7 @@ def _labelled_clips(cfg: TrainConfig, clap, cache, class_names: list[str], match
     clips = embed_run_clips(cfg, clap, cache, matcher=matcher, skips=skips, label_column=cfg.label_column,
                             require_labels=True)
     present = sorted({k for row in clips.label_indices for k in row})
-    holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.seed)
+    holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.holdout_seed)
     clips, dropped = drop_holdout_clips(clips, holdout)
     if dropped["clips_dropped_holdout"]:
         log.info("--holdout-classes: %d clips carry a held-out class and are left out of training and "
