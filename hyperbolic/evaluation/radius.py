@@ -82,7 +82,7 @@ def ranking_agreement(a: np.ndarray, b: np.ndarray) -> dict:
     corr = np.concatenate(corr) if corr else np.empty(0)
     valid = corr[~np.isnan(corr)]
     return {"top1_agreement": float(same.mean()) if len(same) else None,
-            "spearman": float(valid.mean()) if len(valid) else None, "spearman_clips": int(len(valid))}
+            "spearman": float(valid.mean()) if len(valid) else None, "spearman_clips": len(valid)}
 
 
 def prompts_at_median_radius(t: torch.Tensor) -> torch.Tensor:
@@ -129,14 +129,14 @@ def logit_split(model, audio_pts: torch.Tensor, text_pts: torch.Tensor, scores: 
 def _spearman_or_reason(x, y, what: str) -> dict:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 3:
-        return {"rho": None, "n": int(len(x)), "skipped": f"fewer than 3 clips with a {what}"}
+        return {"rho": None, "n": len(x), "skipped": f"fewer than 3 clips with a {what}"}
     if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return {"rho": None, "n": int(len(x)), "skipped": f"constant input: every clip has the same "
+        return {"rho": None, "n": len(x), "skipped": f"constant input: every clip has the same "
                 f"{'radius' if np.ptp(x) == 0 else what}"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
         res = stats.spearmanr(x, y)
-    return {"rho": float(res.statistic), "p_value": float(res.pvalue), "n": int(len(x))}
+    return {"rho": float(res.statistic), "p_value": float(res.pvalue), "n": len(x)}
 
 
 def genericity(radius: np.ndarray, label_counts: np.ndarray, label_depths: np.ndarray | None) -> dict:
