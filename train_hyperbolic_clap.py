@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
+import itertools
 import sys
 
-from hyperbolic.cli import embedding_arg_errors, explicit_dests, positive, train_parser
-from hyperbolic.config import TrainConfig
-from hyperbolic.geometry.poincare import clip_radius_resolvable
+from hyperbolic.cli import explicit_dests, train_parser
+from hyperbolic.config import TrainConfig, default_of
 from hyperbolic.outputs import setup_logging
 
 log = logging.getLogger("train_hyperbolic_clap")
@@ -21,73 +20,37 @@ def build_parser() -> argparse.ArgumentParser:
     return train_parser(__doc__)
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, checked: those only a command line has (the data source, a sweep, --export-onnx)
+    here, every setting by ``TrainConfig.problems`` for each (c, temperature) of the sweep, as the
+    library checks a configuration built in code. The defaults decided after parsing are filled in."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.learn_temperature is None:
-        args.learn_temperature = not args.learn_c
-    if args.init_radius == 0:
-        args.init_radius = None
+    # Whether --label-column was typed (it mixes class labels into caption training) is a fact of
+    # the command line, not of the configuration.
     args.caption_labels = bool(args.text_column) and args.label_column is not None
     if args.label_column is None:
-        args.label_column = "human_labels"
-    if args.select_metric is None:
-        args.select_metric = "val_t2a_R@10" if args.text_column else "val_mAP"
+        args.label_column = default_of(TrainConfig, "label_column")
     checks = [
-        (args.parquet_dir is None and not args.demo and not args.resume,
-         "--parquet-dir is required (or use --demo, or --resume RUN_DIR to continue a run)"),
-        (args.epochs < 1, f"--epochs must be >= 1 (got {args.epochs})"),
-        (args.batch_size < 1, f"--batch-size must be >= 1 (got {args.batch_size})"),
-        (not positive(args.learning_rate), f"--learning-rate must be a finite number > 0 (got {args.learning_rate})"),
-        *[(not positive(c), f"--c must be > 0 and finite (got {c:g})") for c in args.c],
-        *[(not positive(t), f"--temperature must be > 0 and finite (got {t:g})") for t in args.temperature],
+        (args.parquet_dir is None and args.embeddings is None and not args.demo and not args.resume,
+         "--parquet-dir (or --embeddings DIR) is required (or use --demo, or --resume RUN_DIR to continue a run)"),
         (args.learn_c and len(args.c) > 1, "--learn-c with several --c values: sweep or learn, not both"),
-        (not 0 < args.train_ratio < 1, f"--train-ratio must be in (0, 1) (got {args.train_ratio})"),
-        (not 0 < args.clip_r <= 1, f"--clip-r must be in (0, 1] (got {args.clip_r})"),
-        (0 < args.clip_r <= 1 and args.geometry == "hyperbolic" and not clip_radius_resolvable(args.clip_r),
-         f"--clip-r {args.clip_r:g} lets points reach relative radius {min(args.clip_r, 1 - 1e-6):.7f}, where "
-         f"1 - c|x|^2 is within float32's resolution of 0 (hyperbolic.geometry.poincare.BOUNDARY_RESOLUTION): "
-         "distances there are rounding noise, not geometry; use --clip-r 0.999 or less"),
-        (args.init_radius is not None and not 0 < args.init_radius < min(1.0, args.clip_r),
-         f"--init-radius must be in [0, --clip-r) (0: no rescaling; got {args.init_radius})"),
-        (args.learn_c and args.learn_temperature,
-         "--learn-c with --learn-temperature: (W, b, c, tau) and (sqrt(c) W, sqrt(c) b, 1, tau sqrt(c)) give the "
-         "same logits, so with a learned layer c only moves the effective temperature tau*sqrt(c), which "
-         "--learn-temperature already learns; the pair has a direction the loss cannot see. Use one of them"),
-        (args.negatives == "in-batch" and args.batch_size == 1 and args.text_pairing == "all-labels",
-         "--batch-size 1 with --negatives in-batch: a clip's only candidates are its own labels, so the loss is 0 "
-         "and nothing trains; use --negatives all-classes or a larger --batch-size"),
-        (args.text_pairing == "first-label" and args.batch_size == 1,
-         "--batch-size 1 with --text-pairing first-label: the one clip has no other text to be contrasted with, "
-         "so the loss is 0; use a larger --batch-size"),
-        ("{label}" not in args.prompt_template, f"--prompt-template must contain {{label}} (got {args.prompt_template!r})"),
-        (not (math.isfinite(args.weight_decay) and args.weight_decay >= 0),
-         f"--weight-decay must be a finite number >= 0 (got {args.weight_decay})"),
-        (not (math.isfinite(args.warmup_epochs) and args.warmup_epochs >= 0),
-         f"--warmup-epochs must be a finite number >= 0 (got {args.warmup_epochs})"),
-        (not positive(args.grad_clip), f"--grad-clip must be a finite number > 0 (got {args.grad_clip})"),
-        (args.patience < 0, f"--patience must be >= 0 (got {args.patience})"),
-        (args.keep_epochs < 0, f"--keep-epochs must be >= 0 (0 keeps every epoch) (got {args.keep_epochs})"),
         (args.export_onnx is not None and not args.export_onnx.endswith(".onnx"),
          f"--export-onnx must name a .onnx file (got {args.export_onnx!r})"),
-        (args.entailment_weight < 0, f"--entailment-weight must be >= 0 (got {args.entailment_weight})"),
-        (not args.entailment_k > 0, f"--entailment-k must be > 0 (got {args.entailment_k})"),
-        ((args.entailment_weight > 0 and not args.text_column or args.expand_ancestors) and not args.ontology,
-         "--entailment-weight > 0 and --expand-ancestors need --ontology PATH (AudioSet's ontology.json); "
-         "with --text-column the cone pairs are caption -> clip and need no ontology"),
-        (args.select_metric.startswith("val_t2a") and not args.text_column,
-         f"--select-metric {args.select_metric} is a caption retrieval metric; it needs --text-column COL"),
-        *[(args.text_column and value, f"{flag} works on class labels and is not available with --text-column")
-          for flag, value in (("--ontology", args.ontology), ("--holdout-classes", args.holdout_classes),
-                              ("--expand-ancestors", args.expand_ancestors))],
-        (args.entailment_weight > 0 and args.geometry != "hyperbolic",
-         "--entailment-weight > 0 needs --geometry hyperbolic: entailment cones live on the Poincare ball"),
-        (args.expand_ancestors and args.text_pairing == "first-label",
-         "--expand-ancestors adds positives, which --text-pairing first-label (one text per clip) cannot use; "
-         "use --text-pairing all-labels"),
     ]
-    for message in [m for failed, m in checks if failed] + embedding_arg_errors(args):
+    messages = [m for failed, m in checks if failed]
+    for c, t in itertools.product(args.c, args.temperature):
+        cfg = _config(args, c, t)
+        messages += [m for m in cfg.problems() if m not in messages]
+    for message in messages:
         parser.error(message)
+    for name in ("learn_temperature", "init_radius", "select_metric"):  # as the configuration decided them
+        setattr(args, name, getattr(cfg, name))
     return args
+
+
+def _config(args: argparse.Namespace, c: float, temperature: float) -> TrainConfig:
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{**{k: v for k, v in vars(args).items() if k in fields}, "c": c, "temperature": temperature})
 
 
 def config_from_args(args: argparse.Namespace, argv=None) -> tuple[TrainConfig, list[float], list[float]]:
@@ -106,11 +69,10 @@ def config_from_args(args: argparse.Namespace, argv=None) -> tuple[TrainConfig, 
         resumed = resume_settings(args.resume, given)
         if resumed is not None:
             return resumed
-        if args.parquet_dir is None:
+        if args.parquet_dir is None and args.embeddings is None:
             raise TrainingError(f"--resume {args.resume} holds no setup.json of a run (it stopped before its "
                                 "first epoch, or is not a run folder); give the run's flags again with --resume")
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    return TrainConfig(**{**values, "c": args.c[0], "temperature": args.temperature[0]}), args.c, args.temperature
+    return _config(args, args.c[0], args.temperature[0]), args.c, args.temperature
 
 
 def main(argv=None) -> int:

@@ -353,7 +353,7 @@ def _vm_hwm_mb() -> float:
 def score_child(argv: list[str]) -> int:
     """In a child process: scores and metrics of 20,000 x 527; print seconds and extra peak memory."""
     from hyperbolic.evaluation.scoring import ScoringModel
-    from hyperbolic.evaluation.metrics import classification_metrics, retrieval_metrics
+    from hyperbolic.metrics.classification import classification_metrics, retrieval_metrics
     from hyperbolic.model.projector import Projector
     n, c, d = int(argv[0]), int(argv[1]), 512
     g = torch.Generator().manual_seed(0)

@@ -7,13 +7,15 @@ The graph takes CLAP embeddings, as ``FrozenClap`` gives them (L2-normalised flo
 
     audio_emb  (N, D)  audio CLAP embeddings
     text_emb   (M, D)  prompt CLAP embeddings (the checkpoint's prompt template, in the metadata)
-    scores     (N, M)  -d_c(proj(a), proj(t)) / tau   (hyperbolic; cos / tau for euclidean)
+    scores     (N, M)  -d_c(proj(a), proj(t)) / tau   (hyperbolic; cos / tau for euclidean;
+                                                    -|proj(a) - proj(t)|^2 / tau for euclidean-distance)
 
 N and M are dynamic. The projection (Linear, tangent clip, expmap0) and the distance are
 ``hyperbolic.model.projector`` / ``hyperbolic.geometry.poincare`` traced as they are, in float32, with ``c`` and
 ``tau`` of the checkpoint as constants: the numerics are the evaluation's, not a re-derivation.
-The model's metadata holds geometry, c, temperature, clip_r, embed_dim, prompt_template, epoch
-and the source checkpoint.
+The projection maps the D_in = ``embed_dim`` CLAP size to ``proj_dim`` (D). The model's metadata
+holds geometry, c, temperature, clip_r, embed_dim, proj_dim, prompt_template, epoch and the source
+checkpoint.
 
 The exporter is PyTorch's TorchScript one (``dynamo=False``: the dynamo exporter needs
 onnxscript). It has no symbolic for ``aten::asinh`` (the distance is computed through asinh, see
@@ -36,7 +38,7 @@ from torch import nn
 
 from hyperbolic.model.checkpoint import read_projection
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE
-from hyperbolic.errors import UserError
+from hyperbolic.errors import ExportError, UserError  # noqa: F401 (re-exported)
 from hyperbolic.model.projector import Projector, similarity
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,9 @@ MIN_OPSET = 9  # ONNX Asinh
 VERIFY_TOL = 1e-5
 
 
-class ExportError(UserError, ValueError):
-    """The export cannot be made as asked (opset), or its check against PyTorch failed."""
+OUTPUT_TEXT = {"hyperbolic": "scores (N, M) = -d_c(proj(a), proj(t)) / tau",
+               "euclidean": "scores (N, M) = cos(proj(a), proj(t)) / tau",
+               "euclidean-distance": "scores (N, M) = -|proj(a) - proj(t)|^2 / tau"}
 
 
 class SimilarityHead(nn.Module):
@@ -82,11 +85,11 @@ def head_from_checkpoint(checkpoint: str | Path) -> tuple[SimilarityHead, dict]:
                           temperature=model.temperature).eval()
     template = model.raw["prompt_template"] if "prompt_template" in model.raw else DEFAULT_PROMPT_TEMPLATE
     meta = {"geometry": model.geometry, "c": model.c, "temperature": model.temperature,
-            "clip_r": model.projector.clip_r, "embed_dim": model.embed_dim, "prompt_template": template,
+            "clip_r": model.projector.clip_r, "embed_dim": model.embed_dim, "proj_dim": model.proj_dim,
+            "prompt_template": template,
             "epoch": model.raw.get("epoch"), "source_checkpoint": str(Path(checkpoint).resolve()),
             "inputs": "audio_emb (N, D), text_emb (M, D): L2-normalised float32 CLAP embeddings",
-            "output": "scores (N, M) = -d_c(proj(a), proj(t)) / tau" if model.geometry == "hyperbolic"
-                      else "scores (N, M) = cos(proj(a), proj(t)) / tau"}
+            "output": OUTPUT_TEXT[model.geometry]}
     return head, meta
 
 

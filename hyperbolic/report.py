@@ -1,7 +1,9 @@
 """One table over many results JSON files: ``python -m hyperbolic.report RESULT.json ...``.
 
 A row per (file, model block): the dataset (``test_info.parquet_dir``), the task
-(classification, or retrieval for ``--text-column`` runs), the headline metrics of each task
+(classification, or retrieval for ``--text-column`` runs), the model's geometry and output size
+``proj_dim`` (a file from before ``--proj-dim``: its ``embed_dim``, the only size there was), the
+headline metrics of each task
 (mAP and acc@1; R@1 and R@10 in both directions), the paired difference to plain CLAP with its
 interval when the block has ``bootstrap.vs_clap_cosine``, and the ball-usage numbers of
 hyperbolic models (``ball_usage``). Any results JSON the evaluation writes is read, the earlier
@@ -29,10 +31,11 @@ DIFF_KEYS = {"classification": ("mAP", "acc@1"), "retrieval": ("t2a_R@10", "a2t_
 DIFF_COLUMNS = tuple(f"d_{k}" for k in ("mAP", "acc@1", "t2a_R@10", "a2t_R@10"))
 BALL_COLUMNS = ("audio_radius_median", "audio_on_sphere", "text_radius_median", "text_on_sphere", "top1_same_as_cosine",
                 "rank_corr_with_cosine")
+MODEL_COLUMNS = ("geometry", "proj_dim")  # what the model is: its scoring geometry and output size D
 SPLIT_COLUMNS = tuple(c for part in ("seen", "unseen", "never_trained") for c in (f"{part}_mAP", f"d_{part}_mAP"))
 GUARD_COLUMNS = ("train_overlap",)  # fraction of the evaluated clips the checkpoint trained or validated on
-COLUMNS = ("file", "dataset", "model", "task", *METRIC_COLUMNS, *DIFF_COLUMNS, *BALL_COLUMNS, *SPLIT_COLUMNS,
-           *GUARD_COLUMNS)
+COLUMNS = ("file", "dataset", "model", "task", *MODEL_COLUMNS, *METRIC_COLUMNS, *DIFF_COLUMNS, *BALL_COLUMNS,
+           *SPLIT_COLUMNS, *GUARD_COLUMNS)
 
 
 @dataclass
@@ -73,6 +76,16 @@ def _sphere(part) -> float | None:
     return value if isinstance(value, (int, float)) else None
 
 
+def _model_columns(name: str, info: dict) -> dict:
+    """``geometry`` and ``proj_dim`` of a block; a file from before ``proj_dim`` existed had
+    square projectors only, so its ``embed_dim`` is D."""
+    if name == PLAIN:
+        return {"geometry": "cosine"}
+    geometry = info.get("geometry") or ("hyperbolic" if info.get("use_hyperbolic") is True else None)
+    dim = info.get("proj_dim", info.get("embed_dim"))
+    return {"geometry": geometry or "-", "proj_dim": str(dim) if isinstance(dim, int) else "-"}
+
+
 def model_blocks(results: dict) -> dict[str, dict]:
     """The model blocks of a results file by name: ``models`` of a comparison, or the file
     itself under its model's name (single-model layout, the earlier scripts' files too)."""
@@ -110,6 +123,7 @@ def read_results(path: Path, report: Report) -> None:
         task = _task(results, metrics)
         row = dict.fromkeys(COLUMNS, "-")
         row.update(file=str(path), dataset=str(dataset), model=str(name), task=task)
+        row.update(_model_columns(name, info))
         if not metrics:
             lacks.append(f"model {name}: no metrics (no clip had a known label)")
         else:

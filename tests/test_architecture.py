@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_SCRIPTS = {"train_hyperbolic_clap", "test_clap_modelscope"}
 
@@ -82,3 +84,52 @@ def test_data_reading_does_not_depend_on_the_library():
     uses = {m: sorted(t for t in graph[m] if t.startswith("hyperbolic.") and t != "hyperbolic.errors")
             for m in graph if m.startswith("data.")}
     assert {m: t for m, t in uses.items() if t} == {}
+
+
+# The concepts, lowest first: a package (or top-level module) may import those on its own floor
+# or below, never one above. docs/architecture.md draws the same floors.
+FLOORS = [
+    ["hyperbolic.errors"],
+    ["data"],
+    ["hyperbolic.geometry"],
+    ["hyperbolic.config", "hyperbolic.outputs"],
+    ["hyperbolic.metrics"],
+    ["hyperbolic.hierarchy", "hyperbolic.model"],
+    ["hyperbolic.embedding"],
+    ["hyperbolic.report"],
+    ["hyperbolic.evaluation"],
+    ["hyperbolic.training"],
+    ["hyperbolic.cli"],
+    ["hyperbolic.demo", "hyperbolic.export", "hyperbolic.distributed", "hyperbolic.study", "hyperbolic.testbed"],
+    sorted(ENTRY_SCRIPTS),
+]
+
+
+def concept(module: str) -> str:
+    """The package a module belongs to (``hyperbolic.training.train`` -> ``hyperbolic.training``;
+    every ``data.*`` -> ``data``); a top-level module of ``hyperbolic`` is its own concept."""
+    parts = module.split(".")
+    if parts[0] == "data":
+        return "data"
+    return ".".join(parts[:2]) if parts[0] == "hyperbolic" else module
+
+
+def floor_of(name: str) -> int:
+    for i, names in enumerate(FLOORS):
+        if name in names:
+            return i
+    raise AssertionError(f"{name} has no floor in tests/test_architecture.py FLOORS: place the new concept")
+
+
+def test_floor_of_finds_a_concept_and_refuses_an_unplaced_one():
+    assert concept("hyperbolic.training.train") == "hyperbolic.training" and concept("data.labels") == "data"
+    assert floor_of("hyperbolic.metrics") < floor_of("hyperbolic.evaluation")
+    with pytest.raises(AssertionError, match="no floor"):
+        floor_of("hyperbolic.nowhere")
+
+
+def test_concepts_depend_only_on_their_floor_or_below():
+    graph = import_graph()
+    upward = sorted({(concept(a), concept(b)) for a, targets in graph.items() for b in targets
+                     if floor_of(concept(b)) > floor_of(concept(a))})
+    assert upward == []

@@ -13,7 +13,7 @@ import train_hyperbolic_clap as train_script
 from data.audioset import SkipLog
 from data.labels import LabelMatcher
 from data.synthetic import DEMO_CLASSES
-from hyperbolic.captions.train import CaptionTrainer, caption_training_data
+from hyperbolic.training.captions import CaptionTrainer, caption_training_data
 from hyperbolic.embedding.clap import FrozenClap
 from hyperbolic.config import TrainConfig
 from hyperbolic.model.projector import similarity

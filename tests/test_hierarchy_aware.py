@@ -1,4 +1,4 @@
-"""Hierarchy-aware metrics (``hyperbolic.hierarchy.metrics``: hierarchical P/R/F1, mAP per depth,
+"""Hierarchy-aware metrics (``hyperbolic.metrics.hierarchy``: hierarchical P/R/F1, mAP per depth,
 back-off decoding, traversal) on a hand-written tree, against brute force, scikit-learn and
 closed forms."""
 
@@ -13,7 +13,7 @@ from sklearn.metrics import average_precision_score
 
 from hyperbolic.evaluation.hierarchy import traversal_nearest
 from hyperbolic.evaluation.scoring import ScoringModel
-from hyperbolic.hierarchy import metrics as M
+from hyperbolic.metrics import hierarchy as M
 from hyperbolic.model.projector import Projector
 
 # Classes 0..3, abstract nodes 4 and 5:  4 -> {0, 1},  0 -> 3,  5 -> 2.

@@ -21,7 +21,7 @@ from hyperbolic.geometry import poincare
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE
 from hyperbolic.embedding.embeddings import embed_clips, embed_prompts, prompts_for
 from hyperbolic.hierarchy.cones import DEFAULT_K
-from hyperbolic.evaluation.metrics import classification_metrics
+from hyperbolic.metrics.classification import classification_metrics
 from hyperbolic.model.projector import Projector
 from tests.test_evaluate import DIM, _checkpoint, _load_npz
 

@@ -1,4 +1,4 @@
-"""hyperbolic.evaluation.metrics against scikit-learn and naive loop references written here."""
+"""hyperbolic.metrics.classification against scikit-learn and naive loop references written here."""
 
 import itertools
 import math
@@ -9,9 +9,9 @@ from scipy import stats
 from sklearn.metrics import (average_precision_score, f1_score, precision_score, recall_score,
                              roc_auc_score)
 
-from hyperbolic.evaluation import bootstrap as B
-from hyperbolic.evaluation import metrics as M
-from hyperbolic.hierarchy import metrics as H
+from hyperbolic.metrics import bootstrap as B
+from hyperbolic.metrics import classification as M
+from hyperbolic.metrics import hierarchy as H
 
 TOL = 1e-12
 

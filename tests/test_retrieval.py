@@ -17,11 +17,11 @@ from data.errors import DatasetError
 from data.labels import LabelMatcher
 from hyperbolic.embedding.cache import EmbeddingCache
 from hyperbolic import report
-from hyperbolic.captions.texts import embed_texts
+from hyperbolic.embedding.captions import embed_texts
 from hyperbolic.embedding.clap import FrozenClap
 from hyperbolic.model.projector import Projector
 from hyperbolic.embedding.embeddings import embed_clips, embed_prompts
-from hyperbolic.captions.retrieval import caption_retrieval_metrics
+from hyperbolic.evaluation.retrieval import caption_retrieval_metrics
 from tests.benchmark_folders import write_audiocaps_like, write_clotho_like
 from tests.helpers import run_main
 from tests.test_evaluate import _checkpoint

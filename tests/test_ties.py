@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hyperbolic.evaluation import metrics as M
+from hyperbolic.metrics import classification as M
 from hyperbolic.evaluation.evaluate import _predictions
 
 

@@ -29,21 +29,13 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 from hyperbolic.config import PRECISIONS
-from hyperbolic.errors import UserError
+from hyperbolic.errors import ClapNotFoundError, ClapPrecisionError  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "laion/larger_clap_general"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class ClapNotFoundError(UserError, FileNotFoundError):
-    """The CLAP checkpoint is neither a local folder nor in the ModelScope cache."""
-
-
-class ClapPrecisionError(UserError, ValueError):
-    """``--precision`` names a precision the device cannot run the CLAP forward in."""
 
 
 def check_precision(precision: str, device: torch.device | str) -> str:

@@ -30,16 +30,18 @@ from data.audioset import SkipLog, audio_digests, count_rows
 from data.class_list import FROM_DATA, resolve_class_names
 from data.errors import DatasetError
 from data.labels import LabelMatcher, load_class_ids
-from hyperbolic.config import EvalConfig
+from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
 from hyperbolic.embedding.embeddings import (ClipEmbeddings, duration_report, embed_prompts, embed_run_clips, open_cache, open_clap,
                                    prompts_for)
+from hyperbolic.embedding.stored import (StoredEmbeddings, check_writable, export_clip_ids, export_labels,
+                                         read_embeddings, write_embeddings)
 from hyperbolic.evaluation.files import results_path, save_scores, write_plots, write_results
 from hyperbolic.evaluation.hierarchy import (HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block,
                                              hierarchy_metrics)
-from hyperbolic.evaluation.bootstrap import bootstrap_ci, bootstrap_difference, bootstrap_samples
 from hyperbolic.evaluation.radius import radius_block
 from hyperbolic.evaluation.splits import class_parts, coverage, split_block
-from hyperbolic.evaluation.metrics import (
+from hyperbolic.metrics.bootstrap import bootstrap_ci, bootstrap_difference, bootstrap_samples
+from hyperbolic.metrics.classification import (
     classification_metrics,
     legacy_set_metrics,
     per_class_ap,
@@ -47,9 +49,10 @@ from hyperbolic.evaluation.metrics import (
 )
 from hyperbolic.hierarchy.ontology import Ontology
 from hyperbolic.outputs import unique_path
-from hyperbolic.captions.retrieval import evaluate_captions
+from hyperbolic.evaluation.retrieval import evaluate_captions
 from hyperbolic.evaluation.scoring import (COLLAPSED_TEXT_COSINE, PLAIN_MODEL_NAME, ScoringModel, build_models, model_info,
-                                          prompt_health, similarity_stats, training_overlap, usage_block)
+                                          prompt_health, similarity_stats, training_overlap, usage_block,
+                                          usage_skipped)
 
 log = logging.getLogger(__name__)
 
@@ -218,12 +221,27 @@ def _read_clips(cfg: EvalConfig, clap, cache, class_names: list[str], hier: Hier
         raise DatasetError(f"no clip of {cfg.parquet_dir} could be read (skipped: {skips.describe(cfg.label_column)})")
     rows_read, rows_held = len(clips) + skips.rows_skipped(), count_rows(cfg.parquet_dir)[0]
     durations = duration_report(clips, segmenting_from(cfg.segment, cfg.hop))
-    rows_rule = _rows_rule(cfg.num_samples, rows_read, rows_held, cfg.parquet_dir)
+    return _ground_truth(cfg, clips, skips, rows_read, rows_held, durations, class_names, hier)
+
+
+def _stored_clips(cfg: EvalConfig, stored: StoredEmbeddings, class_names: list[str],
+                  hier: HierarchyContext | None) -> _Clips:
+    """``--embeddings``: the clips of the folder, in place of ``_read_clips``."""
+    clips = stored.clips
+    if len(clips) == 0:
+        raise DatasetError(f"no clip of {stored.folder} could be used (skipped: {stored.skips.describe('labels')})")
+    return _ground_truth(cfg, clips, stored.skips, stored.rows_read, stored.rows_in_file,
+                         duration_report(clips, None), class_names, hier)
+
+
+def _ground_truth(cfg: EvalConfig, clips: ClipEmbeddings, skips: SkipLog, rows_read: int, rows_held: int,
+                  durations: dict, class_names: list[str], hier: HierarchyContext | None) -> _Clips:
+    rows_rule = _rows_rule(cfg.num_samples, rows_read, rows_held, cfg.embeddings or cfg.parquet_dir)
     targets = clips.targets(len(class_names))
     labelled = targets.any(axis=1)
     if not labelled.any():
         log.warning("no clip has a label among the %d classes of %s (--label-column %r): metrics are null",
-                    len(class_names), cfg.class_labels, cfg.label_column)
+                    len(class_names), cfg.embeddings or cfg.class_labels, cfg.label_column)
     annotated = int(targets.sum())
     raw_targets = targets
     if cfg.expand_ancestors:
@@ -235,6 +253,22 @@ def _read_clips(cfg: EvalConfig, clap, cache, class_names: list[str], hier: Hier
                    if hier is not None else None)
     return _Clips(clips, skips, rows_read=rows_read, rows_held=rows_held, rows_rule=rows_rule, durations=durations,
                   targets=targets, raw_targets=raw_targets, labelled=labelled, annotated_positives=annotated, clip_labels=clip_labels)
+
+
+class _StoredPrompts:
+    """``--embeddings``: the stored text embeddings of the classes and abstract parents, the same
+    for every prompt template (the folder holds one embedding per name)."""
+
+    def __init__(self, stored: StoredEmbeddings, extra_names: list[str]):
+        self._classes = stored.class_embeddings
+        self._parents = stored.prompt_embeddings(extra_names)
+        self.warned: set[str] = set()  # templates whose collapsed text tower was reported
+
+    def classes(self, template: str) -> torch.Tensor:
+        return self._classes
+
+    def parents(self, template: str) -> torch.Tensor:
+        return self._parents
 
 
 class _PromptEmbeddings:
@@ -303,6 +337,7 @@ def _score_model(model: ScoringModel, data: _Clips, prompts: _PromptEmbeddings, 
         "bootstrap": None,
         "hierarchy": hierarchy,
         "ball_usage": usage_block(model, audio_pts, text_pts, scores),
+        "ball_usage_skipped": usage_skipped(model),
         "radius": radius_block(model, audio_pts, text_pts, scores, labelled, t, data.raw_targets[labelled],
                                hier.depths if hier is not None else None),
         "per_class": per_class_ap(s, t, class_names) if metrics else [],
@@ -341,10 +376,13 @@ def _write_files(cfg: EvalConfig, path: Path, models: list[ScoringModel], scored
 
 
 def _test_info(cfg: EvalConfig, clap, cache, class_names: list[str], models: list[ScoringModel], data: _Clips,
-               scores_file: Path | None, comparison_plot: str | None) -> dict:
+               scores_file: Path | None, comparison_plot: str | None, model_path: str) -> dict:
     ground_truth = "labels+ancestors" if cfg.expand_ancestors else "labels"
-    return {"timestamp": datetime.now().isoformat(), "parquet_dir": str(cfg.parquet_dir),
-            "num_samples": cfg.num_samples, "device": str(clap.device), "model_path": str(clap.path),
+    return {"timestamp": datetime.now().isoformat(),
+            "parquet_dir": str(cfg.parquet_dir) if cfg.embeddings is None else f"embeddings:{cfg.embeddings}",
+            "embeddings": cfg.embeddings, "exported_embeddings": cfg.export_embeddings,
+            "num_samples": cfg.num_samples, "device": "cpu" if clap is None else str(clap.device),
+            "model_path": model_path,
             "class_labels": str(cfg.class_labels), "num_classes": len(class_names),
             **({"class_names": class_names} if str(cfg.class_labels) == FROM_DATA else {}),
             "label_column": cfg.label_column, "layout": "single" if len(models) == 1 else "comparison",
@@ -368,43 +406,73 @@ def _test_info(cfg: EvalConfig, clap, cache, class_names: list[str], models: lis
 def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple[dict, Path]:
     """Evaluate every model on the same clips; write the results JSON (and the npz and plots
     when asked); return (results, path). With ``cfg.text_column``: caption retrieval instead
-    (``hyperbolic.captions.retrieval``)."""
+    (``hyperbolic.evaluation.retrieval``)."""
+    cfg.validate()  # the checks the script runs on its flags
     if cfg.text_column:
         return evaluate_captions(cfg, models)
-    class_names = resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
-                                      limit=cfg.num_samples)
-    if cfg.expand_ancestors and not cfg.ontology:
-        raise ValueError("expand_ancestors needs an ontology (--expand-ancestors needs --ontology PATH)")
-    hier = (HierarchyContext.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
+    stored = read_embeddings(cfg.embeddings, limit=cfg.num_samples) if cfg.embeddings else None
+    class_names = (stored.class_names if stored is not None else
+                   resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
+                                       limit=cfg.num_samples))
+    if cfg.export_embeddings:
+        check_writable(cfg.export_embeddings)  # before CLAP's work, not after it
+    hier = (HierarchyContext.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors,
+                                   available=None if stored is None else stored.has_prompt)
             if cfg.ontology else None)
-    clap = open_clap(cfg)
+    if hier is not None and hier.hierarchy.linked_past:
+        log.warning("%d abstract parents of --ontology have no prompt in --embeddings and are linked past "
+                    "(first: %s)", len(hier.hierarchy.linked_past), "; ".join(hier.hierarchy.linked_past[:5]))
+    clap = open_clap(cfg) if stored is None else None
     if models is None:
-        models = build_models(cfg, clap.embed_dim)
+        models = build_models(cfg, clap.embed_dim if stored is None else stored.dim)
     if len({m.name for m in models}) != len(models):
         raise ValueError(f"model names must be unique (got {', '.join(m.name for m in models)})")
     if cfg.threshold is not None and len({m.geometry for m in models}) > 1:
         log.warning("--threshold %g applies to the raw scores of every model, and cosine, euclidean and "
                     "hyperbolic scores have different scales; compare the top-k rule (--set-k) instead",
                     cfg.threshold)
-    cache = open_cache(cfg)
-    data = _read_clips(cfg, clap, cache, class_names, hier)
-    if any(m.training_clips for m in models):  # the audio bytes are read again only when there is something to check
-        data.digests = audio_digests(cfg.parquet_dir, data.clips.metas)
+    extra_names = list(hier.hierarchy.extra_names) if hier else []
+    if stored is None:
+        cache = open_cache(cfg)
+        data = _read_clips(cfg, clap, cache, class_names, hier)
+        prompts = _PromptEmbeddings(clap, cache, class_names, extra_names)
+        model_path = str(clap.path)
     else:
-        data.digests = [None] * len(data.clips)
-    prompts = _PromptEmbeddings(clap, cache, class_names, list(hier.hierarchy.extra_names) if hier else [])
-    scored = {m.name: _score_model(m, data, prompts, cfg, class_names, hier, str(clap.path)) for m in models}
+        cache, data, prompts = None, _stored_clips(cfg, stored, class_names, hier), _StoredPrompts(stored, extra_names)
+        model_path = f"embeddings:{cfg.embeddings}"
+    # The audio bytes are read again for their digests only when a checkpoint records its clips.
+    data.digests = (audio_digests(cfg.parquet_dir, data.clips.metas)
+                    if stored is None and any(m.training_clips for m in models) else [None] * len(data.clips))
+    if cfg.export_embeddings:
+        _export(cfg, data.clips, class_names, prompts, extra_names, model_path)
+    scored = {m.name: _score_model(m, data, prompts, cfg, class_names, hier, model_path) for m in models}
     _splits(models, scored, data, class_names, cfg)
     blocks = {name: r.block for name, r in scored.items()}
     _paired_with_plain(blocks, {name: r.boot_samples for name, r in scored.items() if r.boot_samples is not None})
 
     path = results_path(cfg)
     scores_file, comparison_plot = _write_files(cfg, path, models, scored, data, class_names, hier)
-    test_info = _test_info(cfg, clap, cache, class_names, models, data, scores_file, comparison_plot)
+    test_info = _test_info(cfg, clap, cache, class_names, models, data, scores_file, comparison_plot, model_path)
     data_quality = {"skipped": data.skips.to_dict(), "unknown_labels": data.skips.unknown_labels_list(),
                     "excluded_from_metrics": _excluded(data.clips, data.labelled)}
     extra = {"ontology": hier.summary(cfg.ontology)} if hier is not None else {}
     return write_results(path, test_info, blocks, SUMMARY_KEYS, {**extra, **data_quality}), path
+
+
+def _export(cfg: EvalConfig, clips: ClipEmbeddings, class_names: list[str], prompts, extra_names: list[str],
+            model_path: str) -> None:
+    """``--export-embeddings``: the clips read and the prompts of the run, in the ``--embeddings``
+    layout (``hyperbolic.embedding.stored``); the prompts with the plain-CLAP template."""
+    template = cfg.prompt_template or DEFAULT_PROMPT_TEMPLATE
+    folder = write_embeddings(cfg.export_embeddings, clip_ids=export_clip_ids(clips), audio=clips.audio.numpy(),
+                              labels=export_labels(clips, class_names), class_names=class_names,
+                              class_embeddings=prompts.classes(template).numpy(), parent_names=extra_names,
+                              parent_embeddings=prompts.parents(template).numpy(),
+                              source={"model_path": model_path, "parquet_dir": str(cfg.parquet_dir),
+                                      "prompt_template": template, "label_column": cfg.label_column,
+                                      "num_samples": cfg.num_samples, "ontology": cfg.ontology})
+    log.info("exported %d clips and %d prompts (%d abstract parents) to %s", len(clips),
+             len(class_names) + len(extra_names), len(extra_names), folder)
 
 
 SUMMARY_KEYS = ("mAP", "mAUC", "d_prime", "map", "mAP_per_clip", "acc@1", "acc@5", "f1_micro", "f1_macro",

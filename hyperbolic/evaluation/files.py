@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hyperbolic import __version__
 from hyperbolic.outputs import atomic_write_bytes, atomic_write_json, unique_path
 from hyperbolic.evaluation.scoring import ScoringModel
 
@@ -26,7 +27,9 @@ def write_results(path: Path, test_info: dict, blocks: dict[str, dict], summary_
                   rest: dict) -> dict:
     """Write and return the results JSON. One model: its block's keys beside ``test_info`` (the
     earlier scripts' single-model layout); several: ``summary`` (``summary_keys`` of each block's
-    metrics) and ``models`` (the blocks by name). ``rest`` (data quality, ontology) follows."""
+    metrics) and ``models`` (the blocks by name). ``rest`` (data quality, ontology) follows.
+    ``test_info`` gains the code's version (``hyperbolic_clap_version``)."""
+    test_info = {**test_info, "hyperbolic_clap_version": __version__}
     if len(blocks) == 1:
         results = {"test_info": test_info, **next(iter(blocks.values())), **rest}
     else:
@@ -85,7 +88,7 @@ def write_plots(json_path: Path, model: ScoringModel, block: dict, text_pts, cla
             c=model.c, names=class_names, categories=categories, edges=edges, audio_xy=audio_xy,
             held_out=[i for i, n in enumerate(class_names) if n.casefold() in held],
             counts=None if targets is None else targets.sum(axis=0).tolist(),
-            title=f"{model.name}: class prompts and clips (c={model.c:.3g})"))
+            title=f"{model.name}: class prompts and clips (c={model.c:.3g}, D={model.projector.proj_dim})"))
     else:
         written["poincare_disk"] = None
         written["poincare_disk_skipped"] = "not a hyperbolic model"

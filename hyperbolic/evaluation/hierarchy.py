@@ -18,10 +18,10 @@ import torch
 
 from hyperbolic.geometry import poincare
 from hyperbolic.hierarchy.cones import Hierarchy, cone_consistency, cone_report
-from hyperbolic.hierarchy.metrics import (backoff_curve, closure_matrix, hierarchical_prf, map_by_depth,
+from hyperbolic.metrics.hierarchy import (backoff_curve, closure_matrix, hierarchical_prf, map_by_depth,
                                          mistake_severity, spearman_norm_depth, traversal_summary)
 from hyperbolic.evaluation.ball_usage import radius_resolved, relative_radius
-from hyperbolic.evaluation.metrics import classification_metrics
+from hyperbolic.metrics.classification import classification_metrics
 from hyperbolic.hierarchy.ontology import Ontology, OntologyError
 from hyperbolic.evaluation.scoring import ScoringModel
 
@@ -53,10 +53,12 @@ class HierarchyContext:
     hierarchy: Hierarchy
 
     @classmethod
-    def build(cls, ontology: Ontology, class_names: list[str], *,
-              expand_ancestors: bool = False) -> "HierarchyContext":
+    def build(cls, ontology: Ontology, class_names: list[str], *, expand_ancestors: bool = False,
+              available=None) -> "HierarchyContext":
+        """``available``: as ``Hierarchy.build`` takes it (``--embeddings``: which abstract parents
+        have a stored prompt)."""
         try:
-            hierarchy = Hierarchy.build(ontology, class_names, expand_ancestors=expand_ancestors)
+            hierarchy = Hierarchy.build(ontology, class_names, expand_ancestors=expand_ancestors, available=available)
         except ValueError as err:  # two class names on one node: cones and ancestors are ambiguous
             raise OntologyError(f"--ontology {ontology.source}: {err}; give each class a distinct name") from err
         if hierarchy.unmatched:
@@ -91,6 +93,7 @@ class HierarchyContext:
                 "distance": "LCA height (metrics.class_distance_matrix) over the classes and their "
                             "ontology ancestors; unmatched classes meet the rest only at a virtual root",
                 "extra_prompts": list(h.extra_names), "cone_prompt_pairs": int(h.parent_child.shape[0]),
+                "abstract_parents_linked_past": len(h.linked_past), "linked_past": list(h.linked_past),
                 "cone_class_pairs": int(h.edges(range(h.num_classes)).shape[0]),
                 "cone_pairs": CONE_PAIRS_TEXT}
 
@@ -215,6 +218,7 @@ def hierarchy_block(model: ScoringModel, audio_pts, text_pts, scores, targets, h
     same unit as the prompt norm). Cosine and euclidean models put every embedding on the unit
     sphere, so the prompt norm is constant and skipped; their audio norm is the Euclidean
     norm of the mean unit vector, a measure of how spread the class's clips are, not a depth.
+    euclidean-distance: the Euclidean norms of the unnormalised prompt and of the class's mean point.
     """
     hyperbolic = model.projector is not None and model.geometry == "hyperbolic"
     depth = np.array([np.nan if d is None else d for d in hier.depths])
@@ -233,6 +237,15 @@ def hierarchy_block(model: ScoringModel, audio_pts, text_pts, scores, targets, h
         prompt_what = "dist0 of the projected prompt (hyperbolic distance from the origin)"
         audio_what = ("dist0(expmap0(mean of logmap0 of the class's clip points)) = 2 |tangent mean|, "
                       "over the labelled clips of the class")
+    elif model.projector is not None and model.geometry == "euclidean-distance":
+        # Unnormalised points: the prompt's norm sets its per-class bias -|t|^2 / tau, the
+        # euclidean counterpart of a prompt's radius in the ball.
+        prompt_reason = audio_reason = None
+        prompt_norm = text_pts.norm(dim=-1).numpy()
+        mean = (y.T @ audio_pts) / clips_per_class.clamp_min(1)[:, None]
+        audio_norm = mean.norm(dim=-1).numpy()
+        prompt_what = "Euclidean norm |t| of the projected prompt (its score bias is -|t|^2 / tau)"
+        audio_what = "Euclidean norm of the mean projected point of the class's labelled clips"
     else:
         prompt_norm = prompt_reason = audio_reason = None
         mean = (y.T @ audio_pts) / clips_per_class.clamp_min(1)[:, None]
@@ -243,7 +256,7 @@ def hierarchy_block(model: ScoringModel, audio_pts, text_pts, scores, targets, h
     has_audio = matched & (clips_per_class.numpy() > 0)
     out = {
         "prompt_norm_vs_depth": (_spearman(prompt_norm[matched], depth[matched], prompt_what, prompt_reason)
-                                 if hyperbolic else
+                                 if prompt_norm is not None else
                                  {"rho": None, "p_value": None, "n": 0,
                                   "skipped": "cosine/euclidean prompts are unit vectors; their norm is constant"}),
         "audio_mean_norm_vs_depth": _spearman(audio_norm[has_audio], depth[has_audio], audio_what, audio_reason),

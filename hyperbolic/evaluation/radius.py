@@ -11,7 +11,7 @@
 
 A figure that a model cannot have is null with a ``*_skipped`` reason beside it. Ties never depend
 on class order: the top-k sets and top-1 correctness are expected values over random tie orders
-(``hyperbolic.evaluation.metrics``), and so are the risk-coverage curves (confidence ties).
+(``hyperbolic.metrics.classification``), and so are the risk-coverage curves (confidence ties).
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from scipy import stats
 from scipy.special import log_softmax
 
 from hyperbolic.evaluation.ball_usage import CHUNK, _row_pearson, relative_radius
-from hyperbolic.evaluation.metrics import _topk_expected, expected_hits
+from hyperbolic.metrics.classification import _topk_expected, expected_hits
 from hyperbolic.geometry import poincare
 
 HUB_K = 10  # N_k: how many clips have a class among their top k
 COVERAGE_POINTS = 20  # risk-coverage curve written at coverage 1/20, 2/20, ..., 1
-NOT_HYPERBOLIC = "not a hyperbolic model: its points are unit vectors (or plain CLAP), they have no radius"
+NOT_HYPERBOLIC = ("not a hyperbolic model (plain CLAP, euclidean, euclidean-distance): its points have no radius "
+                  "in a ball")
 
 
 def _is_hyperbolic(model) -> bool:

@@ -5,7 +5,7 @@ geometry, c and temperature, read from a checkpoint (``load_projection``; the fi
 ``hyperbolic.model.checkpoint``'s). ``build_models`` turns ``--projection-checkpoint`` into the models
 of a run (``plan_models``); ``model_info``, ``similarity_stats`` and ``usage_block`` are the
 per-model parts of a results block that classification (``hyperbolic.evaluation.evaluate``) and caption retrieval
-(``hyperbolic.captions.retrieval``) share.
+(``hyperbolic.evaluation.retrieval``) share.
 
 Which models run (``plan_models``):
 
@@ -42,6 +42,7 @@ PLAIN_MODEL_NAME = "clap_cosine"
 PROJECTION_TEXT = {
     "cosine": "none: CLAP embeddings (unit vectors), cosine similarity",
     "euclidean": "linear, then L2-normalised; score <a, t> / tau",
+    "euclidean-distance": "linear, unnormalised (no expmap, no clip); score -|a - t|^2 / tau",
     "hyperbolic": "linear, tangent norm clipped to clip_r of the ball radius, expmap0",
     "legacy": "earlier scripts: expmap0(linear(x)), then rescaled to |y| <= 0.9 (absolute)",
 }
@@ -49,6 +50,14 @@ DISTANCE_TEXT = {
     "geodesic": "score -d_c(a, t) / tau, d_c the geodesic distance of the ball of curvature -c",
     "legacy": "earlier scripts: score -arcosh(1 + 2|a-t|^2 / ((1-|a|^2)(1-|t|^2))) / sqrt(c) / tau; "
               "c missing inside the fraction, so wrong geometry for c != 1",
+}
+SCORE_TEXT = {"euclidean": "cosine of unit vectors / tau",
+              "euclidean-distance": "score -|a - t|^2 / tau = (2<a, t> - |a|^2 - |t|^2) / tau: -|t|^2 / tau is a "
+                                    "per-class bias set by the prompt's norm (the EuCLIP control)"}
+BALL_USAGE_SKIPPED = {
+    "cosine": "no ball: plain CLAP scores unit vectors by cosine",
+    "euclidean": "no ball: the euclidean projector's points are unit vectors scored by cosine",
+    "euclidean-distance": "no ball: euclidean-distance points live in R^D (no radius bound, no clip sphere)",
 }
 @dataclass
 class ScoringModel:
@@ -142,12 +151,12 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
     info = {"projection_checkpoint": str(path), "epoch": ckpt.get("epoch"), "geometry": geometry,
             "c": c, "temperature": temperature,
             "effective_temperature": effective_temperature(c, temperature) if geometry == "hyperbolic" else None,
-            "clip_r": projector.clip_r, "embed_dim": dim,
+            "clip_r": projector.clip_r, "embed_dim": dim, "proj_dim": read.proj_dim,
             "checkpoint_format": read.format,
             "prompt_template_source": template_source, "legacy_distance": legacy_distance,
             "projection": PROJECTION_TEXT["legacy" if legacy_distance else geometry],
             "distance": (DISTANCE_TEXT["legacy" if legacy_distance else "geodesic"]
-                         if geometry == "hyperbolic" else "cosine of unit vectors / tau"),
+                         if geometry == "hyperbolic" else SCORE_TEXT[geometry]),
             "ignored_flags": ignored, "holdout_classes": list(ckpt.get("holdout_classes") or []),
             "entailment_k": entailment_k, "entailment_k_source": k_source,
             "training_hierarchy": {k: config.get(k) for k in ("ontology", "entailment_weight", "expand_ancestors")}
@@ -228,8 +237,16 @@ def similarity_stats(scores: np.ndarray) -> dict:
             "mean": float(scores.mean()), "std": float(scores.std())}
 
 
+def usage_skipped(model: ScoringModel) -> str | None:
+    """Why a model has no ``ball_usage`` block (None for a hyperbolic model, which has one)."""
+    if model.projector is not None and model.geometry == "hyperbolic":
+        return None
+    return BALL_USAGE_SKIPPED["cosine" if model.projector is None else model.geometry]
+
+
 def usage_block(model: ScoringModel, audio_pts, text_pts, scores) -> dict | None:
-    """``ball_usage.ball_usage`` of a hyperbolic model over every embedded clip (None otherwise).
+    """``ball_usage.ball_usage`` of a hyperbolic model over every embedded clip (None otherwise,
+    with the reason in ``usage_skipped``).
     The clip sphere is ``clip_r`` of the radius, or for ``--legacy-distance`` the earlier scripts'
     absolute 0.9 (relative ``0.9 sqrt(c)``, no clip where that is >= 1)."""
     if model.projector is None or model.geometry != "hyperbolic":

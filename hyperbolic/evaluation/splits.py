@@ -21,7 +21,7 @@ import logging
 
 import numpy as np
 
-from hyperbolic.evaluation.bootstrap import bootstrap_ci, bootstrap_difference, bootstrap_samples
+from hyperbolic.metrics.bootstrap import bootstrap_ci, bootstrap_difference, bootstrap_samples
 
 log = logging.getLogger("hyperbolic.evaluation.evaluate")
 
@@ -85,7 +85,7 @@ def coverage(parts: dict, scores_all: np.ndarray, targets: np.ndarray, class_nam
     classes with a positive clip that have a training clip) and ``top1_on_never_trained`` (share of
     the scored clips whose top 1 is a never-trained class, ties at their expected value). Warns,
     naming the fixes, when the first is below ``FEW_TRAINED`` or the second above ``MOST_TOP1``."""
-    from hyperbolic.evaluation.metrics import _topk_expected
+    from hyperbolic.metrics.classification import _topk_expected
 
     evaluated = targets.any(axis=0)
     seen = parts["seen"]

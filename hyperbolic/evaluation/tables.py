@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from hyperbolic.evaluation.hierarchy import HIER_K
 from hyperbolic.report import format_diff, model_blocks
-from hyperbolic.captions.retrieval import METRIC_KEYS
+from hyperbolic.evaluation.retrieval import METRIC_KEYS
 from hyperbolic.evaluation.scoring import PLAIN_MODEL_NAME
 
 

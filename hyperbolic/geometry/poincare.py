@@ -24,6 +24,9 @@ import math
 import torch
 from torch import Tensor
 
+from hyperbolic.geometry import constants
+from hyperbolic.geometry.constants import BOUNDARY_ULPS, DEFAULT_K
+
 # Usable ball: s = sqrt(c)|x| <= 1 - BALL_EPS. Without a margin, artanh(s) and
 # 1/(1 - c|x|^2) are infinite on the boundary, which float32 reaches at tangent
 # norms of only ~9/sqrt(c) (tanh rounds to 1). The margin is about 8 machine
@@ -61,7 +64,7 @@ CONE_ARG_MARGIN = 1e-3
 # 7.6e-6 in float32, 1.4e-14 in float64). |x|^2 recomputed from stored coordinates carries a
 # few ulps of error per term summed, so there 1 - c|x|^2 (and every distance, which divides by it)
 # keeps at most a digit or two: points that close to the boundary are rounding, not position.
-BOUNDARY_RESOLUTION = {dt: 64 * torch.finfo(dt).eps for dt in (torch.float32, torch.float64)}
+BOUNDARY_RESOLUTION = {dt: BOUNDARY_ULPS * torch.finfo(dt).eps for dt in (torch.float32, torch.float64)}
 
 
 def at_numerical_boundary(x: Tensor, *, c: float) -> Tensor:
@@ -75,8 +78,7 @@ def at_numerical_boundary(x: Tensor, *, c: float) -> Tensor:
 def clip_radius_resolvable(clip_r: float, dtype: torch.dtype = torch.float32) -> bool:
     """Whether points on a clip sphere of relative radius ``clip_r`` (1: no clip, so the usable
     ball's edge ``1 - BALL_EPS``) stay off the numerical boundary in ``dtype``."""
-    s = min(clip_r, 1 - BALL_EPS[dtype])
-    return 1 - s * s > BOUNDARY_RESOLUTION[dtype]
+    return constants.clip_radius_resolvable(clip_r, eps=torch.finfo(dtype).eps, ball_eps=BALL_EPS[dtype])
 
 
 def _check_dtype(x: Tensor) -> None:
@@ -243,7 +245,7 @@ def _cone_root(K: float, t: float) -> float:
 
 
 def half_aperture(
-    x: Tensor, *, c: float | Tensor, K: float = 0.1, min_radius: float | Tensor | None = None
+    x: Tensor, *, c: float | Tensor, K: float = DEFAULT_K, min_radius: float | Tensor | None = None
 ) -> Tensor:
     """Half-aperture of the entailment cone at ``x`` (Ganea et al. 2018).
 
@@ -314,7 +316,7 @@ def oxy_angle(x: Tensor, y: Tensor, *, c: float | Tensor) -> Tensor:
 
 
 def cone_violation(
-    x: Tensor, y: Tensor, *, c: float | Tensor, K: float = 0.1, min_radius: float | Tensor | None = None
+    x: Tensor, y: Tensor, *, c: float | Tensor, K: float = DEFAULT_K, min_radius: float | Tensor | None = None
 ) -> Tensor:
     """How far ``y`` lies outside the entailment cone of ``x``, in radians.
 

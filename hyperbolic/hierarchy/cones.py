@@ -45,14 +45,15 @@ the minimum radius out (0.62/sqrt(c) at K = 1).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from hyperbolic.geometry import poincare
-from hyperbolic.hierarchy.metrics import spearman_norm_depth
+from hyperbolic.geometry.constants import DEFAULT_K
+from hyperbolic.metrics.hierarchy import spearman_norm_depth
 from hyperbolic.hierarchy.ontology import Ontology, nearest_kept_ancestors
 
 __all__ = [
@@ -65,7 +66,6 @@ __all__ = [
     "entailment_loss",
 ]
 
-DEFAULT_K = 0.1
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,16 +85,20 @@ class Hierarchy:
     depth: tuple[int | None, ...]             # (P,): ontology depth (roots 0); None if unmatched
     unmatched: tuple[str, ...]                # class names that match no node, in class order
     expand_ancestors: bool = False
+    linked_past: tuple[str, ...] = ()         # abstract parents with no prompt (``available``), walked through
 
     @classmethod
-    def build(cls, ontology: Ontology, class_names: Sequence[str], *,
-              expand_ancestors: bool = False) -> "Hierarchy":
+    def build(cls, ontology: Ontology, class_names: Sequence[str], *, expand_ancestors: bool = False,
+              available: Callable[[str], bool] | None = None) -> "Hierarchy":
         """Match ``class_names`` to ``ontology`` (``Ontology.match``: by ``label_key``) and add a
         prompt node for every ancestor of a matched class that is not a class.
 
         Every ancestor of a matched class is a prompt node, so every ontology edge into a prompt
-        node starts at a prompt node: ``parent_child`` holds them all. Raises ValueError if two
-        class names match the same node.
+        node starts at a prompt node: ``parent_child`` holds them all. ``available``: whether an
+        abstract parent (by name) has a prompt (``--embeddings``: a row of classes.parquet); one
+        that has not is no prompt node, its edges are linked past it (a child's parents are its
+        nearest ancestors that are prompt nodes) and its name is in ``linked_past``. None: every
+        abstract parent has one. Raises ValueError if two class names match the same node.
         """
         class_names = tuple(class_names)
         ids, unmatched = ontology.match(class_names)
@@ -110,10 +114,14 @@ class Hierarchy:
         for v in index:
             above |= ontology.ancestors(v)
         extra = [v for v in ontology.nodes if v in above and v not in index]  # file order: reproducible
+        missing = [v for v in extra if available is not None and not available(ontology.name(v))]
+        extra = [v for v in extra if v not in set(missing)]
         for j, v in enumerate(extra, start=len(class_names)):
             index[v] = j
         node_ids = (*ids, *extra)
-        parents = tuple(() if v is None else tuple(sorted(index[p] for p in ontology.parents[v]))
+        # Without missing parents every parent of a prompt node is one, and this is the direct parents.
+        parents = tuple(() if v is None else tuple(sorted(index[p] for p in
+                                                          nearest_kept_ancestors(ontology.parents, v, index)))
                         for v in node_ids)
         edges = sorted((p, k) for k, ps in enumerate(parents) for p in ps)
         return cls(
@@ -122,11 +130,12 @@ class Hierarchy:
             node_ids=node_ids,
             parents=parents,
             parent_child=torch.tensor(edges, dtype=torch.long).reshape(-1, 2),
-            ancestors=tuple(() if v is None else tuple(sorted(index[a] for a in ontology.ancestors(v)))
+            ancestors=tuple(() if v is None else tuple(sorted(index[a] for a in ontology.ancestors(v) if a in index))
                             for v in ids),
             depth=tuple(None if v is None else ontology.depth(v) for v in node_ids),
             unmatched=tuple(unmatched),
             expand_ancestors=expand_ancestors,
+            linked_past=tuple(ontology.name(v) for v in missing),
         )
 
     @property

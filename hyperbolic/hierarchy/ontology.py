@@ -27,7 +27,7 @@ from functools import cached_property
 from pathlib import Path
 
 from data.labels import label_key
-from hyperbolic.errors import UserError
+from hyperbolic.errors import OntologyError  # noqa: F401 (re-exported)
 
 __all__ = ["Ontology", "OntologyError", "OntologyNode"]
 
@@ -46,10 +46,6 @@ def nearest_kept_ancestors(parents, node, keep) -> set:
         else:
             stack.extend(parents[p])
     return found
-
-
-class OntologyError(UserError, ValueError):
-    """An ontology file that is missing, not ontology JSON, or not a DAG; the message names it."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ What ``train_hyperbolic_clap.py`` writes every epoch (``FORMAT_VERSION`` 2) is a
 keys users know from the earlier public scripts: ``epoch``, ``projection_state_dict``
 (``linear.weight``, ``linear.bias``), ``optimizer_state_dict``, ``train_loss``, ``val_loss``,
 ``c``, ``temperature``, ``embed_dim``; plus ``format_version``, ``config`` (the effective
-``TrainConfig``, so a checkpoint describes itself), ``geometry``, ``clip_r``,
+``TrainConfig``, so a checkpoint describes itself), ``proj_dim`` (D of ``linear.weight`` (D, d);
+a checkpoint without it has D = d, the only size there was), ``geometry``, ``clip_r``,
 ``prompt_template``, ``val_mAP``, the train/val ``split`` and what ``--resume`` needs
 (``scheduler_state_dict``, ``geometry_state_dict``, ``generator_state``, ``best_metric``,
 ``best_epoch``, ``stale_epochs``, ``history``), and the run's extras (``holdout_classes``,
@@ -23,19 +24,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperbolic.errors import UserError
+from hyperbolic import __version__
+from hyperbolic.errors import CheckpointError  # noqa: F401 (re-exported)
 from hyperbolic.outputs import atomic_torch_save
-from hyperbolic.model.projector import CLIP_MODES, Projector
+from hyperbolic.model.projector import CLIP_MODES, GEOMETRIES, Projector
 
 FORMAT_VERSION = 2
 LEGACY_FORMAT = "legacy (no config)"  # model_info.checkpoint_format of an earlier scripts' checkpoint
 # Settings that may differ when a run is resumed: where and how it runs, not what it computes.
 RESUME_MAY_DIFFER = {"resume", "overwrite", "output_dir", "device", "num_workers", "cache_dir", "no_cache",
                      "keep_epochs", "use_swanlab", "swanlab_project", "swanlab_workspace", "swanlab_mode"}
-
-
-class CheckpointError(UserError, ValueError):
-    """A projection checkpoint that cannot be used as given; the message names the file."""
 
 
 # ------------------------------------------------------------------------------ writing
@@ -52,7 +50,9 @@ def epoch_of(path: Path) -> int:
 def save_epoch(out: Path, epoch: int, ckpt: dict, *, best: bool) -> None:
     """Write ``projection_epoch_{epoch}.pth`` (and ``best_projection_epoch_{epoch}.pth`` when
     ``best``), each atomically. The per-epoch file is written last: a run killed before it
-    resumes from the previous epoch and rewrites this epoch's files identically."""
+    resumes from the previous epoch and rewrites this epoch's files identically. The code's
+    version is recorded beside what the caller gives (``hyperbolic_clap_version``)."""
+    ckpt = {**ckpt, "hyperbolic_clap_version": __version__}
     if best:
         atomic_torch_save(epoch_path(out, epoch, best=True), ckpt)
     atomic_torch_save(epoch_path(out, epoch), ckpt)
@@ -95,7 +95,13 @@ class ProjectionCheckpoint:
 
     @property
     def embed_dim(self) -> int:
+        """d, the CLAP embedding size the projector reads."""
         return self.projector.linear.weight.shape[1]
+
+    @property
+    def proj_dim(self) -> int:
+        """D, the size of the projected points."""
+        return self.projector.proj_dim
 
     @property
     def legacy_format(self) -> bool:
@@ -146,23 +152,29 @@ def read_projection(path: str | Path, *, embed_dim: int | None = None, c_default
                               "is it a projection checkpoint from train_hyperbolic_clap.py?")
     state = ckpt["projection_state_dict"]
     weight = state.get("linear.weight") if isinstance(state, dict) else None
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[0] != weight.shape[1]:
-        raise CheckpointError(f"{path}: projection_state_dict has no square 'linear.weight'")
-    dim = weight.shape[1]
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        raise CheckpointError(f"{path}: projection_state_dict has no 2-d 'linear.weight'")
+    proj_dim, dim = weight.shape
+    # Checkpoints before --proj-dim have no "proj_dim" and a square layer (D = d).
+    if ckpt.get("proj_dim", dim) != proj_dim:
+        raise CheckpointError(f"{path}: proj_dim {ckpt.get('proj_dim')!r} does not match its linear.weight "
+                              f"{tuple(weight.shape)} (D, d); the file is inconsistent, use another checkpoint")
     if embed_dim is not None and dim != embed_dim:
         raise CheckpointError(f"{path}: projector expects {dim}-d embeddings but the CLAP model gives "
                               f"{embed_dim}-d; use the checkpoint trained on this CLAP model")
     geometry = ckpt.get("geometry", "hyperbolic")
-    if geometry not in ("hyperbolic", "euclidean"):
-        raise CheckpointError(f"{path}: unknown geometry {geometry!r}")
+    if geometry not in GEOMETRIES:
+        raise CheckpointError(f"{path}: unknown geometry {geometry!r} (known: {', '.join(GEOMETRIES)})")
     # The clip mode only shapes training gradients (the value is the same); runs before it
     # existed trained with the straight-through rule.
     clip_mode = ckpt.get("clip_mode") if ckpt.get("clip_mode") in CLIP_MODES else "straight-through"
-    projector = Projector(dim, geometry=geometry, clip_r=ckpt.get("clip_r", 0.9), clip_mode=clip_mode)
+    projector = Projector(dim, geometry=geometry, clip_r=ckpt.get("clip_r", 0.9), clip_mode=clip_mode,
+                          proj_dim=proj_dim)
     try:
         projector.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: projection_state_dict does not fit a {dim}-d projector ({err})") from err
+        raise CheckpointError(f"{path}: projection_state_dict does not fit a {dim}-d -> {proj_dim}-d projector "
+                              f"({err})") from err
     projector.eval()
     c = positive_float(ckpt.get("c", c_default), "c", path)
     temperature = positive_float(ckpt.get("temperature", temperature_default), "temperature", path)
@@ -195,6 +207,11 @@ def read_resume(path: Path, config: dict, split_ids: dict, embed_dim: int) -> di
     if ckpt.get("embed_dim") != embed_dim:
         raise CheckpointError(f"--resume {path} was trained on {ckpt.get('embed_dim')}-d CLAP embeddings, this "
                               f"CLAP model gives {embed_dim}-d; resume with the --checkpoint the run used")
+    weight = ckpt.get("projection_state_dict", {}).get("linear.weight")
+    proj_dim = config.get("proj_dim") or embed_dim
+    if isinstance(weight, torch.Tensor) and weight.shape[0] != proj_dim:
+        raise CheckpointError(f"--resume {path} projects to {weight.shape[0]} dimensions, this run asks for "
+                              f"--proj-dim {proj_dim}; resume with the run's --proj-dim {weight.shape[0]}")
     differ = {k: (v, config.get(k)) for k, v in ckpt["config"].items()
               if k not in RESUME_MAY_DIFFER and config.get(k) != v}
     if differ:

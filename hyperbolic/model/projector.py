@@ -1,12 +1,14 @@
 """The projector that maps frozen CLAP embeddings into the Poincaré ball, and the similarity head.
 
-``Projector``: Linear(d, d) (Xavier-uniform weight, zero bias), shared by audio and text, then
-    hyperbolic: clip the tangent vector to ``clip_r`` of the ball radius, then ``expmap0``;
-    euclidean:  L2-normalise (the ablation: same layer, cosine similarity).
+``Projector``: Linear(d, D) (Xavier-uniform weight, zero bias; D = ``proj_dim``, by default the
+    CLAP size d), shared by audio and text, then
+    hyperbolic:         clip the tangent vector to ``clip_r`` of the ball radius, then ``expmap0``;
+    euclidean:          L2-normalise (the ablation: same layer, cosine similarity);
+    euclidean-distance: nothing (the EuCLIP control: same layer, no expmap, no clip).
 ``Geometry``: curvature ``c`` and temperature ``tau``, stored as logs (optionally learned) and
     clamped, so they stay positive and bounded.
 ``similarity``: the logits every loss and every metric uses: ``-d_c(a, t) / tau`` on the ball,
-    ``cos(a, t) / tau`` for the euclidean ablation.
+    ``cos(a, t) / tau`` for the euclidean ablation, ``-|a - t|^2 / tau`` for euclidean-distance.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hyperbolic.config import CLIP_MODES, GEOMETRIES
 from hyperbolic.geometry import legacy, poincare
 
-GEOMETRIES = ("hyperbolic", "euclidean")
+# Geometries whose points keep the scale the layer gives them (so --init-radius sets it): the ball's
+# tangent vectors, and the unnormalised points of euclidean-distance. Cosine ignores the scale.
+SCALED_GEOMETRIES = ("hyperbolic", "euclidean-distance")
 
 # Learned curvature may move at most this factor away from its initial value (either way), so the
 # ball radius cannot collapse or blow up during training.
@@ -27,9 +32,6 @@ C_RANGE_FACTOR = 10.0
 # Temperature bounds: below 0.01 logits span hundreds of nats and softmax saturates in float32;
 # above 100 every pair looks alike.
 TAU_MIN, TAU_MAX = 0.01, 100.0
-
-
-CLIP_MODES = ("inward", "straight-through", "hard")
 
 
 class _InwardClip(torch.autograd.Function):
@@ -94,7 +96,9 @@ def clip_tangent(u: torch.Tensor, *, c: torch.Tensor | float, clip_r: float,
 
 class Projector(nn.Module):
     def __init__(self, embed_dim: int, *, geometry: str = "hyperbolic", clip_r: float = 0.9,
-                 clip_mode: str = "inward"):
+                 clip_mode: str = "inward", proj_dim: int | None = None):
+        """``embed_dim`` d: the CLAP embedding size; ``proj_dim`` D: the output size (None: d).
+        ``clip_r`` and ``clip_mode`` apply to the hyperbolic geometry only."""
         super().__init__()
         if geometry not in GEOMETRIES:
             raise ValueError(f"geometry must be one of {GEOMETRIES} (got {geometry!r})")
@@ -104,25 +108,36 @@ class Projector(nn.Module):
         self.clip_r = clip_r
         self.clip_mode = clip_mode
         # Named ``linear`` so that state dicts match those of the earlier public scripts.
-        self.linear = nn.Linear(embed_dim, embed_dim)
+        self.linear = nn.Linear(embed_dim, embed_dim if proj_dim is None else proj_dim)
         nn.init.xavier_uniform_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
+    @property
+    def proj_dim(self) -> int:
+        """D, the size of the projected points."""
+        return self.linear.out_features
+
     def forward(self, x: torch.Tensor, *, c: torch.Tensor | float) -> torch.Tensor:
-        """(N, D) CLAP embeddings -> (N, D) points (ball of curvature -c, or unit sphere)."""
+        """(N, d) CLAP embeddings -> (N, D) points (ball of curvature -c, unit sphere, or R^D)."""
         u = self.linear(x.float())  # geometry runs in float32 even if CLAP ran in half precision
         if self.geometry == "euclidean":
             return F.normalize(u, dim=-1)
+        if self.geometry == "euclidean-distance":
+            return u
         return poincare.expmap0(clip_tangent(u, c=c, clip_r=self.clip_r, mode=self.clip_mode), c=c)
 
     @torch.no_grad()
     def scale_to_radius_(self, x: torch.Tensor, *, c: float, radius: float) -> float:
-        """Rescale the layer so that the median of ``x`` (N, D) lands at relative radius ``radius``.
+        """Rescale the layer so that the median of ``x`` (N, d) lands at relative radius ``radius``.
 
         Relative radius is ``sqrt(c)|expmap0(u)| = tanh(sqrt(c)|u|)``, so the target tangent norm is
         ``artanh(radius) / sqrt(c)``; weight and bias are multiplied by target / median |u| (before
         the clip). Returns that factor. Only the scale changes: directions, hence the cosine
         ranking of the projected points, are those of the layer as initialised.
+
+        The median is measured on the layer's own output, so the result does not depend on D
+        (Xavier's output norm does: about sqrt(2D / (d + D)) for unit inputs). euclidean-distance
+        uses the same target norm: it starts from the very layer the hyperbolic model starts from.
         """
         norms = self.linear(x.float()).norm(dim=-1)
         factor = (math.atanh(radius) / math.sqrt(c)) / norms.median().clamp_min(torch.finfo(norms.dtype).tiny).item()
@@ -175,11 +190,18 @@ def similarity(a: torch.Tensor, t: torch.Tensor, *, geometry: str, c: torch.Tens
                temperature: torch.Tensor | float, legacy_distance: bool = False) -> torch.Tensor:
     """Logits (N, M) between projected audio ``a`` (N, D) and projected text ``t`` (M, D).
 
-    hyperbolic: ``-d_c(a_i, t_j) / tau``; euclidean: ``<a_i, t_j> / tau`` on unit vectors.
+    hyperbolic: ``-d_c(a_i, t_j) / tau``; euclidean: ``<a_i, t_j> / tau`` on unit vectors;
+    euclidean-distance: ``-|a_i - t_j|^2 / tau = (2 <a_i, t_j> - |a_i|^2 - |t_j|^2) / tau`` on the
+    unnormalised points: ``-|t_j|^2 / tau`` is a per-class bias set by the prompt's norm (as a
+    prompt's radius is in the ball), ``-|a_i|^2 / tau`` is the same for every class of a clip.
     ``legacy_distance`` uses the earlier scripts' formula with c outside the fraction.
     """
     if geometry == "euclidean":
         return (a @ t.T) / temperature
+    if geometry == "euclidean-distance":
+        sq = (a * a).sum(-1, keepdim=True) + (t * t).sum(-1) - 2 * (a @ t.T)
+        # The expansion can round below 0 for (nearly) equal points; a squared distance cannot be.
+        return -sq.clamp_min(0.0) / temperature
     if legacy_distance:
         return -legacy.pairwise_dist(a, t, c=c) / temperature
     return -poincare.pairwise_dist(a, t, c=c) / temperature

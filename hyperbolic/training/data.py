@@ -17,8 +17,9 @@ from data.audio import segmenting_from
 from data.audioset import SkipLog, audio_digests
 from data.class_list import resolve_class_names
 from data.labels import LabelMatcher, load_class_ids
-from hyperbolic.captions.train import CaptionTrainer, caption_training_data
+from hyperbolic.training.captions import CaptionTrainer, caption_training_data
 from hyperbolic.config import TrainConfig
+from hyperbolic.embedding.stored import read_embeddings
 from hyperbolic.embedding.embeddings import (PROMPT_NAME_RULE, ClipEmbeddings, duration_report, embed_prompts, embed_run_clips,
                                    open_cache, open_clap, prompts_for)
 from hyperbolic.hierarchy.cones import Hierarchy
@@ -131,8 +132,10 @@ class TrainingData:
 
 
 def training_data(cfg: TrainConfig) -> TrainingData:
-    """Embed the clips and texts with the frozen CLAP (cached), keep held-out classes out, split,
-    and check that the loss has something to contrast."""
+    """Embed the clips and texts with the frozen CLAP (cached), or read them from ``--embeddings``;
+    keep held-out classes out, split, and check that the loss has something to contrast."""
+    if cfg.embeddings:
+        return _stored_training_data(cfg)
     # Captions alone use no class list; with --label-column given too, its classes are mixed in.
     class_names = (resolve_class_names(cfg.class_labels, parquet_dir=cfg.parquet_dir, label_column=cfg.label_column,
                                        limit=cfg.num_samples) if not cfg.text_column or cfg.caption_labels else [])
@@ -140,18 +143,46 @@ def training_data(cfg: TrainConfig) -> TrainingData:
     clap, cache = open_clap(cfg), open_cache(cfg)
     skips = SkipLog()
     trainer_cls, caption_info = None, None
-    if cfg.text_column:  # captions are the texts: hyperbolic.captions.train
+    if cfg.text_column:  # captions are the texts: hyperbolic.training.captions
         clips, prompts, caption_info = caption_training_data(cfg, clap, class_names=class_names, matcher=matcher,
                                                              cache=cache, skips=skips)
         trainer_cls = partial(CaptionTrainer, num_classes=len(class_names))
         holdout, hierarchy = [], None
         dropped = {"clips_dropped_holdout": 0, "clips_dropped_only_holdout_labels": 0}
     else:
-        clips, holdout, dropped = _labelled_clips(cfg, clap, cache, class_names, matcher, skips)
+        clips = embed_run_clips(cfg, clap, cache, matcher=matcher, skips=skips, label_column=cfg.label_column,
+                                require_labels=True)
+        clips, holdout, dropped = _labelled_clips(cfg, clips, class_names, skips)
         hierarchy = _hierarchy(cfg, class_names)
         prompt_names = class_names if hierarchy is None else list(hierarchy.prompt_names)
         prompts = embed_prompts(clap, prompts_for(prompt_names, cfg.prompt_template), cache=cache)
-    digests = audio_digests(cfg.parquet_dir, clips.metas)
+    data = _assemble(cfg, clips, prompts, class_names, holdout, dropped, skips, hierarchy, trainer_cls,
+                     source={"clap": {"path": str(clap.path), "embed_dim": clap.embed_dim},
+                             "cache_dir": None if cache is None else str(cache.root)})
+    if caption_info is not None:
+        data.extra.update(text_column=list(cfg.text_column), captions=caption_info)
+    return data
+
+
+def _stored_training_data(cfg: TrainConfig) -> TrainingData:
+    """``--embeddings``: the clips and prompts of the folder (``hyperbolic.embedding.stored``), the
+    class list its classes; an abstract parent without a stored prompt is linked past."""
+    stored = read_embeddings(cfg.embeddings, limit=cfg.num_samples, require_labels=True)
+    clips, holdout, dropped = _labelled_clips(cfg, stored.clips, stored.class_names, stored.skips)
+    hierarchy = _hierarchy(cfg, stored.class_names, available=stored.has_prompt)
+    prompts = (stored.class_embeddings if hierarchy is None
+               else stored.prompt_embeddings(list(hierarchy.prompt_names)))
+    return _assemble(cfg, clips, prompts, stored.class_names, holdout, dropped, stored.skips, hierarchy, None,
+                     source={"clap": {"path": None, "embed_dim": stored.dim}, "cache_dir": None,
+                             "embeddings": str(cfg.embeddings)})
+
+
+def _assemble(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, class_names: list[str],
+              holdout: list[int], dropped: dict, skips: SkipLog, hierarchy: Hierarchy | None,
+              trainer_cls: Callable | None, source: dict) -> TrainingData:
+    # Audio digests need the parquet bytes; stored embeddings (--embeddings) have ids only.
+    digests = (audio_digests(cfg.parquet_dir, clips.metas) if cfg.parquet_dir and not cfg.embeddings
+               else [None] * len(clips))
     split, duplicates = keep_duplicates_together(split_indices(len(clips), cfg.train_ratio, cfg.seed), digests)
     if not split.train or not split.val:
         raise TrainingError(f"keeping identical audio on one side of the split leaves {len(split.train)} train and "
@@ -162,11 +193,6 @@ def training_data(cfg: TrainConfig) -> TrainingData:
                     "one side of the train/validation split (%d clips moved); duplicate_audio_groups in setup.json",
                     duplicates["duplicate_audio_groups"], duplicates["duplicate_audio_clips"], cfg.parquet_dir,
                     duplicates["duplicate_clips_moved"])
-    guard = {part: {"video_ids": [clips.metas[i].video_id for i in rows], "audio_digests": [digests[i] for i in rows]}
-             for part, rows in (("train", split.train), ("val", split.val))}
-    # Classes with a training clip: evaluation's "seen" split (the others are never trained on).
-    guard["trained_classes"] = [class_names[k] for k in sorted({k for i in split.train for k in clips.label_indices[i]})
-                                if k < len(class_names)]
     if len(split.val) == 1 and cfg.select_metric == "val_mAP":
         log.warning("--train-ratio %g leaves a single validation clip: average precision over one clip is 1.0 "
                     "for any model, so val_mAP cannot tell epochs apart and the first epoch stays best; use more "
@@ -177,32 +203,39 @@ def training_data(cfg: TrainConfig) -> TrainingData:
         raise TrainingError(f"every clip's candidates are its own labels ({candidates} class in reach with "
                             f"--negatives {cfg.negatives}), so the loss has no negative and nothing trains; "
                             "use --negatives all-classes with a class list of several classes, or data with more classes")
-    extra = {"clap": {"path": str(clap.path), "embed_dim": clap.embed_dim},
-             "cache_dir": None if cache is None else str(cache.root),
+    extra = {**source,
              "class_names": class_names, "prompt_label_rule": PROMPT_NAME_RULE,
              "holdout_classes": [class_names[k] for k in holdout],
              "data": {"clips": len(clips), "train_clips": len(split.train), "val_clips": len(split.val),
                       **duration_report(clips, segmenting_from(cfg.segment, cfg.hop)),
                       **dropped, **duplicates,
                       "skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list()}}
-    if caption_info is not None:
-        extra.update(text_column=list(cfg.text_column), captions=caption_info)
     if hierarchy is not None:
         extra["hierarchy"] = {"ontology": cfg.ontology, "unmatched": list(hierarchy.unmatched),
                               "extra_prompts": list(hierarchy.extra_names),
+                              "abstract_parents_linked_past": len(hierarchy.linked_past),
+                              "linked_past": list(hierarchy.linked_past),
                               "parent_child_pairs": int(hierarchy.parent_child.shape[0])}
     log.info("%d clips (%d train / %d val), %d classes (%d held out)", len(clips), len(split.train),
              len(split.val), len(class_names), len(holdout))
     return TrainingData(clips, prompts, split, seen=seen, hierarchy=hierarchy, trainer_cls=trainer_cls, extra=extra,
-                        training_clips=guard)
+                        training_clips=_training_clips(clips, split, digests, class_names))
 
 
-def _labelled_clips(cfg: TrainConfig, clap, cache, class_names: list[str], matcher: LabelMatcher,
+def _training_clips(clips: ClipEmbeddings, split: Split, digests: list, class_names: list[str]) -> dict:
+    """The checkpoint's record of what it trained on: per part the video ids and audio digests, and
+    the classes with a training clip (evaluation's "seen" split; the others are never trained on)."""
+    guard = {part: {"video_ids": [clips.metas[i].video_id for i in rows], "audio_digests": [digests[i] for i in rows]}
+             for part, rows in (("train", split.train), ("val", split.val))}
+    guard["trained_classes"] = [class_names[k] for k in sorted({k for i in split.train for k in clips.label_indices[i]})
+                                if k < len(class_names)]
+    return guard
+
+
+def _labelled_clips(cfg: TrainConfig, clips: ClipEmbeddings, class_names: list[str],
                     skips: SkipLog) -> tuple[ClipEmbeddings, list[int], dict]:
     """The clips with a known label, less those carrying a held-out class; the held-out class
     indices and the counts of clips dropped for them."""
-    clips = embed_run_clips(cfg, clap, cache, matcher=matcher, skips=skips, label_column=cfg.label_column,
-                            require_labels=True)
     present = sorted({k for row in clips.label_indices for k in row})
     holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.holdout_seed)
     clips, dropped = drop_holdout_clips(clips, holdout)
@@ -211,15 +244,19 @@ def _labelled_clips(cfg: TrainConfig, clap, cache, class_names: list[str], match
                  "validation (%d of them had no other label)", dropped["clips_dropped_holdout"],
                  dropped["clips_dropped_only_holdout_labels"])
     if len(clips) < 2:
-        raise TrainingError(f"only {len(clips)} usable clips in {cfg.parquet_dir} "
+        raise TrainingError(f"only {len(clips)} usable clips in {cfg.embeddings or cfg.parquet_dir} "
                             f"(skipped: {skips.describe(cfg.label_column)}); training needs at least 2")
     return clips, holdout, dropped
 
 
-def _hierarchy(cfg: TrainConfig, class_names: list[str]) -> Hierarchy | None:
+def _hierarchy(cfg: TrainConfig, class_names: list[str], available=None) -> Hierarchy | None:
     if not cfg.ontology:
         return None
-    hierarchy = Hierarchy.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors)
+    hierarchy = Hierarchy.build(Ontology.load(cfg.ontology), class_names, expand_ancestors=cfg.expand_ancestors,
+                                available=available)
+    if hierarchy.linked_past:
+        log.warning("%d abstract parents of --ontology have no prompt in --embeddings and are linked past "
+                    "(first: %s)", len(hierarchy.linked_past), "; ".join(hierarchy.linked_past[:5]))
     if hierarchy.unmatched:
         log.warning("%d of %d classes match no node of --ontology %s (first: %s)", len(hierarchy.unmatched),
                     len(class_names), cfg.ontology, "; ".join(hierarchy.unmatched[:5]))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from hyperbolic import __version__
 from hyperbolic.model import checkpoint
 from hyperbolic.config import TrainConfig
 from hyperbolic.embedding.embeddings import ClipEmbeddings
@@ -134,7 +135,7 @@ def _new_run(cfg: TrainConfig, data: TrainingData, out: Path, train_clips: ClipE
         trainer.optimizer, lambda s: lr_factor(s, total=total_steps, warmup=warmup, schedule=cfg.lr_schedule))
     split_ids = {part: [f"{clips.metas[i].file}:{clips.metas[i].row}:{clips.metas[i].video_id}" for i in rows]
                  for part, rows in (("train", split.train), ("val", split.val))}
-    setup = {"config": cfg.to_dict(), **data.extra, "history": [], "summary": None}
+    setup = {"config": cfg.to_dict(), "hyperbolic_clap_version": __version__, **data.extra, "history": [], "summary": None}
     return Run(cfg, trainer, scheduler, torch.Generator().manual_seed(cfg.seed), setup, split_ids, data.extra, out,
                training_clips=data.training_clips)
 
@@ -204,7 +205,7 @@ def _save(run: Run, epoch: int, row: dict, improved: bool, *, embed_dim: int) ->
         "generator_state": run.generator.get_state(),
         "train_loss": row["train_loss"], "val_loss": row["val_loss"], "val_mAP": row["val_mAP"],
         "c": row["c"], "temperature": row["temperature"], "effective_temperature": row["effective_temperature"],
-        "embed_dim": embed_dim, "geometry": cfg.geometry, "clip_r": cfg.clip_r,
+        "embed_dim": embed_dim, "proj_dim": trainer.projector.proj_dim, "geometry": cfg.geometry, "clip_r": cfg.clip_r,
         "clip_mode": cfg.clip_mode, "prompt_template": cfg.prompt_template,
         "best_metric": run.best, "best_epoch": run.best_epoch, "stale_epochs": run.stale,
         "history": run.setup["history"], "split": run.split_ids, "config": cfg.to_dict(), **run.extra,
@@ -294,11 +295,9 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
 
     A single combination writes into ``output_dir``; several write one subfolder each plus
     ``sweep.json``. Returns the summary (of the winner, for a sweep)."""
-    if cfg.learn_c and cfg.learn_temperature:
-        raise TrainingError("learn_c with learn_temperature: c only moves the effective temperature tau*sqrt(c) "
-                            "when the layer is learned, so the pair has a direction the loss cannot see; "
-                            "learn one of them (--learn-c with --no-learn-temperature, or --learn-temperature)")
     c_values, temperatures = list(c_values or [cfg.c]), list(temperatures or [cfg.temperature])
+    for c, t in itertools.product(c_values, temperatures):  # the checks the script runs on its flags
+        replace(cfg, c=c, temperature=t).validate()
     combos = list(itertools.product(c_values, temperatures))
     if cfg.resume:
         cfg = continue_in_run_dir(cfg, combos)

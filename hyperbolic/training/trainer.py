@@ -1,6 +1,6 @@
 """One training step's machinery over precomputed CLAP embeddings: the projector, its geometry,
 the optimizer and its groups, the learning-rate schedule, the objective of a batch and the
-validation of an epoch. ``hyperbolic.training.train`` runs the epochs; ``hyperbolic.captions.train``
+validation of an epoch. ``hyperbolic.training.train`` runs the epochs; ``hyperbolic.training.captions``
 subclasses ``Trainer`` for captions.
 """
 
@@ -16,15 +16,12 @@ from hyperbolic.evaluation.ball_usage import epoch_usage
 from hyperbolic.config import TrainConfig
 from hyperbolic.embedding.embeddings import ClipEmbeddings
 from hyperbolic.hierarchy.cones import EntailmentObjective
-from hyperbolic.errors import UserError
-from hyperbolic.evaluation.metrics import classification_metrics
+from hyperbolic.errors import TrainingError  # noqa: F401 (re-exported)
+from hyperbolic.metrics.classification import classification_metrics
 from hyperbolic.training.objective import multi_positive_contrastive
-from hyperbolic.model.projector import Geometry, Projector, similarity
+from hyperbolic.model.projector import SCALED_GEOMETRIES, Geometry, Projector, similarity
 
 log = logging.getLogger(__name__)
-
-class TrainingError(UserError, RuntimeError):
-    """A run that cannot go on (bad split, diverged loss, bad resume); the message says what to do."""
 
 def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
     """AdamW groups: ``decay`` holds the weight matrices (ndim >= 2) with ``weight_decay``;
@@ -90,9 +87,11 @@ class Trainer:
                  entailment: EntailmentObjective | None = None, init_audio: torch.Tensor | None = None):
         torch.manual_seed(cfg.seed)
         self.cfg = cfg
-        self.projector = Projector(embed_dim, geometry=cfg.geometry, clip_r=cfg.clip_r, clip_mode=cfg.clip_mode)
-        if cfg.init_radius is not None and cfg.geometry == "hyperbolic" and init_audio is not None:
-            # --init-radius: the training audio starts at this fraction of the ball radius.
+        self.projector = Projector(embed_dim, geometry=cfg.geometry, clip_r=cfg.clip_r, clip_mode=cfg.clip_mode,
+                                   proj_dim=cfg.proj_dim)
+        if cfg.init_radius is not None and cfg.geometry in SCALED_GEOMETRIES and init_audio is not None:
+            # --init-radius: the training audio starts at this fraction of the ball radius (for
+            # euclidean-distance: at the tangent norm that radius has), whatever --proj-dim.
             self.projector.scale_to_radius_(init_audio, c=cfg.c, radius=cfg.init_radius)
         self.geometry = Geometry(cfg.c, cfg.temperature, learn_c=cfg.learn_c and cfg.geometry == "hyperbolic",
                                  learn_temperature=cfg.learn_temperature)

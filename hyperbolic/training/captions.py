@@ -1,6 +1,6 @@
 """Training on captions (``train_hyperbolic_clap.py --text-column COL``).
 
-Texts: the distinct caption strings of the clips read (``hyperbolic.captions.texts.CaptionPairs``),
+Texts: the distinct caption strings of the clips read (``hyperbolic.embedding.captions.CaptionPairs``),
 after the class prompts when class labels are mixed in. A clip's positives are the texts of its
 own captions, so a caption string written for two clips is a positive of both; with
 ``--label-column`` given too, the clip's class prompts are positives as well, all in one
@@ -33,11 +33,11 @@ from data.audioset import SkipLog
 from data.captions import read_captions
 from data.labels import LabelMatcher
 from hyperbolic.embedding.cache import EmbeddingCache
-from hyperbolic.captions.texts import embed_texts, pair_captions
+from hyperbolic.embedding.captions import embed_texts, pair_captions
 from hyperbolic.config import TrainConfig
 from hyperbolic.embedding.embeddings import ClipEmbeddings, embed_prompts, embed_run_clips, prompts_for
 from hyperbolic.training.objective import caption_cone_term, multi_positive_contrastive
-from hyperbolic.evaluation.metrics import classification_metrics, retrieval_metrics
+from hyperbolic.metrics.classification import classification_metrics, retrieval_metrics
 from hyperbolic.training.trainer import Trainer, TrainingError
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Scores are an ``(N clips, M captions)`` matrix, higher = closer; ``caption_clip[j]`` is the clip
 caption j was written for. Ties: R@k is the expected value over a uniformly random order inside
-every tie (so item order never matters), and so is AP@10 (``hyperbolic.evaluation.metrics.ap_at_k``).
+every tie (so item order never matters), and so is AP@10 (``hyperbolic.metrics.classification.ap_at_k``).
 
 Text to audio (each caption is a query ranking the N clips; its one relevant clip is its own):
 
@@ -40,13 +40,14 @@ from data.audioset import SkipLog
 from data.captions import caption_counts, read_captions
 from data.errors import DatasetError
 from data.labels import LabelMatcher
-from hyperbolic.captions.texts import embed_texts, pair_captions
+from hyperbolic.embedding.captions import embed_texts, pair_captions
 from hyperbolic.config import EvalConfig
 from hyperbolic.embedding.embeddings import embed_run_clips, open_cache, open_clap
 from hyperbolic.evaluation.files import results_path, save_caption_scores, write_results
-from hyperbolic.evaluation.metrics import ap_at_k, expected_hits
+from hyperbolic.metrics.classification import ap_at_k, expected_hits
 from hyperbolic.outputs import unique_path
-from hyperbolic.evaluation.scoring import PLAIN_MODEL_NAME, build_models, model_info, similarity_stats, usage_block
+from hyperbolic.evaluation.scoring import (PLAIN_MODEL_NAME, build_models, model_info, similarity_stats, usage_block,
+                                          usage_skipped)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def _check(scores, caption_clip) -> tuple[np.ndarray, np.ndarray]:
 def per_query(scores, caption_clip) -> dict[str, np.ndarray]:
     """Per-query values whose means are the metrics: ``t2a_*`` (M,), one per caption, and
     ``a2t_*`` (N,), one per clip (expected hits in [0, 1], AP@10 values). The ranking rules are
-    ``hyperbolic.evaluation.metrics``': ``expected_hits``, ``ap_at_k``."""
+    ``hyperbolic.metrics.classification``': ``expected_hits``, ``ap_at_k``."""
     s, owner = _check(scores, caption_clip)
     n, m = s.shape
     relevant = np.zeros((n, m), dtype=bool)
@@ -188,6 +189,7 @@ def evaluate_captions(cfg: EvalConfig, models=None) -> tuple[dict, Path]:
             "bootstrap": None,
             # hyperbolic models: radii of clips and captions, each clip's caption ranking vs cosine
             "ball_usage": usage_block(model, audio_pts, caption_pts, scores),
+            "ball_usage_skipped": usage_skipped(model),
         }
     if cfg.bootstrap:
         for name, block in bootstrap_retrieval(score_sets, pairs.caption_clip, n=cfg.bootstrap,

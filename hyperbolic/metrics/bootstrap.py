@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-from hyperbolic.evaluation.metrics import _check_inputs, expected_hits
+from hyperbolic.metrics.classification import _check_inputs, expected_hits
+
 
 def bootstrap_samples(scores, targets, *, n: int, seed: int) -> dict[str, np.ndarray]:
     """mAP and acc@1 of each of ``n`` resamples of the clips: ``{"mAP": (n,), "acc@1": (n,)}``.

@@ -1,7 +1,7 @@
 """Hierarchy metrics over the class ontology: rank correlation of radius with depth, the LCA-height
 distance between classes and the severity of mistakes (Bertinetto et al. 2020), hierarchical
 precision/recall/F1 (Kiritchenko et al. 2006), mAP per depth, back-off decoding and the traversal
-summary (MERU). Inputs follow the conventions of ``hyperbolic.evaluation.metrics``.
+summary (MERU). Inputs follow the conventions of ``hyperbolic.metrics.classification``.
 
 Nodes: classes are ``0..C-1``, other ontology nodes (abstract parents) ``C..P-1``, as in
 ``hyperbolic.hierarchy.cones.Hierarchy``; ``ancestors[k]`` lists every node above class k
@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from scipy import stats
 
-from hyperbolic.evaluation.metrics import (_BLOCK_ELEMS, _check_inputs, _check_ks, _none_if_not_finite, _per_class_ap_auc,
-                                          _topk_expected, _topk_order)
+from hyperbolic.metrics.classification import (_BLOCK_ELEMS, _check_inputs, _check_ks, _none_if_not_finite,
+                                              _per_class_ap_auc, _topk_expected, _topk_order)
 
 
 def spearman_norm_depth(norms, depths) -> dict:

@@ -16,7 +16,7 @@ Conventions, shared by every function here:
   ``1 - hypergeom.pmf(0, group size, true in group, places left)``. A model whose scores are
   all equal gets ``acc@1 = mean over clips of #labels / C``. AP@10 (``t2a_mAP@10``, ``ap_at_k``)
   is the exact expected value over random tie orders too. ``mistake_severity``'s ``hier_dist@k``
-  (``hyperbolic.hierarchy.metrics``) still ranks ties by the lower index
+  (``hyperbolic.metrics.hierarchy``) still ranks ties by the lower index
   (``np.argsort(-s, kind="stable")``); the predictions list orders them so and flags them. Average precision and ROC AUC do not depend on the
   order inside a tie: they follow scikit-learn, which treats a tie as one threshold.
 - A value that is undefined or infinite is returned as ``None`` (results are written to JSON,
@@ -31,8 +31,7 @@ its per-clip AP loops over 20,000 rows. ``tests/test_metrics.py`` checks both ag
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -101,7 +100,7 @@ def first_hit_rank(s: np.ndarray, t: np.ndarray) -> np.ndarray:
     The first true entry in ``np.argsort(-row, kind="stable")`` is the true entry with the
     highest score, the lowest index among ties; its position is the number of entries
     scoring higher plus the number tied with it at a lower index. Every row needs a true
-    entry. Returns ``(R,)`` int. (Caption retrieval's t2a mAP@10, ``hyperbolic.captions.retrieval``, ranks
+    entry. Returns ``(R,)`` int. (Caption retrieval's t2a mAP@10, ``hyperbolic.evaluation.retrieval``, ranks
     with it; acc@k and R@k take ties at their expected value, ``expected_hits``.)
     """
     best = np.where(t, s, -np.inf).max(axis=1)

@@ -1,1 +1,0 @@
-"""Captions: per-text embeddings, caption training and caption retrieval."""
