@@ -52,3 +52,15 @@ def test_one_k_for_every_model(env, tiny_clap):  # noqa: F811
 def test_entailment_k_checks(extra, message):
     code, err = run_main(test_script, ["--parquet-dir", "x", *extra])
     assert code == 2 and message in err
+
+
+def test_measure_cones_at_sets_every_checkpoint_and_keeps_its_own():
+    from hyperbolic.evaluation.scoring import ScoringModel, measure_cones_at
+    plain = ScoringModel(name="clap_cosine", prompt_template="{label}")
+    hyp = ScoringModel(name="h", prompt_template="{label}", projector=Projector(4), geometry="hyperbolic", c=1.0,
+                       temperature=0.1, info={"entailment_k": 0.1}, entailment_k=0.1)
+    measure_cones_at([plain, hyp], None)
+    assert hyp.entailment_k == 0.1
+    measure_cones_at([plain, hyp], 1.0)
+    assert hyp.entailment_k == 1.0 and hyp.info["entailment_k_checkpoint"] == 0.1
+    assert hyp.info["entailment_k_source"] == "--entailment-k" and "entailment_k_source" not in plain.info

@@ -51,8 +51,8 @@ from hyperbolic.hierarchy.ontology import Ontology
 from hyperbolic.outputs import unique_path
 from hyperbolic.evaluation.retrieval import evaluate_captions
 from hyperbolic.evaluation.scoring import (COLLAPSED_TEXT_COSINE, PLAIN_MODEL_NAME, ScoringModel, build_models, model_info,
-                                          prompt_health, similarity_stats, training_overlap, usage_block,
-                                          usage_skipped)
+                                          measure_cones_at, prompt_health, similarity_stats, training_overlap,
+                                          usage_block, usage_skipped)
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +427,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         models = build_models(cfg, clap.embed_dim if stored is None else stored.dim)
     if len({m.name for m in models}) != len(models):
         raise ValueError(f"model names must be unique (got {', '.join(m.name for m in models)})")
+    measure_cones_at(models, cfg.entailment_k)  # models built here or passed in (benchmarks, the demo)
     if cfg.threshold is not None and len({m.geometry for m in models}) > 1:
         log.warning("--threshold %g applies to the raw scores of every model, and cosine, euclidean and "
                     "hyperbolic scores have different scales; compare the top-k rule (--set-k) instead",

@@ -220,15 +220,22 @@ def build_models(cfg: EvalConfig, embed_dim: int) -> list[ScoringModel]:
                                    info={"projection": PROJECTION_TEXT["cosine"], "distance": "cosine",
                                          "legacy_distance": False}))
     for path, name in zip(paths, model_names(paths)):
-        model = load_projection(path, embed_dim=embed_dim, c_flag=cfg.c, temperature_flag=cfg.temperature,
-                                legacy_distance=cfg.legacy_distance,
-                                prompt_template_flag=cfg.prompt_template, name=name)
-        if getattr(cfg, "entailment_k", None) is not None:  # one K for every model: comparable cones
-            model.info.update(entailment_k_checkpoint=model.info["entailment_k"], entailment_k=cfg.entailment_k,
-                              entailment_k_source="--entailment-k")
-            model.entailment_k = cfg.entailment_k
-        models.append(model)
+        models.append(load_projection(path, embed_dim=embed_dim, c_flag=cfg.c, temperature_flag=cfg.temperature,
+                                      legacy_distance=cfg.legacy_distance,
+                                      prompt_template_flag=cfg.prompt_template, name=name))
     return models
+
+
+def measure_cones_at(models: list[ScoringModel], k: float | None) -> None:
+    """``--entailment-k K``: every checkpoint's cones measured at K (comparable across models);
+    ``model_info`` keeps the checkpoint's own K as ``entailment_k_checkpoint``. None: no change."""
+    if k is None:
+        return
+    for model in models:
+        if model.projector is not None and model.info.get("entailment_k_source") != "--entailment-k":
+            model.info.update(entailment_k_checkpoint=model.info.get("entailment_k"), entailment_k=k,
+                              entailment_k_source="--entailment-k")
+            model.entailment_k = k
 
 
 def similarity_stats(scores: np.ndarray) -> dict:
