@@ -14,9 +14,9 @@ from sklearn.metrics import average_precision_score
 
 import test_clap_modelscope as eval_script
 import train_hyperbolic_clap as train_script
-from hyperbolic.metrics.classification import classification_metrics
 from hyperbolic.evaluation.splits import class_parts, coverage, split_block
 from hyperbolic.evaluation.tables import format_metrics_table
+from hyperbolic.metrics.classification import classification_metrics
 from hyperbolic.report import build_report, to_markdown
 
 NAMES = ["Speech", "Music", "Dog", "Cat", "Bird"]

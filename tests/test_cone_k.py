@@ -17,8 +17,7 @@ from hyperbolic.evaluation.tables import format_metrics_table
 from hyperbolic.model.projector import Projector
 from tests.helpers import run_main
 from tests.test_evaluate import DIM
-from tests.test_hierarchy_eval import (CONE_C, CONE_K, DEMO_ABSTRACT, DEMO_EDGES, _inside, _run,  # noqa: F401
-                                       env)
+from tests.test_hierarchy_eval import CONE_C, CONE_K, DEMO_ABSTRACT, DEMO_EDGES, _inside, _run, env  # noqa: F401
 
 
 @pytest.mark.slow

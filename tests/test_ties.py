@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hyperbolic.metrics import classification as M
 from hyperbolic.evaluation.evaluate import _predictions
+from hyperbolic.metrics import classification as M
 
 
 def _ap_every_order(row, rel, k):

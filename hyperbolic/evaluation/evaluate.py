@@ -31,15 +31,48 @@ from data.class_list import FROM_DATA, resolve_class_names
 from data.errors import DatasetError
 from data.labels import LabelMatcher, load_class_ids
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
-from hyperbolic.embedding.embeddings import (ClipEmbeddings, duration_report, embed_prompts, embed_run_clips, open_cache, open_clap,
-                                   prompts_for)
-from hyperbolic.embedding.stored import (StoredEmbeddings, check_writable, export_clip_ids, export_labels,
-                                         read_embeddings, write_embeddings)
+from hyperbolic.embedding.embeddings import (
+    ClipEmbeddings,
+    duration_report,
+    embed_prompts,
+    embed_run_clips,
+    open_cache,
+    open_clap,
+    prompts_for,
+)
+from hyperbolic.embedding.stored import (
+    StoredEmbeddings,
+    check_writable,
+    export_clip_ids,
+    export_labels,
+    read_embeddings,
+    write_embeddings,
+)
 from hyperbolic.evaluation.files import results_path, save_scores, write_plots, write_results
-from hyperbolic.evaluation.hierarchy import (HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block,
-                                             hierarchy_metrics)
+from hyperbolic.evaluation.hierarchy import (
+    HierarchyContext,
+    cone_block,
+    expand_to_ancestors,
+    hierarchy_block,
+    hierarchy_metrics,
+)
 from hyperbolic.evaluation.radius import radius_block
+from hyperbolic.evaluation.retrieval import evaluate_captions
+from hyperbolic.evaluation.scoring import (
+    COLLAPSED_TEXT_COSINE,
+    PLAIN_MODEL_NAME,
+    ScoringModel,
+    build_models,
+    measure_cones_at,
+    model_info,
+    prompt_health,
+    similarity_stats,
+    training_overlap,
+    usage_block,
+    usage_skipped,
+)
 from hyperbolic.evaluation.splits import class_parts, coverage, split_block
+from hyperbolic.hierarchy.ontology import Ontology
 from hyperbolic.metrics.bootstrap import bootstrap_ci, bootstrap_difference, bootstrap_samples
 from hyperbolic.metrics.classification import (
     classification_metrics,
@@ -47,12 +80,7 @@ from hyperbolic.metrics.classification import (
     per_class_ap,
     retrieval_metrics,
 )
-from hyperbolic.hierarchy.ontology import Ontology
 from hyperbolic.outputs import unique_path
-from hyperbolic.evaluation.retrieval import evaluate_captions
-from hyperbolic.evaluation.scoring import (COLLAPSED_TEXT_COSINE, PLAIN_MODEL_NAME, ScoringModel, build_models, model_info,
-                                          measure_cones_at, prompt_health, similarity_stats, training_overlap,
-                                          usage_block, usage_skipped)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +139,7 @@ def _metrics(scores, targets, cfg: EvalConfig, rows_read: int) -> dict:
     return metrics
 
 
-def _splits(models: list[ScoringModel], scored: dict, data: "_Clips", class_names: list[str], cfg: EvalConfig) -> None:
+def _splits(models: list[ScoringModel], scored: dict, data: _Clips, class_names: list[str], cfg: EvalConfig) -> None:
     """``metrics_by_split`` and ``training_coverage`` of every checkpoint (``hyperbolic.evaluation.splits``),
     with plain CLAP's metrics on the same class subsets when it ran."""
     labelled = data.labelled

@@ -24,8 +24,8 @@ from scipy import stats
 from scipy.special import log_softmax
 
 from hyperbolic.evaluation.ball_usage import CHUNK, _row_pearson, relative_radius
-from hyperbolic.metrics.classification import _topk_expected, expected_hits
 from hyperbolic.geometry import poincare
+from hyperbolic.metrics.classification import _topk_expected, expected_hits
 
 HUB_K = 10  # N_k: how many clips have a class among their top k
 COVERAGE_POINTS = 20  # risk-coverage curve written at coverage 1/20, 2/20, ..., 1

@@ -18,8 +18,15 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from scipy import stats
 
-from hyperbolic.metrics.classification import (_BLOCK_ELEMS, _check_inputs, _check_ks, _none_if_not_finite,
-                                              _per_class_ap_auc, _topk_expected, _topk_order)
+from hyperbolic.metrics.classification import (
+    _BLOCK_ELEMS,
+    _check_inputs,
+    _check_ks,
+    _none_if_not_finite,
+    _per_class_ap_auc,
+    _topk_expected,
+    _topk_order,
+)
 
 
 def spearman_norm_depth(norms, depths) -> dict:
@@ -183,7 +190,7 @@ def map_by_depth(scores, targets, depth) -> list[dict]:
     groups: dict = {}
     for k in np.flatnonzero(positives):
         groups.setdefault(depth[k], []).append(ap[k])
-    keys = sorted((d for d in groups if d is not None)) + ([None] if None in groups else [])
+    keys = sorted(d for d in groups if d is not None) + ([None] if None in groups else [])
     return [{"depth": d, "mAP": float(np.mean(groups[d])), "classes": len(groups[d])} for d in keys]
 
 
