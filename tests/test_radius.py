@@ -63,6 +63,16 @@ def test_frechet_mean_minimises_the_sum_of_squared_distances():
     np.testing.assert_allclose(poincare.frechet_mean(pts, c=c).numpy(), brute, atol=1e-6)
 
 
+def test_frechet_mean_of_spread_points_is_stationary():
+    # Spread points in many dimensions (pairwise distances ~4.6): a unit Karcher step diverges
+    # here; at the minimiser the mean of log_m(x_i), i.e. of logmap0((-m) (+) x_i), is 0.
+    g = torch.Generator().manual_seed(5)
+    pts = poincare.expmap0(torch.randn(400, 64, generator=g, dtype=torch.float64) * 0.15, c=1.0)
+    m = poincare.frechet_mean(pts, c=1.0)
+    grad = poincare.logmap0(poincare.mobius_add(-m.expand_as(pts), pts, c=1.0), c=1.0).mean(0)
+    assert float(grad.norm()) < 1e-9
+
+
 # ------------------------------------------------------------------------------- hubness
 
 def test_hubness_against_argsort_counts_and_scipy_skew():
