@@ -112,3 +112,19 @@ def test_traversal_nearest_on_a_ray_closed_form():
     d0 = [2 * math.atanh(0.1), 2 * math.atanh(0.8)]
     expected = [int(np.argmin([abs((1 - s / 10) * 2 * math.atanh(0.85) - d) for d in d0])) for s in range(1, 11)]
     assert got.tolist() == expected and expected[0] == 1 and expected[-1] == 0
+
+
+@pytest.mark.parametrize("c", [0.5, 1.0, 2.0])
+def test_traversal_nearest_against_the_moved_points_distances(c):
+    from hyperbolic.geometry import poincare
+    g = torch.Generator().manual_seed(int(c * 10))
+    model = ScoringModel(name="h", prompt_template="{label}", projector=Projector(6), geometry="hyperbolic",
+                         c=c, temperature=0.1)
+    audio = poincare.expmap0(torch.randn(40, 6, generator=g, dtype=torch.float64), c=c)
+    prompts = poincare.expmap0(torch.randn(15, 6, generator=g, dtype=torch.float64) * 0.7, c=c)
+    got = traversal_nearest(model, audio, prompts)
+    tangent = poincare.logmap0(audio, c=c)
+    for s in range(1, 11):
+        moved = poincare.expmap0(tangent * (1 - s / 10), c=c)
+        d = poincare.pairwise_dist(moved, prompts, c=c)
+        assert got[:, s - 1].tolist() == d.argmin(dim=1).tolist()

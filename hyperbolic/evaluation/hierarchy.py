@@ -18,10 +18,9 @@ import torch
 
 from hyperbolic.geometry import poincare
 from hyperbolic.hierarchy.cones import Hierarchy, cone_consistency, cone_report
-from hyperbolic.metrics.hierarchy import (backoff_curve, closure_matrix, hierarchical_prf, map_by_depth,
+from hyperbolic.metrics.hierarchy import (backoff_curve, closure_matrix, hierarchical_prf, map_with_depths,
                                          mistake_severity, spearman_norm_depth, traversal_summary)
 from hyperbolic.evaluation.ball_usage import radius_resolved, relative_radius
-from hyperbolic.metrics.classification import classification_metrics
 from hyperbolic.hierarchy.ontology import Ontology, OntologyError
 from hyperbolic.evaluation.scoring import ScoringModel
 
@@ -173,13 +172,24 @@ TRAVERSAL_SKIPPED = ("cosine and euclidean scores depend only on direction: movi
 def traversal_nearest(model: ScoringModel, audio_pts, prompt_pts, *, steps: int = TRAVERSAL_STEPS) -> np.ndarray:
     """``(N, steps)`` index of the nearest prompt node (geodesic distance, float64) to each clip's
     point moved towards the origin along its geodesic: ``expmap0((1 - s/steps) logmap0(x))``,
-    s = 1..steps (the last step is the origin)."""
-    tangent = poincare.logmap0(audio_pts.double(), c=model.c)
-    prompts = prompt_pts.double()
-    out = np.empty((len(audio_pts), steps), dtype=np.int64)
+    s = 1..steps (the last step is the origin).
+
+    The moved point is ``r u`` with u the clip's direction and ``sqrt(c) r = tanh((1 - s/steps)
+    artanh(sqrt(c)|x|))``; since ``cosh(sqrt(c) d) = 1 + 2c|x - t|^2 / ((1 - c r^2)(1 - c|t|^2))`` is
+    increasing in d and ``1 - c r^2`` is common to every prompt, the nearest prompt minimises
+    ``(r^2 + |t|^2 - 2 r <u, t>) / (1 - c|t|^2)``: one ``(N, P)`` product ``<u, t>`` serves every step."""
+    c = float(model.c)
+    x, t = audio_pts.double(), prompt_pts.double()
+    norm = x.norm(dim=-1, keepdim=True)
+    u = x / norm.clamp_min(poincare.MIN_NORM)
+    ut = u @ t.T                                                     # (N, P)
+    t2 = t.square().sum(-1)                                          # (P,)
+    room = (1 - c * t2).clamp_min(poincare.BALL_EPS[torch.float64])  # 1 - c|t|^2 > 0 inside the ball
+    depth0 = torch.atanh((c ** 0.5 * norm).clamp_max(1 - poincare.BALL_EPS[torch.float32]))  # (N, 1)
+    out = np.empty((len(x), steps), dtype=np.int64)
     for s in range(1, steps + 1):
-        pts = poincare.expmap0(tangent * (1 - s / steps), c=model.c)
-        out[:, s - 1] = poincare.pairwise_dist(pts, prompts, c=model.c).argmin(dim=1).numpy()
+        r = torch.tanh((1 - s / steps) * depth0) / c ** 0.5             # (N, 1)
+        out[:, s - 1] = ((r * r + t2 - 2 * r * ut) / room).argmin(dim=1).numpy()
     return out
 
 
@@ -194,9 +204,8 @@ def hierarchy_metrics(model: ScoringModel, scores, targets, raw_targets, hier: H
     class_depth = list(h.depth[:h.num_classes])
     propagated = expand_to_ancestors(raw_targets, h)
     out = {**hierarchical_prf(scores, targets, h.ancestors, num_nodes),
-           "map_by_ground_truth": {
-               name: {"mAP": classification_metrics(scores, gt, ks=(1,))["mAP"], "per_depth": map_by_depth(scores, gt, class_depth)}
-               for name, gt in (("labels", raw_targets), ("labels+ancestors", propagated))},
+           "map_by_ground_truth": {name: map_with_depths(scores, gt, class_depth)
+                                   for name, gt in (("labels", raw_targets), ("labels+ancestors", propagated))},
            "backoff": backoff_curve(scores, targets, h.ancestors, h.parents, h.depth)}
     if model.projector is not None and model.geometry == "hyperbolic" and audio_pts is not None:
         truth = (targets.astype(np.float64) @ closure) > 0

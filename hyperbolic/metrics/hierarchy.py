@@ -185,13 +185,20 @@ def map_by_depth(scores, targets, depth) -> list[dict]:
     """mAP of the classes at each ontology depth: ``[{depth, mAP, classes}]``, shallowest first,
     over the classes with >= 1 positive; ``depth`` (C,) with None for unmatched classes, listed
     last as ``depth: null``. The per-class APs are those of ``classification_metrics``' mAP."""
+    return map_with_depths(scores, targets, depth)["per_depth"]
+
+
+def map_with_depths(scores, targets, depth) -> dict:
+    """``{mAP, per_depth}`` from one pass of per-class AP: ``mAP`` is ``classification_metrics``'
+    (mean over the classes with >= 1 positive), ``per_depth`` is ``map_by_depth``'s list."""
     s, t = _check_inputs(scores, targets)
     ap, _, positives = _per_class_ap_auc(s, t)
     groups: dict = {}
     for k in np.flatnonzero(positives):
         groups.setdefault(depth[k], []).append(ap[k])
     keys = sorted(d for d in groups if d is not None) + ([None] if None in groups else [])
-    return [{"depth": d, "mAP": float(np.mean(groups[d])), "classes": len(groups[d])} for d in keys]
+    return {"mAP": float(np.mean(ap[positives > 0])),
+            "per_depth": [{"depth": d, "mAP": float(np.mean(groups[d])), "classes": len(groups[d])} for d in keys]}
 
 
 # ------------------------------------------------------------------------ back-off decoding
