@@ -16,13 +16,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hyperbolic.evaluation.ball_usage import radius_resolved, relative_radius
+from hyperbolic.evaluation.scoring import ScoringModel
 from hyperbolic.geometry import poincare
 from hyperbolic.hierarchy.cones import Hierarchy, cone_consistency, cone_report
-from hyperbolic.metrics.hierarchy import (backoff_curve, closure_matrix, hierarchical_prf, map_with_depths,
-                                         mistake_severity, spearman_norm_depth, traversal_summary)
-from hyperbolic.evaluation.ball_usage import radius_resolved, relative_radius
 from hyperbolic.hierarchy.ontology import Ontology, OntologyError
-from hyperbolic.evaluation.scoring import ScoringModel
+from hyperbolic.metrics.hierarchy import (
+    backoff_curve,
+    closure_matrix,
+    hierarchical_prf,
+    map_with_depths,
+    mistake_severity,
+    spearman_norm_depth,
+    traversal_summary,
+)
 
 log = logging.getLogger("hyperbolic.evaluation.evaluate")
 
@@ -53,7 +60,7 @@ class HierarchyContext:
 
     @classmethod
     def build(cls, ontology: Ontology, class_names: list[str], *, expand_ancestors: bool = False,
-              available=None) -> "HierarchyContext":
+              available=None) -> HierarchyContext:
         """``available``: as ``Hierarchy.build`` takes it (``--embeddings``: which abstract parents
         have a stored prompt)."""
         try:
