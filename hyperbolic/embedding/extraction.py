@@ -115,6 +115,42 @@ def _as_is(item):
     return item
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: ``taskset`` and containers narrow it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+MAX_AUTO_WORKERS = 8
+
+
+def choose_split(decode_s: float, forward_s: float, cores: int, *, threads: int | None = None,
+                 one_less: float | None = None, max_workers: int = MAX_AUTO_WORKERS) -> int:
+    """Decoding workers for a run whose clips cost ``decode_s`` seconds of CPU each to decode
+    (parquet, resampling, mel features) and ``forward_s`` seconds each to forward on ``threads``
+    intra-op threads (default ``cores``); with W workers the forward runs on
+    ``T_W = min(threads, cores - W)`` threads (``forward_threads``).
+
+    Estimated seconds per clip: with no worker, decoding and forward take turns,
+    ``forward_s + decode_s``; with W workers they overlap, ``max(forward_s * slow(W), decode_s / W)``.
+    ``one_less``: the measured ratio of the forward's time on ``threads - 1`` threads to that on
+    ``threads``; the forward is taken to lose the same share per thread lost, ``slow(W) = 1 +
+    (one_less - 1) (threads - 1) (threads - T_W) / T_W`` (``threads / T_W`` when the forward scales
+    perfectly, 1 when threads do not help it). Without a measurement, perfect scaling: the
+    pessimistic case for workers. The smallest estimate wins, ties to fewer workers. On 2 cores the
+    base-size CLAP (160 ms of forward vs 15 ms of decoding per clip) gets no worker; a decode-bound
+    tiny CLAP, or a machine with many cores, gets workers."""
+    threads = cores if threads is None else threads
+    scaling = threads / max(threads - 1, 1) if one_less is None else max(one_less, 1.0)
+    best, best_cost = 0, forward_s + decode_s
+    for w in range(1, min(max_workers, cores - 1) + 1):
+        left = min(threads, cores - w)
+        slow = 1 + (scaling - 1) * (threads - 1) * (threads - left) / left
+        cost = max(forward_s * slow, decode_s / w)
+        if cost < best_cost:
+            best, best_cost = w, cost
+    return best
+
+
 def forward_threads(num_workers: int, current: int) -> int:
     """Intra-op threads for the forward while ``num_workers`` processes decode: the cores they
     leave (at least 1, at most ``current``). On 2 cores with 1 worker, 2 forward threads made the
@@ -123,8 +159,7 @@ def forward_threads(num_workers: int, current: int) -> int:
     count; tests check that embeddings do not depend on the number of workers.)"""
     if num_workers == 0:
         return current
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(current, cores - num_workers))
+    return max(1, min(current, usable_cores() - num_workers))
 
 
 def _shard_of(unit: int, file_index: int, count: int) -> int:
@@ -213,7 +248,7 @@ class _DecodeStream(IterableDataset):
         clips = iter_clips([job.path], matcher=self.matcher, skips=skips, label_column=self.label_column,
                            limit=limit, decode=True, require_labels=self.require_labels,
                            read_batch_rows=self.unit_rows, shard=((shard - job.index) % count, count),
-                           max_samples=None if self.segmenting is not None else MAX_SAMPLES)
+                           max_samples=None if self.segmenting is not None else MAX_SAMPLES, warn=False)
         pending: list[Clip] = []
         for clip in clips:
             yield from self._events(job, skips)
@@ -378,11 +413,14 @@ class _Embedder:
                 for p in plans if not p.plain and (needed := self.args.needed_here(p))]
         if not jobs:
             return
-        items = self._decoded(jobs)
-        workers = max(1, self.args.num_workers)
-        finished: dict[int, int] = defaultdict(int)
         before = torch.get_num_threads()
-        torch.set_num_threads(forward_threads(self.args.num_workers, before))
+        num_workers = self.args.num_workers
+        if num_workers is None:
+            jobs, num_workers = self._probe_split(jobs, plans, progress)
+        items = self._decoded(jobs, num_workers)
+        workers = max(1, num_workers)
+        finished: dict[int, int] = defaultdict(int)
+        torch.set_num_threads(forward_threads(num_workers, before))
         try:
             for item in items:
                 plan = plans[item[1]]
@@ -397,7 +435,7 @@ class _Embedder:
             del items
             self.writer.save_all(plans)
 
-    def _decoded(self, jobs: list[_DecodeJob]) -> Iterator[tuple]:
+    def _decoded(self, jobs: list[_DecodeJob], num_workers: int) -> Iterator[tuple]:
         """The items of a ``_DecodeStream`` over ``jobs``: read here, or by DataLoader workers."""
         a = self.args
         stream = _DecodeStream(jobs, matcher=a.matcher, label_column=a.label_column,
@@ -405,8 +443,72 @@ class _Embedder:
                                feature_extractor=self.clap.processor.feature_extractor,
                                sampling_rate=self.clap.sampling_rate, segmenting=a.segmenting, rank=a.rank,
                                world_size=a.world_size)
-        return iter(stream) if a.num_workers == 0 else iter(DataLoader(
-            stream, batch_size=None, num_workers=a.num_workers, collate_fn=_as_is))
+        return iter(stream) if num_workers == 0 else iter(DataLoader(
+            stream, batch_size=None, num_workers=num_workers, collate_fn=_as_is))
+
+    def _probe_split(self, jobs: list[_DecodeJob], plans: list[_FilePlan],
+                     progress: tqdm) -> tuple[list[_DecodeJob], int]:
+        """``num_workers`` None: decode the first unit here, forward it on every core, timing
+        both, and choose the workers for the rest (``choose_split``). Returns the jobs left (the
+        probed rows taken out) and the workers. Too little work to pay a worker's start: none."""
+        cores = usable_cores()
+        if cores < 2 or sum(len(j.needed) for j in jobs) <= 2 * self.args.unit_rows:
+            return jobs, 0
+        first, plan = jobs[0], plans[jobs[0].index]
+        done: set[int] = set()
+        decode_s = forward_s = 0.0
+        clips, item, one_less = 0, ("done",), None
+        self.clap.model  # load the weights (lazy) before the clock starts
+        stream = iter(self._decoded([first], 0))
+        started = time.perf_counter()
+        for item in stream:
+            if item[0] == "done":
+                break
+            if item[0] == "batch":
+                decode_s = time.perf_counter() - started
+                clips = len(item[2])
+                started = time.perf_counter()
+            self._take(plan, item, progress)
+            if item[0] == "skip":
+                done.add(item[2])
+            elif item[0] == "batch":
+                forward_s = time.perf_counter() - started
+                done.update(item[2])
+                one_less = self._one_less(item[4], torch.get_num_threads())
+                break
+        stream.close()
+        rest = [_DecodeJob(first.index, first.path, first.limit, first.needed - done)] + jobs[1:]
+        if not rest[0].needed or item[0] == "done":
+            rest = rest[1:]
+            self.writer.save(plan, finished=True)
+        if not clips:
+            return rest, 0
+        threads = torch.get_num_threads()
+        workers = choose_split(decode_s / clips, forward_s / clips, cores, threads=threads, one_less=one_less)
+        log.info("decoding split: %d worker(s), the forward on %d thread(s) (measured per clip on the first "
+                 "%d: %.1f ms of decoding, %.1f ms of forward on %d thread(s), %s on one thread less)", workers,
+                 forward_threads(workers, threads), clips, 1000 * decode_s / clips, 1000 * forward_s / clips, threads,
+                 "not measured" if one_less is None else f"{one_less:.2f}x")
+        return rest, workers
+
+    def _one_less(self, features: dict, threads: int, clips: int = 2) -> float | None:
+        """Forward time on ``threads - 1`` threads over that on ``threads``, from the first
+        ``clips`` clips of a batch (results discarded): one untimed forward of that shape, then one
+        timed on each count. None on one thread."""
+        if threads < 2 or self.args.segmenting is not None:
+            return None
+        part = {k: v[:clips] for k, v in features.items()}
+        self.clap.embed_features(part)
+        timed = {}
+        try:
+            for n in (threads - 1, threads):
+                torch.set_num_threads(n)
+                started = time.perf_counter()
+                self.clap.embed_features(part)
+                timed[n] = time.perf_counter() - started
+        finally:
+            torch.set_num_threads(threads)
+        return timed[threads - 1] / timed[threads]
 
     def _take(self, plan: _FilePlan, item: tuple, progress: tqdm) -> None:
         """One ``_DecodeStream`` item other than "done" (see there)."""
@@ -443,7 +545,7 @@ def _plain_read(plan: _FilePlan, args: _RunArgs, embedder: _Embedder) -> None:
         for clip in iter_clips([plan.path], matcher=args.matcher, skips=skips,
                                label_column=args.label_column, limit=plan.limit, decode=True,
                                require_labels=args.require_labels, read_batch_rows=args.unit_rows,
-                               max_samples=None if args.segmenting is not None else MAX_SAMPLES):
+                               max_samples=None if args.segmenting is not None else MAX_SAMPLES, warn=False):
             clips.append(clip)
             if args.keep is not None and not args.keep(clip.meta):
                 clip.waveform = None
@@ -504,7 +606,7 @@ class ClipRun:
             return plan
         skips, a = SkipLog(), self.args
         clips = list(iter_clips([path], matcher=a.matcher, skips=skips, label_column=a.label_column,
-                                limit=limit, decode=False, require_labels=a.require_labels))
+                                limit=limit, decode=False, require_labels=a.require_labels, warn=False))
         # A cached outcome counts only for the clip it was computed for.
         byrow = {c.meta.row: c for c in clips}
         plan.known = {r: o for r, o in known.items() if r in byrow and o.video_id == byrow[r].meta.video_id}
@@ -548,7 +650,9 @@ class ClipRun:
 def assemble(plans: list[_FilePlan], skips: SkipLog) -> tuple[list[tuple[Clip, RowOutcome]], int, int]:
     """The clips of a settled run that have an embedding, with their outcomes, in reading order
     (files in order, rows in order), and the counts (reused from the cache, computed). The others
-    are counted in their file's skips, which go into ``skips`` file by file."""
+    are counted in their file's skips, which go into ``skips`` file by file. A file counted as
+    unreadable is warned about here, once, from the counts that are reported (its reads ran with
+    ``warn=False``: the label pass and the plain read of a damaged file both meet it)."""
     used: list[tuple[Clip, RowOutcome]] = []
     reused = computed = 0
     for plan in plans:
@@ -560,5 +664,7 @@ def assemble(plans: list[_FilePlan], skips: SkipLog) -> tuple[list[tuple[Clip, R
             computed += clip.meta.row in plan.computed
             reused += clip.meta.row not in plan.computed
             used.append((clip, outcome))
+        for example in plan.log.examples("unreadable_file"):
+            log.warning("skipping %s: %s", plan.path, example["detail"])
         skips.merge(plan.log)
     return used, reused, computed

@@ -75,6 +75,7 @@ from hyperbolic.evaluation.splits import class_parts, coverage, split_block
 from hyperbolic.hierarchy.ontology import Ontology
 from hyperbolic.metrics.bootstrap import bootstrap_ci, bootstrap_difference, bootstrap_samples
 from hyperbolic.metrics.classification import (
+    _topk_order,
     classification_metrics,
     legacy_set_metrics,
     per_class_ap,
@@ -112,19 +113,26 @@ def _predictions(scores, clips, class_names, top_k, expanded=None):
     entry has ``tie_size`` (classes sharing its score, 1 when none) and each clip
     ``predicted_top1_tied`` (every class tied at the top: the top 1 is any of them with equal
     probability, as the metrics take it)."""
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+    # The top k without sorting whole rows, whole-array lookups and one tolist(): the same list
+    # as np.argsort(-scores, kind="stable") and per-element float(), in a third of the time.
+    order = _topk_order(scores, top_k)
+    values = np.take_along_axis(scores, order, axis=1)
+    ties = np.stack([np.count_nonzero(scores == values[:, j:j + 1], axis=1) for j in range(order.shape[1])],
+                    axis=1)
+    top_scores, tie_sizes = values.tolist(), ties.tolist()
+    names = np.asarray(class_names, dtype=object)[order].tolist()
     out = []
     for i, meta in enumerate(clips.metas):
         extra = ({} if expanded is None else
                  {"ground_truth_indices_with_ancestors": np.flatnonzero(expanded[i]).tolist()})
-        row = scores[i]
+        top_tied = ([names[i][0]] if tie_sizes[i][0] == 1 else
+                    [class_names[k] for k in np.flatnonzero(scores[i] == values[i, 0])])
         out.append({
             "sample_id": i, "video_id": meta.video_id, "file": meta.file, "row": meta.row,
-            "predicted_top1": class_names[order[i, 0]],
-            "predicted_top1_tied": [class_names[k] for k in np.flatnonzero(row == row[order[i, 0]])],
-            "top_k_predictions": [{"rank": r + 1, "classname": class_names[k], "similarity": float(row[k]),
-                                   "tie_size": int(np.count_nonzero(row == row[k]))}
-                                  for r, k in enumerate(order[i])],
+            "predicted_top1": names[i][0],
+            "predicted_top1_tied": top_tied,
+            "top_k_predictions": [{"rank": r + 1, "classname": name, "similarity": value, "tie_size": size}
+                                  for r, (name, value, size) in enumerate(zip(names[i], top_scores[i], tie_sizes[i]))],
             "ground_truth_human_labels": clips.raw_labels[i],
             "ground_truth_indices": clips.label_indices[i],
             **extra,
