@@ -26,10 +26,10 @@ def test_one_k_for_every_model(env, tiny_clap):  # noqa: F811
     _run([*env["base"], "--class-labels", env["classes"], "--ontology", env["onto"], "--entailment-k", "0.7",
           "--projection-checkpoint", env["cone"], env["plain"], "--output-json", out])
     results = json.loads(out.read_text())
-    cone = results["models"]["cone"]
+    cone = results["models"]["cone-hyperbolic"]
     assert cone["model_info"]["entailment_k"] == 0.7 and cone["model_info"]["entailment_k_checkpoint"] == CONE_K
     assert cone["hierarchy"]["cones"]["K"] == 0.7 and cone["hierarchy"]["cones"]["K_source"] == "--entailment-k"
-    assert results["models"]["plain"]["hierarchy"]["cones"]["K"] == 0.7
+    assert results["models"]["plain-hyperbolic"]["hierarchy"]["cones"]["K"] == 0.7
 
     projector = Projector(DIM, clip_r=0.9)
     projector.load_state_dict(torch.load(env["cone"], weights_only=False)["projection_state_dict"])

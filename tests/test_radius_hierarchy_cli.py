@@ -42,7 +42,7 @@ def test_radius_and_hierarchy_blocks_match_a_recomputation(run):
     results, z = run
     lab = z["labelled"]
     closure = _closure()
-    for name in ("clap_cosine", "cone", "euc"):
+    for name in ("clap_cosine", "cone-hyperbolic", "euc-euclidean"):
         block = results["models"][name]
         s = z[f"scores_{name}"]
         hub = block["radius"]["hubness"]
@@ -61,7 +61,7 @@ def test_radius_and_hierarchy_blocks_match_a_recomputation(run):
         assert block["hierarchy"]["hierarchical_recall@1"] == pytest.approx(inter / true)
         gt = block["hierarchy"]["map_by_ground_truth"]
         assert gt["labels"]["mAP"] == pytest.approx(block["metrics"]["mAP"])  # no --expand-ancestors
-    cos, hyp = results["models"]["clap_cosine"], results["models"]["cone"]
+    cos, hyp = results["models"]["clap_cosine"], results["models"]["cone-hyperbolic"]
     assert cos["radius"]["logit_split"]["angle_only"] is None and cos["radius"]["logit_split"]["skipped"]
     assert cos["hierarchy"]["traversal"]["on_path"] is None and cos["hierarchy"]["traversal"]["skipped"]
     assert 0 <= hyp["hierarchy"]["traversal"]["on_path"] <= 1
