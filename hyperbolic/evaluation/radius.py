@@ -69,16 +69,18 @@ def hubness(scores: np.ndarray, *, k: int = HUB_K) -> dict:
 
 # --------------------------------------------------------------------------- logit split
 
-def ranking_agreement(a: np.ndarray, b: np.ndarray) -> dict:
+def ranking_agreement(a: np.ndarray, b: np.ndarray, a_rank: np.ndarray | None = None) -> dict:
     """Agreement of two ``(N, C)`` rankings of the classes: ``top1_agreement`` (fraction of clips
     whose argmax is the same; ties to the lower index) and ``spearman`` (mean over clips of the
     Spearman correlation of the two rows, ties at their average rank; a clip with a constant row
-    has none and is left out, ``spearman_clips`` counts the rest)."""
+    has none and is left out, ``spearman_clips`` counts the rest). ``a_rank``: ``a``'s row ranks
+    when already computed (``stats.rankdata(a, axis=1)``)."""
     same, corr = [], []
     for i in range(0, len(a), CHUNK):
         x, y = a[i:i + CHUNK].astype(np.float64), b[i:i + CHUNK].astype(np.float64)
         same.append(x.argmax(axis=1) == y.argmax(axis=1))
-        corr.append(_row_pearson(stats.rankdata(x, axis=1), stats.rankdata(y, axis=1)))
+        rx = stats.rankdata(x, axis=1) if a_rank is None else a_rank[i:i + CHUNK]
+        corr.append(_row_pearson(rx, stats.rankdata(y, axis=1)))
     same = np.concatenate(same) if same else np.empty(0, dtype=bool)
     corr = np.concatenate(corr) if corr else np.empty(0)
     valid = corr[~np.isnan(corr)]
@@ -113,10 +115,11 @@ def logit_split(model, audio_pts: torch.Tensor, text_pts: torch.Tensor, scores: 
     if not _is_hyperbolic(model):
         return {"angle_only": None, "radius_only": None, "skipped": NOT_HYPERBOLIC}
     norm = text_pts.double().norm(dim=-1)
+    rank = stats.rankdata(scores.astype(np.float64), axis=1)  # the model's ranks, shared by both comparisons
     out = {}
     for key, moved in (("angle_only", prompts_at_median_radius(text_pts)),
                        ("radius_only", prompts_on_one_ray(text_pts))):
-        out[key] = ranking_agreement(scores, model.score_points(audio_pts, moved.to(text_pts.dtype)))
+        out[key] = ranking_agreement(scores, model.score_points(audio_pts, moved.to(text_pts.dtype)), rank)
     spread = float((norm.max() - norm.min()) * model.c ** 0.5)
     out.update(prompt_radius_spread=spread,
                definition="agreement of the model's class ranking with the ranking against (angle_only) every "
