@@ -169,7 +169,9 @@ class TrainConfig(EmbeddingConfig):
     # None: val_t2a_R@10 with text_column (caption training), else val_mAP.
     select_metric: str | None = choice(None, SELECT_METRICS, optional=True)
     holdout_classes: str | None = None
-    holdout_seed: int = 0            # seed of a --holdout-classes fraction, fixed so --seed varies the model only
+    # Seed of a --holdout-classes fraction, fixed so --seed varies the model only; 42, the default
+    # --seed, so a command that gives neither holds out the classes it held out before the flag.
+    holdout_seed: int = 42
     ontology: str | None = None
     entailment_weight: float = 0.0
     entailment_k: float = DEFAULT_K
