@@ -348,6 +348,9 @@ class StudyConfig:
             (not 0 < self.eval_fraction < 1, f"--eval-fraction must be in (0, 1) (got {self.eval_fraction:g})"),
             (self.bootstrap < 1, f"--bootstrap must be >= 1: the summary's intervals need resamples (got {self.bootstrap})"),
             (self.recipe.text_column, "--text-column: a study scores classes; caption runs are not a study axis"),
+            (self.recipe.entailment_weight > 0 and any(g != "hyperbolic" for g in self.geometries),
+             "--entailment-weight > 0 trains entailment cones, which live on the Poincare ball: use "
+             "--geometries hyperbolic (and run the controls in a study without cones)"),
             (bool(self.eval_parquet_dir) and bool(self.eval_embeddings),
              "--eval-parquet-dir and --eval-embeddings both name the eval clips; give one of them"),
         ] if failed] + self.recipe.problems()

@@ -102,6 +102,31 @@ def test_projection_sizes_controls_and_the_probe_ceiling(tmp_path, count_fits):
     assert probe["mAP"]["mean"] > 0.5
 
 
+def test_with_an_ontology_cells_carry_the_hierarchy_figures(tmp_path):
+    from hyperbolic.hierarchy.cones import Hierarchy
+    from hyperbolic.hierarchy.ontology import Ontology
+    from tests.helpers import random_ontology
+    data = tiny_data(classes=6)
+    path = tmp_path / "ontology.json"
+    path.write_text(json.dumps(random_ontology(data.class_names, abstract=2, roots=2, seed=1)))
+    data.hierarchy = Hierarchy.build(Ontology.load(path), data.class_names)
+    extra = torch.nn.functional.normalize(torch.randn(len(data.hierarchy.extra_names), 16), dim=-1)
+    data.prompts = torch.cat([data.prompts, extra])  # the abstract parents' prompts follow the classes
+    study = study_config(tmp_path / "study")
+    study = replace(study, geometries=["hyperbolic", "euclidean"],
+                    recipe=replace(study.recipe, ontology=str(path), entailment_weight=1.0, entailment_k=1.0))
+    assert any("--entailment-weight > 0" in m for m in study.problems())  # cones need the ball
+    with pytest.raises(StudyError, match="--geometries hyperbolic"):
+        run_study(study, tmp_path / "study", load_data=lambda: data)  # refused before any cell, in code too
+    assert not (tmp_path / "study" / "cells").exists()
+    study = replace(study, geometries=["hyperbolic"])
+    run_study(study, tmp_path / "study2", load_data=lambda: data)
+    cell = json.loads((tmp_path / "study2" / "cells" / "hyperbolic_dclap_f1_s0" / "cell.json").read_text())
+    h = cell["hierarchy"]
+    assert h["prompt_pairs"] == data.hierarchy.parent_child.shape[0] > 0 and h["cone_K"] == 1.0
+    assert 0 <= h["prompt_pairs_in_cone"] <= 1 and h["mistake_severity"] is not None
+
+
 def test_a_cell_trains_on_its_fraction_of_the_training_part(tmp_path, count_fits):
     study = study_config(tmp_path, fractions=[0.5, 1.0], seeds=[0, 1])
     run_study(study, tmp_path, load_data=tiny_data)

@@ -48,7 +48,11 @@ def cell_config(recipe: TrainConfig, cell: Cell, out: Path, embed_dim: int) -> T
             raise StudyError(f"--proj-dims {cell.proj_dim}: this version trains projections of the CLAP size "
                              f"({embed_dim}) only; use --proj-dims clap")
         changes["proj_dim"] = cell.proj_dim
-    return replace(recipe, **changes)
+    cfg = replace(recipe, **changes)
+    problems = cfg.problems()  # the checks train() runs, for the cell's own geometry and size
+    if problems:
+        raise StudyError(f"cell {cell.key}: " + "; ".join(problems))
+    return cfg
 
 
 def run_cell(study: StudyConfig, data: StudyData, cell: Cell, root: Path) -> dict:

@@ -139,6 +139,9 @@ def run_study(study: StudyConfig, root: Path, *, load_data) -> dict:
     then rebuild the summary. Returns ``{"ran", "reused", "claimed_elsewhere", "cells", "seconds"}``.
     KeyboardInterrupt propagates after the running cell's claim is released."""
     from hyperbolic.study.cell import run_cell
+    problems = study.problems()  # as parse_args checks them, for a configuration built in code too
+    if problems:
+        raise StudyError("\n".join(problems))
     root = Path(root)
     check_folder(study, root)
     cells = grid_of(study)
