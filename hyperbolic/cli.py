@@ -9,9 +9,21 @@ import dataclasses
 import functools
 import shlex
 
-from hyperbolic.config import (CLIP_MODES, GEOMETRIES, LR_SCHEDULES, NEGATIVES, PRECISIONS, SELECT_METRICS,
-                               SWANLAB_MODES, TEXT_PAIRINGS, EmbeddingConfig, EvalConfig, StudyConfig, TrainConfig,
-                               default_of)
+from hyperbolic.config import (
+    CLIP_MODES,
+    GEOMETRIES,
+    LR_SCHEDULES,
+    NEGATIVES,
+    PRECISIONS,
+    SELECT_METRICS,
+    SWANLAB_MODES,
+    TEXT_PAIRINGS,
+    EmbeddingConfig,
+    EvalConfig,
+    StudyConfig,
+    TrainConfig,
+    default_of,
+)
 
 # Every flag's default is its configuration field's (hyperbolic.config), written there once.
 # tests/test_cli.py holds each parser against the dataclasses, defaults and choices alike.
