@@ -182,7 +182,7 @@ def write_summary(study: StudyConfig, root: Path, cells: list[Cell]) -> dict:
     from hyperbolic.study.summary import markdown_table, read_cells, summarize
     records = read_cells(root)
     facts = json.loads((root / "data.json").read_text()) if (root / "data.json").exists() else {}
-    rows = summarize(root, records) if records else []
+    rows = summarize(root, records, embed_dim=facts.get("embed_dim")) if records else []
     done = {r["key"] for r in records}
     missing = [c.key for c in cells if c.key not in done]
     timing = {"cells_wall_seconds": round(sum(r["seconds"]["total"] for r in records), 1),

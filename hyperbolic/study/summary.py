@@ -80,7 +80,7 @@ def _config_row(key: tuple, cells: list[dict], samples: dict[str, np.ndarray]) -
     return row
 
 
-def summarize(root: Path, records: list[dict] | None = None) -> list[dict]:
+def summarize(root: Path, records: list[dict] | None = None, *, embed_dim: int | None = None) -> list[dict]:
     """The summary rows: one per configuration, then hyperbolic rows carry ``differences`` to each
     control at the same D and fraction (every other trained geometry, plain CLAP, and the linear
     probe at that fraction), and every trained row its ``gain_share_of_probe``."""
@@ -114,9 +114,11 @@ def summarize(root: Path, records: list[dict] | None = None) -> list[dict]:
                 diff[m]["verdict"] = verdict(diff[m]["low"], diff[m]["high"])
             row["differences"][other[0]] = diff
     order = {COSINE: 0, PROBE: 1}
-    # By fraction, the references first, then D ascending (the CLAP size, None, last), then geometry.
+    # By fraction, the references first, then D ascending (None: the CLAP size, ``embed_dim``, or
+    # last when it is not known), then geometry.
+    clap_size = math.inf if embed_dim is None else embed_dim
     return [rows[k] for k in sorted(rows, key=lambda k: (k[2], order.get(k[0], 2),
-                                                        math.inf if k[1] is None else k[1], k[0]))]
+                                                        clap_size if k[1] is None else k[1], k[0]))]
 
 
 def _fmt(x, digits: int = 3) -> str:
