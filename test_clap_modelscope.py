@@ -57,7 +57,9 @@ def main(argv=None) -> int:
     except UserError as err:
         log.error("%s", err)
         return 2
+    from data.audioset import describe_skipped
     print(format_results_table(results))
+    print(f"{describe_skipped(results.get('skipped'))} (examples under 'skipped' in the results JSON)")
     print(f"Results saved to: {path}")
     if results["test_info"]["scores_file"]:
         print(f"Scores saved to: {results['test_info']['scores_file']}")

@@ -44,6 +44,7 @@ __all__ = [
     "LabelCounter",
     "SkipLog",
     "combine_shards",
+    "describe_skipped",
     "count_rows",
     "iter_clips",
     "list_parquet_files",
@@ -81,6 +82,7 @@ class SkipLog:
     def __init__(self) -> None:
         self._counts: Counter[str] = Counter()
         self._rows = 0  # adds with a meta: skipped rows, as opposed to skipped files
+        self._file_counts: Counter[str] = Counter()  # adds without a meta (whole or partly unread files), by reason
         self._examples: dict[str, list[dict[str, Any]]] = {}
         self.unknown_labels = LabelCounter()
 
@@ -88,6 +90,7 @@ class SkipLog:
         """Count one skipped row (`meta`) or one skipped file (`file`, no meta)."""
         self._counts[reason] += 1
         self._rows += meta is not None
+        self._file_counts[reason] += meta is None
         examples = self._examples.setdefault(reason, [])
         if len(examples) < MAX_EXAMPLES:
             examples.append(
@@ -110,6 +113,18 @@ class SkipLog:
         """Skipped rows (adds with a meta); files counted without a meta are not rows."""
         return self._rows
 
+    def files_skipped(self) -> int:
+        """Files counted without a meta (not readable, or read only up to a damaged row group)."""
+        return sum(self._file_counts.values())
+
+    def examples(self, reason: str) -> list[dict[str, Any]]:
+        """The kept examples of ``reason`` (at most MAX_EXAMPLES)."""
+        return list(self._examples.get(reason, []))
+
+    def summary(self) -> str:
+        """``describe_skipped(self.to_dict())``: the closing line of a run."""
+        return describe_skipped(self.to_dict())
+
     def unknown_labels_list(self, top: int | None = None) -> list[dict[str, Any]]:
         """`unknown_labels.to_dict(top)`: `[{"label", "count"}]`, most frequent first."""
         return self.unknown_labels.to_dict(top)
@@ -121,6 +136,7 @@ class SkipLog:
     def merge(self, other: SkipLog) -> SkipLog:
         """Add `other`'s counts, examples (up to the cap) and unknown labels into self."""
         self._rows += other._rows
+        self._file_counts.update(other._file_counts)
         for reason, n in other._counts.items():
             self._counts[reason] += n
             mine = self._examples.setdefault(reason, [])
@@ -143,12 +159,34 @@ class SkipLog:
         return text
 
     def to_dict(self) -> dict[str, Any]:
+        """``total`` (files + rows), ``files_skipped``, ``rows_skipped``, and per reason its
+        ``count``, how many of them are ``files`` and up to MAX_EXAMPLES ``examples``."""
         return {
             "total": self.total,
+            "files_skipped": self.files_skipped(),
+            "rows_skipped": self.rows_skipped(),
             "reasons": {
-                r: {"count": self._counts[r], "examples": list(self._examples.get(r, []))} for r in self.reasons
+                r: {"count": self._counts[r], "files": self._file_counts[r], "examples": list(self._examples.get(r, []))}
+                for r in self.reasons
             },
         }
+
+
+def describe_skipped(skipped: dict[str, Any] | None) -> str:
+    """The closing line of a run from a ``SkipLog.to_dict()`` block (as the results JSON and
+    setup.json hold it): files and rows skipped, each by reason, e.g. ``skipped: 1 file
+    (1 unreadable_file), 3 rows (2 decode_error, 1 no_known_label)``. A block written before
+    files were told apart from rows counts every skip as a row."""
+    reasons = (skipped or {}).get("reasons") or {}
+    files = {r: v.get("files", 0) for r, v in reasons.items() if v.get("files", 0)}
+    rows = {r: v["count"] - files.get(r, 0) for r, v in reasons.items() if v["count"] - files.get(r, 0)}
+    parts = []
+    for what, counts in (("file", files), ("row", rows)):
+        n = sum(counts.values())
+        if n:
+            by = ", ".join(f"{counts[r]} {r}" for r in sorted(counts))
+            parts.append(f"{n} {what}{'' if n == 1 else 's'} ({by})")
+    return "skipped: " + (", ".join(parts) if parts else "nothing")
 
 
 def list_parquet_files(folder: str | Path) -> list[Path]:
@@ -245,6 +283,7 @@ def iter_clips(
     read_batch_rows: int = 64,
     shard: tuple[int, int] | None = None,
     max_samples: int | None = MAX_SAMPLES,
+    warn: bool = True,
 ) -> Iterator[Clip]:
     """Yield the clips of a parquet folder (or of a list of files, in the order given).
 
@@ -266,7 +305,8 @@ def iter_clips(
         a shard reads only the row groups that hold its units. See `combine_shards`.
     max_samples: waveforms keep their first `max_samples` samples at 48 kHz (the 10 s rule of
         `data.audio`); None keeps whole recordings (for `data.audio.Segmenting`).
-    Unreadable files (not parquet, torn, corrupt pages) are logged and counted under
+    Unreadable files (not parquet, torn, corrupt pages) are logged (unless `warn` is False: a
+    caller that reads a file more than once warns itself, once) and counted under
     "unreadable_file" by each shard that meets them; clips already yielded from a file
     that fails part-way stay yielded, and the count's detail says how many rows were lost.
     """
@@ -277,7 +317,7 @@ def iter_clips(
     if read_batch_rows < 1:
         raise ValueError(f"read_batch_rows must be >= 1 (got {read_batch_rows})")
     read = _FolderRead(matcher, skips, label_column, limit, decode, require_labels, read_batch_rows,
-                       _check_shard(shard), max_samples)
+                       _check_shard(shard), max_samples, warn)
     files = _resolve_files(folder_or_files)
     for path, name in files:
         if read.done():
@@ -298,6 +338,7 @@ class _FolderRead:
     batch_rows: int
     shard: tuple[int, int]           # (index, count), checked
     max_samples: int | None
+    warn: bool = True                # log each unreadable file as it is met
     considered: int = 0              # rows considered so far, skipped ones included: what `limit` counts
     unit: int = 0                    # global unit counter, identical in every shard
 
@@ -311,7 +352,8 @@ class _FolderRead:
             pf = pq.ParquetFile(path, page_checksum_verification=True)
             row_group_rows = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
         except (pa.ArrowException, OSError) as e:
-            logger.warning("skipping %s: not a readable parquet file (%s)", path, e)
+            if self.warn:
+                logger.warning("skipping %s: not a readable parquet file (%s)", path, e)
             self.skips.add("unreadable_file", file=name, detail=f"cannot open as parquet: {e}")
             return
         shard_index, shard_count = self.shard
@@ -346,7 +388,8 @@ class _FolderRead:
         """Count a read that failed in row group ``group`` (its first row is ``row0``), and number
         the units of the row groups after it, as a whole read would."""
         lost = sum(row_group_rows) - row0 - reader.rows_read
-        logger.warning("stopping %s at row %d: %s", path, row0 + reader.rows_read, reader.error)
+        if self.warn:
+            logger.warning("stopping %s at row %d: %s", path, row0 + reader.rows_read, reader.error)
         self.skips.add(
             "unreadable_file",
             file=name,
@@ -363,17 +406,25 @@ def _columns_to_read(schema: pa.Schema, path: Path, label_column: str | None, de
         if col not in present:
             raise DatasetError(
                 f"parquet file {path} has no column {col!r} (its columns: {', '.join(present)}); "
-                + (
-                    "pass the column that holds the labels with --label-column (e.g. --label-column labels "
-                    "for AudioSet's machine ids)"
-                    if col == label_column
-                    else "the audio must be in a column named 'audio'"
-                )
+                + (_label_column_hint(schema) if col == label_column else "the audio must be in a column named 'audio'")
             )
     columns = ([AUDIO_COLUMN] if decode else []) + ([label_column] if label_column is not None else [])
     if VIDEO_ID_COLUMN in present:
         columns.append(VIDEO_ID_COLUMN)
     return columns
+
+
+def _label_column_hint(schema: pa.Schema) -> str:
+    """The fix for a missing label column: the label flag, and the caption flag too, since a
+    folder of captions (AudioCaps, Clotho) read without ``--text-column`` lands here as well."""
+    text_columns = [f.name for f in schema if f.name not in (AUDIO_COLUMN, VIDEO_ID_COLUMN)
+                    and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+    example = text_columns[0] if text_columns else "caption"
+    return (
+        "pass the column that holds the class labels with --label-column (e.g. --label-column labels "
+        f"for AudioSet's machine ids); if the rows hold captions (free text), pass --text-column {example} "
+        "instead (caption retrieval, or caption training)"
+    )
 
 
 class _RowGroupReader:

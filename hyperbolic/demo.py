@@ -79,14 +79,24 @@ def run_demo(output_dir: str | Path | None = None, *, seed: int = 42, epochs: in
     return results
 
 
+RERUN_DIR = "checkpoints_rerun"       # beside the demo's checkpoints: the printed commands write here
+RERUN_JSON = "results_rerun.json"
+
+
 def demo_commands(cfg: TrainConfig, eval_cfg: EvalConfig) -> str:
     """The training and evaluation command lines equivalent to the demo's two library calls,
-    written from the configurations it used (so they follow any change to its recipe)."""
-    train = command_line("train_hyperbolic_clap.py", cfg, train_parser(),
+    written from the configurations it used (so they follow any change to its recipe).
+
+    They write to a new folder (``RERUN_DIR`` beside the demo's checkpoints, ``RERUN_JSON``)
+    without ``--overwrite``, so running them never deletes the demo's own run; run twice, the
+    second training stops at once with the error that names ``--output-dir``."""
+    rerun = str(Path(cfg.output_dir).parent / RERUN_DIR)
+    train = command_line("train_hyperbolic_clap.py", replace(cfg, overwrite=False, output_dir=rerun), train_parser(),
                          always=("epochs", "learning_rate", "temperature"))  # the recipe, to change one flag
     rows = "all" if eval_cfg.num_samples is None else str(eval_cfg.num_samples)
-    evaluate_ = command_line("test_clap_modelscope.py", replace(eval_cfg, num_samples=100), eval_parser(),
-                             extra=["--num-samples", rows, "--projection-checkpoint", cfg.output_dir])
+    json_out = str(Path(eval_cfg.output_json).with_name(RERUN_JSON)) if eval_cfg.output_json else None
+    evaluate_ = command_line("test_clap_modelscope.py", replace(eval_cfg, num_samples=100, output_json=json_out),
+                             eval_parser(), extra=["--num-samples", rows, "--projection-checkpoint", rerun])
     return f"  {train}\n  {evaluate_}"
 
 

@@ -162,7 +162,7 @@ def test_results_ball_usage_of_constructed_checkpoints(tmp_path, tiny_clap_dir, 
     assert eval_script.main(["--parquet-dir", str(demo_eval_dir), "--checkpoint", str(tiny_clap_dir), "--device",
                              "cpu", "--class-labels", str(tiny_class_labels), "--num-samples", "40",
                              "--projection-checkpoint", str(ckpt), "--output-json", str(out), "--no-cache"]) == 0
-    block = json.loads(out.read_text())["models"]["w"]
+    block = json.loads(out.read_text())["models"]["w-hyperbolic"]
     usage = block["ball_usage"]
     assert block["model_info"]["effective_temperature"] == pytest.approx(0.5 * math.sqrt(c))
     if scale == 1.0:

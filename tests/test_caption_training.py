@@ -120,7 +120,8 @@ def test_training_selects_on_validation_retrieval(captions_dir, tiny_clap_dir, t
     values = [row["val_t2a_mAP@10"] for row in history]
     assert len(set(values)) > 1  # the epochs differ, so the choice means something
     best = setup["summary"]["best_epoch"]
-    assert best == 1 + int(np.argmax(values))  # first of the best
+    tied = [e for e, v in enumerate(values, 1) if v == max(values)]  # ties broken on the lowest val_loss, then first
+    assert best == min(tied, key=lambda e: (history[e - 1]["val_loss"], e))
     ckpt = torch.load(out / f"best_projection_epoch_{best}.pth", weights_only=False)
     assert ckpt["text_column"] == ["caption"] and ckpt["config"]["text_column"] == ["caption"]
     # val_t2a_R@10 recomputed by hand from the best checkpoint on the validation clips

@@ -113,7 +113,7 @@ def comparison(setup):
 @pytest.mark.slow
 def test_comparison_has_one_block_per_model_on_the_same_clips(comparison):
     results, npz = comparison[0]
-    names = ["clap_cosine", "hyp", "euc", "legacy"]
+    names = ["clap_cosine", "hyp-hyperbolic", "euc-euclidean", "legacy-hyperbolic"]  # <file>-<geometry>
     assert results["test_info"]["layout"] == "comparison" and results["test_info"]["models"] == names
     assert list(results["models"]) == names and list(results["summary"]) == names
     assert "model_info" not in results  # the single-model layout is not mixed in
@@ -122,12 +122,12 @@ def test_comparison_has_one_block_per_model_on_the_same_clips(comparison):
     assert len(ids["clap_cosine"]) == 20 and all(v == ids["clap_cosine"] for v in ids.values())
     info = {name: b["model_info"] for name, b in results["models"].items()}
     assert info["clap_cosine"]["projection_checkpoint"] is None and info["clap_cosine"]["use_hyperbolic"] is False
-    assert (info["hyp"]["c"], info["hyp"]["temperature"]) == (pytest.approx(0.5), pytest.approx(0.2))
-    assert info["euc"]["geometry"] == "euclidean" and info["euc"]["prompt_template"] == "the sound of {label}"
-    assert info["legacy"]["checkpoint_format"] == "legacy (no config)"
-    assert info["legacy"]["legacy_distance"] is False and "--legacy-distance" in info["legacy"]["note"]
+    assert (info["hyp-hyperbolic"]["c"], info["hyp-hyperbolic"]["temperature"]) == (pytest.approx(0.5), pytest.approx(0.2))
+    assert info["euc-euclidean"]["geometry"] == "euclidean" and info["euc-euclidean"]["prompt_template"] == "the sound of {label}"
+    assert info["legacy-hyperbolic"]["checkpoint_format"] == "legacy (no config)"
+    assert info["legacy-hyperbolic"]["legacy_distance"] is False and "--legacy-distance" in info["legacy-hyperbolic"]["note"]
     # Each model's own geometry shows in its scores: cosine in [-1, 1], -d/tau <= 0.
-    assert results["models"]["hyp"]["similarity_stats"]["max"] <= 0.0
+    assert results["models"]["hyp-hyperbolic"]["similarity_stats"]["max"] <= 0.0
     assert -1.0 - 1e-6 <= results["models"]["clap_cosine"]["similarity_stats"]["min"]
     for name, block in results["models"].items():
         assert results["summary"][name]["mAP"] == block["metrics"]["mAP"]
@@ -184,7 +184,7 @@ def test_metrics_recomputed_from_saved_scores_equal_the_json(comparison):
                 assert paired[key]["high"] == pytest.approx(np.percentile(own[key] - base[key], 97.5))
     table = format_metrics_table(results)
     row = next(r for r in table.splitlines() if r.startswith("mAP - cosine"))
-    d = results["models"]["hyp"]["bootstrap"]["vs_clap_cosine"]["mAP"]
+    d = results["models"]["hyp-hyperbolic"]["bootstrap"]["vs_clap_cosine"]["mAP"]
     assert f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" in row
 
 
@@ -211,7 +211,7 @@ def test_hierarchy_block(comparison, setup, tiny_clap):
     assert len(set(depths)) > 1
     assert results["ontology"]["classes_matched"] == len(DEMO_CLASSES) and results["ontology"]["unmatched"] == []
 
-    hyp = results["models"]["hyp"]["hierarchy"]
+    hyp = results["models"]["hyp-hyperbolic"]["hierarchy"]
     # Prompt norms recomputed independently: checkpoint -> projector -> dist0.
     ckpt = torch.load(setup["ckpts"]["hyp"], weights_only=False)
     projector = Projector(DIM, clip_r=0.9)
@@ -246,15 +246,15 @@ def test_plots_are_written_next_to_the_json(comparison, setup):
     image = pytest.importorskip("matplotlib.image")
     results, _ = comparison[0]
     out = setup["root"] / "comparison"
-    hyp = results["models"]["hyp"]["plots"]
-    assert hyp["poincare_disk"] == str(out / "results_hyp_poincare.png")
+    hyp = results["models"]["hyp-hyperbolic"]["plots"]
+    assert hyp["poincare_disk"] == str(out / "results_hyp-hyperbolic_poincare.png")
     disk = image.imread(hyp["poincare_disk"])
     assert disk.shape[:2] == (800, 800) and disk[..., :3].std() > 0.01
     for name in results["models"]:
         ap = image.imread(results["models"][name]["plots"]["per_class_ap"])
         assert ap.shape[:2] == (800, 1000) and ap[..., :3].std() > 0.01
     assert results["models"]["clap_cosine"]["plots"]["poincare_disk"] is None
-    assert results["models"]["euc"]["plots"]["poincare_disk"] is None
+    assert results["models"]["euc-euclidean"]["plots"]["poincare_disk"] is None
 
 
 def _old_scripts_scores(audio, text, weight, bias, c, tau):
@@ -291,10 +291,10 @@ def test_legacy_checkpoint_reproduces_the_earlier_scripts(comparison, setup, tin
                                               state["linear.weight"].double().numpy(),
                                               state["linear.bias"].double().numpy(), 0.5, 0.07)
     assert (raw_norms > 0.9).any() and (raw_norms < 0.9).any()  # the rescale acts on some points only
-    scores = _load_npz(out / "s.npz")["scores_legacy"]
+    scores = _load_npz(out / "s.npz")["scores_legacy-hyperbolic"]
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
     # Without --legacy-distance the same checkpoint is scored with the correct geometry: different numbers.
-    corrected = comparison[0][1]["scores_legacy"]
+    corrected = comparison[0][1]["scores_legacy-hyperbolic"]
     assert np.abs(corrected - expected).max() > 0.1
     # Their macro P/R: per-class scores averaged over every class of the list; F1 of the two means.
     targets = _load_npz(out / "s.npz")["targets"]
@@ -305,7 +305,7 @@ def test_legacy_checkpoint_reproduces_the_earlier_scripts(comparison, setup, tin
     legacy = results["legacy_metrics"]
     assert legacy["precision_macro"] == pytest.approx(p) and legacy["recall_macro"] == pytest.approx(r)
     assert legacy["f1_macro"] == pytest.approx(2 * p * r / (p + r))
-    assert "legacy_metrics" not in comparison[0][0]["models"]["hyp"]  # only with --legacy-distance
+    assert "legacy_metrics" not in comparison[0][0]["models"]["hyp-hyperbolic"]  # only with --legacy-distance
 
 
 def _custom_dataset(folder):
@@ -403,10 +403,18 @@ def test_plan_models(paths, use_hyperbolic, expected):
 
 
 def test_model_names_are_unique():
-    assert model_names(["r1/best.pth", "r2/best.pth", "r3/last.pth"]) == ["r1-best", "r2-best", "last"]
-    assert model_names(["x/r/best.pth", "y/r/best.pth"]) == ["r-best", "r-best_2"]
-    assert model_names(["run/clap_cosine.pth"]) == ["run-clap_cosine"]  # never the plain model's name
-    assert model_names(["a/ep 1 (copy).pth"]) == ["ep_1_copy"]
+    # <run>-<geometry> always: the folder for training's file names, else the file's stem
+    hyp = "hyperbolic"
+    assert model_names(["r1/best_projection_epoch_3.pth", "r2/best_projection_epoch_4.pth", "r3/last.pth"],
+                       [hyp, "euclidean", hyp]) == ["r1-hyperbolic", "r2-euclidean", "last-hyperbolic"]
+    assert model_names(["x/r/best_projection_epoch_1.pth", "y/r/best_projection_epoch_1.pth"],
+                       [hyp, hyp]) == ["x-r-hyperbolic", "y-r-hyperbolic"]
+    assert model_names(["r/projection_epoch_3.pth", "r/projection_epoch_4.pth"], [hyp, hyp]) == [
+        "r-hyperbolic-projection_epoch_3", "r-hyperbolic-projection_epoch_4"]
+    assert model_names(["r/best_projection_epoch_2.pth"] * 2, [hyp, hyp], [7, 8]) == [
+        "r-hyperbolic-seed7", "r-hyperbolic-seed8"]
+    assert model_names(["r/b.pth"] * 2, [hyp, hyp]) == ["b-hyperbolic", "b-hyperbolic_2"]
+    assert model_names(["a/ep 1 (copy).pth"], [hyp]) == ["ep_1_copy-hyperbolic"]
 
 
 # ------------------------------------------------------------------------- ontology

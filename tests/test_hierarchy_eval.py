@@ -86,9 +86,9 @@ def _inside(u, v, *, c, K):
 
 
 def test_cone_consistency_matches_an_independent_recomputation(comparison, env, tiny_clap, demo_eval_dir):
-    block = comparison["models"]["cone"]["hierarchy"]["cones"]
+    block = comparison["models"]["cone-hyperbolic"]["hierarchy"]["cones"]
     assert block["K"] == CONE_K and block["K_source"] == "checkpoint config entailment_k"
-    assert comparison["models"]["cone"]["model_info"]["entailment_k"] == CONE_K
+    assert comparison["models"]["cone-hyperbolic"]["model_info"]["entailment_k"] == CONE_K
 
     projector = Projector(DIM, clip_r=0.9)
     projector.load_state_dict(torch.load(env["cone"], weights_only=False)["projection_state_dict"])
@@ -131,9 +131,9 @@ def test_cone_consistency_matches_an_independent_recomputation(comparison, env, 
 
 
 def test_cones_default_k_and_undefined_for_cosine_and_euclidean(comparison):
-    plain = comparison["models"]["plain"]["hierarchy"]["cones"]
+    plain = comparison["models"]["plain-hyperbolic"]["hierarchy"]["cones"]
     assert plain["K"] == DEFAULT_K and plain["K_source"].startswith("default")
-    for name in ("clap_cosine", "euc"):
+    for name in ("clap_cosine", "euc-euclidean"):
         cones = comparison["models"][name]["hierarchy"]["cones"]
         assert cones["prompt_pairs_in_cone"] is None and cones["clip_label_pairs_in_cone"] is None
         assert cones["K"] is None and "Poincare ball" in cones["skipped"]
@@ -187,8 +187,8 @@ def test_expand_ancestors_closes_the_ground_truth_over_the_ontology(env):
 
     # Cone clip pairs follow training's expansion: every ancestor prompt, abstract ones included.
     # Two ancestors for each leaf (9 classes x 2 clips x 2), one for Sine wave (2 clips).
-    assert plain["models"]["plain"]["hierarchy"]["cones"]["clip_label_pairs"] == 20
-    assert expanded["models"]["plain"]["hierarchy"]["cones"]["clip_label_pairs"] == 20 + 36 + 2
+    assert plain["models"]["plain-hyperbolic"]["hierarchy"]["cones"]["clip_label_pairs"] == 20
+    assert expanded["models"]["plain-hyperbolic"]["hierarchy"]["cones"]["clip_label_pairs"] == 20 + 36 + 2
 
 
 # A tiny tree over five demo classes; the others' clips carry no known label and are not scored.

@@ -90,11 +90,11 @@ def test_report_over_esc50_comparison_with_paired_differences(esc50, tiny_clap_d
     assert code == 0, err
     blocks = json.loads(out.read_text())["models"]
     rows = {r["model"]: r for r in report.build_report([out]).rows}
-    vs = blocks["hyp"]["bootstrap"]["vs_clap_cosine"]
+    vs = blocks["hyp-hyperbolic"]["bootstrap"]["vs_clap_cosine"]
     for key in ("mAP", "acc@1"):
-        assert rows["hyp"][key] == f"{blocks['hyp']['metrics'][key]:.4f}"
-        assert rows["hyp"][f"d_{key}"] == f"{vs[key]['diff']:+.4f} [{vs[key]['low']:+.4f}, {vs[key]['high']:+.4f}]"
-    assert rows["clap_cosine"]["d_mAP"] == "-" and rows["hyp"]["dataset"] == str(folder)
-    usage = blocks["hyp"].get("ball_usage")
+        assert rows["hyp-hyperbolic"][key] == f"{blocks['hyp-hyperbolic']['metrics'][key]:.4f}"
+        assert rows["hyp-hyperbolic"][f"d_{key}"] == f"{vs[key]['diff']:+.4f} [{vs[key]['low']:+.4f}, {vs[key]['high']:+.4f}]"
+    assert rows["clap_cosine"]["d_mAP"] == "-" and rows["hyp-hyperbolic"]["dataset"] == str(folder)
+    usage = blocks["hyp-hyperbolic"].get("ball_usage")
     if usage is not None:  # the lead's diagnostics, when this tree has them
-        assert rows["hyp"]["audio_radius_median"] == f"{usage['audio']['relative_radius']['median']:.4f}"
+        assert rows["hyp-hyperbolic"]["audio_radius_median"] == f"{usage['audio']['relative_radius']['median']:.4f}"

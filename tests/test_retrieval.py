@@ -160,7 +160,7 @@ def test_audiocaps_like_end_to_end(audiocaps, tiny_clap_dir, tmp_path):
     decode = {r: v["count"] for r, v in results["skipped"]["reasons"].items() if r != "no_caption"}
     assert sum(decode.values()) == expected["undecodable_clips"]
     score_sets = {}
-    for name in ("clap_cosine", "hyp"):
+    for name in ("clap_cosine", "hyp-hyperbolic"):
         s = saved[f"scores_{name}"]
         assert s.shape == (len(ids), len(owner))
         score_sets[name] = s
@@ -174,14 +174,14 @@ def test_audiocaps_like_end_to_end(audiocaps, tiny_clap_dir, tmp_path):
         for key in ("t2a_R@1", "t2a_mAP@10", "a2t_R@5", "a2t_mAP@10"):
             low, high = np.percentile(draws[name][key], [2.5, 97.5])
             assert (boot[key]["low"], boot[key]["high"]) == pytest.approx((low, high), abs=1e-9)
-    vs = results["models"]["hyp"]["bootstrap"]["vs_clap_cosine"]
+    vs = results["models"]["hyp-hyperbolic"]["bootstrap"]["vs_clap_cosine"]
     for key in ("t2a_R@10", "a2t_mAP@10"):
-        d = np.subtract(draws["hyp"][key], draws["clap_cosine"][key])
+        d = np.subtract(draws["hyp-hyperbolic"][key], draws["clap_cosine"][key])
         assert (vs[key]["low"], vs[key]["high"]) == pytest.approx(tuple(np.percentile(d, [2.5, 97.5])), abs=1e-9)
         m = results["models"]
-        assert vs[key]["diff"] == pytest.approx(m["hyp"]["metrics"][key] - m["clap_cosine"]["metrics"][key])
+        assert vs[key]["diff"] == pytest.approx(m["hyp-hyperbolic"]["metrics"][key] - m["clap_cosine"]["metrics"][key])
     assert "vs_clap_cosine" not in results["models"]["clap_cosine"]["bootstrap"]
-    usage = results["models"]["hyp"]["ball_usage"]
+    usage = results["models"]["hyp-hyperbolic"]["ball_usage"]
     assert results["models"]["clap_cosine"]["ball_usage"] is None
     # the clips' median relative radius sqrt(c)|x|, from the checkpoint's projector by hand
     ck = torch.load(ckpt, weights_only=False)
@@ -195,9 +195,9 @@ def test_audiocaps_like_end_to_end(audiocaps, tiny_clap_dir, tmp_path):
         radius = np.sqrt(ck["c"]) * projector(clips.audio, c=ck["c"]).norm(dim=-1).numpy()
     assert usage["audio"]["relative_radius"]["median"] == pytest.approx(float(np.median(radius)), abs=1e-6)
     rows = {r["model"]: r for r in report.build_report([out]).rows}
-    assert rows["hyp"]["audio_radius_median"] == f"{usage['audio']['relative_radius']['median']:.4f}"
-    assert rows["hyp"]["task"] == "retrieval" and rows["hyp"]["t2a_R@10"] == f"{m['hyp']['metrics']['t2a_R@10']:.4f}"
-    assert rows["hyp"]["d_t2a_R@10"] == (f"{vs['t2a_R@10']['diff']:+.4f} [{vs['t2a_R@10']['low']:+.4f}, "
+    assert rows["hyp-hyperbolic"]["audio_radius_median"] == f"{usage['audio']['relative_radius']['median']:.4f}"
+    assert rows["hyp-hyperbolic"]["task"] == "retrieval" and rows["hyp-hyperbolic"]["t2a_R@10"] == f"{m['hyp-hyperbolic']['metrics']['t2a_R@10']:.4f}"
+    assert rows["hyp-hyperbolic"]["d_t2a_R@10"] == (f"{vs['t2a_R@10']['diff']:+.4f} [{vs['t2a_R@10']['low']:+.4f}, "
                                          f"{vs['t2a_R@10']['high']:+.4f}]")
     code, err = run_main(test_script, ["--parquet-dir", folder, "--text-column", "caption", "--plots"])
     assert code == 2 and "--plots is for class labels" in err

@@ -213,8 +213,9 @@ def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: 
     clips = _clip_embeddings(used, matcher, clap.embed_dim)
     if stats is not None:
         stats.update(reused=reused, computed=computed)
-    log.info("audio embeddings: %d reused, %d computed (%d rows skipped in all)",
-             reused, computed, skips.rows_skipped())
+    rows, files = skips.rows_skipped(), skips.files_skipped()
+    log.info("audio embeddings: %d reused, %d computed (skipped in all: %d row%s, %d file%s)", reused, computed,
+             rows, "" if rows == 1 else "s", files, "" if files == 1 else "s")
     return clips
 
 

@@ -248,7 +248,7 @@ class _DecodeStream(IterableDataset):
         clips = iter_clips([job.path], matcher=self.matcher, skips=skips, label_column=self.label_column,
                            limit=limit, decode=True, require_labels=self.require_labels,
                            read_batch_rows=self.unit_rows, shard=((shard - job.index) % count, count),
-                           max_samples=None if self.segmenting is not None else MAX_SAMPLES)
+                           max_samples=None if self.segmenting is not None else MAX_SAMPLES, warn=False)
         pending: list[Clip] = []
         for clip in clips:
             yield from self._events(job, skips)
@@ -545,7 +545,7 @@ def _plain_read(plan: _FilePlan, args: _RunArgs, embedder: _Embedder) -> None:
         for clip in iter_clips([plan.path], matcher=args.matcher, skips=skips,
                                label_column=args.label_column, limit=plan.limit, decode=True,
                                require_labels=args.require_labels, read_batch_rows=args.unit_rows,
-                               max_samples=None if args.segmenting is not None else MAX_SAMPLES):
+                               max_samples=None if args.segmenting is not None else MAX_SAMPLES, warn=False):
             clips.append(clip)
             if args.keep is not None and not args.keep(clip.meta):
                 clip.waveform = None
@@ -606,7 +606,7 @@ class ClipRun:
             return plan
         skips, a = SkipLog(), self.args
         clips = list(iter_clips([path], matcher=a.matcher, skips=skips, label_column=a.label_column,
-                                limit=limit, decode=False, require_labels=a.require_labels))
+                                limit=limit, decode=False, require_labels=a.require_labels, warn=False))
         # A cached outcome counts only for the clip it was computed for.
         byrow = {c.meta.row: c for c in clips}
         plan.known = {r: o for r, o in known.items() if r in byrow and o.video_id == byrow[r].meta.video_id}
@@ -650,7 +650,9 @@ class ClipRun:
 def assemble(plans: list[_FilePlan], skips: SkipLog) -> tuple[list[tuple[Clip, RowOutcome]], int, int]:
     """The clips of a settled run that have an embedding, with their outcomes, in reading order
     (files in order, rows in order), and the counts (reused from the cache, computed). The others
-    are counted in their file's skips, which go into ``skips`` file by file."""
+    are counted in their file's skips, which go into ``skips`` file by file. A file counted as
+    unreadable is warned about here, once, from the counts that are reported (its reads ran with
+    ``warn=False``: the label pass and the plain read of a damaged file both meet it)."""
     used: list[tuple[Clip, RowOutcome]] = []
     reused = computed = 0
     for plan in plans:
@@ -662,5 +664,7 @@ def assemble(plans: list[_FilePlan], skips: SkipLog) -> tuple[list[tuple[Clip, R
             computed += clip.meta.row in plan.computed
             reused += clip.meta.row not in plan.computed
             used.append((clip, outcome))
+        for example in plan.log.examples("unreadable_file"):
+            log.warning("skipping %s: %s", plan.path, example["detail"])
         skips.merge(plan.log)
     return used, reused, computed

@@ -131,3 +131,35 @@ def build_tiny_clap(folder: str | Path, *, seed: int = 0, corpus: list[str] | No
     ``build_random_clap(folder, size="tiny", ...)``; same seed, same weights.
     """
     return build_random_clap(folder, size="tiny", seed=seed, corpus=corpus, projection_dim=projection_dim)
+
+
+RANDOM_CLAP_WARNING = ("a RANDOM CLAP: its weights are random, not trained; its embeddings (and every number "
+                       "computed from them) mean nothing about sounds. Use it to check that a pipeline runs "
+                       "offline on your own data, never to measure anything.")
+
+
+def main(argv=None) -> int:
+    """``python -m hyperbolic.embedding.tiny_clap OUT [--size tiny|base] [--seed N]``: write a
+    random CLAP folder that ``--checkpoint OUT`` loads, offline (docs/data.md)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m hyperbolic.embedding.tiny_clap",
+        description="Build a randomly initialised CLAP folder offline, for --checkpoint. " + RANDOM_CLAP_WARNING)
+    parser.add_argument("output", help="the folder to write (must not exist or be empty)")
+    parser.add_argument("--size", choices=SIZES, default="tiny",
+                        help="tiny: 32-d, seconds to build and run; base: the sizes of laion/larger_clap_general "
+                             "(512-d, ~600 MB, the real model's speed and memory)")
+    parser.add_argument("--seed", type=int, default=0, help="same size and seed, same weights")
+    args = parser.parse_args(argv)
+    out = Path(args.output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        parser.error(f"{out} exists and is not an empty folder; choose a new folder for the random CLAP")
+    folder = build_random_clap(out, size=args.size, seed=args.seed)
+    print(f"wrote {folder}: {RANDOM_CLAP_WARNING}\nuse it with --checkpoint {folder}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -60,39 +60,79 @@ def save_scores(path: Path, score_sets: dict[str, np.ndarray], targets: np.ndarr
     return _write_npz(path, arrays)
 
 
-PLOT_CLIPS_MAX = 5000  # clips drawn (faintly) on the disk: the first ones, enough to see where they sit
+PLOT_CLIPS_MAX = 5000  # clips drawn on the disk and measured: the first ones, enough to see where they sit
+
+
+def clip_label_distances(audio_pts, text_pts, targets: np.ndarray, *, c: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact geodesic distances of each clip (N, D) with a label to the class prompts (C, D):
+    ``(own, other)``, each (N,): to its nearest own label and to the nearest other class (inf
+    when every class is its label)."""
+    import torch
+
+    from hyperbolic.geometry import poincare
+    d = poincare.pairwise_dist(torch.as_tensor(audio_pts, dtype=torch.float64),
+                               torch.as_tensor(text_pts, dtype=torch.float64), c=c).numpy()
+    targets = np.asarray(targets, dtype=bool)
+    return np.where(targets, d, np.inf).min(axis=1), np.where(targets, np.inf, d).min(axis=1)
 
 
 def write_plots(json_path: Path, model: ScoringModel, block: dict, text_pts, class_names, hier,
-           audio_pts=None, targets=None) -> dict:
-    """``audio_pts`` (N, D) and ``targets`` (N, C): the labelled clips' points and ground truth
-    (chance levels, label choice, the clips on the disk)."""
-    from hyperbolic.evaluation import plots  # matplotlib is imported only when plots are asked for
+                audio_pts=None, targets=None) -> dict:
+    """The PNGs of one model. ``audio_pts`` (N, D) and ``targets`` (N, C): the labelled clips'
+    points and ground truth (chance levels, which classes are named, the clip figure).
+
+    Keys: ``per_class_ap``; for hyperbolic models ``poincare_disk`` (where the classes sit),
+    ``poincare_clips`` (how far each clip is from its label; with clips) and ``hierarchy_radii``
+    (children against parents; with ``--ontology``), each None with a ``<key>_skipped`` reason
+    otherwise."""
+    from hyperbolic.evaluation import disk_plots, plots  # matplotlib is imported only when plots are asked for
     written: dict = {}
     num_clips = None if targets is None else len(targets)
     if block["per_class"]:
         written["per_class_ap"] = str(plots.plot_per_class_ap(
             block["per_class"], unique_path(json_path.with_name(f"{json_path.stem}_{model.name}_per_class_ap.png")),
             title=f"{model.name}: per-class AP", num_clips=num_clips))
-    if model.projector is not None and model.geometry == "hyperbolic":
-        categories = edges = None
-        if hier is not None:
-            categories = [None if v is None else hier.ontology.name(hier.ontology.top_level(v)[0])
-                          for v in hier.node_ids]
-            edges = [tuple(p) for p in hier.hierarchy.edges(range(len(class_names))).tolist()]
-        clips = None if audio_pts is None else audio_pts[:PLOT_CLIPS_MAX]
-        xy, audio_xy = plots.disk_layout(text_pts, c=model.c, others=clips) if clips is not None else (
-            plots.disk_layout(text_pts, c=model.c), None)
-        held = {n.casefold() for n in model.info.get("holdout_classes", [])}
-        written["poincare_disk"] = str(plots.plot_poincare_disk(
-            xy, unique_path(json_path.with_name(f"{json_path.stem}_{model.name}_poincare.png")),
-            c=model.c, names=class_names, categories=categories, edges=edges, audio_xy=audio_xy,
-            held_out=[i for i, n in enumerate(class_names) if n.casefold() in held],
-            counts=None if targets is None else targets.sum(axis=0).tolist(),
-            title=f"{model.name}: class prompts and clips (c={model.c:.3g}, D={model.projector.proj_dim})"))
-    else:
+    if model.projector is None or model.geometry != "hyperbolic":
         written["poincare_disk"] = None
         written["poincare_disk_skipped"] = "not a hyperbolic model"
+        return written
+    dim, stem = int(text_pts.shape[1]), f"{json_path.stem}_{model.name}"
+    xy = plots.disk_layout(text_pts, c=model.c)
+    categories = None
+    if hier is not None:
+        categories = [None if v is None else hier.ontology.name(hier.ontology.top_level(v)[0]) for v in hier.node_ids]
+    held = {n.casefold() for n in model.info.get("holdout_classes", [])}
+    counts = None if targets is None else targets.sum(axis=0).tolist()
+    written["poincare_disk"] = str(disk_plots.plot_poincare_disk(
+        xy, unique_path(json_path.with_name(f"{stem}_poincare.png")), c=model.c, names=class_names, dim=dim,
+        categories=categories, held_out=[i for i, n in enumerate(class_names) if n.casefold() in held], counts=counts,
+        title=f"{model.name}: where the classes sit (c={model.c:.3g})"))
+    if audio_pts is not None and len(audio_pts):
+        clips, truth = audio_pts[:PLOT_CLIPS_MAX], np.asarray(targets[:PLOT_CLIPS_MAX], dtype=bool)
+        # One PCA over the prompts and the clips together, so each clip's angle to its prompt
+        # is as faithful as two components of both allow (distances from the origin stay exact).
+        both = plots.disk_layout(np.concatenate([np.asarray(text_pts, dtype=np.float64),
+                                                 np.asarray(clips, dtype=np.float64)]), c=model.c)
+        prompts_xy, clips_xy = both[:len(text_pts)], both[len(text_pts):]
+        own, other = clip_label_distances(clips, text_pts, truth, c=model.c)
+        written["poincare_clips"] = str(disk_plots.plot_clip_distances(
+            prompts_xy, clips_xy, unique_path(json_path.with_name(f"{stem}_poincare_clips.png")), c=model.c,
+            names=class_names, clip_labels=[np.flatnonzero(row).tolist() for row in truth], own=own, other=other,
+            dim=dim, title=f"{model.name}: how far is each clip from its label? (first {len(clips)} labelled clips)"))
+    else:
+        written["poincare_clips"], written["poincare_clips_skipped"] = None, "no labelled clip"
+    edges = [] if hier is None else [tuple(p) for p in hier.hierarchy.edges(range(len(class_names))).tolist()]
+    if edges:
+        import torch
+
+        from hyperbolic.geometry import poincare
+        d0 = poincare.dist0(torch.as_tensor(text_pts, dtype=torch.float64), c=model.c).numpy()
+        written["hierarchy_radii"] = str(disk_plots.plot_hierarchy_radii(
+            d0, xy, edges, unique_path(json_path.with_name(f"{stem}_hierarchy.png")), c=model.c,
+            names=class_names, dim=dim, title=f"{model.name}: are children outside their parents?"))
+    else:
+        written["hierarchy_radii"] = None
+        written["hierarchy_radii_skipped"] = "no --ontology" if hier is None else "no parent -> child class pair"
     return written
 
 

@@ -1,6 +1,7 @@
-"""PNG figures for evaluation and training: class prompts (and, faintly, the clips) on the
-Poincaré disk, per-class AP against chance, the per-class AP of every model of a run in one
-figure, training curves with the best epoch marked.
+"""PNG figures for evaluation and training: per-class AP against chance, the per-class AP of
+every model of a run in one figure, training curves with the best epoch marked, and the layout
+of ball points on the Poincaré disk (``disk_layout``, ``disk_labels``) that the disk figures of
+``hyperbolic.evaluation.disk_plots`` draw.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot, so no global
 backend or figure state is touched) at a fixed size and dpi, without tight bounding boxes, so
@@ -12,28 +13,25 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.patches import Circle
 from sklearn.decomposition import PCA
 
 from hyperbolic.geometry import poincare
 from hyperbolic.outputs import atomic_write_bytes
 
 DPI = 100
-DISK_PX = (800, 800)        # (width, height) of plot_poincare_disk
 AP_PX = (1000, 800)         # plot_per_class_ap
 CURVES_PX = (1000, 800)     # plot_training_curves
 COMPARE_PX = (1000, 700)    # plot_ap_comparison
 ANNOTATE_MAX = 40           # above this many classes only 40 are named (see disk_labels)
+AP_TOP = 1.04               # AP axes end a little above 1.0, so an AP of 1.0 is drawn, not clipped
 
 
 def _figure(px: tuple[int, int]) -> Figure:
@@ -58,8 +56,14 @@ def disk_layout(points, *, c: float, others=None):
 
     ``others`` (M, D) (e.g. the clips): laid out with the same PCA, fitted on ``points`` only;
     then ``((C, 2), (M, 2))`` is returned.
+
+    A 2-dimensional ball (``--proj-dim 2``) is the disk already: its points are returned as they
+    are (float64), so the figure shows the real geometry, angles included.
     """
     x = torch.as_tensor(points, dtype=torch.float64)
+    if x.shape[-1] == 2:
+        xy = x.numpy()
+        return xy if others is None else (xy, torch.as_tensor(others, dtype=torch.float64).numpy())
     u = poincare.logmap0(x, c=c).numpy()
     k = min(2, u.shape[0], u.shape[1])
     pca = PCA(n_components=k, svd_solver="full").fit(u) if k > 0 and u.shape[0] > 1 else None
@@ -94,57 +98,6 @@ def disk_labels(names: Sequence[str], *, edges=None, counts=None, limit: int = A
     return [a for a, _ in sorted(fan_out.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]]
 
 
-def plot_poincare_disk(xy: np.ndarray, out_png: str | Path, *, c: float, names: Sequence[str],
-                       categories: Sequence[str | None] | None = None,
-                       edges: Sequence[tuple[int, int]] | None = None, title: str = "",
-                       audio_xy: np.ndarray | None = None, held_out: Sequence[int] = (),
-                       counts: Sequence[int] | None = None) -> Path:
-    """Scatter (C, 2) disk points inside the boundary circle of radius ``1/sqrt(c)``.
-
-    ``categories`` colours the points (e.g. the top-level ontology category; None: grey,
-    "unmatched"); ``edges`` are (parent, child) index pairs drawn as straight grey segments
-    (not geodesics); ``audio_xy`` (M, 2): the clips, drawn faint beneath; ``held_out``: class
-    indices ringed in red (kept out of training). Names: ``disk_labels`` (all up to
-    ANNOTATE_MAX classes, else the most frequent in ``counts``, else the hubs of ``edges``).
-    """
-    xy = np.asarray(xy, dtype=float)
-    radius = 1.0 / math.sqrt(c)
-    fig = _figure(DISK_PX)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.add_patch(Circle((0, 0), radius, fill=False, color="black", linewidth=1.0))
-    if audio_xy is not None and len(audio_xy):
-        ax.scatter(audio_xy[:, 0], audio_xy[:, 1], s=8, color="tab:orange", alpha=0.3, linewidths=0, zorder=0,
-                   label=f"clips ({len(audio_xy)})")
-    for a, b in edges or ():
-        ax.plot(xy[[a, b], 0], xy[[a, b], 1], color="0.6", linewidth=0.6, zorder=1)
-    if categories is None:
-        ax.scatter(xy[:, 0], xy[:, 1], s=14, color="tab:blue", zorder=2)
-    else:
-        groups = sorted({g for g in categories if g is not None})
-        cmap = colormaps["tab10"]
-        for k, group in enumerate([*groups, None]):
-            idx = [i for i, g in enumerate(categories) if g == group]
-            if idx:
-                ax.scatter(xy[idx, 0], xy[idx, 1], s=14, zorder=2, label=group or "unmatched",
-                           color="0.5" if group is None else cmap(k % 10))
-    if len(held_out):
-        held = list(held_out)
-        ax.scatter(xy[held, 0], xy[held, 1], s=60, facecolors="none", edgecolors="tab:red", linewidths=1.2,
-                   zorder=3, label=f"held out in training ({len(held)})")
-    if categories is not None or len(held_out) or audio_xy is not None:
-        fig.legend(loc="lower center", ncol=4, fontsize=7, frameon=False)
-    for i in disk_labels(names, edges=edges, counts=counts):
-        ax.annotate(names[i], xy[i], fontsize=6, xytext=(2, 2), textcoords="offset points")
-    lim = radius * 1.05
-    ax.set_xlim(-lim, lim)
-    ax.set_ylim(-lim, lim)
-    ax.set_aspect("equal")
-    ax.set_title(title or "Poincaré disk", fontsize=10)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return _save(fig, out_png)
-
-
 def plot_per_class_ap(per_class: Sequence[dict], out_png: str | Path, *, n: int = 15, title: str = "",
                       num_clips: int | None = None) -> Path:
     """Horizontal bars of the ``n`` best and ``n`` worst classes by AP (one panel of every
@@ -172,7 +125,7 @@ def plot_per_class_ap(per_class: Sequence[dict], out_png: str | Path, *, n: int 
                        label="chance (positives / clips)" if col == 0 else None)
         ax.set_yticks(y, [f"{r['name']} ({r['positives']})" for r in part], fontsize=7)
         ax.invert_yaxis()
-        ax.set_xlim(0, 1)
+        ax.set_xlim(0, AP_TOP)
         ax.set_xlabel("AP (positives in brackets)")
         ax.set_title(label, fontsize=9)
     if num_clips:
@@ -197,7 +150,7 @@ def plot_ap_comparison(per_class: dict[str, Sequence[dict]], out_png: str | Path
         chance = sorted((r["positives"] / num_clips for r in rows), reverse=True)
         ax.plot(np.arange(1, len(chance) + 1), chance, color="black", linestyle="--", linewidth=1,
                 label=f"chance (mean {np.mean(chance):.3f})" if chance else None)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, AP_TOP)  # a model at AP 1.0 stays inside the axes
     ax.set_xlabel("class rank (each model sorted by its own AP)")
     ax.set_ylabel("AP")
     ax.legend(fontsize=8)
@@ -209,19 +162,25 @@ CURVE_PANELS = (("loss", ("train_loss", "val_loss")), ("validation mAP", ("val_m
                 ("curvature c", ("c",)), ("temperature", ("temperature",)))
 
 
-def curve_panels(history: Sequence[dict]) -> list[tuple[str, tuple[str, ...]]]:
-    """The panels worth drawing: loss and validation mAP always; c and temperature only when
-    they moved (learned), since a flat line says nothing the title could not."""
+def curve_panels(history: Sequence[dict], select_metric: str = "val_mAP") -> list[tuple[str, tuple[str, ...]]]:
+    """The panels worth drawing: loss and validation mAP always; the metric that selects the
+    best epoch when it is neither (``val_t2a_R@10`` of caption training), second; c and
+    temperature only when they moved (learned), since a flat line says nothing the title could not."""
     def flat(key):
         values = {row[key] for row in history if row.get(key) is not None}
         return len(values) <= 1
-    return [(title, keys) for title, keys in CURVE_PANELS if title in ("loss", "validation mAP")
-            or not all(flat(k) for k in keys)]
+    panels = [(title, keys) for title, keys in CURVE_PANELS if title in ("loss", "validation mAP")
+              or not all(flat(k) for k in keys)]
+    if select_metric not in ("val_loss", "val_mAP"):
+        panels.insert(1, (f"{select_metric} (selects the best epoch)", (select_metric,)))
+    return panels
 
 
 def plot_training_curves(setup_json_path: str | Path, out_png: str | Path) -> Path:
-    """Loss, validation mAP, and c and temperature when they were learned, per epoch, from a
-    training ``setup.json``, with the best epoch (``summary.best_epoch``) marked on every panel.
+    """Loss, validation mAP, the selection metric (``config.select_metric``) when it is another,
+    and c and temperature when they were learned, per epoch, from a training ``setup.json``,
+    with the best epoch (``summary.best_epoch``) marked on every panel and the metric it was
+    selected on (and the epochs tied on it, broken on val_loss) in the figure's title.
 
     Reads ``setup["history"]``: one row per epoch with ``epoch`` (else the row number) and
     ``train_loss``, ``val_loss``, ``val_mAP``, ``c``, ``temperature``; a panel whose keys no
@@ -232,8 +191,10 @@ def plot_training_curves(setup_json_path: str | Path, out_png: str | Path) -> Pa
     if not history:
         raise ValueError(f"{setup_json_path}: no 'history' rows to plot")
     epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
-    best = (setup.get("summary") or {}).get("best_epoch")
-    panels = curve_panels(history)
+    summary = setup.get("summary") or {}
+    best = summary.get("best_epoch")
+    select = (setup.get("config") or {}).get("select_metric") or "val_mAP"
+    panels = curve_panels(history, select)
     rows = 1 if len(panels) <= 2 else 2
     fig = _figure(CURVES_PX)
     for k, (title, keys) in enumerate(panels):
@@ -252,5 +213,23 @@ def plot_training_curves(setup_json_path: str | Path, out_png: str | Path) -> Pa
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
+    if best is not None:
+        tied = summary.get("epochs_tied_on_select_metric") or [best]
+        if len(tied) > 1:
+            title = f"best epoch {best}: {select} ties at epochs {_span(tied)}, broken on the lowest val_loss"
+        else:
+            title = f"best epoch {best}: {'lowest' if select == 'val_loss' else 'highest'} {select}"
+        fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(hspace=0.4, wspace=0.3)
     return _save(fig, out_png)
+
+
+def _span(epochs: Sequence[int]) -> str:
+    """``[1, 2, 3, 5]`` -> ``1-3, 5``."""
+    runs: list[list[int]] = []
+    for e in sorted(epochs):
+        if runs and e == runs[-1][-1] + 1:
+            runs[-1].append(e)
+        else:
+            runs.append([e])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)

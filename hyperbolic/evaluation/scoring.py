@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,13 +157,14 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
                          if geometry == "hyperbolic" else SCORE_TEXT[geometry]),
             "ignored_flags": ignored, "holdout_classes": list(ckpt.get("holdout_classes") or []),
             "entailment_k": entailment_k, "entailment_k_source": k_source,
+            "seed": config.get("seed") if config else None,
             "training_hierarchy": {k: config.get(k) for k in ("ontology", "entailment_weight", "expand_ancestors")}
             if config else None}
     if legacy_format and geometry == "hyperbolic" and not legacy_distance:
         info["note"] = ("checkpoint of the earlier scripts, scored with this codebase's projection and "
                         "geodesic distance; --legacy-distance reproduces the earlier scripts' numbers")
         log.warning("%s: %s", path.name, info["note"])
-    return ScoringModel(name=name or path.stem, prompt_template=template, projector=projector,
+    return ScoringModel(name=name or model_names([str(path)], [geometry], reserved=())[0], prompt_template=template, projector=projector,
                         geometry=geometry, c=c, temperature=temperature, legacy_distance=legacy_distance,
                         info=info, entailment_k=entailment_k)
 
@@ -189,13 +189,42 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
 
 
-def model_names(paths: list[str], *, reserved: tuple[str, ...] = (PLAIN_MODEL_NAME,)) -> list[str]:
-    """Unique names for checkpoints: the file stem; when stems clash, ``<folder>-<stem>``;
-    when those clash too, ``_2``, ``_3``, ... in order. ``reserved`` names are never used."""
-    stems = [_safe_name(Path(p).stem) for p in paths]
-    counts = Counter(stems)
-    names = [_safe_name(f"{Path(p).resolve().parent.name}-{s}") if counts[s] > 1 or s in reserved else s
-             for p, s in zip(paths, stems)]
+TRAINING_FILE = re.compile(r"(best_)?projection_epoch_\d+")  # the names training gives its checkpoints
+
+
+def run_label(path: str | Path) -> str:
+    """The run a checkpoint belongs to: its folder for a file named as training names them
+    (``[best_]projection_epoch_N.pth``, this codebase's and the earlier scripts'), else the
+    file's own stem (a file the user named)."""
+    path = Path(path)
+    return path.resolve().parent.name if TRAINING_FILE.fullmatch(path.stem) else path.stem
+
+
+def model_names(paths: list[str], geometries: list[str], seeds: list | None = None, *,
+                reserved: tuple[str, ...] = (PLAIN_MODEL_NAME,)) -> list[str]:
+    """Unique names for checkpoints, always ``<run>-<geometry>`` (``run_label``), with
+    ``-seed<N>`` on every name when the checkpoints' training seeds are not all the same
+    (``seeds``: None where unknown). Names that still clash get, in turn, the file stem (two
+    epochs of one run) and the run folder's parent (``runs/a/hyp`` and ``runs/b/hyp``) in front;
+    then ``_2``, ``_3``, ... in order. ``reserved`` names are never used. Each name is made safe
+    for a JSON key, an npz key and a file name (``_safe_name``)."""
+    seeds = list(seeds) if seeds is not None else [None] * len(paths)
+    with_seed = len(set(seeds)) > 1
+    parts = [[_safe_name(run_label(p)), g, *([f"seed{s}"] if with_seed and s is not None else [])]
+             for p, g, s in zip(paths, geometries, seeds)]
+    names = ["-".join(x) for x in parts]
+    # For the names that clash: the file stem after them, then the run folder's parent before
+    # them, each only where it tells the clashing checkpoints apart.
+    for extra, after in ((lambda p: _safe_name(Path(p).stem), True),
+                         (lambda p: _safe_name(Path(p).resolve().parent.parent.name), False)):
+        groups: dict[str, list[int]] = {}
+        for k, n in enumerate(names):
+            groups.setdefault(n, []).append(k)
+        for group in groups.values():
+            if len(group) > 1 and len({extra(paths[k]) for k in group}) > 1:
+                for k in group:
+                    parts[k] = [*parts[k], extra(paths[k])] if after else [extra(paths[k]), *parts[k]]
+                    names[k] = "-".join(parts[k])
     taken = set(reserved)
     out = []
     for n in names:
@@ -218,11 +247,13 @@ def build_models(cfg: EvalConfig, embed_dim: int) -> list[ScoringModel]:
                                    prompt_template=cfg.prompt_template or DEFAULT_PROMPT_TEMPLATE,
                                    info={"projection": PROJECTION_TEXT["cosine"], "distance": "cosine",
                                          "legacy_distance": False}))
-    for path, name in zip(paths, model_names(paths)):
-        models.append(load_projection(path, embed_dim=embed_dim, c_flag=cfg.c, temperature_flag=cfg.temperature,
-                                      legacy_distance=cfg.legacy_distance,
-                                      prompt_template_flag=cfg.prompt_template, name=name))
-    return models
+    loaded = [load_projection(path, embed_dim=embed_dim, c_flag=cfg.c, temperature_flag=cfg.temperature,
+                              legacy_distance=cfg.legacy_distance, prompt_template_flag=cfg.prompt_template)
+              for path in paths]
+    names = model_names(paths, [m.geometry for m in loaded], [m.info.get("seed") for m in loaded])
+    for model, name in zip(loaded, names):
+        model.name = name
+    return models + loaded
 
 
 def similarity_stats(scores: np.ndarray) -> dict:

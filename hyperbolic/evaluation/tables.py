@@ -22,6 +22,14 @@ TABLE_KEYS = ("mAP", "mAUC", "d_prime", "mAP_per_clip", "acc@1", "acc@3", "acc@5
               "t2a_R@10", "t2a_mAP@10", "a2t_R@1", "a2t_R@5", "a2t_R@10", "valid_samples", "total_samples")
 
 
+# The ball-usage row of top1_same_as_cosine: "own" because the cosine is that of the model's own
+# projected points, not plain CLAP (the clap_cosine column); the legend line says so under the table.
+TOP1_OWN_COS = "top1_same_own_cos"
+TOP1_OWN_COS_LEGEND = (f"{TOP1_OWN_COS}: fraction of clips whose top class under the model equals the top class under\n"
+                       "  the cosine of the model's own projected points (top1_same_as_cosine in the JSON), not the "
+                       f"{PLAIN_MODEL_NAME} column; 1.0: the ball ranks like cosine")
+
+
 def _fmt(value) -> str:
     if value is None:
         return "-"
@@ -33,6 +41,7 @@ def format_metrics_table(results: dict) -> str:
     blocks = model_blocks(results)
     names = list(blocks)
     rows: list[tuple[str, list[str]]] = []
+    legend: list[str] = []
     for key in TABLE_KEYS:
         rows.append((key, [_fmt((b["metrics"] or {}).get(key)) for b in blocks.values()]))
     if any(b.get("bootstrap") for b in blocks.values()):
@@ -53,9 +62,10 @@ def format_metrics_table(results: dict) -> str:
     if any(b.get("ball_usage") for b in blocks.values()):
         for label, get in (("audio_on_clip", lambda u: u["audio"]["on_clip_sphere"]),
                            ("text_on_clip", lambda u: u["text"]["on_clip_sphere"]),
-                           ("top1_same_cos", lambda u: u["top1_same_as_cosine"])):
+                           (TOP1_OWN_COS, lambda u: u["top1_same_as_cosine"])):
             rows.append((label, [_fmt(get(b["ball_usage"])) if b.get("ball_usage") else "-"
                                  for b in blocks.values()]))
+        legend.append(TOP1_OWN_COS_LEGEND)
     if any(b.get("hierarchy") for b in blocks.values()):
         for label, get in (("rho(prompt,dep)", lambda h: h["prompt_norm_vs_depth"]["rho"]),
                            ("rho(audio,dep)", lambda h: h["audio_mean_norm_vs_depth"]["rho"]),
@@ -66,20 +76,36 @@ def format_metrics_table(results: dict) -> str:
                            ("rho(nodes,dep)", lambda h: (h["cones"]["norm_depth"] or {}).get("rho"))):
             rows.append((label, [_fmt(get(b["hierarchy"])) if b.get("hierarchy") else "-"
                                  for b in blocks.values()]))
+    return _layout(names, rows, legend)
+
+
+def _layout(names: list[str], rows: list[tuple[str, list[str]]], legend: list[str]) -> str:
+    """Right-aligned columns, one per model, under a header of the model names; legend lines last."""
     width = max(14, *(len(n) for n in names), *(len(v) for _, vals in rows for v in vals))
-    lines = [f"{'metric':<16}" + "".join(f"{n:>{width + 2}}" for n in names)]
-    lines += [f"{label:<16}" + "".join(f"{v:>{width + 2}}" for v in vals) for label, vals in rows]
-    return "\n".join(lines)
+    label_width = max(16, *(len(label) + 1 for label, _ in rows))
+    lines = [f"{'metric':<{label_width}}" + "".join(f"{n:>{width + 2}}" for n in names)]
+    lines += [f"{label:<{label_width}}" + "".join(f"{v:>{width + 2}}" for v in vals) for label, vals in rows]
+    return "\n".join(lines + legend)
 
 
 def format_retrieval_table(results: dict) -> str:
-    """One row per metric, one column per model."""
+    """One row per metric, one column per model; with ``--bootstrap``, each metric's 95% interval
+    and, beside plain CLAP, the paired difference to it with its interval (as the classification
+    table prints them)."""
     blocks = model_blocks(results)
-    width = max(14, *(len(n) for n in blocks))
-    lines = [f"{'metric':<14}" + "".join(f"{n:>{width + 2}}" for n in blocks)]
-    for key in METRIC_KEYS:
-        lines.append(f"{key:<14}" + "".join(f"{b['metrics'][key]:>{width + 2}.4f}" for b in blocks.values()))
-    return "\n".join(lines)
+    rows: list[tuple[str, list[str]]] = [(key, [_fmt(b["metrics"][key]) for b in blocks.values()])
+                                         for key in METRIC_KEYS]
+    if any(b.get("bootstrap") for b in blocks.values()):
+        for key in METRIC_KEYS:
+            rows.append((f"{key} 95% CI", [
+                f"[{b['bootstrap'][key]['low']:.4f}, {b['bootstrap'][key]['high']:.4f}]"
+                if (b.get("bootstrap") or {}).get(key) else "-" for b in blocks.values()]))
+        paired = f"vs_{PLAIN_MODEL_NAME}"
+        if any((b.get("bootstrap") or {}).get(paired) for b in blocks.values()):
+            for key in METRIC_KEYS:
+                rows.append((f"{key} - cosine", [
+                    format_diff((b.get("bootstrap") or {}).get(paired, {}).get(key)) or "-" for b in blocks.values()]))
+    return _layout(list(blocks), rows, [])
 
 
 HIERARCHY_COLUMNS = (

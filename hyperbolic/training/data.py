@@ -156,8 +156,9 @@ def _assemble(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, cl
     split = split_indices(len(clips), cfg.train_ratio, cfg.seed)
     if len(split.val) == 1 and cfg.select_metric == "val_mAP":
         log.warning("--train-ratio %g leaves a single validation clip: average precision over one clip is 1.0 "
-                    "for any model, so val_mAP cannot tell epochs apart and the first epoch stays best; use more "
-                    "clips, a lower --train-ratio, or --select-metric val_loss", cfg.train_ratio)
+                    "for any model, so val_mAP cannot tell epochs apart and the best epoch is the one of lowest "
+                    "val_loss among them; use more clips, a lower --train-ratio, or --select-metric val_loss",
+                    cfg.train_ratio)
     seen = [k for k in range(len(class_names)) if k not in set(holdout)]
     candidates = len(seen) if cfg.negatives == "all-classes" else len({k for row in clips.label_indices for k in row})
     if cfg.text_pairing == "all-labels" and candidates < 2:
@@ -177,8 +178,11 @@ def _assemble(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, cl
                               "abstract_parents_linked_past": len(hierarchy.linked_past),
                               "linked_past": list(hierarchy.linked_past),
                               "parent_child_pairs": int(hierarchy.parent_child.shape[0])}
-    log.info("%d clips (%d train / %d val), %d classes (%d held out)", len(clips), len(split.train),
-             len(split.val), len(class_names), len(holdout))
+    if class_names:
+        log.info("%d clips (%d train / %d val), %d classes (%d held out)", len(clips), len(split.train),
+                 len(split.val), len(class_names), len(holdout))
+    else:  # captions alone: no class list to count
+        log.info("%d clips (%d train / %d val), captions only", len(clips), len(split.train), len(split.val))
     return TrainingData(clips, prompts, split, seen=seen, hierarchy=hierarchy, trainer_cls=trainer_cls, extra=extra)
 
 

@@ -37,13 +37,37 @@ RUN_FILES = ("projection_epoch_*.pth", "best_projection_epoch_*.pth", "setup.jso
              "training_curves.png")
 
 
-def prepare_output_dir(cfg: TrainConfig) -> Path:
-    """Create the output dir. A non-empty one needs --resume or --overwrite; --overwrite removes
-    the earlier run's files first, so none of them is later taken for this run's."""
+def missing_dirs(path: Path) -> list[Path]:
+    """The folders ``path.mkdir(parents=True)`` would create, deepest first."""
+    missing = []
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def remove_empty_dirs(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that exists and is empty: what an early error
+    leaves of the folders ``prepare_output_dir`` created."""
+    for folder in folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def check_output_dir(cfg: TrainConfig) -> Path:
+    """Refuse a non-empty output dir without --resume or --overwrite; touch nothing."""
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
         raise TrainingError(f"--output-dir {out} is not empty; pass --resume {out} to continue that run, "
                             "--overwrite to replace its files, or choose another --output-dir")
+    return out
+
+
+def prepare_output_dir(cfg: TrainConfig) -> Path:
+    """Create the output dir. A non-empty one needs --resume or --overwrite; --overwrite removes
+    the earlier run's files first, so none of them is later taken for this run's."""
+    out = check_output_dir(cfg)
     if cfg.overwrite and out.exists():
         for folder in [out, *(d for d in out.glob("c*_t*") if d.is_dir())]:
             for pattern in RUN_FILES:

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import torch
 
+from data.audioset import describe_skipped
 from hyperbolic import __version__
 from hyperbolic.model import checkpoint
 from hyperbolic.config import TrainConfig
 from hyperbolic.embedding.embeddings import ClipEmbeddings
 from hyperbolic.hierarchy.cones import EntailmentObjective
 from hyperbolic.outputs import atomic_write_json
-from hyperbolic.training.run_folder import (continue_in_run_dir, prepare_output_dir, prune_checkpoints, resume_point,
-                                   sweep_dir_name)
+from hyperbolic.training.run_folder import (continue_in_run_dir, missing_dirs, prepare_output_dir, prune_checkpoints,
+                                            remove_empty_dirs, resume_point, sweep_dir_name)
 from hyperbolic.evaluation.tables import format_sweep_table
 from hyperbolic.training.threads import probe_threads, trainer_step
 from hyperbolic.training.trainer import Trainer, TrainingError, lr_factor, upgrade_optimizer_state
@@ -91,7 +92,8 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, *, tracker=None, resume
     else:  # the configuration is in the folder from the start, so --resume RUN_DIR alone works
         atomic_write_json(out / "setup.json", run.setup)
     before = torch.get_num_threads()
-    threads = _choose_threads(run, train_clips, before) if run.start <= cfg.epochs else before
+    threads = (_choose_threads(run, train_clips, before, num_texts=data.prompts.shape[0]) if run.start <= cfg.epochs
+               else before)
     torch.set_num_threads(threads)
     try:
         for epoch in range(run.start, cfg.epochs + 1):
@@ -102,9 +104,9 @@ def fit(cfg: TrainConfig, data: TrainingData, out: Path, *, tracker=None, resume
             row = {"epoch": epoch, "train_loss": train_loss, **run.trainer.validate(val_clips),
                    **run.trainer.state(), "lr": run.scheduler.get_last_lr()[0],
                    "seconds": round(time.time() - started, 3)}
-            improved = _record(run, epoch, row)
+            improved, note = _record(run, epoch, row)
             _save(run, epoch, row, improved, embed_dim=clips.audio.shape[1])
-            _log_epoch(cfg, row, improved)
+            _log_epoch(cfg, row, improved, note)
             if tracker is not None:
                 tracker.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
     except KeyboardInterrupt:
@@ -178,17 +180,38 @@ def _train_epoch(run: Run, train_clips: ClipEmbeddings, epoch: int) -> float:
     return total / count
 
 
-def _record(run: Run, epoch: int, row: dict) -> bool:
-    """Append the epoch's row to the history; update best / stale; True when it is the new best."""
-    metric = row[run.cfg.select_metric]
-    higher_is_better = run.cfg.select_metric != "val_loss"
-    improved = run.best is None or (metric > run.best if higher_is_better else metric < run.best)
+# Every selection metric but val_loss is a fraction in [0, 1]: at 1.0 it cannot rank later epochs.
+SELECT_METRIC_MAX = 1.0
+
+
+def _record(run: Run, epoch: int, row: dict) -> tuple[bool, str]:
+    """Append the epoch's row to the history; update best / stale. Returns (new best?, a note
+    for the epoch line). An epoch that ties the best on ``--select-metric`` is the new best when
+    its val_loss is lower (a saturated metric, R@10 = 1.0 on a few validation clips, would
+    otherwise keep the first epoch without a word); the note says when it ties or saturates."""
+    key, history = run.cfg.select_metric, run.setup["history"]
+    metric = row[key]
+    higher_is_better = key != "val_loss"
+    note = ""
+    if run.best is None:
+        improved = True
+    elif metric == run.best and higher_is_better:
+        best_loss = history[run.best_epoch - 1]["val_loss"]
+        improved = row["val_loss"] < best_loss
+        note = (f"ties epoch {run.best_epoch} on {key}; val_loss {row['val_loss']:.4f} "
+                f"{'<' if improved else '>='} {best_loss:.4f} decides")
+    else:
+        improved = metric > run.best if higher_is_better else metric < run.best
+    if higher_is_better and metric >= SELECT_METRIC_MAX and all(r[key] < SELECT_METRIC_MAX for r in history):
+        log.warning("%s reached %g at epoch %d, its maximum: it cannot tell later epochs apart, so ties on it are "
+                    "broken on val_loss (more validation clips, or --select-metric val_loss, give a metric "
+                    "with room)", key, SELECT_METRIC_MAX, epoch)
     if improved:
         run.best, run.best_epoch, run.stale = metric, epoch, 0
     else:
         run.stale += 1
-    run.setup["history"].append(row)
-    return improved
+    history.append(row)
+    return improved, note
 
 
 def _save(run: Run, epoch: int, row: dict, improved: bool, *, embed_dim: int) -> None:
@@ -215,15 +238,18 @@ def _save(run: Run, epoch: int, row: dict, improved: bool, *, embed_dim: int) ->
     atomic_write_json(run.out / "setup.json", run.setup)
 
 
-def _log_epoch(cfg: TrainConfig, row: dict, improved: bool) -> None:
+def _log_epoch(cfg: TrainConfig, row: dict, improved: bool, note: str = "") -> None:
     ball = ("" if "val_audio_radius_median" not in row else
             "  radius audio %.2f text %.2f  on clip sphere audio %.0f%% text %.0f%%" % (
                 row["val_audio_radius_median"], row["val_text_radius_median"],
                 100 * row["val_audio_on_clip_sphere"], 100 * row["val_text_on_clip_sphere"]))
-    log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mAP %.4f  c %.4g  tau %.4g (eff. %.4g)  lr %.3g  "
-             "%.2fs%s%s", row["epoch"], cfg.epochs, row["train_loss"], row["val_loss"], row["val_mAP"], row["c"],
-             row["temperature"], row["effective_temperature"], row["lr"], row["seconds"], ball,
-             "  *best*" if improved else "")
+    # The metric that selects the best epoch is always on the line (val_loss and val_mAP already are).
+    selected = ("" if cfg.select_metric in ("val_loss", "val_mAP")
+                else f"  {cfg.select_metric} {row[cfg.select_metric]:.4f}")
+    log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_mAP %.4f%s  c %.4g  tau %.4g (eff. %.4g)  lr %.3g  "
+             "%.2fs%s%s%s", row["epoch"], cfg.epochs, row["train_loss"], row["val_loss"], row["val_mAP"], selected,
+             row["c"], row["temperature"], row["effective_temperature"], row["lr"], row["seconds"], ball,
+             "  *best*" if improved else "", f"  ({note})" if note else "")
 
 
 # The earlier rule, kept for checkpoints written before the probe (``_choose_threads``): projector
@@ -240,14 +266,16 @@ def training_threads(batch_size: int, num_prompts: int, dim: int, available: int
     return max(1, min(available, int(flops // STEP_FLOPS_PER_THREAD)))
 
 
-def _choose_threads(run: Run, train_clips: ClipEmbeddings, available: int) -> int:
+def _choose_threads(run: Run, train_clips: ClipEmbeddings, available: int, *, num_texts: int) -> int:
     """Intra-op threads for the epochs: the faster of 1 and ``available`` for this run's step,
     measured (``threads.probe_threads``); logged and kept in setup.json and every checkpoint
     (``training_threads``). A resumed run keeps the count its checkpoint ran on, so it makes the
     same floating-point reductions as the uninterrupted run; a checkpoint from before the probe
     gets the earlier rule (``training_threads``) it ran on."""
     cfg, dim, prompts = run.cfg, train_clips.audio.shape[1], len(run.trainer.seen)
-    shape = f"a {cfg.batch_size}-clip x {dim}-d step over {prompts} prompts"
+    texts = (f"{prompts} prompts" if not cfg.text_column else  # caption runs contrast with texts, not classes
+             f"{num_texts} texts (captions{' and class prompts' if prompts else ''})")
+    shape = f"a {cfg.batch_size}-clip x {dim}-d step over {texts}"
     if run.resumed_threads is not None:
         threads = run.resumed_threads or training_threads(cfg.batch_size, prompts, dim, available)
         log.info("training on %d intra-op thread%s (of %d) for %s: the count the resumed run used", threads,
@@ -265,7 +293,12 @@ def _choose_threads(run: Run, train_clips: ClipEmbeddings, available: int) -> in
 
 def _summary(cfg: TrainConfig, history: list[dict], best_epoch: int, out: Path) -> dict:
     best_row = history[best_epoch - 1]
+    key = cfg.select_metric
+    tied = [row.get("epoch", i + 1) for i, row in enumerate(history) if row[key] == best_row[key]]
     return {"best_epoch": best_epoch, f"best_{cfg.select_metric}": best_row[cfg.select_metric],
+            "select_metric": key, "epochs_tied_on_select_metric": tied,
+            "tie_break": "val_loss" if key != "val_loss" else None,
+            "select_metric_saturated": key != "val_loss" and best_row[key] >= SELECT_METRIC_MAX,
             "best_val_mAP": best_row["val_mAP"], "best_val_loss": best_row["val_loss"],
             "best_train_loss": best_row["train_loss"],
             "best_checkpoint": str(checkpoint.epoch_path(out, best_epoch, best=True)),
@@ -322,15 +355,25 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
     if cfg.resume:
         cfg = continue_in_run_dir(cfg, combos)
     _swanlab_module(cfg)
+    created = missing_dirs(Path(cfg.output_dir))
     out = prepare_output_dir(cfg)
-    data = training_data(cfg)
+    try:
+        data = training_data(cfg)
+    except Exception:
+        # An error before any epoch leaves no empty run folder behind (docs/data.md); Ctrl-C and a
+        # killed process keep it, so --resume RUN_DIR (or the same command) goes on from the cache.
+        remove_empty_dirs(created)
+        raise
     data.extra["sweep"] = {"c": list(c_values), "temperature": list(temperatures)}  # for --resume RUN_DIR alone
     tracker = _swanlab(cfg, out)
     try:
         if len(combos) == 1:
             run_cfg = replace(cfg, c=combos[0][0], temperature=combos[0][1])
-            return fit(run_cfg, data, out, tracker=tracker, resume=resume_point(out, cfg))
-        return _sweep(cfg, combos, data, out)
+            summary = fit(run_cfg, data, out, tracker=tracker, resume=resume_point(out, cfg))
+        else:
+            summary = _sweep(cfg, combos, data, out)
+        log.info("%s (examples under data.skipped in setup.json)", describe_skipped(data.extra["data"]["skipped"]))
+        return summary
     except TrainingInterrupted as stop:
         if stop.run_dir == out:
             raise
