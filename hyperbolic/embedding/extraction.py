@@ -411,7 +411,7 @@ class _Embedder:
         done: set[int] = set()
         decode_s = forward_s = 0.0
         clips, item, one_less = 0, ("done",), None
-        self.clap.model  # load the weights (lazy) before the clock starts
+        getattr(self.clap, "model", None)  # load the weights (lazy) before the clock starts
         stream = iter(self._decoded([first], 0))
         started = time.perf_counter()
         for item in stream:
