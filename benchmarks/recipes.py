@@ -76,7 +76,13 @@ def _get(block, path):
     return block
 
 
-def run(out: Path, seeds: list[int], names: list[str], overrides: dict, hierarchy: bool) -> dict:
+def _measure_k_columns(measure_k) -> tuple:
+    """``pairs in cone @K`` for each K of ``--measure-k``: every row's cones at the same K."""
+    return tuple((f"pairs in cone @K={k:g}", ("hierarchy", "cones", "prompt_pairs_in_cone")) for k in measure_k)
+
+
+def run(out: Path, seeds: list[int], names: list[str], overrides: dict, hierarchy: bool,
+        measure_k: tuple[float, ...] = ()) -> dict:
     cache = out / "cache"
     runs: dict[str, dict[int, dict]] = {name: {} for name in names}
     for seed in seeds:
@@ -98,12 +104,17 @@ def run(out: Path, seeds: list[int], names: list[str], overrides: dict, hierarch
             block = results
             cols = COLUMNS + (HIER_COLUMNS if hierarchy else ())
             runs[name][seed] = {label: _get(block, path) for label, path in cols}
+            for k, (label, path) in zip(measure_k, _measure_k_columns(measure_k)):
+                at_k, _ = evaluate(replace(eval_cfg, entailment_k=k, output_json=str(
+                    Path(cfg.output_dir) / f"results_k{k:g}.json")), [load_projection(summary["best_checkpoint"],
+                                                                                         name="model")])
+                runs[name][seed][label] = _get(at_k, path)
             runs[name][seed]["best_epoch"] = summary["best_epoch"]
     return runs
 
 
-def table(runs: dict, hierarchy: bool) -> str:
-    cols = [label for label, _ in COLUMNS + (HIER_COLUMNS if hierarchy else ())]
+def table(runs: dict, hierarchy: bool, measure_k: tuple[float, ...] = ()) -> str:
+    cols = [label for label, _ in COLUMNS + (HIER_COLUMNS if hierarchy else ()) + _measure_k_columns(measure_k)]
     lines = ["| recipe | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, by_seed in runs.items():
         cells = []
@@ -127,6 +138,9 @@ def main(argv=None) -> int:
     p.add_argument("--hierarchy", action="store_true", help="train with the demo ontology; report cones")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="TrainConfig overrides applied to every recipe, e.g. entailment_weight=0.2")
+    p.add_argument("--measure-k", type=float, nargs="+", default=[], metavar="K",
+                   help="with --hierarchy: also measure every row's cones at each of these K "
+                        "(test_clap_modelscope.py --entailment-k), so rows trained at different K compare")
     args = p.parse_args(argv)
     # The steps are tiny matmuls: one thread is fastest, and several contend with other jobs.
     import torch
@@ -142,10 +156,14 @@ def main(argv=None) -> int:
             overrides[key] = value  # a word: a choice such as all-classes
     names = args.recipes or list(RECIPES)
     out = Path(args.output_dir)
-    runs = run(out, args.seeds, names, overrides, args.hierarchy)
+    if args.measure_k and not args.hierarchy:
+        p.error("--measure-k needs --hierarchy (the cones it measures)")
+    if any(not k > 0 for k in args.measure_k):
+        p.error(f"--measure-k values must be > 0 (got {args.measure_k})")
+    runs = run(out, args.seeds, names, overrides, args.hierarchy, tuple(args.measure_k))
     (out / "recipes.json").write_text(json.dumps({"seeds": args.seeds, "overrides": overrides, "runs": runs},
                                                  indent=2))
-    print(table(runs, args.hierarchy))
+    print(table(runs, args.hierarchy, tuple(args.measure_k)))
     return 0
 
 

@@ -495,3 +495,35 @@ def _process_row(
         except (TypeError, ValueError) as e:
             raise DatasetError(f"parquet file {path}, row {meta.row}, column {AUDIO_COLUMN!r}: {e}") from e
     return Clip(meta=meta, label_indices=indices, raw_labels=raw, waveform=waveform, seconds=seconds)
+
+
+def audio_digests(folder: str | Path, metas: Iterable[ClipMeta]) -> list[str | None]:
+    """sha256 (first 32 hex digits) of each clip's encoded audio bytes, in the order of ``metas``:
+    identical audio under different ids has one digest. Reads only the ``audio`` column of the
+    files the clips come from; a cell without bytes (a path-only cell) or a file that cannot be
+    read gives None (and the caller counts it)."""
+    import hashlib
+
+    metas = list(metas)
+    wanted: dict[str, dict[int, list[int]]] = {}
+    for i, meta in enumerate(metas):
+        wanted.setdefault(meta.file, {}).setdefault(meta.row, []).append(i)
+    out: list[str | None] = [None] * len(metas)
+    for name, rows in wanted.items():
+        try:
+            pf = pq.ParquetFile(Path(folder) / name)
+            start = 0
+            for batch in pf.iter_batches(batch_size=256, columns=[AUDIO_COLUMN]):
+                cells = batch.column(0)
+                for r in range(start, start + len(batch)):
+                    if r in rows:
+                        cell = cells[r - start].as_py()
+                        data = cell.get("bytes") if isinstance(cell, dict) else cell
+                        if isinstance(data, (bytes, bytearray)) and data:
+                            digest = hashlib.sha256(data).hexdigest()[:32]
+                            for i in rows[r]:
+                                out[i] = digest
+                start += len(batch)
+        except (OSError, pa.ArrowException) as err:
+            logger.warning("audio digests: %s could not be read (%s); its clips get no digest", name, err)
+    return out

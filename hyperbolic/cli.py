@@ -215,6 +215,9 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--holdout-classes", default=_T("holdout_classes"), metavar="FRACTION|FILE",
                    help="keep these classes out of training entirely: a seeded fraction of the classes "
                         "present, or a file with one class name per line (default: none)")
+    p.add_argument("--holdout-seed", type=int, default=_T("holdout_seed"),
+                   help="seed of a --holdout-classes fraction; fixed and independent of --seed, so runs with "
+                        "different --seed hold out the same classes and differ only in the model")
     p.add_argument("--ontology", default=_T("ontology"), metavar="PATH",
                    help="AudioSet ontology.json (CLAP/class_labels/audioset_ontology.json): its abstract parents "
                         "get prompts too (needed by the two below) (default: none)")
@@ -293,6 +296,9 @@ def eval_parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="AudioSet ontology.json: adds a 'hierarchy' block per model (norm vs depth, "
                         "mistake severity, entailment-cone consistency) and colours the --plots disk by "
                         "top-level category (default: none)")
+    p.add_argument("--entailment-k", type=float, default=_V("entailment_k"), metavar="K",
+                   help="with --ontology: measure every model's entailment cones at this aperture K, so models "
+                        "compare at one K (default: each checkpoint's own K, the default K for one without)")
     p.add_argument("--expand-ancestors", action="store_true",
                    help="ground truth closed under the ontology: a clip is also positive for every class "
                         "above one of its labels, for every metric (recorded as test_info.ground_truth)")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hyperbolic.errors import ConfigError
-from hyperbolic.geometry.constants import DEFAULT_K
+from hyperbolic.geometry.constants import DEFAULT_K, clip_radius_resolvable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLASS_LABELS = REPO_ROOT / "CLAP" / "class_labels" / "audioset_class_labels_indices.json"
@@ -169,6 +169,9 @@ class TrainConfig(EmbeddingConfig):
     # None: val_t2a_R@10 with text_column (caption training), else val_mAP.
     select_metric: str | None = choice(None, SELECT_METRICS, optional=True)
     holdout_classes: str | None = None
+    # Seed of a --holdout-classes fraction, fixed so --seed varies the model only; 42, the default
+    # --seed, so a command that gives neither holds out the classes it held out before the flag.
+    holdout_seed: int = 42
     ontology: str | None = None
     entailment_weight: float = 0.0
     entailment_k: float = DEFAULT_K
@@ -201,6 +204,10 @@ class TrainConfig(EmbeddingConfig):
             (not _finite_positive(self.temperature), f"--temperature must be > 0 and finite (got {self.temperature:g})"),
             (not 0 < self.train_ratio < 1, f"--train-ratio must be in (0, 1) (got {self.train_ratio})"),
             (not 0 < self.clip_r <= 1, f"--clip-r must be in (0, 1] (got {self.clip_r})"),
+            (0 < self.clip_r <= 1 and self.geometry == "hyperbolic" and not clip_radius_resolvable(self.clip_r),
+             f"--clip-r {self.clip_r:g} lets points reach relative radius {min(self.clip_r, 1 - 1e-6):.7f}, where "
+             "1 - c|x|^2 is within float32's resolution of 0 (hyperbolic.geometry.poincare.BOUNDARY_RESOLUTION): "
+             "distances there are rounding noise, not geometry; use --clip-r 0.999 or less"),
             (self.init_radius is not None and not 0 < self.init_radius < min(1.0, self.clip_r),
              f"--init-radius must be in [0, --clip-r) (0: no rescaling; got {self.init_radius})"),
             (self.learn_c and self.learn_temperature,
@@ -267,6 +274,7 @@ class EvalConfig(EmbeddingConfig):
     # Ground truth closed under the ontology's ancestry for every metric (see hyperbolic.evaluation.evaluate).
     expand_ancestors: bool = False
     plots: bool = False
+    entailment_k: float | None = None  # cone aperture K for every model's cones (None: each checkpoint's own)
 
     def _task_problems(self) -> list[str]:
         paths = self.projection_checkpoints
@@ -294,6 +302,10 @@ class EvalConfig(EmbeddingConfig):
             (self.export_embeddings is not None and self.text_column,
              "--export-embeddings writes class-labelled clips; caption retrieval (--text-column) cannot export"),
             (len(set(paths)) != len(paths), "--projection-checkpoint lists a path twice; give each checkpoint once"),
+            (self.entailment_k is not None and not _finite_positive(self.entailment_k),
+             f"--entailment-k must be > 0 and finite (got {self.entailment_k})"),
+            (self.entailment_k is not None and not self.ontology,
+             "--entailment-k needs --ontology PATH (the cones it measures)"),
             *[(self.text_column and value, f"{name} is for class labels; caption retrieval (--text-column) "
                                            "does not use it") for name, value in (
                 ("--ontology", self.ontology), ("--expand-ancestors", self.expand_ancestors), ("--plots", self.plots),

@@ -32,7 +32,10 @@ DIFF_COLUMNS = tuple(f"d_{k}" for k in ("mAP", "acc@1", "t2a_R@10", "a2t_R@10"))
 BALL_COLUMNS = ("audio_radius_median", "audio_on_sphere", "text_radius_median", "text_on_sphere", "top1_same_as_cosine",
                 "rank_corr_with_cosine")
 MODEL_COLUMNS = ("geometry", "proj_dim")  # what the model is: its scoring geometry and output size D
-COLUMNS = ("file", "dataset", "model", "task", *MODEL_COLUMNS, *METRIC_COLUMNS, *DIFF_COLUMNS, *BALL_COLUMNS)
+SPLIT_COLUMNS = tuple(c for part in ("seen", "unseen", "never_trained") for c in (f"{part}_mAP", f"d_{part}_mAP"))
+GUARD_COLUMNS = ("train_overlap",)  # fraction of the evaluated clips the checkpoint trained or validated on
+COLUMNS = ("file", "dataset", "model", "task", *MODEL_COLUMNS, *METRIC_COLUMNS, *DIFF_COLUMNS, *BALL_COLUMNS,
+           *SPLIT_COLUMNS, *GUARD_COLUMNS)
 
 
 @dataclass
@@ -138,6 +141,13 @@ def read_results(path: Path, report: Report) -> None:
             elif metrics:
                 lacks.append(f"model {name}: no bootstrap.vs_clap_cosine (paired difference to plain CLAP; "
                              "evaluate it beside plain CLAP with --bootstrap N)")
+        _split_cells(block.get("metrics_by_split"), row)
+        overlap = block.get("overlap_with_training")
+        if isinstance(overlap, dict) and isinstance(overlap.get("fraction"), (int, float)):
+            row["train_overlap"] = _number(overlap["fraction"])
+            if overlap.get("clips"):
+                lacks.append(f"model {name}: {overlap['clips']} evaluated clips were in its training or validation "
+                             "data (overlap_with_training): not a held-out result")
         hyperbolic = info.get("geometry") == "hyperbolic" or info.get("use_hyperbolic") is True
         if hyperbolic:
             ball = block.get("ball_usage")
@@ -153,6 +163,22 @@ def read_results(path: Path, report: Report) -> None:
                              "ball-usage diagnostics existed)")
         report.rows.append(row)
     report.notes.extend(f"{path}: {what}" for what in lacks)
+
+
+def _split_cells(split, row: dict) -> None:
+    """``<part>_mAP`` (the model's, then plain CLAP's on the same classes) and ``d_<part>_mAP`` (the
+    paired difference with its interval, under --bootstrap) of ``metrics_by_split``."""
+    if not isinstance(split, dict):
+        return
+    for part in ("seen", "unseen", "never_trained"):
+        own = split.get(part) if isinstance(split.get(part), dict) else {}
+        cos = (split.get(PLAIN) or {}).get(part) if isinstance(split.get(PLAIN), dict) else None
+        if isinstance(own.get("mAP"), (int, float)):
+            row[f"{part}_mAP"] = _number(own["mAP"]) + (
+                f" (cos {cos['mAP']:.4f})" if isinstance(cos, dict) and isinstance(cos.get("mAP"), (int, float)) else "")
+        boot = (split.get("bootstrap") or {}).get(part) if isinstance(split.get("bootstrap"), dict) else None
+        if isinstance(boot, dict):
+            row[f"d_{part}_mAP"] = format_diff((boot.get(f"vs_{PLAIN}") or {}).get("mAP")) or "-"
 
 
 def build_report(paths) -> Report:

@@ -125,17 +125,39 @@ def ref_retrieval(s, t, ks, map_k=10):
     for k in ks:
         out[f"t2a_R@{k}"] = ref_acc_at_k(s[:, queries].T, t[:, queries].T, k)
         out[f"a2t_R@{k}"] = ref_acc_at_k(s, t, k)
-    aps = []
-    for c in queries:
-        order = ranking(s[:, c])
-        hits, total = 0, 0.0
-        for i in range(min(map_k, len(order))):
-            if t[order[i], c]:
-                hits += 1
-                total += hits / (i + 1)
-        aps.append(total / min(map_k, t[:, c].sum()))
+    aps = [expected_ap_by_patterns(s[:, c], t[:, c], map_k) for c in queries]
     out[f"t2a_mAP@{map_k}"] = np.mean(aps)
     return out
+
+
+def expected_ap_by_patterns(row, rel, k):
+    """AP@k averaged over every order inside the ties, by enumeration: the top k slots are filled
+    group by group (descending score); a group of g entries with m relevant fills its L slots with
+    each 0/1 pattern of r ones with probability C(g - L, m - r) / C(g, m) (the pattern of the
+    first L places of a uniformly random order)."""
+    outcomes = [((), 1.0)]
+    for v in sorted(set(row.tolist()), reverse=True):
+        filled = len(outcomes[0][0])
+        if filled >= k:
+            break
+        g, m = int(np.sum(row == v)), int(np.sum(rel[row == v]))
+        slots = min(g, k - filled)
+        patterns = []
+        for pattern in itertools.product((0, 1), repeat=slots):
+            r = sum(pattern)
+            p = math.comb(g - slots, m - r) / math.comb(g, m) if 0 <= m - r <= g - slots else 0.0
+            if p:
+                patterns.append((pattern, p))
+        outcomes = [(seq + pat, q * p) for seq, q in outcomes for pat, p in patterns]
+    total = 0.0
+    for seq, q in outcomes:
+        hits, ap = 0, 0.0
+        for i, hit in enumerate(seq):
+            if hit:
+                hits += 1
+                ap += hits / (i + 1)
+        total += q * ap / min(k, int(rel.sum()))
+    return total
 
 
 # ------------------------------------------------------------- classification metrics
@@ -420,9 +442,10 @@ def test_retrieval_hand_example():
     s2 = np.hstack([s, np.zeros((4, 1))])
     t2 = np.hstack([t, ~t])
     got = M.retrieval_metrics(s2, t2, ks=(1, 2))
-    # Class 0 ranks clips 3, 0, 2, 1: AP@10 = (1/1 + 2/3) / 2; class 1 (all tied, index
-    # order 0, 1, 2, 3) puts its relevant clips 0 and 1 first: AP@10 = 1.
-    assert got["t2a_mAP@10"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+    # Class 0 ranks clip 3 (relevant), then clips 0 and 2 tied (2 relevant), then 1: AP@10 is
+    # (1 + 2/3)/2 or (1 + 2/2)/2, 11/12 on average. Class 1 (all 4 tied, 2 relevant): the relevant
+    # pair takes ranks (a, b) among the 6 pairs, AP = (1/a + 2/b)/2: 49/72 on average.
+    assert got["t2a_mAP@10"] == pytest.approx((11 / 12 + 49 / 72) / 2)
     # R@1: class 0's top clip is relevant; class 1 draws one of 4 tied clips, 2 relevant.
     assert got["t2a_R@1"] == pytest.approx((1 + 2 / 4) / 2)
 

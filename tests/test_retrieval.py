@@ -30,10 +30,9 @@ KS = (1, 5, 10)
 
 
 def brute_force(s: np.ndarray, owner: np.ndarray, *, every_tie_order: bool = False) -> dict:
-    """The metrics by their definitions, one query at a time. mAP@10 ranks ties by the lower
-    index; R@k is averaged over every order of the ranked items (``every_tie_order``, small
-    cases only: the exact expectation over random tie orders) or taken from the stable order
-    (enough when no score ties)."""
+    """The metrics by their definitions, one query at a time. R@k and mAP@10 are averaged over
+    every order of the ranked items (``every_tie_order``, small cases only: the exact expectation
+    over random tie orders) or taken from the stable order (enough when no score ties)."""
     n, m = s.shape
 
     def orders(size):
@@ -50,17 +49,19 @@ def brute_force(s: np.ndarray, owner: np.ndarray, *, every_tie_order: bool = Fal
             tries = [sorted(range(n), key=lambda i: (-s[i, j], p[i])).index(owner[j]) < k for p in orders(n)]
             hits.append(np.mean(tries))
         out[f"t2a_R@{k}"] = np.mean(hits)
-    out["t2a_mAP@10"] = np.mean([1.0 / r if r <= 10 else 0.0 for r in t2a_rank])
-    aps = []
-    for i in range(n):
-        order = sorted(range(m), key=lambda j: (-s[i, j], j))
-        rel = [owner[j] == i for j in order]
+    out["t2a_mAP@10"] = np.mean([
+        np.mean([1.0 / r if (r := sorted(range(n), key=lambda i: (-s[i, j], p[i])).index(owner[j]) + 1) <= 10
+                 else 0.0 for p in orders(n)]) for j in range(m)])
+    def ap10(rel):
         found, total = 0, 0.0
         for r in range(min(10, m)):
             if rel[r]:
                 found += 1
                 total += found / (r + 1)
-        aps.append(total / min(10, sum(rel)))
+        return total / min(10, sum(rel))
+
+    aps = [np.mean([ap10([owner[j] == i for j in sorted(range(m), key=lambda j: (-s[i, j], p[j]))])
+                    for p in orders(m)]) for i in range(n)]
     for k in KS:
         hits = []
         for i in range(n):
@@ -115,7 +116,7 @@ def test_metrics_match_brute_force_with_ties():
         got = caption_retrieval_metrics(s, owner)
         for key, value in brute_force(s, owner, every_tie_order=True).items():
             assert got[key] == pytest.approx(value, abs=1e-12), (trial, key)
-    # larger, without ties, against the stable order; and mAP@10 with ties (stable by definition)
+    # larger, without ties, against the stable order; and with ties, invariance to the data's order
     for trial in range(10):
         n = int(rng.integers(5, 15))
         owner = np.concatenate([np.arange(n), rng.integers(0, n, size=int(rng.integers(0, 30)))])
@@ -123,10 +124,12 @@ def test_metrics_match_brute_force_with_ties():
         got = caption_retrieval_metrics(s, owner)
         for key, value in brute_force(s, owner).items():
             assert got[key] == pytest.approx(value, abs=1e-12), (trial, key)
+        # With ties, reordering the clips and the captions changes nothing (the stable order did).
         tied = np.round(s)
         got = caption_retrieval_metrics(tied, owner)
-        ref = brute_force(tied, owner)
-        assert (got["t2a_mAP@10"], got["a2t_mAP@10"]) == pytest.approx((ref["t2a_mAP@10"], ref["a2t_mAP@10"]))
+        clips, caps = rng.permutation(n), rng.permutation(len(owner))
+        moved = caption_retrieval_metrics(tied[clips][:, caps], np.argsort(clips)[owner[caps]])
+        assert (got["t2a_mAP@10"], got["a2t_mAP@10"]) == pytest.approx((moved["t2a_mAP@10"], moved["a2t_mAP@10"]))
 
 
 @pytest.fixture(scope="module")
@@ -240,8 +243,13 @@ def test_clotho_like_captions_and_shared_strings(tmp_path, tiny_clap_dir, as_lis
     results = json.loads(out.read_text())
     assert results["test_info"]["files_without_clip_id_column"] == ["evaluation.parquet"]
     assert results["test_info"]["distinct_caption_texts"] == 19
-    for key, value in brute_force(s, owner).items():
-        assert results["metrics"][key] == pytest.approx(value, abs=1e-9), key
+    # The shared pair is a tie in every clip's ranking: the metrics are the mean over its two orders
+    # (brute force in the stable order, then with the pair's columns swapped).
+    swap = np.arange(len(owner))
+    swap[shared] = swap[shared[::-1]]
+    first, second = brute_force(s, owner), brute_force(s[:, swap], owner[swap])
+    for key, value in first.items():
+        assert results["metrics"][key] == pytest.approx((value + second[key]) / 2, abs=1e-9), key
 
 
 def test_caption_cells_and_errors(tmp_path):

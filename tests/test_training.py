@@ -136,7 +136,7 @@ def test_non_finite_loss_stops_with_epoch_and_batch(tmp_path, monkeypatch, capsy
         return loss
 
     monkeypatch.setattr(Trainer, "batch_loss", poisoned)
-    # The thread probe's steps call batch_loss on a copy of the trainer: keep them out of the count.
+    # The thread probe's steps would be counted too: this test is about the epochs' batches.
     monkeypatch.setattr("hyperbolic.training.train.probe_threads", lambda step, available: (1, {}))
     out = tmp_path / "run"
     assert train_script.main(_argv(demo_train_dir, tiny_clap_dir, out)) == 2

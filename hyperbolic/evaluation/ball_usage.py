@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from hyperbolic.geometry.poincare import BOUNDARY_RESOLUTION
+
 
 # Points within this of the clip radius (in units of the ball radius) count as on the clip
 # sphere. float32 recomputes a clipped point's relative radius to ~1e-6; 1e-4 leaves room for
@@ -37,16 +39,30 @@ def clip_sphere(clip_radius: float | None) -> float | None:
     return clip_radius if clip_radius is not None and clip_radius < 1 else None
 
 
-def radius_summary(radius: np.ndarray, clip_radius: float | None) -> dict:
-    """``{relative_radius: {min, p10, median, p90, max}, on_clip_sphere}``; ``clip_radius`` None
-    or >= 1: nothing is clipped (``on_clip_sphere`` 0.0). Empty input: every value None."""
+def radius_summary(radius: np.ndarray, clip_radius: float | None, dtype: torch.dtype = torch.float32) -> dict:
+    """``{relative_radius: {min, p10, median, p90, max}, on_clip_sphere, at_numerical_boundary}``
+    of float64 relative radii; ``clip_radius`` None or >= 1: nothing is clipped (``on_clip_sphere``
+    0.0). ``at_numerical_boundary``: the fraction whose ``1 - c|x|^2 = 1 - radius^2`` is within
+    ``poincare.BOUNDARY_RESOLUTION`` of the points' ``dtype``. Empty input: every value None."""
     clip_radius = clip_sphere(clip_radius)
     if len(radius) == 0:
-        return {"relative_radius": dict.fromkeys(("min", "p10", "median", "p90", "max")), "on_clip_sphere": None}
+        return {"relative_radius": dict.fromkeys(("min", "p10", "median", "p90", "max")), "on_clip_sphere": None,
+                "at_numerical_boundary": None}
     q = np.quantile(radius, [0.0, 0.1, 0.5, 0.9, 1.0])
     on = 0.0 if clip_radius is None else float(np.mean(radius >= clip_radius - ON_SPHERE_TOL))
+    boundary = float(np.mean(1 - np.square(radius) <= BOUNDARY_RESOLUTION[dtype]))
     return {"relative_radius": dict(zip(("min", "p10", "median", "p90", "max"), map(float, q))),
-            "on_clip_sphere": on}
+            "on_clip_sphere": on, "at_numerical_boundary": boundary}
+
+
+def radius_resolved(radius: np.ndarray, dtype: torch.dtype = torch.float32) -> str | None:
+    """None when float64 relative radii of points stored in ``dtype`` have a spread above that
+    dtype's resolution (``poincare.BOUNDARY_RESOLUTION``); otherwise the reason a statistic of them
+    (a rank correlation with depth) would be computed on rounding noise."""
+    if len(radius) and np.ptp(radius) <= BOUNDARY_RESOLUTION[dtype]:
+        return (f"every point at the same radius within {dtype} resolution (spread {np.ptp(radius):.1e} <= "
+                f"{BOUNDARY_RESOLUTION[dtype]:.1e}): a rank over it would rank rounding noise")
+    return None
 
 
 def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -100,12 +116,13 @@ def ball_usage(audio_pts: torch.Tensor, text_pts: torch.Tensor, scores: np.ndarr
 
     ``audio_pts`` (N, D) and ``text_pts`` (C, D): the projected points ``scores`` (N, C) come from;
     ``clip_radius``: the relative radius of the model's clip sphere (None or >= 1: no clip)."""
-    return {"audio": radius_summary(relative_radius(audio_pts, c=c), clip_radius),
-            "text": radius_summary(relative_radius(text_pts, c=c), clip_radius),
+    return {"audio": radius_summary(relative_radius(audio_pts, c=c), clip_radius, audio_pts.dtype),
+            "text": radius_summary(relative_radius(text_pts, c=c), clip_radius, text_pts.dtype),
             **ranking_vs_cosine(scores, audio_pts, text_pts),
             "clip_radius": clip_sphere(clip_radius),
             "definition": "relative radius = sqrt(c)|x| (fraction of the ball radius); on_clip_sphere: "
-                          f"within {ON_SPHERE_TOL:g} of clip_radius; rankings compared per clip against the "
+                          f"within {ON_SPHERE_TOL:g} of clip_radius; at_numerical_boundary: 1 - c|x|^2 within "
+                          "the points' dtype resolution (poincare.BOUNDARY_RESOLUTION); rankings compared per clip against the "
                           "cosine of the same projected points' directions (see hyperbolic.evaluation.ball_usage)"}
 
 

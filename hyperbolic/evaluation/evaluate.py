@@ -26,17 +26,53 @@ import numpy as np
 import torch
 
 from data.audio import segmenting_from
-from data.audioset import SkipLog, count_rows
+from data.audioset import SkipLog, audio_digests, count_rows
 from data.class_list import FROM_DATA, resolve_class_names
 from data.errors import DatasetError
 from data.labels import LabelMatcher, load_class_ids
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
-from hyperbolic.embedding.embeddings import (ClipEmbeddings, duration_report, embed_prompts, embed_run_clips, open_cache, open_clap,
-                                   prompts_for)
-from hyperbolic.embedding.stored import (StoredEmbeddings, check_writable, export_clip_ids, export_labels,
-                                         read_embeddings, write_embeddings)
+from hyperbolic.embedding.embeddings import (
+    ClipEmbeddings,
+    duration_report,
+    embed_prompts,
+    embed_run_clips,
+    open_cache,
+    open_clap,
+    prompts_for,
+)
+from hyperbolic.embedding.stored import (
+    StoredEmbeddings,
+    check_writable,
+    export_clip_ids,
+    export_labels,
+    read_embeddings,
+    write_embeddings,
+)
 from hyperbolic.evaluation.files import results_path, save_scores, write_plots, write_results
-from hyperbolic.evaluation.hierarchy import HierarchyContext, cone_block, expand_to_ancestors, hierarchy_block
+from hyperbolic.evaluation.hierarchy import (
+    HierarchyContext,
+    cone_block,
+    expand_to_ancestors,
+    hierarchy_block,
+    hierarchy_metrics,
+)
+from hyperbolic.evaluation.radius import radius_block
+from hyperbolic.evaluation.retrieval import evaluate_captions
+from hyperbolic.evaluation.scoring import (
+    COLLAPSED_TEXT_COSINE,
+    PLAIN_MODEL_NAME,
+    ScoringModel,
+    build_models,
+    measure_cones_at,
+    model_info,
+    prompt_health,
+    similarity_stats,
+    training_overlap,
+    usage_block,
+    usage_skipped,
+)
+from hyperbolic.evaluation.splits import class_parts, coverage, split_block
+from hyperbolic.hierarchy.ontology import Ontology
 from hyperbolic.metrics.bootstrap import bootstrap_ci, bootstrap_difference, bootstrap_samples
 from hyperbolic.metrics.classification import (
     _topk_order,
@@ -45,11 +81,7 @@ from hyperbolic.metrics.classification import (
     per_class_ap,
     retrieval_metrics,
 )
-from hyperbolic.hierarchy.ontology import Ontology
 from hyperbolic.outputs import unique_path
-from hyperbolic.evaluation.retrieval import evaluate_captions
-from hyperbolic.evaluation.scoring import (PLAIN_MODEL_NAME, ScoringModel, build_models, model_info, similarity_stats,
-                                          usage_block, usage_skipped)
 
 log = logging.getLogger(__name__)
 
@@ -75,21 +107,32 @@ GROUND_TRUTH_TEXT = {
 
 def _predictions(scores, clips, class_names, top_k, expanded=None):
     """Top-k per clip with its ground truth; ``expanded`` (N, C) bool: the ancestor-closed
-    ground truth, listed as ``ground_truth_indices_with_ancestors``."""
+    ground truth, listed as ``ground_truth_indices_with_ancestors``.
+
+    A list needs an order, so tied classes are listed by index; nothing is hidden by it: every
+    entry has ``tie_size`` (classes sharing its score, 1 when none) and each clip
+    ``predicted_top1_tied`` (every class tied at the top: the top 1 is any of them with equal
+    probability, as the metrics take it)."""
     # The top k without sorting whole rows, whole-array lookups and one tolist(): the same list
     # as np.argsort(-scores, kind="stable") and per-element float(), in a third of the time.
     order = _topk_order(scores, top_k)
-    top_scores = np.take_along_axis(scores, order, axis=1).tolist()
+    values = np.take_along_axis(scores, order, axis=1)
+    ties = np.stack([np.count_nonzero(scores == values[:, j:j + 1], axis=1) for j in range(order.shape[1])],
+                    axis=1)
+    top_scores, tie_sizes = values.tolist(), ties.tolist()
     names = np.asarray(class_names, dtype=object)[order].tolist()
     out = []
     for i, meta in enumerate(clips.metas):
         extra = ({} if expanded is None else
                  {"ground_truth_indices_with_ancestors": np.flatnonzero(expanded[i]).tolist()})
+        top_tied = ([names[i][0]] if tie_sizes[i][0] == 1 else
+                    [class_names[k] for k in np.flatnonzero(scores[i] == values[i, 0])])
         out.append({
             "sample_id": i, "video_id": meta.video_id, "file": meta.file, "row": meta.row,
             "predicted_top1": names[i][0],
-            "top_k_predictions": [{"rank": r + 1, "classname": name, "similarity": value}
-                                  for r, (name, value) in enumerate(zip(names[i], top_scores[i]))],
+            "predicted_top1_tied": top_tied,
+            "top_k_predictions": [{"rank": r + 1, "classname": name, "similarity": value, "tie_size": size}
+                                  for r, (name, value, size) in enumerate(zip(names[i], top_scores[i], tie_sizes[i]))],
             "ground_truth_human_labels": clips.raw_labels[i],
             "ground_truth_indices": clips.label_indices[i],
             **extra,
@@ -104,20 +147,42 @@ def _metrics(scores, targets, cfg: EvalConfig, rows_read: int) -> dict:
     return metrics
 
 
-def _holdout_metrics(model: ScoringModel, scores, targets, class_names, cfg: EvalConfig, rows_read: int):
-    """Metrics on the classes a checkpoint saw in training and on those it held out.
+def _splits(models: list[ScoringModel], scored: dict, data: _Clips, class_names: list[str], cfg: EvalConfig) -> None:
+    """``metrics_by_split`` and ``training_coverage`` of every checkpoint (``hyperbolic.evaluation.splits``),
+    with plain CLAP's metrics on the same class subsets when it ran."""
+    labelled = data.labelled
+    if not labelled.any():
+        return
+    plain = scored.get(PLAIN_MODEL_NAME)
+    t = data.targets[labelled]
+    for model in models:
+        if model.projector is None:
+            continue
+        parts = class_parts(model.info, model.training_clips, class_names)
+        if parts is None:
+            continue
+        r = scored[model.name]
+        r.block["metrics_by_split"] = split_block(
+            parts, r.scores[labelled], None if plain is None else plain.scores[labelled], t, cfg,
+            lambda s, tt: _metrics(s, tt, cfg, data.rows_read), model.info.get("holdout_classes") or [],
+            PLAIN_MODEL_NAME)
+        r.block["training_coverage"] = coverage(parts, r.scores, t, class_names, model.name)
 
-    Each part uses only its own score columns (ranking among that subset of classes) and the
-    clips with at least one label in it."""
-    held = {name.casefold() for name in model.info.get("holdout_classes", [])}
-    if not held:
-        return None
-    out = {"holdout_classes": sorted(model.info["holdout_classes"])}
-    unseen = np.array([name.casefold() in held for name in class_names])
-    for part, cols in (("seen", ~unseen), ("unseen", unseen)):
-        rows = targets[:, cols].any(axis=1)
-        out[part] = (_metrics(scores[rows][:, cols], targets[rows][:, cols], cfg, rows_read)
-                     if rows.any() else None)
+
+def _text_health(model: ScoringModel, class_emb, text_pts, warned: set) -> dict:
+    """``text_tower`` (the CLAP embeddings of the class prompts) and, for a projector,
+    ``projected_prompts`` (the projected points' directions): ``prompt_health``. Warns when the
+    text tower looks collapsed, once per prompt template (``warned``)."""
+    tower = prompt_health(class_emb)
+    if tower.get("collapsed") and model.prompt_template not in warned:
+        warned.add(model.prompt_template)
+        log.warning("%s (and every model with its prompt template): the class prompts' CLAP text embeddings have a mean pairwise cosine of %.3f (> %g) "
+                    "and an effective rank of %.1f over %d prompts: a collapsed text tower, whose prompts can "
+                    "hardly be told apart; check the CLAP checkpoint and --prompt-template", model.name,
+                    tower["mean_pairwise_cosine"], COLLAPSED_TEXT_COSINE, tower["effective_rank"], tower["num_prompts"])
+    out = {"text_tower": tower}
+    if model.projector is not None:
+        out["projected_prompts"] = prompt_health(text_pts)
     return out
 
 
@@ -176,9 +241,11 @@ class _Clips:
     rows_rule: str          # which rows were used, in words
     durations: dict         # clip lengths (``duration_report``)
     targets: np.ndarray     # (N, C) bool; with expand_ancestors, closed under the ontology
+    raw_targets: np.ndarray  # (N, C) bool: the clips' own labels, never closed under the ontology
     labelled: np.ndarray    # (N,) bool: rows with a known label, the rows every metric uses
     annotated_positives: int
     clip_labels: list[list[int]] | None  # cone pairs of each labelled clip, as prompt indices
+    digests: list[str | None] | None = None  # audio sha256 per clip (only when a checkpoint records its clips)
 
 
 def _read_clips(cfg: EvalConfig, clap, cache, class_names: list[str], hier: HierarchyContext | None) -> _Clips:
@@ -212,6 +279,7 @@ def _ground_truth(cfg: EvalConfig, clips: ClipEmbeddings, skips: SkipLog, rows_r
         log.warning("no clip has a label among the %d classes of %s (--label-column %r): metrics are null",
                     len(class_names), cfg.embeddings or cfg.class_labels, cfg.label_column)
     annotated = int(targets.sum())
+    raw_targets = targets
     if cfg.expand_ancestors:
         # One ground truth for the whole run (every metric, the npz targets); the labelled set
         # is unchanged, since only clips with a label gain its ancestors.
@@ -220,7 +288,7 @@ def _ground_truth(cfg: EvalConfig, clips: ClipEmbeddings, skips: SkipLog, rows_r
     clip_labels = (hier.hierarchy.training_labels([clips.label_indices[i] for i in np.flatnonzero(labelled)])
                    if hier is not None else None)
     return _Clips(clips, skips, rows_read=rows_read, rows_held=rows_held, rows_rule=rows_rule, durations=durations,
-                  targets=targets, labelled=labelled, annotated_positives=annotated, clip_labels=clip_labels)
+                  targets=targets, raw_targets=raw_targets, labelled=labelled, annotated_positives=annotated, clip_labels=clip_labels)
 
 
 class _StoredPrompts:
@@ -230,6 +298,7 @@ class _StoredPrompts:
     def __init__(self, stored: StoredEmbeddings, extra_names: list[str]):
         self._classes = stored.class_embeddings
         self._parents = stored.prompt_embeddings(extra_names)
+        self.warned: set[str] = set()  # templates whose collapsed text tower was reported
 
     def classes(self, template: str) -> torch.Tensor:
         return self._classes
@@ -246,6 +315,7 @@ class _PromptEmbeddings:
         self.clap, self.cache, self.class_names, self.extra_names = clap, cache, class_names, extra_names
         self._classes: dict[str, torch.Tensor] = {}
         self._parents: dict[str, torch.Tensor] = {}
+        self.warned: set[str] = set()  # templates whose collapsed text tower was reported
 
     def classes(self, template: str) -> torch.Tensor:
         if template not in self._classes:
@@ -276,7 +346,8 @@ class _Scored:
 
 def _score_model(model: ScoringModel, data: _Clips, prompts: _PromptEmbeddings, cfg: EvalConfig,
                  class_names: list[str], hier: HierarchyContext | None, model_path: str) -> _Scored:
-    audio_pts, text_pts = model.project(data.clips.audio), model.project(prompts.classes(model.prompt_template))
+    class_emb = prompts.classes(model.prompt_template)
+    audio_pts, text_pts = model.project(data.clips.audio), model.project(class_emb)
     scores = model.score_points(audio_pts, text_pts)
     labelled = data.labelled
     s, t = scores[labelled], data.targets[labelled]
@@ -287,15 +358,24 @@ def _score_model(model: ScoringModel, data: _Clips, prompts: _PromptEmbeddings, 
         prompt_pts = torch.cat([text_pts, model.project(prompts.parents(model.prompt_template))])
         hierarchy = hierarchy_block(model, labelled_pts, text_pts, s, t, hier, class_names,
                                     cone_block(model, prompt_pts, labelled_pts, data.clip_labels, hier))
+        hierarchy.update(hierarchy_metrics(model, s, t, data.raw_targets[labelled], hier, labelled_pts, prompt_pts))
+    overlap = training_overlap(model, [m.video_id for m in data.clips.metas], data.digests)
+    if overlap and overlap.get("clips"):
+        log.warning("%s: %d of the %d evaluated clips (%.0f%%) were in its training or validation data (%d by audio, "
+                    "%d by video_id): its metrics are not held-out numbers", model.name, overlap["clips"],
+                    overlap["evaluated"], 100 * overlap["fraction"], overlap["by_audio"], overlap["by_video_id"])
     block = {
-        "model_info": model_info(model, model_path),
+        "model_info": {**model_info(model, model_path), **_text_health(model, class_emb, text_pts, prompts.warned)},
+        "overlap_with_training": overlap,
         "similarity_stats": similarity_stats(scores),
         "metrics": metrics,
-        "metrics_by_split": _holdout_metrics(model, s, t, class_names, cfg, data.rows_read) if metrics else None,
+        "metrics_by_split": None,  # filled by _splits once every model is scored
         "bootstrap": None,
         "hierarchy": hierarchy,
         "ball_usage": usage_block(model, audio_pts, text_pts, scores),
         "ball_usage_skipped": usage_skipped(model),
+        "radius": radius_block(model, audio_pts, text_pts, scores, labelled, t, data.raw_targets[labelled],
+                               hier.depths if hier is not None else None),
         "per_class": per_class_ap(s, t, class_names) if metrics else [],
         "predictions": _predictions(scores, data.clips, class_names, cfg.top_k,
                                     data.targets if cfg.expand_ancestors else None),
@@ -383,6 +463,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         models = build_models(cfg, clap.embed_dim if stored is None else stored.dim)
     if len({m.name for m in models}) != len(models):
         raise ValueError(f"model names must be unique (got {', '.join(m.name for m in models)})")
+    measure_cones_at(models, cfg.entailment_k)  # models built here or passed in (benchmarks, the demo)
     if cfg.threshold is not None and len({m.geometry for m in models}) > 1:
         log.warning("--threshold %g applies to the raw scores of every model, and cosine, euclidean and "
                     "hyperbolic scores have different scales; compare the top-k rule (--set-k) instead",
@@ -396,9 +477,13 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
     else:
         cache, data, prompts = None, _stored_clips(cfg, stored, class_names, hier), _StoredPrompts(stored, extra_names)
         model_path = f"embeddings:{cfg.embeddings}"
+    # The audio bytes are read again for their digests only when a checkpoint records its clips.
+    data.digests = (audio_digests(cfg.parquet_dir, data.clips.metas)
+                    if stored is None and any(m.training_clips for m in models) else [None] * len(data.clips))
     if cfg.export_embeddings:
         _export(cfg, data.clips, class_names, prompts, extra_names, model_path)
     scored = {m.name: _score_model(m, data, prompts, cfg, class_names, hier, model_path) for m in models}
+    _splits(models, scored, data, class_names, cfg)
     blocks = {name: r.block for name, r in scored.items()}
     _paired_with_plain(blocks, {name: r.boot_samples for name, r in scored.items() if r.boot_samples is not None})
 

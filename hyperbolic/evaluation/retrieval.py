@@ -2,8 +2,7 @@
 
 Scores are an ``(N clips, M captions)`` matrix, higher = closer; ``caption_clip[j]`` is the clip
 caption j was written for. Ties: R@k is the expected value over a uniformly random order inside
-every tie (so item order never matters); AP@10 ranks ties by the lower index (stable), as
-``hyperbolic.metrics.classification`` does.
+every tie (so item order never matters), and so is AP@10 (``hyperbolic.metrics.classification.ap_at_k``).
 
 Text to audio (each caption is a query ranking the N clips; its one relevant clip is its own):
 
@@ -45,7 +44,7 @@ from hyperbolic.embedding.captions import embed_texts, pair_captions
 from hyperbolic.config import EvalConfig
 from hyperbolic.embedding.embeddings import embed_run_clips, open_cache, open_clap
 from hyperbolic.evaluation.files import results_path, save_caption_scores, write_results
-from hyperbolic.metrics.classification import ap_at_k, expected_hits, first_hit_rank
+from hyperbolic.metrics.classification import ap_at_k, expected_hits
 from hyperbolic.outputs import unique_path
 from hyperbolic.evaluation.scoring import (PLAIN_MODEL_NAME, build_models, model_info, similarity_stats, usage_block,
                                           usage_skipped)
@@ -61,8 +60,7 @@ DEFINITIONS = {
            "(https://dcase.community/challenge2022/task-language-based-audio-retrieval)",
     "a2t": "each clip ranks all captions; its relevant items are all of its captions. R@k: fraction of clips "
            "with one of their captions in the top k; mAP@10: mean of (1/min(10, n)) sum_{r<=10} P@r rel_r",
-    "ties": "R@k: expected value over a uniformly random order inside every tie; mAP@10: ties go to the "
-            "lower clip (caption) index",
+    "ties": "R@k and mAP@10: expected value over a uniformly random order inside every tie",
 }
 
 
@@ -87,7 +85,7 @@ def _check(scores, caption_clip) -> tuple[np.ndarray, np.ndarray]:
 def per_query(scores, caption_clip) -> dict[str, np.ndarray]:
     """Per-query values whose means are the metrics: ``t2a_*`` (M,), one per caption, and
     ``a2t_*`` (N,), one per clip (expected hits in [0, 1], AP@10 values). The ranking rules are
-    ``hyperbolic.metrics.classification``': ``expected_hits``, ``first_hit_rank``, ``ap_at_k``."""
+    ``hyperbolic.metrics.classification``': ``expected_hits``, ``ap_at_k``."""
     s, owner = _check(scores, caption_clip)
     n, m = s.shape
     relevant = np.zeros((n, m), dtype=bool)
@@ -97,8 +95,7 @@ def per_query(scores, caption_clip) -> dict[str, np.ndarray]:
     # so its AP@10 is 1/rank of that clip (0 beyond rank 10)
     s_t, relevant_t = s.T, relevant.T
     out.update({f"t2a_R@{k}": hit for k, hit in expected_hits(s_t, relevant_t, KS).items()})
-    rank = first_hit_rank(s_t, relevant_t) + 1
-    out[f"t2a_mAP@{MAP_K}"] = np.where(rank <= MAP_K, 1.0 / rank, 0.0)
+    out[f"t2a_mAP@{MAP_K}"] = ap_at_k(s_t, relevant_t, MAP_K)  # 1/rank of the one clip, expected over ties
     # audio -> text: a clip ranks every caption; its relevant ones are all of its own
     out.update({f"a2t_R@{k}": hit for k, hit in expected_hits(s, relevant, KS).items()})
     out[f"a2t_mAP@{MAP_K}"] = ap_at_k(s, relevant, MAP_K)

@@ -71,6 +71,7 @@ class ScoringModel:
     legacy_distance: bool = False  # with it, the legacy projection too (hyperbolic.geometry.legacy.project)
     info: dict = field(default_factory=dict)
     entailment_k: float = DEFAULT_K  # cone aperture K for the --ontology cone numbers (hyperbolic only)
+    training_clips: dict | None = None  # the checkpoint's training/validation ids and audio digests
 
     @torch.no_grad()
     def project(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +167,7 @@ def load_projection(path: str | Path, *, embed_dim: int | None = None, c_flag: f
         log.warning("%s: %s", path.name, info["note"])
     return ScoringModel(name=name or model_names([str(path)], [geometry], reserved=())[0], prompt_template=template, projector=projector,
                         geometry=geometry, c=c, temperature=temperature, legacy_distance=legacy_distance,
-                        info=info, entailment_k=entailment_k)
+                        info=info, entailment_k=entailment_k, training_clips=ckpt.get("training_clips"))
 
 
 def checkpoint_paths(cfg: EvalConfig) -> list[str]:
@@ -256,6 +257,18 @@ def build_models(cfg: EvalConfig, embed_dim: int) -> list[ScoringModel]:
     return models + loaded
 
 
+def measure_cones_at(models: list[ScoringModel], k: float | None) -> None:
+    """``--entailment-k K``: every checkpoint's cones measured at K (comparable across models);
+    ``model_info`` keeps the checkpoint's own K as ``entailment_k_checkpoint``. None: no change."""
+    if k is None:
+        return
+    for model in models:
+        if model.projector is not None and model.info.get("entailment_k_source") != "--entailment-k":
+            model.info.update(entailment_k_checkpoint=model.info.get("entailment_k"), entailment_k=k,
+                              entailment_k_source="--entailment-k")
+            model.entailment_k = k
+
+
 def similarity_stats(scores: np.ndarray) -> dict:
     """min, max, mean and std of a model's whole score matrix (every clip, every text)."""
     return {"min": float(scores.min()), "max": float(scores.max()),
@@ -277,7 +290,13 @@ def usage_block(model: ScoringModel, audio_pts, text_pts, scores) -> dict | None
     if model.projector is None or model.geometry != "hyperbolic":
         return None
     clip = legacy.MAX_NORM * model.c ** 0.5 if model.legacy_distance else model.projector.clip_r
-    return ball_usage(audio_pts, text_pts, scores, c=model.c, clip_radius=clip)
+    usage = ball_usage(audio_pts, text_pts, scores, c=model.c, clip_radius=clip)
+    for part in ("audio", "text"):
+        if usage[part]["at_numerical_boundary"]:
+            log.warning("%s: %.0f%% of the %s points sit at the numerical boundary of the ball (1 - c|x|^2 within "
+                        "%s resolution): their distances and scores there are rounding, not position", model.name,
+                        100 * usage[part]["at_numerical_boundary"], part, text_pts.dtype)
+    return usage
 
 
 def model_info(model: ScoringModel, model_path: str) -> dict:
@@ -291,3 +310,54 @@ def model_info(model: ScoringModel, model_path: str) -> dict:
     for key in ("projection_checkpoint", "c", "temperature", "effective_temperature"):
         info.setdefault(key, None)
     return info
+
+
+COLLAPSED_TEXT_COSINE = 0.95  # mean pairwise cosine of the class prompts above which the text tower is called collapsed
+
+
+def prompt_health(emb: torch.Tensor) -> dict:
+    """Text-tower health of ``(C, D)`` prompt embeddings: ``mean_pairwise_cosine`` (over the pairs
+    i < j of their unit vectors, ``(|sum u|^2 - C) / (C (C - 1))``) and ``effective_rank`` (Roy and
+    Vetterli 2007: ``exp(H(p))`` with ``p`` the singular values of the unit vectors' matrix divided
+    by their sum, H the Shannon entropy; 1 for identical rows, C for orthogonal ones), in float64.
+    Null with a reason for fewer than 2 prompts."""
+    if len(emb) < 2:
+        return {"mean_pairwise_cosine": None, "effective_rank": None, "skipped": "fewer than 2 prompts"}
+    u = torch.nn.functional.normalize(emb.double(), dim=-1)
+    c = len(u)
+    mean_cos = float((u.sum(0).square().sum() - c) / (c * (c - 1)))
+    sv = torch.linalg.svdvals(u)
+    p = sv[sv > 0] / sv.sum()
+    return {"mean_pairwise_cosine": mean_cos, "effective_rank": float(torch.exp(-(p * p.log()).sum())),
+            "num_prompts": c, "collapsed": mean_cos > COLLAPSED_TEXT_COSINE}
+
+
+NO_GUARD = "the checkpoint records no training clip ids or audio digests (trained before they were recorded)"
+
+
+def training_overlap(model: ScoringModel, video_ids: list[str], digests: list[str | None]) -> dict | None:
+    """``overlap_with_training`` of a checkpoint's model: the evaluated clips (``video_ids``,
+    ``digests``, one per clip) whose audio digest is among those of the clips the checkpoint trained
+    or validated on, or, for a clip without a digest, whose non-empty video id is.
+    ``{clips, fraction, by_audio, by_video_id (every id match, informational), evaluated}``;
+    None for plain CLAP; null values with a reason for a checkpoint without the record."""
+    if model.projector is None:
+        return None
+    guard = model.training_clips
+    if not guard:
+        return {"clips": None, "fraction": None, "skipped": NO_GUARD}
+    parts = [guard[p] for p in ("train", "val") if isinstance(guard.get(p), dict)]
+    seen_ids = {v for part in parts for v in part.get("video_ids", []) if v}
+    seen_audio = {d for part in parts for d in part.get("audio_digests", []) if d}
+    by_audio = np.array([d is not None and d in seen_audio for d in digests], dtype=bool)
+    by_id = np.array([bool(v) and v in seen_ids for v in video_ids], dtype=bool)
+    no_digest = np.array([d is None for d in digests], dtype=bool)
+    # The audio decides where both sides have a digest: a video id can name other audio (generated
+    # data, several segments of one video); it decides alone only for a clip without one.
+    hit = by_audio | (by_id & no_digest)
+    n = len(hit)
+    return {"clips": int(hit.sum()), "fraction": float(hit.mean()) if n else None,
+            "by_audio": int(by_audio.sum()), "by_video_id": int(by_id.sum()), "evaluated": n,
+            "definition": "evaluated clips whose audio bytes (sha256) match a training or validation clip of "
+                          "the checkpoint (video_id where a clip has no audio digest); by_video_id counts every "
+                          "video_id match"}

@@ -66,16 +66,36 @@ def format_metrics_table(results: dict) -> str:
             rows.append((label, [_fmt(get(b["ball_usage"])) if b.get("ball_usage") else "-"
                                  for b in blocks.values()]))
         legend.append(TOP1_OWN_COS_LEGEND)
+    if any(b.get("metrics_by_split") for b in blocks.values()):
+        rows += _split_rows(blocks)
+    if any(b.get("overlap_with_training") for b in blocks.values()):
+        rows.append(("train_overlap", [_fmt((b.get("overlap_with_training") or {}).get("fraction"))
+                                       for b in blocks.values()]))
+    if any(b.get("ball_usage") for b in blocks.values()):
+        rows += _block_rows(blocks, "ball_usage", (("audio_at_bound", ("audio", "at_numerical_boundary")),
+                                                   ("text_at_bound", ("text", "at_numerical_boundary"))))
+    if any((b.get("model_info") or {}).get("text_tower") for b in blocks.values()):
+        rows += _block_rows(blocks, "model_info", TEXT_ROWS)
+    if any(b.get("radius") for b in blocks.values()):
+        rows += _block_rows(blocks, "radius", RADIUS_ROWS)
     if any(b.get("hierarchy") for b in blocks.values()):
         for label, get in (("rho(prompt,dep)", lambda h: h["prompt_norm_vs_depth"]["rho"]),
                            ("rho(audio,dep)", lambda h: h["audio_mean_norm_vs_depth"]["rho"]),
                            ("mistake_sev", lambda h: h["mistake_severity"]),
                            (f"hier_dist@{HIER_K}", lambda h: h[f"hier_dist@{HIER_K}"]),
+                           ("cone_K", lambda h: h["cones"].get("K")),
                            ("cone_pairs_in", lambda h: h["cones"]["prompt_pairs_in_cone"]),
                            ("cone_clips_in", lambda h: h["cones"]["clip_label_pairs_in_cone"]),
                            ("rho(nodes,dep)", lambda h: (h["cones"]["norm_depth"] or {}).get("rho"))):
             rows.append((label, [_fmt(get(b["hierarchy"])) if b.get("hierarchy") else "-"
                                  for b in blocks.values()]))
+        rows += _block_rows(blocks, "hierarchy", HIERARCHY_AWARE_ROWS)
+        rows += _depth_rows(blocks)
+    legend += [f"! {b['training_coverage']['warning']}" for b in blocks.values()
+               if (b.get("training_coverage") or {}).get("warning")]
+    legend += [f"! {name}: {o['clips']} of the {o['evaluated']} clips were in its training or validation data; "
+               "not a held-out result" for name, b in blocks.items()
+               if (o := b.get("overlap_with_training")) and o.get("clips")]
     return _layout(names, rows, legend)
 
 
@@ -86,6 +106,85 @@ def _layout(names: list[str], rows: list[tuple[str, list[str]]], legend: list[st
     lines = [f"{'metric':<{label_width}}" + "".join(f"{n:>{width + 2}}" for n in names)]
     lines += [f"{label:<{label_width}}" + "".join(f"{v:>{width + 2}}" for v in vals) for label, vals in rows]
     return "\n".join(lines + legend)
+
+
+TEXT_ROWS = (
+    ("text_cos_mean", ("text_tower", "mean_pairwise_cosine")),
+    ("text_erank", ("text_tower", "effective_rank")),
+    ("proj_cos_mean", ("projected_prompts", "mean_pairwise_cosine")),
+)
+RADIUS_ROWS = (
+    # (label, path inside the model's "radius" block); docs/evaluation.md "What the radius means"
+    ("hub_skew_N10", ("hubness", "skewness_N10")),
+    ("hub_top1_share", ("hubness", "top1_hub_share")),
+    ("angle_only_top1", ("logit_split", "angle_only", "top1_agreement")),
+    ("angle_only_rho", ("logit_split", "angle_only", "spearman")),
+    ("radius_only_top1", ("logit_split", "radius_only", "top1_agreement")),
+    ("radius_only_rho", ("logit_split", "radius_only", "spearman")),
+    ("rho(r,#labels)", ("genericity", "radius_vs_num_labels", "rho")),
+    ("rho(r,lab_depth)", ("genericity", "radius_vs_label_depth", "rho")),
+    ("AURC softmax", ("confidence", "max_softmax", "aurc")),
+    ("AURC margin", ("confidence", "margin", "aurc")),
+    ("AURC radius", ("confidence", "radius", "aurc")),
+    ("AURC random", ("confidence", "max_softmax", "aurc_random")),
+    ("gap r_audio", ("modality_gap", "audio_radius_median")),
+    ("gap r_text", ("modality_gap", "text_radius_median")),
+    ("gap centroids", ("modality_gap", "centroid_distance")),
+)
+
+
+SPLIT_LABELS = {"seen": "seen", "unseen": "unseen", "never_trained": "never_tr"}
+
+
+def _split_rows(blocks: dict) -> list[tuple[str, list[str]]]:
+    """Per class split (``metrics_by_split``): the model's mAP and acc@1, plain CLAP's on the same
+    classes (``cos``) and the difference (with its paired interval under --bootstrap)."""
+    rows = []
+    for part, short in SPLIT_LABELS.items():
+        for key in ("mAP", "acc@1"):
+            own, cos, diff = [], [], []
+            for b in blocks.values():
+                split = b.get("metrics_by_split") or {}
+                m, p = split.get(part) or {}, (split.get(PLAIN_MODEL_NAME) or {}).get(part) or {}
+                own.append(_fmt(m.get(key)))
+                cos.append(_fmt(p.get(key)))
+                paired = ((split.get("bootstrap") or {}).get(part) or {}).get(f"vs_{PLAIN_MODEL_NAME}", {}).get(key)
+                point = (m.get(key) - p.get(key)) if m.get(key) is not None and p.get(key) is not None else None
+                diff.append(format_diff(paired) or ("-" if point is None else f"{point:+.4f}"))
+            if any(v != "-" for v in own):
+                rows += [(f"{short} {key}", own), (f"{short} {key} cos", cos), (f"{short} {key}-cos", diff)]
+    if any(b.get("training_coverage") for b in blocks.values()):
+        rows += _block_rows(blocks, "training_coverage", (("trained_cover", ("trained_of_evaluated",)),
+                                                          ("top1_never_tr", ("top1_on_never_trained",))))
+    return rows
+
+
+HIERARCHY_AWARE_ROWS = (
+    # (label, path inside the model's "hierarchy" block); docs/hierarchy.md "Hierarchy-aware metrics"
+    ("hier_P@1", ("hierarchical_precision@1",)),
+    ("hier_R@1", ("hierarchical_recall@1",)),
+    ("hier_F1@1", ("hierarchical_f1@1",)),
+    ("mAP labels", ("map_by_ground_truth", "labels", "mAP")),
+    ("mAP +ancestors", ("map_by_ground_truth", "labels+ancestors", "mAP")),
+    ("backoff_area", ("backoff", "area_normalised")),
+    ("traverse_on_path", ("traversal", "on_path")),
+    ("traverse_monoton", ("traversal", "depth_never_increases")),
+)
+
+
+def _depth_rows(blocks: dict) -> list[tuple[str, list[str]]]:
+    """``mAP depth d`` (the clips' own labels) for every depth some model has."""
+    per_model = [{e["depth"]: e["mAP"] for e in
+                  (_get(b.get("hierarchy") or {}, ("map_by_ground_truth", "labels", "per_depth")) or [])}
+                 for b in blocks.values()]
+    depths = sorted({d for m in per_model for d in m if d is not None}) + (
+        [None] if any(None in m for m in per_model) else [])
+    return [(f"mAP depth {'?' if d is None else d}", [_fmt(m.get(d)) for m in per_model]) for d in depths]
+
+
+def _block_rows(blocks: dict, key: str, spec) -> list[tuple[str, list[str]]]:
+    """One row per (label, path) of ``spec`` read inside each model's ``key`` block; "-" where absent."""
+    return [(label, [_fmt(_get(b.get(key) or {}, path)) for b in blocks.values()]) for label, path in spec]
 
 
 def format_retrieval_table(results: dict) -> str:
@@ -118,6 +217,7 @@ HIERARCHY_COLUMNS = (
     ("clips in cone", ("hierarchy", "cones", "clip_label_pairs_in_cone")),
     ("rho classes", ("hierarchy", "prompt_norm_vs_depth", "rho")),
     ("rho all nodes", ("hierarchy", "cones", "norm_depth", "rho")),
+    ("cone K", ("hierarchy", "cones", "K")),
 )
 
 

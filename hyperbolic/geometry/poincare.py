@@ -24,7 +24,8 @@ import math
 import torch
 from torch import Tensor
 
-from hyperbolic.geometry.constants import DEFAULT_K
+from hyperbolic.geometry import constants
+from hyperbolic.geometry.constants import BOUNDARY_ULPS, DEFAULT_K
 
 # Usable ball: s = sqrt(c)|x| <= 1 - BALL_EPS. Without a margin, artanh(s) and
 # 1/(1 - c|x|^2) are infinite on the boundary, which float32 reaches at tangent
@@ -57,6 +58,27 @@ MIN_NORM = 1e-15
 # the argument past 1 and asin' stays ~22 there instead of infinite. The price is
 # a largest aperture of asin(1 - 1e-3) = pi/2 - 0.045 rad instead of pi/2.
 CONE_ARG_MARGIN = 1e-3
+
+
+# The numerical boundary: 1 - c|x|^2 at or below BOUNDARY_RESOLUTION[dtype] (64 machine epsilons:
+# 7.6e-6 in float32, 1.4e-14 in float64). |x|^2 recomputed from stored coordinates carries a
+# few ulps of error per term summed, so there 1 - c|x|^2 (and every distance, which divides by it)
+# keeps at most a digit or two: points that close to the boundary are rounding, not position.
+BOUNDARY_RESOLUTION = {dt: BOUNDARY_ULPS * torch.finfo(dt).eps for dt in (torch.float32, torch.float64)}
+
+
+def at_numerical_boundary(x: Tensor, *, c: float) -> Tensor:
+    """``(N,)`` bool: points of ``(N, D)`` ``x`` whose ``1 - c|x|^2``, formed in float64 from the stored
+    coordinates, is at most ``BOUNDARY_RESOLUTION`` of ``x``'s dtype."""
+    _check_dtype(x)
+    s2 = x.double().square().sum(-1) * float(c)
+    return (1 - s2) <= BOUNDARY_RESOLUTION[x.dtype]
+
+
+def clip_radius_resolvable(clip_r: float, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether points on a clip sphere of relative radius ``clip_r`` (1: no clip, so the usable
+    ball's edge ``1 - BALL_EPS``) stay off the numerical boundary in ``dtype``."""
+    return constants.clip_radius_resolvable(clip_r, eps=torch.finfo(dtype).eps, ball_eps=BALL_EPS[dtype])
 
 
 def _check_dtype(x: Tensor) -> None:
@@ -302,3 +324,52 @@ def cone_violation(
     range ``[0, pi)``; 0 iff y is inside the cone.
     """
     return torch.relu(oxy_angle(x, y, c=c) - half_aperture(x, c=c, K=K, min_radius=min_radius))
+
+
+def mobius_add(x: Tensor, y: Tensor, *, c: float | Tensor) -> Tensor:
+    """Möbius addition ``x (+)_c y``; ``(..., D), (..., D) -> (..., D)``.
+
+    ``((1 + 2c<x,y> + c|y|^2) x + (1 - c|x|^2) y) / (1 + 2c<x,y> + c^2|x|^2|y|^2)``.
+    ``z -> (-m) (+)_c z`` is an isometry of the ball that moves ``m`` to the origin, and
+    ``z -> m (+)_c z`` is its inverse (left cancellation), which ``frechet_mean`` uses. The result
+    is projected into the usable ball (rounding near the boundary).
+    """
+    c = _curvature(c, x)
+    xy = (x * y).sum(-1, keepdim=True)
+    x2 = x.square().sum(-1, keepdim=True)
+    y2 = y.square().sum(-1, keepdim=True)
+    num = (1 + 2 * c * xy + c * y2) * x + (1 - c * x2) * y
+    den = 1 + 2 * c * xy + c * c * x2 * y2
+    return project(num / den.clamp_min(MIN_NORM), c=c)
+
+
+FRECHET_TOL = 1e-10   # stop when the step is this short (in units of 1/sqrt(c))
+FRECHET_STEPS = 100   # Riemannian gradient steps at most
+
+
+def frechet_mean(x: Tensor, *, c: float | Tensor) -> Tensor:
+    """Fréchet (Karcher) mean of ``(N, D)`` points: the point ``m`` minimising
+    ``sum_i d_c(m, x_i)^2``; returns ``(D,)``.
+
+    Riemannian gradient descent: move ``m`` to the origin by the isometry ``z -> (-m) (+)_c z``,
+    where ``v = mean_i logmap0((-m) (+)_c x_i)`` is the descent direction (``log_m`` up to the
+    conformal factor), and step to ``m (+)_c expmap0(eta v)``. The step ``eta = 1 / mean_i(s_i
+    coth s_i)``, ``s_i = sqrt(c) d_c(m, x_i)``, is the inverse of the largest curvature of the
+    objective (the Hessian of d^2/2 has eigenvalues 1 and s coth s): a unit step overshoots and
+    diverges for spread points in negative curvature. The objective is strictly convex, so the
+    minimiser is unique; stops when ``sqrt(c)|eta v| < FRECHET_TOL`` or after ``FRECHET_STEPS``.
+    Computed in the input's dtype (pass float64 for accuracy). Raises ValueError on no points.
+    """
+    if x.dim() != 2 or len(x) == 0:
+        raise ValueError(f"frechet_mean takes (N, D) points with N >= 1 (got shape {tuple(x.shape)})")
+    c = _curvature(c, x)
+    m = expmap0(logmap0(x, c=c).mean(0), c=c)  # start: the tangent mean at the origin
+    for _ in range(FRECHET_STEPS):
+        z = logmap0(mobius_add(-m.expand_as(x), x, c=c), c=c)
+        s = 2 * c.sqrt() * _norm(z, keepdim=False)               # sqrt(c) d_c(m, x_i)
+        kappa = torch.where(s > 1e-6, s / torch.tanh(s.clamp_min(1e-6)), torch.ones_like(s))
+        step = z.mean(0) / kappa.mean()
+        m = mobius_add(m, expmap0(step, c=c), c=c)
+        if float(c.sqrt() * _norm(step, keepdim=False)) < FRECHET_TOL:
+            break
+    return m

@@ -14,9 +14,10 @@ Conventions, shared by every function here:
   straddles the k-th place puts each of its members in the top k with probability
   ``places left / group size``, and holds a true label there with probability
   ``1 - hypergeom.pmf(0, group size, true in group, places left)``. A model whose scores are
-  all equal gets ``acc@1 = mean over clips of #labels / C``. AP@10 (``t2a_mAP@10``), the
-  hierarchy metrics (``hyperbolic.metrics.hierarchy``) and the predictions list still rank ties by the lower index
-  (``np.argsort(-s, kind="stable")``). Average precision and ROC AUC do not depend on the
+  all equal gets ``acc@1 = mean over clips of #labels / C``. AP@10 (``t2a_mAP@10``, ``ap_at_k``)
+  is the exact expected value over random tie orders too. ``mistake_severity``'s ``hier_dist@k``
+  (``hyperbolic.metrics.hierarchy``) still ranks ties by the lower index
+  (``np.argsort(-s, kind="stable")``); the predictions list orders them so and flags them. Average precision and ROC AUC do not depend on the
   order inside a tie: they follow scikit-learn, which treats a tie as one threshold.
 - A value that is undefined or infinite is returned as ``None`` (results are written to JSON,
   which holds neither NaN nor inf).
@@ -203,17 +204,40 @@ AP_ROWS = 1024  # rows ranked at a time by ap_at_k: bounds its memory at AP_ROWS
 
 
 def ap_at_k(s: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
-    """Per row, ``AP@k = (1 / min(k, #true)) * sum_{i<=k} P@i * rel_i`` under the stable
-    ranking (ties to the lower index): ``rel_i`` says whether the entry at rank i is true and
-    ``P@i`` is the fraction true in the top i. Every row needs a true entry. Returns ``(R,)``."""
+    """Per row, the expected ``AP@k = (1 / min(k, #true)) * sum_{i<=k} P@i * rel_i`` over a
+    uniformly random order inside every tie: ``rel_i`` says whether the entry at rank i is true
+    and ``P@i`` is the fraction true in the top i. Every row needs a true entry. Returns ``(R,)``.
+
+    Exact, in closed form: ``P@i * rel_i = (1/i) (rel_i + sum_{j<i} rel_i rel_j)``. Rank i falls in
+    the tie group of the i-th largest value, of ``g`` entries with ``m`` true, so
+    ``E[rel_i] = q_i = m/g``; for an earlier rank j in another group ``E[rel_i rel_j] = q_i q_j``,
+    and for one of the ``a_i`` earlier ranks in the same group ``m(m-1)/(g(g-1))``. Without ties
+    this is the AP@k of the one ranking."""
     out = []
     for a in range(0, s.shape[0], AP_ROWS):
-        rows_s, rows_t = s[a:a + AP_ROWS], t[a:a + AP_ROWS]
-        top = _topk_order(rows_s, k)  # (rows, min(k, M))
-        rel = np.take_along_axis(rows_t, top, axis=1)
-        precision_at = np.cumsum(rel, axis=1) / np.arange(1, top.shape[1] + 1)
-        out.append((precision_at * rel).sum(axis=1) / np.minimum(k, rows_t.sum(axis=1)))
+        out.append(_expected_ap_at_k(s[a:a + AP_ROWS], t[a:a + AP_ROWS], k))
     return np.concatenate(out) if out else np.empty(0)
+
+
+def _expected_ap_at_k(s: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
+    m_cols = s.shape[1]
+    kk = min(k, m_cols)
+    top = -np.sort(-np.partition(s, m_cols - kk, axis=1)[:, m_cols - kk:], axis=1)  # (R, kk) values, best first
+    g = np.empty(top.shape)
+    m = np.empty(top.shape)
+    above = np.empty(top.shape)
+    for i in range(kk):
+        v = top[:, i:i + 1]
+        eq = s == v
+        g[:, i] = np.count_nonzero(eq, axis=1)
+        m[:, i] = np.count_nonzero(eq & t, axis=1)
+        above[:, i] = np.count_nonzero(s > v, axis=1)
+    q = m / g
+    same = np.arange(kk)[None, :] - above                   # earlier ranks inside the same tie group
+    earlier = np.cumsum(q, axis=1) - q                       # sum_{j<i} q_j
+    pair_same = np.divide(m * (m - 1), g * (g - 1), out=np.zeros_like(q), where=g > 1)
+    expected = q + q * (earlier - same * q) + same * pair_same
+    return (expected / np.arange(1, kk + 1)).sum(axis=1) / np.minimum(k, t.sum(axis=1))
 
 
 # ---------------------------------------------------------------------------- AP and AUC
@@ -368,8 +392,8 @@ def retrieval_metrics(scores, targets, *, ks: Sequence[int] = (1, 5, 10), map_k:
       over random tie orders, as acc@k).
     - ``t2a_mAP@10`` (``map_k`` = 10): mean over queries of
       ``AP@10 = (1 / min(10, #relevant)) * sum_{i<=10} P@i * rel_i``, where ``rel_i`` says
-      whether the clip at rank i is relevant and ``P@i`` is the fraction relevant in the top i
-      (stable ranking: ties go to the lower clip index).
+      whether the clip at rank i is relevant and ``P@i`` is the fraction relevant in the top i;
+      the expected value over random orders inside every tie (``ap_at_k``).
 
     Audio to text: every clip ranks the C classes.
 

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from data.audio import segmenting_from
-from data.audioset import SkipLog
+from data.audioset import SkipLog, audio_digests
 from data.class_list import resolve_class_names
 from data.labels import LabelMatcher, load_class_ids
 from hyperbolic.training.captions import CaptionTrainer, caption_training_data
@@ -44,6 +44,30 @@ def split_indices(n: int, train_ratio: float, seed: int) -> Split:
             f"--train-ratio {train_ratio} splits {n} usable clips into {n_train} train and "
             f"{n - n_train} validation clips; both need at least one (use more clips or another ratio)")
     return Split(train=sorted(order[:n_train]), val=sorted(order[n_train:]))
+
+
+def keep_duplicates_together(split: Split, digests: list[str | None]) -> tuple[Split, dict]:
+    """Move every clip whose audio digest it shares with other clips to the side of the group's
+    first clip (lowest index), so identical audio under different ids never lands on both sides
+    of the split. Without duplicates the split is unchanged. Returns the split and
+    ``{duplicate_audio_groups, duplicate_audio_clips, duplicate_clips_moved, clips_without_digest}``."""
+    groups: dict[str, list[int]] = {}
+    for i, d in enumerate(digests):
+        if d is not None:
+            groups.setdefault(d, []).append(i)
+    dupes = [g for g in groups.values() if len(g) > 1]
+    train = set(split.train)
+    moved = 0
+    for group in dupes:
+        to_train = group[0] in train
+        for i in group[1:]:
+            if (i in train) != to_train:
+                moved += 1
+                train.add(i) if to_train else train.discard(i)
+    n = len(digests)
+    new = Split(train=sorted(train), val=sorted(set(range(n)) - train))
+    return new, {"duplicate_audio_groups": len(dupes), "duplicate_audio_clips": sum(len(g) for g in dupes),
+                 "duplicate_clips_moved": moved, "clips_without_digest": sum(d is None for d in digests)}
 
 
 def choose_holdout(spec: str | None, class_names: list[str], present: list[int], seed: int) -> list[int]:
@@ -102,6 +126,9 @@ class TrainingData:
     hierarchy: Hierarchy | None = None   # --ontology: its pairs and label expansion
     trainer_cls: Callable | None = None  # called like Trainer (captions: caption_train.CaptionTrainer)
     extra: dict = field(default_factory=dict)  # run facts for setup.json
+    # The checkpoint's "training_clips": per part (train, val) the video ids and audio digests,
+    # which evaluation checks its clips against (overlap_with_training).
+    training_clips: dict | None = None
 
 
 def training_data(cfg: TrainConfig) -> TrainingData:
@@ -153,7 +180,19 @@ def _stored_training_data(cfg: TrainConfig) -> TrainingData:
 def _assemble(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, class_names: list[str],
               holdout: list[int], dropped: dict, skips: SkipLog, hierarchy: Hierarchy | None,
               trainer_cls: Callable | None, source: dict) -> TrainingData:
-    split = split_indices(len(clips), cfg.train_ratio, cfg.seed)
+    # Audio digests need the parquet bytes; stored embeddings (--embeddings) have ids only.
+    digests = (audio_digests(cfg.parquet_dir, clips.metas) if cfg.parquet_dir and not cfg.embeddings
+               else [None] * len(clips))
+    split, duplicates = keep_duplicates_together(split_indices(len(clips), cfg.train_ratio, cfg.seed), digests)
+    if not split.train or not split.val:
+        raise TrainingError(f"keeping identical audio on one side of the split leaves {len(split.train)} train and "
+                            f"{len(split.val)} validation clips ({duplicates['duplicate_audio_groups']} groups of "
+                            f"duplicate audio); remove the duplicates from {cfg.parquet_dir} or add clips")
+    if duplicates["duplicate_audio_groups"]:
+        log.warning("%d groups of identical audio (%d clips) under different rows/ids in %s: each group is kept on "
+                    "one side of the train/validation split (%d clips moved); duplicate_audio_groups in setup.json",
+                    duplicates["duplicate_audio_groups"], duplicates["duplicate_audio_clips"], cfg.parquet_dir,
+                    duplicates["duplicate_clips_moved"])
     if len(split.val) == 1 and cfg.select_metric == "val_mAP":
         log.warning("--train-ratio %g leaves a single validation clip: average precision over one clip is 1.0 "
                     "for any model, so val_mAP cannot tell epochs apart and the best epoch is the one of lowest "
@@ -170,7 +209,7 @@ def _assemble(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, cl
              "holdout_classes": [class_names[k] for k in holdout],
              "data": {"clips": len(clips), "train_clips": len(split.train), "val_clips": len(split.val),
                       **duration_report(clips, segmenting_from(cfg.segment, cfg.hop)),
-                      **dropped,
+                      **dropped, **duplicates,
                       "skipped": skips.to_dict(), "unknown_labels": skips.unknown_labels_list()}}
     if hierarchy is not None:
         extra["hierarchy"] = {"ontology": cfg.ontology, "unmatched": list(hierarchy.unmatched),
@@ -183,7 +222,18 @@ def _assemble(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, cl
                  len(split.val), len(class_names), len(holdout))
     else:  # captions alone: no class list to count
         log.info("%d clips (%d train / %d val), captions only", len(clips), len(split.train), len(split.val))
-    return TrainingData(clips, prompts, split, seen=seen, hierarchy=hierarchy, trainer_cls=trainer_cls, extra=extra)
+    return TrainingData(clips, prompts, split, seen=seen, hierarchy=hierarchy, trainer_cls=trainer_cls, extra=extra,
+                        training_clips=_training_clips(clips, split, digests, class_names))
+
+
+def _training_clips(clips: ClipEmbeddings, split: Split, digests: list, class_names: list[str]) -> dict:
+    """The checkpoint's record of what it trained on: per part the video ids and audio digests, and
+    the classes with a training clip (evaluation's "seen" split; the others are never trained on)."""
+    guard = {part: {"video_ids": [clips.metas[i].video_id for i in rows], "audio_digests": [digests[i] for i in rows]}
+             for part, rows in (("train", split.train), ("val", split.val))}
+    guard["trained_classes"] = [class_names[k] for k in sorted({k for i in split.train for k in clips.label_indices[i]})
+                                if k < len(class_names)]
+    return guard
 
 
 def _labelled_clips(cfg: TrainConfig, clips: ClipEmbeddings, class_names: list[str],
@@ -191,7 +241,7 @@ def _labelled_clips(cfg: TrainConfig, clips: ClipEmbeddings, class_names: list[s
     """The clips with a known label, less those carrying a held-out class; the held-out class
     indices and the counts of clips dropped for them."""
     present = sorted({k for row in clips.label_indices for k in row})
-    holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.seed)
+    holdout = choose_holdout(cfg.holdout_classes, class_names, present, cfg.holdout_seed)
     clips, dropped = drop_holdout_clips(clips, holdout)
     if dropped["clips_dropped_holdout"]:
         log.info("--holdout-classes: %d clips carry a held-out class and are left out of training and "

@@ -111,6 +111,8 @@ def resume_settings(resume: str | Path, given: dict) -> tuple[TrainConfig, list[
         log.warning("--resume %s: the run has settings this version does not know, ignored: %s", path,
                     ", ".join(unknown))
     values = {**RECIPE_BEFORE_DEFAULTS_CHANGED, **{k: v for k, v in config.items() if k in fields}}
+    if "holdout_seed" not in config:  # a run before --holdout-seed held out classes with its --seed
+        values["holdout_seed"] = config.get("seed", TrainConfig.__dataclass_fields__["seed"].default)
     # A sweep's lists come from its folders (a run before "sweep" was recorded: the combinations
     # started so far); a single run or one checkpoint is its own c and temperature.
     sweep = {"c": [config["c"]], "temperature": [config["temperature"]]}

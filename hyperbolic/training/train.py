@@ -70,6 +70,7 @@ class Run:
     split_ids: dict
     extra: dict
     out: Path
+    training_clips: dict | None = None  # TrainingData.training_clips: the checkpoint's leakage guard
     best: float | None = None
     best_epoch: int | None = None
     stale: int = 0
@@ -136,7 +137,8 @@ def _new_run(cfg: TrainConfig, data: TrainingData, out: Path, train_clips: ClipE
     split_ids = {part: [f"{clips.metas[i].file}:{clips.metas[i].row}:{clips.metas[i].video_id}" for i in rows]
                  for part, rows in (("train", split.train), ("val", split.val))}
     setup = {"config": cfg.to_dict(), "hyperbolic_clap_version": __version__, **data.extra, "history": [], "summary": None}
-    return Run(cfg, trainer, scheduler, torch.Generator().manual_seed(cfg.seed), setup, split_ids, data.extra, out)
+    return Run(cfg, trainer, scheduler, torch.Generator().manual_seed(cfg.seed), setup, split_ids, data.extra, out,
+               training_clips=data.training_clips)
 
 
 def _restore(run: Run, resume: Path, *, embed_dim: int) -> None:
@@ -230,6 +232,7 @@ def _save(run: Run, epoch: int, row: dict, improved: bool, *, embed_dim: int) ->
         "clip_mode": cfg.clip_mode, "prompt_template": cfg.prompt_template,
         "best_metric": run.best, "best_epoch": run.best_epoch, "stale_epochs": run.stale,
         "history": run.setup["history"], "split": run.split_ids, "config": cfg.to_dict(), **run.extra,
+        "training_clips": run.training_clips,
         "training_threads": torch.get_num_threads(),
     }
     checkpoint.save_epoch(run.out, epoch, ckpt, best=improved)
