@@ -126,7 +126,7 @@ def add_embedding_args(p: argparse.ArgumentParser, *, per_rank: bool = False) ->
                        help="decoding worker processes per rank (default: spare cores / ranks on this machine)")
     else:
         p.add_argument("--num-workers", type=int, default=_E("num_workers"),
-                       help="decoding worker processes (0: decode in the main process; default: chosen per run "
+                       help="decoding worker processes, 0: decode in the main process (default: chosen per run "
                             "from the measured decoding and forward cost of the first batch, docs/performance.md)")
     p.add_argument("--cache-dir", default=None,
                    help="embedding cache (default: $HYPERBOLIC_CLAP_CACHE, else ~/.cache/hyperbolic_clap)"

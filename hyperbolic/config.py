@@ -36,7 +36,7 @@ SWANLAB_MODES = ("cloud", "online", "local", "offline", "disabled")
 def default_num_workers() -> int:
     """One decoding worker per spare core (the main process runs the model), at most 8: the
     rule of the ranks of ``hyperbolic.distributed`` (per machine). The scripts' default is None,
-    chosen per run by timing the first batch (``hyperbolic.embedding.extraction.choose_split``)."""
+    chosen per run by timing the first batch (``hyperbolic.embedding.split.choose_split``)."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
@@ -75,7 +75,7 @@ class EmbeddingConfig:
     class_labels: str = str(DEFAULT_CLASS_LABELS)
     label_column: str = "human_labels"
     embed_batch_size: int = 32
-    num_workers: int | None = None   # decoding workers; None: chosen per run (hyperbolic.embedding.extraction.choose_split)
+    num_workers: int | None = None   # decoding workers; None: chosen per run (hyperbolic.embedding.split.choose_split)
     cache_dir: str | None = None
     no_cache: bool = False
     precision: str = choice("fp32", PRECISIONS)  # of the CLAP forward (hyperbolic.embedding.clap)

@@ -13,7 +13,7 @@ from data.audioset import SkipLog
 from data.labels import LabelMatcher
 from hyperbolic.embedding import extraction
 from hyperbolic.embedding.embeddings import embed_clips
-from hyperbolic.embedding.extraction import choose_split
+from hyperbolic.embedding.split import choose_split
 from tests.test_embeddings import CLASSES, assert_same, write_messy
 
 

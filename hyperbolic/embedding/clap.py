@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 from hyperbolic.config import PRECISIONS
+from hyperbolic.embedding.memory import keep_freed_memory
 from hyperbolic.errors import ClapNotFoundError, ClapPrecisionError  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,7 @@ class FrozenClap:
             return ClapConfig.from_pretrained(str(path), local_files_only=True)
 
         def load_weights() -> torch.nn.Module:
+            keep_freed_memory()  # the forwards that follow reuse their memory (hyperbolic.embedding.memory)
             log.info("loading CLAP weights from %s (forward in %s)", path, precision)
             model = _clap_classes()[0].from_pretrained(str(path), local_files_only=True)
             model.requires_grad_(False)

@@ -189,7 +189,7 @@ def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: 
     limit: the first ``limit`` rows considered, across the sorted files (see ``iter_clips``).
     cache: an ``EmbeddingCache``; rows it holds are not decoded or embedded again. None: no cache.
     num_workers: DataLoader worker processes that decode and compute mel features (0: none; None:
-    chosen by timing the first batch, ``hyperbolic.embedding.extraction.choose_split``).
+    chosen by timing the first batch, ``hyperbolic.embedding.split.choose_split``).
     segmenting: embed whole recordings as the pooled embedding of overlapping windows (see
     ``data.audio.Segmenting``); None: the first 10 s of each clip.
     stats: a dict that receives the counts ``reused`` (from the cache) and ``computed``.

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ from data.audioset import Clip, ClipMeta, SkipLog, combine_shards, iter_clips
 from data.labels import LabelMatcher
 from hyperbolic.embedding.cache import AudioStore, EmbeddingCache, RowOutcome
 from hyperbolic.embedding.clap import audio_features
+from hyperbolic.embedding.split import choose_split, forward_threads, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -113,53 +113,6 @@ class _DecodeJob:
 
 def _as_is(item):
     return item
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask: ``taskset`` and containers narrow it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-MAX_AUTO_WORKERS = 8
-
-
-def choose_split(decode_s: float, forward_s: float, cores: int, *, threads: int | None = None,
-                 one_less: float | None = None, max_workers: int = MAX_AUTO_WORKERS) -> int:
-    """Decoding workers for a run whose clips cost ``decode_s`` seconds of CPU each to decode
-    (parquet, resampling, mel features) and ``forward_s`` seconds each to forward on ``threads``
-    intra-op threads (default ``cores``); with W workers the forward runs on
-    ``T_W = min(threads, cores - W)`` threads (``forward_threads``).
-
-    Estimated seconds per clip: with no worker, decoding and forward take turns,
-    ``forward_s + decode_s``; with W workers they overlap, ``max(forward_s * slow(W), decode_s / W)``.
-    ``one_less``: the measured ratio of the forward's time on ``threads - 1`` threads to that on
-    ``threads``; the forward is taken to lose the same share per thread lost, ``slow(W) = 1 +
-    (one_less - 1) (threads - 1) (threads - T_W) / T_W`` (``threads / T_W`` when the forward scales
-    perfectly, 1 when threads do not help it). Without a measurement, perfect scaling: the
-    pessimistic case for workers. The smallest estimate wins, ties to fewer workers. On 2 cores the
-    base-size CLAP (160 ms of forward vs 15 ms of decoding per clip) gets no worker; a decode-bound
-    tiny CLAP, or a machine with many cores, gets workers."""
-    threads = cores if threads is None else threads
-    scaling = threads / max(threads - 1, 1) if one_less is None else max(one_less, 1.0)
-    best, best_cost = 0, forward_s + decode_s
-    for w in range(1, min(max_workers, cores - 1) + 1):
-        left = min(threads, cores - w)
-        slow = 1 + (scaling - 1) * (threads - 1) * (threads - left) / left
-        cost = max(forward_s * slow, decode_s / w)
-        if cost < best_cost:
-            best, best_cost = w, cost
-    return best
-
-
-def forward_threads(num_workers: int, current: int) -> int:
-    """Intra-op threads for the forward while ``num_workers`` processes decode: the cores they
-    leave (at least 1, at most ``current``). On 2 cores with 1 worker, 2 forward threads made the
-    pipeline half as fast (37 vs 18 clips/s, tiny CLAP): the threads wait on each other while the
-    worker holds a core. (On the CPUs tested, the forward's result does not depend on the thread
-    count; tests check that embeddings do not depend on the number of workers.)"""
-    if num_workers == 0:
-        return current
-    return max(1, min(current, usable_cores() - num_workers))
 
 
 def _shard_of(unit: int, file_index: int, count: int) -> int:
@@ -458,7 +411,7 @@ class _Embedder:
         done: set[int] = set()
         decode_s = forward_s = 0.0
         clips, item, one_less = 0, ("done",), None
-        self.clap.model  # load the weights (lazy) before the clock starts
+        getattr(self.clap, "model", None)  # load the weights (lazy) before the clock starts
         stream = iter(self._decoded([first], 0))
         started = time.perf_counter()
         for item in stream:
