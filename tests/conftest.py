@@ -6,8 +6,12 @@ from pathlib import Path
 
 import pytest
 
+import train_hyperbolic_clap as train_script
 from data.synthetic import DEMO_CLASSES, write_demo_dataset
+from hyperbolic.embedding.clap import FrozenClap
 from hyperbolic.embedding.tiny_clap import build_tiny_clap
+from tests.benchmark_folders import write_esc50_like
+from tests.helpers import _train_argv, run_main
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,3 +71,23 @@ def classes_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("classes") / "demo_classes.txt"
     path.write_text("\n".join(DEMO_CLASSES) + "\n")
     return path
+
+
+@pytest.fixture(scope="module")
+def five_epochs(tmp_path_factory, tiny_clap_dir, demo_train_dir):
+    out = tmp_path_factory.mktemp("five") / "run"
+    code, err = run_main(train_script, _train_argv(demo_train_dir, tiny_clap_dir, out, "--epochs", "5",
+                                                   "--keep-epochs", "0", "--select-metric", "val_loss"))
+    assert code == 0, err
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16(tiny_clap_dir):
+    return FrozenClap.load(str(tiny_clap_dir), "cpu", precision="bf16")
+
+
+@pytest.fixture(scope="module")
+def esc50(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("esc50")
+    return folder, write_esc50_like(folder)

@@ -6,6 +6,7 @@ import contextlib
 import io
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 
@@ -51,3 +52,54 @@ def random_ontology(class_names, *, abstract: int, roots: int, seed: int) -> lis
             children[p].append(v)
     return [{"id": f"/gen/{v}", "name": names[v], "description": "", "restrictions": [],
              "child_ids": [f"/gen/{k}" for k in children[v]]} for v in order]
+
+
+def _flags(flags: dict) -> list[str]:
+    out = []
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is not None and value is not False:
+            out += [flag, *(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))]
+    return out
+
+
+def train_argv(data, clap, out, *extra, epochs=2, batch_size=8, learning_rate="1e-2", **flags) -> list[str]:
+    """argv of ``train_hyperbolic_clap.py`` on a generated folder and the tiny CLAP, on the CPU, into
+    run folder ``out``, with the tests' short recipe; ``flags`` become flags (``seed=3`` ->
+    ``--seed 3``, ``no_cache=True`` -> ``--no-cache``, ``text_column="caption"``), then ``extra``.
+    The one argv builder the test files share; each states only what its scenario needs."""
+    base = ["--parquet-dir", data, "--checkpoint", clap, "--device", "cpu", "--output-dir", out,
+            "--epochs", epochs, "--batch-size", batch_size, "--learning-rate", learning_rate]
+    return [str(a) for a in [*base, *_flags(flags), *extra]]
+
+
+def eval_argv(data, clap, out_json, *extra, **flags) -> list[str]:
+    """argv of ``test_clap_modelscope.py`` on a generated folder and the tiny CLAP, on the CPU,
+    writing ``out_json``; ``flags`` as in ``train_argv``, then ``extra``."""
+    base = ["--parquet-dir", data, "--checkpoint", clap, "--device", "cpu", "--output-json", out_json]
+    return [str(a) for a in [*base, *_flags(flags), *extra]]
+
+
+def _train_argv(data, clap, out, *extra):
+    return train_argv(data, clap, out, *extra, num_workers=0)
+
+
+def _eval_argv(data, clap, out, *extra):
+    return eval_argv(data, clap, out, *extra, num_workers=0)
+
+
+def projection_weights(path):
+    import torch
+    return torch.load(path, map_location="cpu", weights_only=False)["projection_state_dict"]
+
+
+def same_weights(a, b) -> bool:
+    import torch
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def waves(seed: int = 0, n: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(0.1 * rng.standard_normal(48000 * (k + 1))).astype(np.float32) for k in range(n)]

@@ -19,9 +19,9 @@ import torch
 
 import test_clap_modelscope as eval_script
 import train_hyperbolic_clap as train_script
-from tests.helpers import corrupt_audio_page, run_main
 from data.synthetic import DEMO_CLASSES, encode_audio, synthesize, write_parquet_shard
 from hyperbolic.model.projector import Projector
+from tests.helpers import corrupt_audio_page, eval_argv, run_main, train_argv
 
 pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
 
@@ -168,14 +168,11 @@ def messy(tmp_path_factory) -> Path:
 
 
 def _eval_argv(folder, clap_dir, classes, out_json, *extra):
-    return ["--parquet-dir", folder, "--checkpoint", clap_dir, "--device", "cpu", "--class-labels", classes,
-            "--output-json", out_json, "--top-k", "3", "--num-samples", "1000", *extra]
+    return eval_argv(folder, clap_dir, out_json, *extra, class_labels=classes, top_k=3, num_samples=1000)
 
 
 def _train_argv(folder, clap_dir, classes, out_dir, *extra):
-    return ["--parquet-dir", folder, "--checkpoint", clap_dir, "--device", "cpu", "--class-labels", classes,
-            "--output-dir", out_dir, "--epochs", "2", "--batch-size", "4", "--learning-rate", "1e-2",
-            "--seed", "5", *extra]
+    return train_argv(folder, clap_dir, out_dir, *extra, batch_size=4, class_labels=classes, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -668,3 +665,43 @@ def test_single_validation_clip_is_not_a_silent_perfect_map(tmp_path, small, tin
     maps = [r["val_mAP"] for r in json.loads((out / "setup.json").read_text())["history"]]
     warned = any("WARNING" in line and "validation" in line for line in err.splitlines())
     assert warned or len(set(maps)) > 1, f"val_mAP {maps}, no warning"
+
+
+def _drop_column(path, column):
+    import io
+
+    import pyarrow.parquet as pq
+    buffer = io.BytesIO()
+    pq.write_table(pq.read_table(path).drop_columns([column]), buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_an_unreadable_file_is_warned_once_and_summed_up_at_the_end(tmp_path, tiny_clap_dir, demo_eval_dir,
+                                                                    classes_file, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for f in demo_eval_dir.glob("*.parquet"):
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "zz_broken.parquet").write_text("not parquet")
+    argv = ["--parquet-dir", folder, "--checkpoint", tiny_clap_dir, "--device", "cpu", "--class-labels", classes_file,
+            "--num-samples", "all", "--output-json", tmp_path / "r.json", "--num-workers", "0"]
+    for run in (1, 2):  # the second run reads the damaged flag from the cache
+        assert eval_script.main([str(a) for a in argv]) == 0
+        printed = capsys.readouterr()
+        assert printed.err.count("zz_broken.parquet") == 1, run  # the log goes to stderr
+        assert "skipped in all: 0 rows, 1 file" in printed.err
+        assert "skipped: 1 file (1 unreadable_file)" in printed.out
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["skipped"]["files_skipped"] == 1 and results["skipped"]["rows_skipped"] == 0
+
+
+def test_caption_data_without_text_column_points_to_text_column(tmp_path, tiny_clap_dir):
+    from tests.benchmark_folders import write_caption_training_folder
+    folder = tmp_path / "caps"
+    write_caption_training_folder(folder, clips=2)
+    (folder / "train.parquet").write_bytes(_drop_column(folder / "train.parquet", "human_labels"))
+    code, err = run_main(train_script, ["--parquet-dir", folder, "--checkpoint", tiny_clap_dir, "--device", "cpu",
+                                        "--output-dir", tmp_path / "o"])
+    assert code == 2
+    assert "no column 'human_labels'" in err and "--text-column caption" in err and "--label-column" in err

@@ -10,9 +10,10 @@ from scipy.stats import spearmanr
 
 import test_clap_modelscope as eval_script
 import train_hyperbolic_clap as train_script
-from hyperbolic.geometry import poincare
 from hyperbolic.evaluation.ball_usage import ON_SPHERE_TOL, ball_usage, ranking_vs_cosine
+from hyperbolic.geometry import poincare
 from hyperbolic.model.projector import CLIP_MODES, Geometry, Projector, clip_tangent, similarity
+from tests.helpers import train_argv
 
 
 @pytest.fixture(scope="module")
@@ -180,9 +181,7 @@ def test_results_ball_usage_of_constructed_checkpoints(tmp_path, tiny_clap_dir, 
 
 
 def _train_argv(train_dir, clap_dir, out, labels, *extra):
-    return ["--parquet-dir", str(train_dir), "--checkpoint", str(clap_dir), "--device", "cpu", "--output-dir",
-            str(out), "--epochs", "2", "--batch-size", "8", "--learning-rate", "1e-2", "--class-labels",
-            str(labels), "--no-cache", *extra]
+    return train_argv(train_dir, clap_dir, out, *extra, class_labels=labels, no_cache=True)
 
 
 @pytest.mark.parametrize("flags, message", [

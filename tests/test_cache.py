@@ -12,9 +12,24 @@ import pytest
 import torch
 
 import hyperbolic.embedding.cache as cache_mod
-from hyperbolic.embedding.cache import (CacheFileDamaged, EmbeddingCache, RowOutcome, decode_npz, default_cache_dir,
-                              encode_npz)
+import test_clap_modelscope as test_script
+import train_hyperbolic_clap as train_script
+from data.audioset import SkipLog
+from data.labels import LabelMatcher
+from hyperbolic.embedding.cache import (
+    CacheFileDamaged,
+    EmbeddingCache,
+    RowOutcome,
+    audio_preprocessing,
+    decode_npz,
+    default_cache_dir,
+    encode_npz,
+    text_preprocessing,
+)
 from hyperbolic.embedding.clap import FrozenClap
+from hyperbolic.embedding.embeddings import embed_clips
+from tests.helpers import waves
+from tests.test_embeddings import CLASSES, count_forwards, write_messy
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
@@ -174,3 +189,36 @@ def test_text_store(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="hyperbolic.embedding.cache"):
         assert store.get(texts) is None
     assert "damaged" in caplog.text and not path.exists()
+
+
+@pytest.mark.slow
+def test_precision_is_part_of_the_cache_key(tiny_clap, tiny_bf16, tmp_path, monkeypatch):
+    # fp32 keys are what they were before precisions existed, so old caches still hit
+    assert "precision" not in audio_preprocessing(tiny_clap) and "precision" not in text_preprocessing(tiny_clap)
+    assert audio_preprocessing(tiny_bf16)["precision"] == "bf16"
+    folder = write_messy(tmp_path / "messy")
+    cache, matcher = EmbeddingCache(tmp_path / "cache"), LabelMatcher(CLASSES)
+    fp32 = embed_clips(tiny_clap, folder, matcher=matcher, skips=SkipLog(), cache=cache, batch_size=2,
+                       require_labels=False)
+    counts = count_forwards(tiny_bf16, monkeypatch)
+    bf16 = embed_clips(tiny_bf16, folder, matcher=matcher, skips=SkipLog(), cache=cache, batch_size=2,
+                       require_labels=False)
+    assert counts["audio"] == len(fp32) == len(bf16) == 8  # nothing taken from the fp32 entries
+    assert not torch.equal(fp32.audio, bf16.audio)
+    assert cache.audio(tiny_clap).folder != cache.audio(tiny_bf16).folder
+
+
+@pytest.mark.slow
+def test_warm_run_does_not_load_the_clap_weights(tiny_clap_dir, demo_train_dir, tmp_path, capsys):
+    argv = ["--parquet-dir", str(demo_train_dir), "--checkpoint", str(tiny_clap_dir), "--device", "cpu",
+            "--epochs", "1", "--num-workers", "0", "--cache-dir", str(tmp_path / "cache")]
+    assert train_script.main([*argv, "--output-dir", str(tmp_path / "cold")]) == 0
+    assert "loading CLAP weights" in capsys.readouterr().err  # the scripts log to stderr
+    assert train_script.main([*argv, "--output-dir", str(tmp_path / "warm")]) == 0
+    assert test_script.main(["--parquet-dir", str(demo_train_dir), "--checkpoint", str(tiny_clap_dir),
+                             "--device", "cpu", "--num-workers", "0", "--cache-dir", str(tmp_path / "cache"),
+                             "--num-samples", "1000", "--output-json", str(tmp_path / "r.json")]) == 0
+    assert "loading CLAP weights" not in capsys.readouterr().err  # every embedding came from the cache
+    clap = FrozenClap.load(str(tiny_clap_dir), "cpu")
+    assert clap.embed_dim == 32 and clap._model is None
+    assert clap.embed_audio(waves(n=1)).shape == (1, 32) and clap._model is not None

@@ -4,6 +4,8 @@ cone term, selection on validation retrieval, and what the checkpoint records.""
 from __future__ import annotations
 
 import json
+import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,12 +15,12 @@ import train_hyperbolic_clap as train_script
 from data.audioset import SkipLog
 from data.labels import LabelMatcher
 from data.synthetic import DEMO_CLASSES
-from hyperbolic.training.captions import CaptionTrainer, caption_training_data
-from hyperbolic.embedding.clap import FrozenClap
 from hyperbolic.config import TrainConfig
+from hyperbolic.embedding.clap import FrozenClap
 from hyperbolic.model.projector import similarity
+from hyperbolic.training.captions import CaptionTrainer, caption_training_data
 from tests.benchmark_folders import write_caption_training_folder
-from tests.helpers import run_main
+from tests.helpers import run_main, train_argv
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +30,8 @@ def captions_dir(tmp_path_factory):
 
 
 def _argv(data, clap, out, *extra):
-    return ["--parquet-dir", data, "--checkpoint", clap, "--device", "cpu", "--num-workers", "0",
-            "--output-dir", out, "--epochs", "3", "--batch-size", "4", "--learning-rate", "1e-2",
-            "--train-ratio", "0.5", "--text-column", "caption", *extra]
+    return train_argv(data, clap, out, *extra, epochs=3, batch_size=4, num_workers=0, train_ratio=0.5,
+                      text_column="caption")
 
 
 def _cfg(folder, **kw):
@@ -168,3 +169,30 @@ def test_mixed_labels_and_flag_errors(captions_dir, tiny_clap_dir, tmp_path):
         assert code == 2 and message in err
     code, err = run_main(train_script, _argv(folder, tiny_clap_dir, tmp_path / "x", "--holdout-classes", "0.5"))
     assert code == 2 and "--holdout-classes works on class labels" in err
+
+
+def _run(select="val_t2a_R@10"):
+    return SimpleNamespace(cfg=SimpleNamespace(select_metric=select), setup={"history": []}, best=None,
+                           best_epoch=None, stale=0)
+
+
+def test_a_tie_on_the_selection_metric_is_broken_on_val_loss_and_said(caplog):
+    from hyperbolic.training.train import _record
+    run = _run()
+    rows = [(0.8, 3.0), (1.0, 2.5), (1.0, 2.0), (1.0, 2.2), (0.9, 1.0)]  # (R@10, val_loss)
+    with caplog.at_level(logging.WARNING, logger="hyperbolic.training.train"):
+        results = [_record(run, e, {"epoch": e, "val_t2a_R@10": m, "val_loss": v})
+                   for e, (m, v) in enumerate(rows, 1)]
+    assert [r[0] for r in results] == [True, True, True, False, False]
+    assert run.best_epoch == 3 and run.stale == 2
+    assert "ties epoch 2" in results[2][1] and "2.0000 < 2.5000" in results[2][1]
+    assert "ties epoch 3" in results[3][1] and results[4][1] == ""
+    assert caplog.text.count("reached 1 at epoch 2") == 1  # saturation said once
+
+
+def test_curves_show_the_selection_metric():
+    from hyperbolic.evaluation.plots import curve_panels
+    history = [{"train_loss": 1.0, "val_loss": 1.0, "val_mAP": 0.5, "val_t2a_R@10": 1.0, "c": 1.0, "temperature": 0.1}]
+    assert [t for t, _ in curve_panels(history, "val_t2a_R@10")][:2] == [
+        "loss", "val_t2a_R@10 (selects the best epoch)"]
+    assert [t for t, _ in curve_panels(history)] == ["loss", "validation mAP"]

@@ -6,17 +6,17 @@ import math
 import pytest
 import torch
 
+import test_clap_modelscope as eval_script
 import test_clap_modelscope as test_script
 import train_hyperbolic_clap as train_script
+from tests.helpers import train_argv
 
 CHECKPOINT_KEYS = {"epoch", "projection_state_dict", "optimizer_state_dict", "train_loss", "val_loss", "c",
                    "temperature", "embed_dim", "config"}
 
 
 def _train_argv(train_dir, clap_dir, out):
-    return ["--parquet-dir", str(train_dir), "--checkpoint", str(clap_dir), "--device", "cpu",
-            "--output-dir", str(out), "--epochs", "3", "--batch-size", "8", "--learning-rate", "1e-2",
-            "--c", "0.5", "--temperature", "0.2", "--no-learn-temperature", "--seed", "7"]
+    return train_argv(train_dir, clap_dir, out, epochs=3, c=0.5, temperature=0.2, no_learn_temperature=True, seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +153,8 @@ def test_every_main_exits_2_on_a_user_error_and_nothing_else(monkeypatch, tmp_pa
     from hyperbolic import distributed, export
     from hyperbolic.embedding.clap import ClapNotFoundError, ClapPrecisionError
     from hyperbolic.errors import UserError
-    from hyperbolic.model.checkpoint import CheckpointError
     from hyperbolic.hierarchy.ontology import OntologyError
+    from hyperbolic.model.checkpoint import CheckpointError
     from hyperbolic.training.trainer import TrainingError
     for cls in (DatasetError, ClapNotFoundError, ClapPrecisionError, OntologyError, CheckpointError,
                 TrainingError, export.ExportError):
@@ -197,3 +197,52 @@ def test_distributed_shares_the_embedding_flags_and_their_checks(capsys):
             assert exit_info.value.code == 2
             messages.append(capsys.readouterr().err.strip().splitlines()[-1].split("error: ")[1])
         assert messages[0] == messages[1], bad
+
+
+def _help_blocks(parser) -> dict[str, str]:
+    """option -> its help text, from the rendered --help."""
+    import re
+    blocks, current = {}, None
+    for line in parser.format_help().splitlines():
+        m = re.match(r"^  (--[a-z0-9-]+)", line)
+        if m:
+            current = m.group(1)
+            blocks[current] = line
+        elif current and line.startswith("    "):
+            blocks[current] += " " + line.strip()
+        else:
+            current = None
+    return {k: " ".join(v.split()) for k, v in blocks.items()}
+
+
+@pytest.mark.parametrize("script", [train_script, eval_script])
+def test_help_states_every_default_once(script):
+    parser = script.build_parser()
+    blocks = _help_blocks(parser)
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    first = {id(a): next(o for o in a.option_strings if o.startswith("--")) for a in options}
+    assert set(blocks) == set(first.values())  # one help block per option
+    for action in options:
+        text = blocks[first[id(action)]]
+        assert text.count("(default") <= 1, text
+        if action.nargs == 0 or action.required or "required" in text:
+            continue
+        assert text.count("(default") == 1, text
+        if action.default is not None and not isinstance(action.default, list) and "CLAP/class_labels" not in text:
+            assert f"(default: {action.default}" in text or f"(default: '{action.default}" in text, text
+    assert "(default: 1.0)" in _help_blocks(train_script.build_parser())["--c"]
+
+
+@pytest.mark.parametrize("script", [train_script, test_script])
+@pytest.mark.parametrize("argv, message", [
+    (["--precision", "fp16", "--device", "cpu"], "--precision fp16 needs a CUDA --device"),
+    (["--segment", "12"], "--segment must be in (0, 10]"),
+    (["--segment", "5", "--hop", "6"], "--hop must be in (0, --segment]"),
+    (["--hop", "5"], "--hop needs --segment"),
+])
+@pytest.mark.slow
+def test_flags_are_checked(script, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--parquet-dir", "x", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -19,7 +19,6 @@ import soxr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import corrupt_audio_page
 from data.audio import (
     MAX_SAMPLES,
     PREPROCESSING,
@@ -34,6 +33,7 @@ from data.audioset import (
     DatasetError,
     SkipLog,
     combine_shards,
+    describe_skipped,
     iter_clips,
     list_parquet_files,
 )
@@ -45,6 +45,7 @@ from data.synthetic import (
     write_demo_dataset,
     write_parquet_shard,
 )
+from tests.helpers import corrupt_audio_page
 
 REPO = Path(__file__).resolve().parents[1]
 CLAP_LABELS = REPO / "CLAP" / "class_labels" / "audioset_class_labels_indices.json"
@@ -638,3 +639,18 @@ def test_write_parquet_shard_is_atomic_and_checks_rows(tmp_path):
     with pytest.raises(ValueError, match="'human_labels'"):
         write_parquet_shard(tmp_path / "t.parquet", good + [_row("w", {"bytes": b"y", "path": None}, "Speech")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.parquet"]  # no temp files left behind
+
+
+def test_skip_summary_counts_files_apart_from_rows():
+    from data.audioset import ClipMeta
+    skips, other = SkipLog(), SkipLog()
+    skips.add("unreadable_file", file="a.parquet", detail="x")
+    other.add("decode_error", ClipMeta("b.parquet", 3, "v"))
+    other.add("decode_error", ClipMeta("b.parquet", 4, "w"))
+    other.add("unreadable_file", file="c.parquet")
+    skips.merge(other)
+    assert (skips.files_skipped(), skips.rows_skipped(), skips.total) == (2, 2, 4)
+    assert skips.summary() == "skipped: 2 files (2 unreadable_file), 2 rows (2 decode_error)"
+    assert describe_skipped(None) == "skipped: nothing"
+    old = {"total": 1, "reasons": {"decode_error": {"count": 1, "examples": []}}}  # written before "files"
+    assert describe_skipped(old) == "skipped: 1 row (1 decode_error)"

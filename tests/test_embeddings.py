@@ -12,17 +12,20 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from tests.helpers import corrupt_audio_page
+import test_clap_modelscope as eval_script
+import train_hyperbolic_clap as train_script
 from data import audio as audio_rules
+from data.audio import Segmenting, load_waveform, segmenting_from
 from data.audioset import SkipLog, iter_clips
 from data.labels import LabelMatcher
 from data.synthetic import encode_audio, write_parquet_shard
 from hyperbolic.embedding.cache import EmbeddingCache
 from hyperbolic.embedding.clap import FrozenClap
-from hyperbolic.embedding.embeddings import (embed_clips, embed_prompts,
-                                   prompts_for)
+from hyperbolic.embedding.embeddings import embed_clips, embed_prompts, prompt_name, prompts_for
 from hyperbolic.embedding.tiny_clap import build_tiny_clap
+from tests.helpers import _eval_argv, _train_argv, corrupt_audio_page, run_main
 
 pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
 
@@ -400,3 +403,129 @@ def test_bad_arguments(tiny_clap, messy, matcher):
     for kw in ({"batch_size": 0}, {"num_workers": -1}, {"limit": -1}):
         with pytest.raises(ValueError, match=next(iter(kw))):
             run(tiny_clap, messy, matcher, **kw)
+
+
+@pytest.fixture(scope="module")
+def long_clips(tmp_path_factory):
+    """Six 1 s clips and three longer ones (12 s at 44.1 kHz, 10.5 s and exactly 10 s at 48 kHz)."""
+    import numpy as np
+
+    from data.synthetic import encode_audio, write_parquet_shard
+    folder = tmp_path_factory.mktemp("long")
+    rng = np.random.default_rng(0)
+    lengths = [(1.0, 48000)] * 6 + [(12.0, 44100), (10.5, 48000), (10.0, 48000)]
+    rows = [{"audio": {"bytes": encode_audio(0.1 * rng.standard_normal(int(s * sr)).astype(np.float32), sr, "flac"),
+                       "path": f"{i}.flac"},
+             "human_labels": ["White noise" if i % 2 else "Sine wave"], "video_id": f"v{i}"}
+            for i, (s, sr) in enumerate(lengths)]
+    write_parquet_shard(folder / "a.parquet", rows)
+    return folder
+
+
+@pytest.mark.slow
+def test_truncated_clips_are_counted_and_logged(tmp_path, long_clips, tiny_clap_dir):
+    cache = tmp_path / "cache"
+    for attempt in ("cold", "warm"):  # the counts come back from the embedding cache too
+        out = tmp_path / f"{attempt}.json"
+        code, err = run_main(eval_script, _eval_argv(long_clips, tiny_clap_dir, out, "--cache-dir", cache))
+        assert code == 0, err
+        info = json.loads(out.read_text())["test_info"]
+        assert info["clips_truncated"] == 2  # 12 s and 10.5 s; exactly 10 s is not cut
+        assert info["longest_seconds"] == pytest.approx(12.0)
+        assert info["clips_length_unknown"] == 0
+        told = [line for line in err.splitlines() if "--segment" in line]
+        assert len(told) == 1 and "2 of 9 clips are longer than 10 s (longest 12.0 s)" in told[0]
+    code, err = run_main(train_script, _train_argv(long_clips, tiny_clap_dir, tmp_path / "run", "--no-cache"))
+    assert code == 0, err
+    data = json.loads((tmp_path / "run" / "setup.json").read_text())["data"]
+    assert (data["clips_truncated"], data["longest_seconds"]) == (2, pytest.approx(12.0))
+    out = tmp_path / "seg.json"
+    code, err = run_main(eval_script, _eval_argv(long_clips, tiny_clap_dir, out, "--no-cache", "--segment", "5"))
+    assert code == 0, err
+    assert json.loads(out.read_text())["test_info"]["clips_truncated"] == 0
+
+
+@pytest.fixture(scope="module")
+def long_folder(tmp_path_factory):
+    """A 31 s clip at 44.1 kHz (resampled), a 4 s and a 10 s clip at 48 kHz."""
+    folder = tmp_path_factory.mktemp("long")
+    rng = np.random.default_rng(3)
+    t = np.arange(31 * 44100) / 44100
+    sweep = (0.3 * np.sin(2 * np.pi * (200 + 40 * t) * t) + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+    rows = [{"video_id": "long31", "audio": {"bytes": encode_audio(sweep, 44100, "flac"), "path": None},
+             "human_labels": ["Sine wave"]}]
+    for k, seconds in enumerate((4, 10)):
+        wave = (0.1 * rng.standard_normal(seconds * 48000)).astype(np.float32)
+        rows.append({"video_id": f"c{k}", "audio": {"bytes": encode_audio(wave, 48000, "wav"), "path": None},
+                     "human_labels": ["Speech"]})
+    write_parquet_shard(folder / "long.parquet", rows)
+    return folder
+
+
+def _manual(clap, cell, seg):
+    """Decode the whole clip, embed each window on its own forward, average, normalise."""
+    wave = load_waveform(cell, max_samples=None)
+    windows = seg.windows(wave)
+    emb = clap.embed_audio(windows)
+    return F.normalize(emb.mean(0), dim=-1), len(windows), windows
+
+
+@pytest.mark.slow
+def test_window_starts_cover_the_recording_and_end_on_it():
+    seg = Segmenting(10, 5)
+    n = 31 * 48000
+    starts = seg.starts(n)
+    assert [s / 48000 for s in starts] == [0, 5, 10, 15, 20, 21]
+    assert starts[-1] + seg.samples == n  # the last window is aligned to the end
+    assert Segmenting(10, 5).starts(30 * 48000) == [s * 48000 for s in (0, 5, 10, 15, 20)]  # no duplicate
+    assert seg.starts(4 * 48000) == [0] and seg.starts(10 * 48000) == [0]
+    assert segmenting_from(None, None) is None and segmenting_from(10, None) == Segmenting(10, 10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch_size", [8, 2])  # 2: the 31 s clip's 6 windows go in 3 forwards
+def test_segment_embedding_is_the_mean_of_its_windows(tiny_clap, long_folder, batch_size):
+    import pyarrow.parquet as pq
+    cells = pq.read_table(long_folder / "long.parquet").column("audio").to_pylist()
+    seg = Segmenting(10, 5)
+    clips = embed_clips(tiny_clap, long_folder, matcher=LabelMatcher(CLASSES), skips=SkipLog(),
+                        batch_size=batch_size, segmenting=seg)
+    assert [m.video_id for m in clips.metas] == ["long31", "c0", "c1"]
+    manual, count, windows = _manual(tiny_clap, cells[0], seg)
+    assert count == 6
+    full = load_waveform(cells[0], max_samples=None)
+    assert len(full) == 31 * 48000 and np.array_equal(windows[-1], full[-seg.samples:])
+    torch.testing.assert_close(clips.audio[0], manual, atol=1e-6, rtol=0)
+    for i in (1, 2):  # no longer than a window: one window, the clip itself, as without --segment
+        one, count, _ = _manual(tiny_clap, cells[i], seg)
+        assert count == 1
+        torch.testing.assert_close(clips.audio[i], one, atol=1e-6, rtol=0)
+    plain = embed_clips(tiny_clap, long_folder, matcher=LabelMatcher(CLASSES), skips=SkipLog(),
+                        batch_size=batch_size)
+    torch.testing.assert_close(plain.audio[1:], clips.audio[1:], atol=1e-6, rtol=0)
+    assert (plain.audio[0] - clips.audio[0]).abs().max() > 1e-4  # the first 10 s are not the 31 s
+
+
+@pytest.mark.slow
+def test_segments_are_worker_independent_and_keyed_in_the_cache(tiny_clap, long_folder, tmp_path, monkeypatch):
+    seg, matcher = Segmenting(10, 5), LabelMatcher(CLASSES)
+    cache = EmbeddingCache(tmp_path / "cache")
+    default = embed_clips(tiny_clap, long_folder, matcher=matcher, skips=SkipLog(), batch_size=2, cache=cache)
+    counts = count_forwards(tiny_clap, monkeypatch)
+    in_process = embed_clips(tiny_clap, long_folder, matcher=matcher, skips=SkipLog(), batch_size=2,
+                             cache=cache, segmenting=seg)
+    assert counts["audio"] == 6 + 1 + 1  # the default entries were not taken for segmented ones
+    workers = embed_clips(tiny_clap, long_folder, matcher=matcher, skips=SkipLog(), batch_size=2,
+                          num_workers=2, segmenting=seg)
+    assert torch.equal(in_process.audio, workers.audio)
+    again = embed_clips(tiny_clap, long_folder, matcher=matcher, skips=SkipLog(), batch_size=2,
+                        cache=cache, segmenting=seg)
+    assert counts["audio"] == 8 + 8 and torch.equal(again.audio, in_process.audio)  # workers: 8, cache: 0
+    assert not torch.equal(default.audio[0], in_process.audio[0])
+
+
+@pytest.mark.slow
+def test_prompt_names():
+    assert prompt_name("dog_bark") == "dog bark"
+    assert prompt_name("Beep, bleep") == "Beep, bleep"
+    assert prompt_name("air__conditioner ") == "air conditioner"

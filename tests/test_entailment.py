@@ -14,10 +14,9 @@ from mpmath import mp
 from data.audioset import SkipLog
 from data.labels import LabelMatcher, load_class_labels
 from data.synthetic import DEMO_CLASSES, demo_ontology, write_demo_ontology
-from hyperbolic.geometry import poincare as pm
-from hyperbolic.training import train as train_module
 from hyperbolic.config import DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, TrainConfig
 from hyperbolic.embedding.embeddings import embed_clips, embed_prompts, prompts_for
+from hyperbolic.geometry import poincare as pm
 from hyperbolic.hierarchy.cones import (
     DEFAULT_K,
     EntailmentObjective,
@@ -28,8 +27,9 @@ from hyperbolic.hierarchy.cones import (
     entailment_loss,
 )
 from hyperbolic.hierarchy.ontology import Ontology
-from hyperbolic.training.trainer import Trainer
+from hyperbolic.training import train as train_module
 from hyperbolic.training.data import TrainingData, split_indices
+from hyperbolic.training.trainer import Trainer
 from tests.helpers import random_ontology
 
 DTYPES = [torch.float32, torch.float64]

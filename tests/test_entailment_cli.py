@@ -7,15 +7,15 @@ import torch
 
 import train_hyperbolic_clap as train_script
 from data.synthetic import DEMO_CLASSES, write_demo_ontology
-from hyperbolic.outputs import atomic_write_json
 from hyperbolic.model import projector as projector_module
+from hyperbolic.outputs import atomic_write_json
+from tests.helpers import train_argv
 
 pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
 
 
 def _argv(data, clap, out, *extra):
-    return ["--parquet-dir", str(data), "--checkpoint", str(clap), "--device", "cpu", "--output-dir", str(out),
-            "--epochs", "3", "--batch-size", "8", "--learning-rate", "1e-2", "--seed", "3", *extra]
+    return train_argv(data, clap, out, *extra, epochs=3, seed=3)
 
 
 def _weights(path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ import torch
 from scipy import stats
 from sklearn.metrics import average_precision_score, precision_score, recall_score
 
+import test_clap_modelscope as eval_script
 import test_clap_modelscope as test_script
+import train_hyperbolic_clap as train_script
 from data.audioset import SkipLog
 from data.labels import LabelMatcher
 from data.synthetic import (
@@ -27,18 +30,18 @@ from data.synthetic import (
     write_demo_ontology,
     write_parquet_shard,
 )
-from hyperbolic.geometry import poincare
 from hyperbolic.config import DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, EvalConfig
 from hyperbolic.embedding.embeddings import embed_clips, embed_prompts, prompts_for
 from hyperbolic.evaluation.hierarchy import HierarchyContext
 from hyperbolic.evaluation.scoring import model_names, plan_models
 from hyperbolic.evaluation.tables import format_metrics_table
+from hyperbolic.geometry import poincare
+from hyperbolic.hierarchy.ontology import Ontology, OntologyError
 from hyperbolic.metrics.bootstrap import bootstrap_ci, bootstrap_samples
 from hyperbolic.metrics.classification import classification_metrics, retrieval_metrics
 from hyperbolic.metrics.hierarchy import class_distance_matrix, mistake_severity
-from hyperbolic.hierarchy.ontology import Ontology, OntologyError
 from hyperbolic.model.projector import Projector
-from tests.helpers import random_ontology
+from tests.helpers import _eval_argv, _train_argv, random_ontology, run_main
 
 DIM = 32  # the tiny CLAP's embedding size
 
@@ -525,3 +528,97 @@ def test_plot_training_curves(tmp_path):
     (tmp_path / "empty.json").write_text(json.dumps({"history": []}))
     with pytest.raises(ValueError, match="no 'history'"):
         plot_training_curves(tmp_path / "empty.json", tmp_path / "none.png")
+
+
+# Published AudioSet ids of the demo classes (class_labels_indices.csv of AudioSet).
+DEMO_MIDS = {"Sine wave": "/m/01v_m0", "White noise": "/m/0chx_", "Pink noise": "/m/0cj0r", "Silence": "/m/028v0c",
+             "Mains hum": "/m/06xkwv", "Chirp tone": "/m/0hdsk", "Clicking": "/m/07qc9xj", "Beep, bleep": "/m/02fs_r",
+             "Dial tone": "/m/015jpf", "Buzz": "/m/07pjwq1"}
+
+
+@pytest.fixture(scope="module")
+def with_mids(tmp_path_factory, demo_eval_dir):
+    """The demo eval shards plus a ``labels`` column of machine ids, as AudioSet's shards have;
+    the first row's ids also hold one id that is no class."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    folder = tmp_path_factory.mktemp("mids")
+    for i, path in enumerate(sorted(Path(demo_eval_dir).glob("*.parquet"))):
+        table = pq.read_table(path)
+        ids = [[DEMO_MIDS[name] for name in row] + (["/m/0not_a_class"] if (i, r) == (0, 0) else [])
+               for r, row in enumerate(table.column("human_labels").to_pylist())]
+        pq.write_table(table.append_column("labels", pa.array(ids)), folder / path.name)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag, expect_all", [("3", False), ("all", True), ("0", True), (None, True)])
+def test_results_say_how_many_rows_the_folder_holds_and_how_many_were_used(
+        tmp_path, tiny_clap_dir, demo_eval_dir, flag, expect_all):
+    import pyarrow.parquet as pq
+    held = sum(pq.read_table(p).num_rows for p in Path(demo_eval_dir).glob("*.parquet"))
+    assert held > 3  # the fixture has 20 rows; the default 100 then reads them all
+    out = tmp_path / "r.json"
+    extra = [] if flag is None else ["--num-samples", flag]
+    code, err = run_main(eval_script, _eval_argv(demo_eval_dir, tiny_clap_dir, out, *extra))
+    assert code == 0
+    info = json.loads(out.read_text())["test_info"]
+    assert info["rows_in_folder"] == held
+    assert info["rows_used"] == (held if expect_all else 3)
+    assert info["num_samples"] == (None if flag in ("all", "0") else 100 if flag is None else 3)
+    told = [line for line in err.splitlines() if "--num-samples all scores every row" in line]
+    assert len(told) == (0 if expect_all else 1)
+    if not expect_all:
+        assert f"first 3 of the {held} rows" in told[0]
+
+
+@pytest.mark.slow
+def test_label_column_of_machine_ids_gives_the_same_results_as_names(tmp_path, with_mids, tiny_clap_dir):
+    results = {}
+    for column in ("human_labels", "labels"):
+        out = tmp_path / f"{column}.json"
+        code, err = run_main(eval_script, _eval_argv(with_mids, tiny_clap_dir, out, "--label-column", column))
+        assert code == 0, err
+        results[column] = json.loads(out.read_text())
+    names, ids = results["human_labels"], results["labels"]
+    assert [p["ground_truth_indices"] for p in ids["predictions"]] == [
+        p["ground_truth_indices"] for p in names["predictions"]]
+    assert [p["ground_truth_human_labels"] for p in ids["predictions"]][1:] == [
+        p["ground_truth_human_labels"] for p in names["predictions"]][1:]  # recorded as class names
+    assert ids["metrics"]["mAP"] == names["metrics"]["mAP"]
+    assert ids["unknown_labels"] == [{"label": "/m/0not_a_class", "count": 1}]
+    speech = next(i for i, name in enumerate(json.loads(
+        (Path(train_script.__file__).parent / "CLAP/class_labels/audioset_class_labels_indices.json").read_text()
+    ).values()) if name == "Speech")
+    from data.labels import LabelMatcher, load_class_ids, load_class_labels
+    from hyperbolic.config import DEFAULT_CLASS_LABELS
+    classes = load_class_labels(DEFAULT_CLASS_LABELS)
+    matcher = LabelMatcher(classes, load_class_ids(DEFAULT_CLASS_LABELS, classes))
+    assert matcher.match("/m/09x0r,/m/0chx_") == (sorted([speech, classes.index("White noise")]), [])
+
+
+def test_missing_label_column_names_the_flag_and_no_message_dumps_a_dict(tmp_path, demo_eval_dir, tiny_clap_dir):
+    code, err = run_main(eval_script, _eval_argv(demo_eval_dir, tiny_clap_dir, tmp_path / "r.json",
+                                                 "--label-column", "labels"))
+    assert code == 2
+    assert "--label-column" in err and "'labels'" in err
+    assert "[" not in err.splitlines()[-1] and "{" not in err.splitlines()[-1]
+    # No usable clip for training: counts by reason and the flags to check, no dict
+    classes = tmp_path / "classes.txt"
+    classes.write_text("Speech\nMusic\n")
+    code, err = run_main(train_script, _train_argv(demo_eval_dir, tiny_clap_dir, tmp_path / "run",
+                                                   "--class-labels", classes))
+    assert code == 2
+    last = err.strip().splitlines()[-1]
+    assert "20 no_known_label" in last and "--label-column" in last and "{" not in last
+
+
+def test_top1_row_says_whose_cosine_it_is():
+    from hyperbolic.evaluation.tables import format_metrics_table
+    usage = {"audio": {"on_clip_sphere": 0.0}, "text": {"on_clip_sphere": 0.25}, "top1_same_as_cosine": 0.625}
+    table = format_metrics_table({"test_info": {}, "models": {
+        "clap_cosine": {"metrics": {}, "ball_usage": None}, "run-hyperbolic": {"metrics": {}, "ball_usage": usage}}})
+    row = next(line for line in table.splitlines() if line.startswith("top1_same_own_cos"))
+    assert row.split()[1:] == ["-", "0.6250"]
+    assert "top1_same_cos " not in table
+    assert "cosine of the model's own projected points" in table and "not the clap_cosine column" in table

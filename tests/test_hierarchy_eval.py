@@ -17,9 +17,9 @@ import test_clap_modelscope as test_script
 from data.audioset import SkipLog
 from data.labels import LabelMatcher
 from data.synthetic import DEMO_CLASSES, write_demo_ontology
-from hyperbolic.geometry import poincare
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE
 from hyperbolic.embedding.embeddings import embed_clips, embed_prompts, prompts_for
+from hyperbolic.geometry import poincare
 from hyperbolic.hierarchy.cones import DEFAULT_K
 from hyperbolic.metrics.classification import classification_metrics
 from hyperbolic.model.projector import Projector

@@ -25,9 +25,9 @@ import torch
 
 import test_clap_modelscope as eval_script
 import train_hyperbolic_clap as train_script
-from tests.helpers import run_main
 from data.synthetic import write_demo_dataset
 from hyperbolic.embedding.cache import decode_npz
+from tests.helpers import run_main
 
 pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
 

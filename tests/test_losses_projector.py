@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from hyperbolic.geometry import poincare
-from hyperbolic.training.objective import clip_contrastive, multi_positive_contrastive
 from hyperbolic.model.projector import C_RANGE_FACTOR, TAU_MAX, TAU_MIN, Geometry, Projector, clip_tangent, similarity
+from hyperbolic.training.objective import clip_contrastive, multi_positive_contrastive
 
 
 @pytest.mark.parametrize("c", [0.1, 1.0, 4.0])

@@ -6,8 +6,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
-from sklearn.metrics import (average_precision_score, f1_score, precision_score, recall_score,
-                             roc_auc_score)
+from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from hyperbolic.metrics import bootstrap as B
 from hyperbolic.metrics import classification as M

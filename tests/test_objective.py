@@ -6,8 +6,8 @@ import torch
 from data.synthetic import DEMO_CLASSES, demo_ontology
 from hyperbolic.config import TrainConfig
 from hyperbolic.hierarchy.cones import EntailmentObjective, Hierarchy, entailment_batch_term
-from hyperbolic.training.objective import batch_columns, clip_contrastive, multi_positive_contrastive, positives_matrix
 from hyperbolic.hierarchy.ontology import Ontology
+from hyperbolic.training.objective import batch_columns, clip_contrastive, multi_positive_contrastive, positives_matrix
 from hyperbolic.training.trainer import Trainer
 
 DIM = 16

@@ -6,7 +6,11 @@ import csv
 import io
 import json
 
+import pytest
+
+import test_clap_modelscope as test_script
 from hyperbolic import report
+from tests.helpers import run_main
 
 
 def _write(path, obj):
@@ -109,3 +113,26 @@ def test_output_file_and_nothing_readable(tmp_path, capsys):
     missing = tmp_path / "nope.json"
     assert report.main([str(missing)]) == 2
     assert "no results file could be read" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_report_over_esc50_comparison_with_paired_differences(esc50, tiny_clap_dir, tmp_path):
+    from hyperbolic import report
+    from tests.test_evaluate import _checkpoint
+    folder, _ = esc50
+    out = tmp_path / "cmp.json"
+    code, err = run_main(test_script, [
+        "--parquet-dir", folder, "--checkpoint", tiny_clap_dir, "--device", "cpu", "--num-workers", "0",
+        "--label-column", "category", "--class-labels", "from-data", "--top-k", "3", "--output-json", out,
+        "--projection-checkpoint", _checkpoint(tmp_path / "hyp.pth", seed=2), "--bootstrap", "20"])
+    assert code == 0, err
+    blocks = json.loads(out.read_text())["models"]
+    rows = {r["model"]: r for r in report.build_report([out]).rows}
+    vs = blocks["hyp-hyperbolic"]["bootstrap"]["vs_clap_cosine"]
+    for key in ("mAP", "acc@1"):
+        assert rows["hyp-hyperbolic"][key] == f"{blocks['hyp-hyperbolic']['metrics'][key]:.4f}"
+        assert rows["hyp-hyperbolic"][f"d_{key}"] == f"{vs[key]['diff']:+.4f} [{vs[key]['low']:+.4f}, {vs[key]['high']:+.4f}]"
+    assert rows["clap_cosine"]["d_mAP"] == "-" and rows["hyp-hyperbolic"]["dataset"] == str(folder)
+    usage = blocks["hyp-hyperbolic"].get("ball_usage")
+    if usage is not None:  # the lead's diagnostics, when this tree has them
+        assert rows["hyp-hyperbolic"]["audio_radius_median"] == f"{usage['audio']['relative_radius']['median']:.4f}"

@@ -15,13 +15,13 @@ from data.audioset import SkipLog
 from data.captions import read_captions, split_captions
 from data.errors import DatasetError
 from data.labels import LabelMatcher
-from hyperbolic.embedding.cache import EmbeddingCache
 from hyperbolic import report
+from hyperbolic.embedding.cache import EmbeddingCache
 from hyperbolic.embedding.captions import embed_texts
 from hyperbolic.embedding.clap import FrozenClap
-from hyperbolic.model.projector import Projector
 from hyperbolic.embedding.embeddings import embed_clips, embed_prompts
 from hyperbolic.evaluation.retrieval import caption_retrieval_metrics
+from hyperbolic.model.projector import Projector
 from tests.benchmark_folders import write_audiocaps_like, write_clotho_like
 from tests.helpers import run_main
 from tests.test_evaluate import _checkpoint
@@ -285,3 +285,21 @@ def test_caption_embeddings_are_cached_per_text(tiny_clap, tmp_path):
     known, chunks = store.load()
     assert len(chunks) <= store.MAX_CHUNKS and len(known) == 81
     assert torch.equal(torch.from_numpy(known[texts[7]]), first[7])
+
+
+def test_retrieval_table_prints_intervals_and_paired_differences():
+    from hyperbolic.evaluation.retrieval import METRIC_KEYS
+    from hyperbolic.evaluation.tables import format_retrieval_table
+
+    def block(v, paired):
+        boot = {k: {"low": v - 0.1, "high": v + 0.05, "point": v} for k in METRIC_KEYS}
+        if paired:
+            boot["vs_clap_cosine"] = {k: {"diff": 0.125, "low": -0.25, "high": 0.5} for k in METRIC_KEYS}
+        return {"metrics": {k: v for k in METRIC_KEYS}, "bootstrap": boot}
+    table = format_retrieval_table({"test_info": {"task": "retrieval"},
+                                    "models": {"clap_cosine": block(0.5, False), "run-hyperbolic": block(0.75, True)}})
+    lines = table.splitlines()
+    ci = next(line for line in lines if line.startswith("t2a_R@1 95% CI"))
+    assert "[0.4000, 0.5500]" in ci and "[0.6500, 0.8000]" in ci
+    diff = next(line for line in lines if line.startswith("a2t_R@10 - cosine"))
+    assert diff.split()[-3:] == ["+0.1250", "[-0.2500,", "+0.5000]"] and diff.split()[3] == "-"

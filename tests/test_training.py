@@ -6,20 +6,16 @@ import pytest
 import torch
 
 import train_hyperbolic_clap as train_script
-from hyperbolic.training import train as train_module
 from hyperbolic.model.projector import C_RANGE_FACTOR, Projector
+from hyperbolic.training import train as train_module
 from hyperbolic.training.trainer import Trainer, upgrade_optimizer_state
+from tests.helpers import _train_argv, run_main, train_argv
 
 pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
 
 
 def _argv(data, clap, out, *extra):
-    return ["--parquet-dir", str(data), "--checkpoint", str(clap), "--device", "cpu", "--output-dir", str(out),
-            "--epochs", "4", "--batch-size", "8", "--learning-rate", "1e-2", "--seed", "3", *extra]
-
-
-def _weights(path):
-    return torch.load(path, weights_only=False)["projection_state_dict"]
+    return train_argv(data, clap, out, *extra, epochs=4, seed=3)
 
 
 def test_holdout_classes_never_reach_training(tmp_path, monkeypatch, tiny_clap_dir, demo_train_dir):
@@ -110,7 +106,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, tiny_clap_dir, demo_
     monkeypatch.setattr(train_module, "atomic_write_json", original)
     assert not (interrupted / "projection_epoch_3.pth").exists()
     assert train_script.main(_argv(demo_train_dir, tiny_clap_dir, interrupted, "--resume", str(interrupted))) == 0
-    a, b = _weights(full / "projection_epoch_4.pth"), _weights(interrupted / "projection_epoch_4.pth")
+    a, b = projection_weights(full / "projection_epoch_4.pth"), projection_weights(interrupted / "projection_epoch_4.pth")
     assert all(torch.equal(a[k], b[k]) for k in a)
     ha = json.loads((full / "setup.json").read_text())["history"]
     hb = json.loads((interrupted / "setup.json").read_text())["history"]
@@ -329,3 +325,28 @@ def test_sweep_resumed_from_a_checkpoint_names_the_sweep_folder(tmp_path, tiny_c
     assert train_script.main([*argv, "--resume", str(out)]) == 0
     for name in names:
         assert (out / name / "projection_epoch_2.pth").exists()
+
+
+@pytest.mark.slow
+def test_swanlab_offline_logs_go_under_the_output_dir(tmp_path, tiny_clap_dir, demo_train_dir, monkeypatch):
+    pytest.importorskip("swanlab")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    out = tmp_path / "run"
+    code, err = run_main(train_script, _train_argv(demo_train_dir, tiny_clap_dir, out, "--use-swanlab",
+                                                   "--swanlab-mode", "offline"))
+    assert code == 0, err
+    assert list(cwd.iterdir()) == []
+    assert any(p.is_file() for p in (out / "swanlog").rglob("*"))
+
+
+def test_missing_swanlab_fails_before_embedding(tmp_path, tiny_clap_dir, demo_train_dir, monkeypatch):
+    import sys
+
+    import hyperbolic.embedding.embeddings
+    monkeypatch.setitem(sys.modules, "swanlab", None)  # import swanlab -> ImportError
+    monkeypatch.setattr(hyperbolic.embedding.embeddings, "embed_clips", lambda *a, **k: pytest.fail("embedded before the check"))
+    code, err = run_main(train_script, _train_argv(demo_train_dir, tiny_clap_dir, tmp_path / "run", "--use-swanlab"))
+    assert code == 2
+    assert "--use-swanlab needs the swanlab package" in err

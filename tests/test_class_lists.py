@@ -1,4 +1,4 @@
-"""ESC-50 / UrbanSound8K style folders: ``--label-column category --class-labels from-data``."""
+"""Class lists read from the data (``--class-labels from-data``) on ESC-50 / UrbanSound8K style folders."""
 
 from __future__ import annotations
 
@@ -14,25 +14,12 @@ from data.class_list import distinct_labels
 from data.errors import DatasetError
 from data.labels import LabelMatcher
 from data.synthetic import write_parquet_shard
-from hyperbolic.embedding.embeddings import PROMPT_NAME_RULE, embed_clips, embed_prompts, prompt_name
-from tests.benchmark_folders import ESC_CATEGORIES, write_esc50_like
+from hyperbolic.embedding.embeddings import PROMPT_NAME_RULE, embed_clips, embed_prompts
+from tests.benchmark_folders import ESC_CATEGORIES
 from tests.helpers import run_main
 
-pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
 
-
-@pytest.fixture(scope="module")
-def esc50(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("esc50")
-    return folder, write_esc50_like(folder)
-
-
-def test_prompt_names():
-    assert prompt_name("dog_bark") == "dog bark"
-    assert prompt_name("Beep, bleep") == "Beep, bleep"
-    assert prompt_name("air__conditioner ") == "air conditioner"
-
-
+@pytest.mark.slow
 def test_esc50_like_from_data(esc50, tiny_clap_dir, tiny_clap, tmp_path):
     folder, expected = esc50
     out, npz = tmp_path / "r.json", tmp_path / "s.npz"
@@ -62,6 +49,7 @@ def test_esc50_like_from_data(esc50, tiny_clap_dir, tiny_clap, tmp_path):
     assert results["metrics"]["mAP"] == pytest.approx(np.mean(ap), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_from_data_reads_the_rows_read_and_names_bad_columns(tmp_path, esc50):
     folder, expected = esc50
     assert distinct_labels(folder, label_column="category", limit=2) == sorted(expected["categories"][:2])
@@ -76,25 +64,3 @@ def test_from_data_reads_the_rows_read_and_names_bad_columns(tmp_path, esc50):
     assert distinct_labels(urban, label_column="class") == ["dog_bark", "siren"]  # one class per name, any case
     with pytest.raises(DatasetError, match="UrbanSound8K: --label-column class, not classID"):
         distinct_labels(urban, label_column="classID")
-
-
-def test_report_over_esc50_comparison_with_paired_differences(esc50, tiny_clap_dir, tmp_path):
-    from hyperbolic import report
-    from tests.test_evaluate import _checkpoint
-    folder, _ = esc50
-    out = tmp_path / "cmp.json"
-    code, err = run_main(test_script, [
-        "--parquet-dir", folder, "--checkpoint", tiny_clap_dir, "--device", "cpu", "--num-workers", "0",
-        "--label-column", "category", "--class-labels", "from-data", "--top-k", "3", "--output-json", out,
-        "--projection-checkpoint", _checkpoint(tmp_path / "hyp.pth", seed=2), "--bootstrap", "20"])
-    assert code == 0, err
-    blocks = json.loads(out.read_text())["models"]
-    rows = {r["model"]: r for r in report.build_report([out]).rows}
-    vs = blocks["hyp-hyperbolic"]["bootstrap"]["vs_clap_cosine"]
-    for key in ("mAP", "acc@1"):
-        assert rows["hyp-hyperbolic"][key] == f"{blocks['hyp-hyperbolic']['metrics'][key]:.4f}"
-        assert rows["hyp-hyperbolic"][f"d_{key}"] == f"{vs[key]['diff']:+.4f} [{vs[key]['low']:+.4f}, {vs[key]['high']:+.4f}]"
-    assert rows["clap_cosine"]["d_mAP"] == "-" and rows["hyp-hyperbolic"]["dataset"] == str(folder)
-    usage = blocks["hyp-hyperbolic"].get("ball_usage")
-    if usage is not None:  # the lead's diagnostics, when this tree has them
-        assert rows["hyp-hyperbolic"]["audio_radius_median"] == f"{usage['audio']['relative_radius']['median']:.4f}"
