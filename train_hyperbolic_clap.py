@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import itertools
+import logging
 import sys
 
 from hyperbolic.cli import explicit_dests, train_parser

@@ -149,9 +149,8 @@ def pipeline(name: str, clap_dir: Path, data: Path, work: Path, *, workers: int,
     """Cold train + evaluate vs one CLAP pass and vs the usual approach; returns (clips, cold s, warm s)."""
     from data.audioset import SkipLog
     from data.labels import LabelMatcher, load_class_labels
+    from hyperbolic.config import DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE, EvalConfig, TrainConfig
     from hyperbolic.embedding.clap import FrozenClap
-    from hyperbolic.config import EvalConfig, TrainConfig
-    from hyperbolic.config import DEFAULT_CLASS_LABELS, DEFAULT_PROMPT_TEMPLATE
     from hyperbolic.embedding.embeddings import embed_clips, embed_prompts, prompts_for
     from hyperbolic.evaluation.evaluate import evaluate
     from hyperbolic.training.train import train
@@ -538,6 +537,7 @@ def finish(args, work: Path, started: float, cpu: str) -> int:
 def perf_sections(args, models: dict[str, Path], work: Path) -> None:
     """Issue 22's targets (``benchmarks/perf_targets.py``)."""
     import perf_targets as P
+
     from data.synthetic import DEMO_CLASSES
     data = write_clips(work / "data_split", clips_per_class=args.split_clips // 10)
     print("extraction split (decode + forward, no cache) vs the bare forward:", flush=True)

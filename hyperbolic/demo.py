@@ -22,12 +22,12 @@ from pathlib import Path
 from data.synthetic import DEMO_CLASSES, write_demo_dataset, write_demo_ontology
 from hyperbolic.cli import command_line, eval_parser, train_parser
 from hyperbolic.config import EvalConfig, TrainConfig
-from hyperbolic.hierarchy.cones import DEFAULT_K
-from hyperbolic.outputs import atomic_write_json
+from hyperbolic.embedding.tiny_clap import build_tiny_clap
 from hyperbolic.evaluation.evaluate import evaluate
 from hyperbolic.evaluation.scoring import ScoringModel, load_projection
 from hyperbolic.evaluation.tables import format_hierarchy_table, format_metrics_table
-from hyperbolic.embedding.tiny_clap import build_tiny_clap
+from hyperbolic.hierarchy.cones import DEFAULT_K
+from hyperbolic.outputs import atomic_write_json
 from hyperbolic.training.train import train
 
 log = logging.getLogger(__name__)

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hyperbolic.model.checkpoint import read_projection
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE
 from hyperbolic.errors import ExportError, UserError  # noqa: F401 (re-exported)
+from hyperbolic.model.checkpoint import read_projection
 from hyperbolic.model.projector import Projector, similarity
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,8 @@ def _radial_grad_and_descent(clip, steps=200, lr=1.0):
 
 def test_point_on_clip_sphere_can_move_inward():
     clip_r = 0.9
-    ours = lambda u: clip_tangent(u, c=1.0, clip_r=clip_r)
+    def ours(u):
+        return clip_tangent(u, c=1.0, clip_r=clip_r)
     radial, final = _radial_grad_and_descent(ours)
     assert radial > 1e-3   # descent shrinks |u| ...
     assert final < clip_r - 0.05  # ... until the point is back inside the clip radius

@@ -9,7 +9,7 @@ import train_hyperbolic_clap as train_script
 from hyperbolic.model.projector import C_RANGE_FACTOR, Projector
 from hyperbolic.training import train as train_module
 from hyperbolic.training.trainer import Trainer, upgrade_optimizer_state
-from tests.helpers import _train_argv, run_main, train_argv
+from tests.helpers import _train_argv, projection_weights, run_main, train_argv
 
 pytestmark = pytest.mark.slow  # end to end: the tiny CLAP, generated parquet, whole runs
 

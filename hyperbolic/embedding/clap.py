@@ -21,8 +21,8 @@ import json
 import logging
 import os
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -254,7 +254,7 @@ class FrozenClap:
         return self._model
 
     @classmethod
-    def load(cls, spec: str, device: torch.device | str = "cpu", *, precision: str = "fp32") -> "FrozenClap":
+    def load(cls, spec: str, device: torch.device | str = "cpu", *, precision: str = "fp32") -> FrozenClap:
         precision = check_precision(precision, device)
         path = resolve_clap_path(spec)
         if not any(p.suffix in WEIGHT_SUFFIXES and p.is_file() for p in path.iterdir()):

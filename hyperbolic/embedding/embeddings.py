@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ def open_cache(cfg) -> EmbeddingCache | None:
 
 def embed_run_clips(cfg, clap, cache: EmbeddingCache | None, *, matcher: LabelMatcher, skips: SkipLog,
                     label_column: str | None, require_labels: bool,
-                    keep: Callable[[ClipMeta], bool] | None = None) -> "ClipEmbeddings":
+                    keep: Callable[[ClipMeta], bool] | None = None) -> ClipEmbeddings:
     """``embed_clips`` of ``--parquet-dir`` with a run's flags (``--num-samples``,
     ``--embed-batch-size``, ``--num-workers``, ``--segment``/``--hop``): where the scripts' flags
     reach the embedding stage, for training and evaluation alike."""
@@ -74,7 +74,7 @@ class ClipEmbeddings:
             y[i, idx] = True
         return y
 
-    def subset(self, rows) -> "ClipEmbeddings":
+    def subset(self, rows) -> ClipEmbeddings:
         rows = list(rows)
         return ClipEmbeddings(self.audio[rows], [self.label_indices[i] for i in rows],
                               [self.first_label[i] for i in rows], [self.raw_labels[i] for i in rows],

@@ -21,7 +21,6 @@ from scipy.stats import rankdata
 
 from hyperbolic.geometry.poincare import BOUNDARY_RESOLUTION
 
-
 # Points within this of the clip radius (in units of the ball radius) count as on the clip
 # sphere. float32 recomputes a clipped point's relative radius to ~1e-6; 1e-4 leaves room for
 # that and still tells a clipped point from one at 0.8999 of the radius only loosely, by design.

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from hyperbolic import __version__
-from hyperbolic.outputs import atomic_write_bytes, atomic_write_json, unique_path
 from hyperbolic.evaluation.scoring import ScoringModel
+from hyperbolic.outputs import atomic_write_bytes, atomic_write_json, unique_path
 
 
 def results_path(cfg) -> Path:

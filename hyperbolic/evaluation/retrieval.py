@@ -40,14 +40,20 @@ from data.audioset import SkipLog
 from data.captions import caption_counts, read_captions
 from data.errors import DatasetError
 from data.labels import LabelMatcher
-from hyperbolic.embedding.captions import embed_texts, pair_captions
 from hyperbolic.config import EvalConfig
+from hyperbolic.embedding.captions import embed_texts, pair_captions
 from hyperbolic.embedding.embeddings import embed_run_clips, open_cache, open_clap
 from hyperbolic.evaluation.files import results_path, save_caption_scores, write_results
+from hyperbolic.evaluation.scoring import (
+    PLAIN_MODEL_NAME,
+    build_models,
+    model_info,
+    similarity_stats,
+    usage_block,
+    usage_skipped,
+)
 from hyperbolic.metrics.classification import ap_at_k, expected_hits
 from hyperbolic.outputs import unique_path
-from hyperbolic.evaluation.scoring import (PLAIN_MODEL_NAME, build_models, model_info, similarity_stats, usage_block,
-                                          usage_skipped)
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperbolic.geometry import legacy
-from hyperbolic.evaluation.ball_usage import ball_usage
-from hyperbolic.model.checkpoint import read_projection, resolve_checkpoint
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
 from hyperbolic.embedding.embeddings import PROMPT_NAME_RULE
+from hyperbolic.evaluation.ball_usage import ball_usage
+from hyperbolic.geometry import legacy
 from hyperbolic.hierarchy.cones import DEFAULT_K
+from hyperbolic.model.checkpoint import read_projection, resolve_checkpoint
 from hyperbolic.model.projector import Projector, effective_temperature, similarity
 
 log = logging.getLogger(__name__)

@@ -5,9 +5,9 @@ only read what the results JSON (or the sweep) already holds."""
 from __future__ import annotations
 
 from hyperbolic.evaluation.hierarchy import HIER_K
-from hyperbolic.report import format_diff, model_blocks
 from hyperbolic.evaluation.retrieval import METRIC_KEYS
 from hyperbolic.evaluation.scoring import PLAIN_MODEL_NAME
+from hyperbolic.report import format_diff, model_blocks
 
 
 def format_results_table(results: dict) -> str:

@@ -53,8 +53,8 @@ from torch import Tensor
 
 from hyperbolic.geometry import poincare
 from hyperbolic.geometry.constants import DEFAULT_K
-from hyperbolic.metrics.hierarchy import spearman_norm_depth
 from hyperbolic.hierarchy.ontology import Ontology, nearest_kept_ancestors
+from hyperbolic.metrics.hierarchy import spearman_norm_depth
 
 __all__ = [
     "DEFAULT_K",
@@ -89,7 +89,7 @@ class Hierarchy:
 
     @classmethod
     def build(cls, ontology: Ontology, class_names: Sequence[str], *, expand_ancestors: bool = False,
-              available: Callable[[str], bool] | None = None) -> "Hierarchy":
+              available: Callable[[str], bool] | None = None) -> Hierarchy:
         """Match ``class_names`` to ``ontology`` (``Ontology.match``: by ``label_key``) and add a
         prompt node for every ancestor of a matched class that is not a class.
 

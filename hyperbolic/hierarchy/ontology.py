@@ -90,7 +90,7 @@ class Ontology:
         self._ancestors: dict[str, frozenset[str]] = {}
 
     @classmethod
-    def load(cls, path: str | Path) -> "Ontology":
+    def load(cls, path: str | Path) -> Ontology:
         """Read an AudioSet-style ``ontology.json``; OntologyError names the file on any problem."""
         path = Path(path)
         if not path.is_file():

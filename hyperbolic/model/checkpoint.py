@@ -26,8 +26,8 @@ import torch
 
 from hyperbolic import __version__
 from hyperbolic.errors import CheckpointError  # noqa: F401 (re-exported)
-from hyperbolic.outputs import atomic_torch_save
 from hyperbolic.model.projector import CLIP_MODES, GEOMETRIES, Projector
+from hyperbolic.outputs import atomic_torch_save
 
 FORMAT_VERSION = 2
 LEGACY_FORMAT = "legacy (no config)"  # model_info.checkpoint_format of an earlier scripts' checkpoint

@@ -32,12 +32,12 @@ import torch
 from data.audioset import SkipLog
 from data.captions import read_captions
 from data.labels import LabelMatcher
+from hyperbolic.config import TrainConfig
 from hyperbolic.embedding.cache import EmbeddingCache
 from hyperbolic.embedding.captions import embed_texts, pair_captions
-from hyperbolic.config import TrainConfig
 from hyperbolic.embedding.embeddings import ClipEmbeddings, embed_prompts, embed_run_clips, prompts_for
-from hyperbolic.training.objective import caption_cone_term, multi_positive_contrastive
 from hyperbolic.metrics.classification import classification_metrics, retrieval_metrics
+from hyperbolic.training.objective import caption_cone_term, multi_positive_contrastive
 from hyperbolic.training.trainer import Trainer, TrainingError
 
 log = logging.getLogger(__name__)

@@ -6,10 +6,10 @@ something to contrast. Every (c, temperature) of a sweep trains on the same ``Tr
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -17,13 +17,21 @@ from data.audio import segmenting_from
 from data.audioset import SkipLog, audio_digests
 from data.class_list import resolve_class_names
 from data.labels import LabelMatcher, load_class_ids
-from hyperbolic.training.captions import CaptionTrainer, caption_training_data
 from hyperbolic.config import TrainConfig
+from hyperbolic.embedding.embeddings import (
+    PROMPT_NAME_RULE,
+    ClipEmbeddings,
+    duration_report,
+    embed_prompts,
+    embed_run_clips,
+    open_cache,
+    open_clap,
+    prompts_for,
+)
 from hyperbolic.embedding.stored import read_embeddings
-from hyperbolic.embedding.embeddings import (PROMPT_NAME_RULE, ClipEmbeddings, duration_report, embed_prompts, embed_run_clips,
-                                   open_cache, open_clap, prompts_for)
 from hyperbolic.hierarchy.cones import Hierarchy
 from hyperbolic.hierarchy.ontology import Ontology
+from hyperbolic.training.captions import CaptionTrainer, caption_training_data
 from hyperbolic.training.trainer import TrainingError
 
 log = logging.getLogger("hyperbolic.training.train")
@@ -86,7 +94,7 @@ def choose_holdout(spec: str | None, class_names: list[str], present: list[int],
     try:
         fraction = float(spec)
     except ValueError:
-        raise TrainingError(f"--holdout-classes must be a fraction in (0, 1) or an existing file (got {spec!r})")
+        raise TrainingError(f"--holdout-classes must be a fraction in (0, 1) or an existing file (got {spec!r})") from None
     if not 0 < fraction < 1:
         raise TrainingError(f"--holdout-classes fraction must be in (0, 1) (got {fraction})")
     count = int(round(fraction * len(present)))

@@ -11,8 +11,8 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from hyperbolic.model import checkpoint
 from hyperbolic.config import TrainConfig
+from hyperbolic.model import checkpoint
 from hyperbolic.training.trainer import TrainingError
 
 log = logging.getLogger("hyperbolic.training.train")

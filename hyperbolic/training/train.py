@@ -21,17 +21,24 @@ import torch
 
 from data.audioset import describe_skipped
 from hyperbolic import __version__
-from hyperbolic.model import checkpoint
 from hyperbolic.config import TrainConfig
 from hyperbolic.embedding.embeddings import ClipEmbeddings
-from hyperbolic.hierarchy.cones import EntailmentObjective
-from hyperbolic.outputs import atomic_write_json
-from hyperbolic.training.run_folder import (continue_in_run_dir, missing_dirs, prepare_output_dir, prune_checkpoints,
-                                            remove_empty_dirs, resume_point, sweep_dir_name)
 from hyperbolic.evaluation.tables import format_sweep_table
+from hyperbolic.hierarchy.cones import EntailmentObjective
+from hyperbolic.model import checkpoint
+from hyperbolic.outputs import atomic_write_json
+from hyperbolic.training.data import TrainingData, training_data
+from hyperbolic.training.run_folder import (
+    continue_in_run_dir,
+    missing_dirs,
+    prepare_output_dir,
+    prune_checkpoints,
+    remove_empty_dirs,
+    resume_point,
+    sweep_dir_name,
+)
 from hyperbolic.training.threads import probe_threads, trainer_step
 from hyperbolic.training.trainer import Trainer, TrainingError, lr_factor, upgrade_optimizer_state
-from hyperbolic.training.data import TrainingData, training_data
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +250,7 @@ def _save(run: Run, epoch: int, row: dict, improved: bool, *, embed_dim: int) ->
 
 def _log_epoch(cfg: TrainConfig, row: dict, improved: bool, note: str = "") -> None:
     ball = ("" if "val_audio_radius_median" not in row else
-            "  radius audio %.2f text %.2f  on clip sphere audio %.0f%% text %.0f%%" % (
+            "  radius audio {:.2f} text {:.2f}  on clip sphere audio {:.0f}% text {:.0f}%".format(
                 row["val_audio_radius_median"], row["val_text_radius_median"],
                 100 * row["val_audio_on_clip_sphere"], 100 * row["val_text_on_clip_sphere"]))
     # The metric that selects the best epoch is always on the line (val_loss and val_mAP already are).

@@ -11,15 +11,15 @@ import math
 
 import torch
 
-from hyperbolic.training import objective
-from hyperbolic.evaluation.ball_usage import epoch_usage
 from hyperbolic.config import TrainConfig
 from hyperbolic.embedding.embeddings import ClipEmbeddings
-from hyperbolic.hierarchy.cones import EntailmentObjective
 from hyperbolic.errors import TrainingError  # noqa: F401 (re-exported)
+from hyperbolic.evaluation.ball_usage import epoch_usage
+from hyperbolic.hierarchy.cones import EntailmentObjective
 from hyperbolic.metrics.classification import classification_metrics
-from hyperbolic.training.objective import multi_positive_contrastive
 from hyperbolic.model.projector import SCALED_GEOMETRIES, Geometry, Projector, similarity
+from hyperbolic.training import objective
+from hyperbolic.training.objective import multi_positive_contrastive
 
 log = logging.getLogger(__name__)
 
