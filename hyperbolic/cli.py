@@ -9,14 +9,28 @@ import dataclasses
 import functools
 import shlex
 
-from hyperbolic.config import (CLIP_MODES, GEOMETRIES, LR_SCHEDULES, NEGATIVES, PRECISIONS, SELECT_METRICS,
-                               SWANLAB_MODES, TEXT_PAIRINGS, EmbeddingConfig, EvalConfig, TrainConfig, default_of)
+from hyperbolic.config import (
+    CLIP_MODES,
+    GEOMETRIES,
+    LR_SCHEDULES,
+    NEGATIVES,
+    PRECISIONS,
+    SELECT_METRICS,
+    SWANLAB_MODES,
+    TEXT_PAIRINGS,
+    EmbeddingConfig,
+    EvalConfig,
+    StudyConfig,
+    TrainConfig,
+    default_of,
+)
 
 # Every flag's default is its configuration field's (hyperbolic.config), written there once.
 # tests/test_cli.py holds each parser against the dataclasses, defaults and choices alike.
 _E = functools.partial(default_of, EmbeddingConfig)
 _T = functools.partial(default_of, TrainConfig)
 _V = functools.partial(default_of, EvalConfig)
+_S = functools.partial(default_of, StudyConfig)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -310,4 +324,52 @@ def eval_parser(description: str | None = None) -> argparse.ArgumentParser:
                         "embeddings (with --ontology, the abstract parents' too) in the --embeddings layout; "
                         "never overwrites (default: not written)")
     add_embedding_args(p)
+    return p
+
+
+def proj_dim_arg(text: str) -> int | None:
+    """``--proj-dims``: a projection size >= 1, or ``clap`` for the CLAP embedding size (None)."""
+    if text.strip().lower() == "clap":
+        return None
+    try:
+        d = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a size >= 1 or 'clap' (got {text!r})") from None
+    if d < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {d})")
+    return d
+
+
+def study_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The flags of ``python -m hyperbolic.study``: every flag of ``train_parser`` (the recipe each
+    cell trains with; ``--seed`` seeds the train/validation/eval split) and the grid's own."""
+    p = train_parser(description)
+    p.set_defaults(output_dir="./study")
+    g = p.add_argument_group("study", "the grid; every flag above sets the recipe each cell trains with "
+                                      "(--output-dir: the study folder, --seed: the split of the clips)")
+    g.add_argument("--eval-parquet-dir", default=_S("eval_parquet_dir"),
+                   help="folder of the eval clips, embedded once (default: none, --eval-fraction of the clips)")
+    g.add_argument("--eval-embeddings", default=_S("eval_embeddings"), metavar="DIR",
+                   help="the eval clips as stored embeddings (the --embeddings layout, same classes.parquet) "
+                        "(default: none)")
+    g.add_argument("--eval-fraction", type=float, default=_S("eval_fraction"),
+                   help="without --eval-parquet-dir: this seeded fraction of the clips is kept out of training "
+                        "and scores every cell")
+    g.add_argument("--geometries", nargs="+", default=_S("geometries"), metavar="G",
+                   help="geometries of the grid (choices as --geometry)")
+    g.add_argument("--proj-dims", nargs="+", type=proj_dim_arg, default=_S("proj_dims"), metavar="D|clap",
+                   help="projection sizes of the grid (default: clap, the CLAP embedding size)")
+    g.add_argument("--fractions", nargs="+", type=float, default=_S("fractions"), metavar="F",
+                   help="fractions of the training part each cell trains on (seeded per cell)")
+    g.add_argument("--seeds", nargs="+", type=int, default=_S("seeds"), help="training seeds of every configuration")
+    g.add_argument("--probe", action=argparse.BooleanOptionalAction, default=_S("probe"),
+                   help="the linear-probe ceiling: a supervised linear classifier per fraction and seed")
+    g.add_argument("--shard", default=_S("shard"), metavar="I/N",
+                   help="worker I of N sharing --output-dir: it runs the cells k with k mod N == I, each claimed "
+                        "atomically, then rebuilds the summary from every finished cell")
+    g.add_argument("--bootstrap", type=int, default=_S("bootstrap"), metavar="N",
+                   help="paired clip resamples of the summary's intervals (seeds averaged inside each)")
+    g.add_argument("--bootstrap-seed", type=int, default=_S("bootstrap_seed"), help="seed of the bootstrap resamples")
+    g.add_argument("--summary-only", action="store_true",
+                   help="rebuild study.json, the table and the plots from the finished cells; train nothing")
     return p

@@ -312,3 +312,45 @@ class EvalConfig(EmbeddingConfig):
                 ("--threshold", self.threshold is not None))],
         ] if failed]
     export_embeddings: str | None = None  # write the clips and prompts read in the --embeddings layout
+
+
+@dataclass(kw_only=True)
+class StudyConfig:
+    """The grid of ``python -m hyperbolic.study`` (``hyperbolic.study``): every cell trains with
+    ``recipe`` (the training flags), its geometry, projection size, data fraction and seed set."""
+
+    recipe: TrainConfig
+    eval_parquet_dir: str | None = None  # the eval clips; None: --eval-fraction of the clips
+    eval_embeddings: str | None = None   # the eval clips as stored embeddings (hyperbolic.embedding.stored)
+    eval_fraction: float = 0.2           # of the clips, kept out of training for evaluation (no eval folder)
+    geometries: list[str] = field(default_factory=lambda: list(GEOMETRIES))
+    proj_dims: list[int | None] = field(default_factory=lambda: [None])  # None: the CLAP embedding size
+    fractions: list[float] = field(default_factory=lambda: [1.0])        # of the training part, per cell
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    probe: bool = True                   # the linear-probe ceiling row
+    shard: str = "0/1"                   # I/N: this worker's share of the cells
+    bootstrap: int = 1000                # paired clip resamples of the summary (hyperbolic.evaluation.bootstrap)
+    bootstrap_seed: int = 0
+    summary_only: bool = False           # rebuild study.json from the finished cells, train nothing
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def problems(self) -> list[str]:
+        """The grid's invalid settings, then the recipe's (``TrainConfig.problems``), each naming
+        the flag and the fix. ``--shard`` is checked by ``hyperbolic.study.grid.parse_shard``."""
+        return [message for failed, message in [
+            *[(g not in GEOMETRIES, f"--geometries: unknown geometry {g!r}; choose from {', '.join(GEOMETRIES)}")
+              for g in self.geometries],
+            *[(d is not None and d < 1, f"--proj-dims must be >= 1 or clap (got {d})") for d in self.proj_dims],
+            *[(not 0 < f <= 1, f"--fractions must be in (0, 1] (got {f:g})") for f in self.fractions],
+            (not self.seeds, "--seeds needs at least one seed"),
+            (not 0 < self.eval_fraction < 1, f"--eval-fraction must be in (0, 1) (got {self.eval_fraction:g})"),
+            (self.bootstrap < 1, f"--bootstrap must be >= 1: the summary's intervals need resamples (got {self.bootstrap})"),
+            (self.recipe.text_column, "--text-column: a study scores classes; caption runs are not a study axis"),
+            (self.recipe.entailment_weight > 0 and any(g != "hyperbolic" for g in self.geometries),
+             "--entailment-weight > 0 trains entailment cones, which live on the Poincare ball: use "
+             "--geometries hyperbolic (and run the controls in a study without cones)"),
+            (bool(self.eval_parquet_dir) and bool(self.eval_embeddings),
+             "--eval-parquet-dir and --eval-embeddings both name the eval clips; give one of them"),
+        ] if failed] + self.recipe.problems()

@@ -51,3 +51,8 @@ class TrainingError(UserError, RuntimeError):
 
 class ExportError(UserError, ValueError):
     """The export cannot be made as asked (opset), or its check against PyTorch failed."""
+
+
+class StudyError(UserError, ValueError):
+    """A study that cannot run as asked (``python -m hyperbolic.study``): a bad ``--shard``, a folder
+    made with other settings, a fraction too small; the message names the flag or file and the fix."""

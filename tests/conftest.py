@@ -19,6 +19,23 @@ def isolated_embedding_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_intra_op_thread():
+    """Every run in the tests (and the scripts they start) trains on one intra-op thread. A run
+    measures the faster of 1 and N threads before its first epoch (hyperbolic.training.threads),
+    and on a loaded machine two runs can pick differently; the count changes the last bits of a
+    step's reductions, and the tests compare runs bit for bit. tests/test_training_threads.py
+    tests the probe itself."""
+    import torch
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_clap_dir(tmp_path_factory) -> Path:
     return build_tiny_clap(tmp_path_factory.mktemp("tiny_clap"), seed=0)
