@@ -166,15 +166,8 @@ def embedding_arg_errors(args: argparse.Namespace) -> list[str]:
     return cfg._embedding_problems()
 
 
-def train_parser(description: str | None = None) -> argparse.ArgumentParser:
-    """The flags of ``train_hyperbolic_clap.py`` (which validates them after parsing)."""
-    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
-    p.add_argument("--parquet-dir", help="folder of AudioSet-style .parquet files (required unless --demo or "
-                                         "--resume; no default)")
-    p.add_argument("--num-samples", type=num_samples_arg, default=_T("num_samples"), metavar="N|all",
-                   help="use the first N rows; 'all' or 0: every row (default: all)")
-    p.add_argument("--output-dir", default=_T("output_dir"),
-                   help="run folder: checkpoints, setup.json, training_curves.png")
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """Training's recipe: the optimisation, the geometry, the objective, model selection."""
     p.add_argument("--epochs", type=int, default=_T("epochs"), help="passes over the training clips")
     p.add_argument("--batch-size", type=int, default=_T("batch_size"), help="clips per training step")
     p.add_argument("--learning-rate", type=float, default=_T("learning_rate"),
@@ -223,9 +216,10 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--select-metric", choices=SELECT_METRICS, default=_T("select_metric"),
                    help="the best epoch is the one with the best value of this (default: val_mAP; with "
                         "--text-column: val_t2a_R@10)")
-    p.add_argument("--export-onnx", default=None, metavar="PATH.onnx",
-                   help="after training, export the best checkpoint's projector and similarity head to ONNX "
-                        "(default: no export)")
+
+
+def _add_class_args(p: argparse.ArgumentParser) -> None:
+    """Which classes train (held-out classes) and the ontology's part in training (cones, ancestors)."""
     p.add_argument("--holdout-classes", default=_T("holdout_classes"), metavar="FRACTION|FILE",
                    help="keep these classes out of training entirely: a seeded fraction of the classes "
                         "present, or a file with one class name per line (default: none)")
@@ -242,6 +236,10 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="cone aperture constant K: psi(x) = arcsin(K (1 - c|x|^2) / (sqrt(c)|x|))")
     p.add_argument("--expand-ancestors", action="store_true",
                    help="every ontology ancestor of a clip's labels is a positive in training")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """The run folder: continuing a run, keeping checkpoints, experiment tracking."""
     p.add_argument("--resume", default=_T("resume"), metavar="RUN_DIR",
                    help="continue a run from its output dir (latest epoch) or a projection_epoch_*.pth; the "
                         "run's settings (data, CLAP, every training flag) come from it, flags given here "
@@ -257,6 +255,23 @@ def train_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--swanlab-workspace", default=_T("swanlab_workspace"), help="SwanLab workspace (default: your own)")
     p.add_argument("--swanlab-mode", default=_T("swanlab_mode"), choices=SWANLAB_MODES,
                    help="SwanLab mode (default: SwanLab's own, cloud when logged in)")
+
+
+def train_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The flags of ``train_hyperbolic_clap.py`` (which validates them after parsing)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    p.add_argument("--parquet-dir", help="folder of AudioSet-style .parquet files (required unless --demo or "
+                                         "--resume; no default)")
+    p.add_argument("--num-samples", type=num_samples_arg, default=_T("num_samples"), metavar="N|all",
+                   help="use the first N rows; 'all' or 0: every row (default: all)")
+    p.add_argument("--output-dir", default=_T("output_dir"),
+                   help="run folder: checkpoints, setup.json, training_curves.png")
+    _add_recipe_args(p)
+    p.add_argument("--export-onnx", default=None, metavar="PATH.onnx",
+                   help="after training, export the best checkpoint's projector and similarity head to ONNX "
+                        "(default: no export)")
+    _add_class_args(p)
+    _add_run_args(p)
     p.add_argument("--demo", action="store_true",
                    help="train and evaluate on generated sounds with a tiny random CLAP (no download); "
                         "uses its own recipe, only --seed and --output-dir apply")
