@@ -30,6 +30,16 @@ def _panel(ax, rows: list[dict], metric: str, x_of, refs: list[dict]) -> None:
     ax.grid(alpha=0.3)
 
 
+def _save(fig, axes, path: Path) -> Path:
+    """One legend (the first panel's), tight layout, the PNG written, the figure closed."""
+    import matplotlib.pyplot as plt
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_study(rows: list[dict], out_dir: Path, *, embed_dim: int) -> list[Path]:
     """Write ``study_<metric>_vs_dim.png`` and ``study_<metric>_vs_fraction.png``; returns the paths."""
     import matplotlib
@@ -53,12 +63,7 @@ def plot_study(rows: list[dict], out_dir: Path, *, embed_dim: int) -> list[Path]
             ax.set_xscale("log", base=2)
             ax.set_xlabel("projection size D")
             ax.set_title(f"training fraction {f:g}")
-        axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"study_{metric.replace('@', '_at_')}_vs_dim.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, axes, out_dir / f"study_{metric.replace('@', '_at_')}_vs_dim.png"))
         if len(fractions) < 2:
             continue
         fig, axes = plt.subplots(1, len(dims), figsize=(4.5 * len(dims), 3.6), squeeze=False)
@@ -71,10 +76,5 @@ def plot_study(rows: list[dict], out_dir: Path, *, embed_dim: int) -> list[Path]
             ax.set_xscale("log")
             ax.set_xlabel("training fraction")
             ax.set_title(f"D = {d}")
-        axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"study_{metric.replace('@', '_at_')}_vs_fraction.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, axes, out_dir / f"study_{metric.replace('@', '_at_')}_vs_fraction.png"))
     return written
