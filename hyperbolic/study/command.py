@@ -202,8 +202,10 @@ def write_summary(study: StudyConfig, root: Path, cells: list[Cell]) -> dict:
 def main(argv=None) -> int:
     study, verbose = parse_args(argv)
     setup_logging(verbose)
+    epochs_log = logging.getLogger("hyperbolic.training.train")
+    level = epochs_log.level
     if not verbose:  # the bar and one line per cell; the epochs are in each cell's setup.json
-        logging.getLogger("hyperbolic.training.train").setLevel(logging.WARNING)
+        epochs_log.setLevel(logging.WARNING)
     from hyperbolic.errors import UserError
     from hyperbolic.study.data import load_study_data
     root = Path(study.recipe.output_dir)
@@ -216,6 +218,8 @@ def main(argv=None) -> int:
     except UserError as err:
         log.error("%s", err)
         return 2
+    finally:
+        epochs_log.setLevel(level)  # a caller's own training runs log their epochs again
     log.info("%d cells run, %d reused, %d claimed by other workers; %s", len(stats["ran"]), stats["reused"],
              len(stats["claimed_elsewhere"]), root / "study.md")
     print((root / "study.md").read_text())
