@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> dict | None:
         cache = EmbeddingCache(args.cache_dir)
         common = dict(matcher=matcher, label_column=args.label_column, limit=args.num_samples,
                       batch_size=args.embed_batch_size, require_labels=args.labelled_only,
-                      num_workers=workers, segmenting=segmenting)
+                      num_workers=workers, segmenting=segmenting, full_batches=args.full_batches)
         mine = embed_shard(clap, args.parquet_dir, rank=rank, world_size=world_size, cache=cache, **common)
         ranks = [mine]
         if world_size > 1:

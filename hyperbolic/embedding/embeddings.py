@@ -50,7 +50,7 @@ def embed_run_clips(cfg, clap, cache: EmbeddingCache | None, *, matcher: LabelMa
     return embed_clips(clap, cfg.parquet_dir, matcher=matcher, skips=skips, label_column=label_column,
                        limit=cfg.num_samples, batch_size=cfg.embed_batch_size, require_labels=require_labels,
                        cache=cache, num_workers=cfg.num_workers, segmenting=segmenting_from(cfg.segment, cfg.hop),
-                       keep=keep)
+                       keep=keep, full_batches=cfg.full_batches)
 
 
 @dataclass
@@ -183,7 +183,7 @@ def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: 
                 batch_size: int = 32, require_labels: bool = True,
                 cache: EmbeddingCache | None = None, num_workers: int = 0,
                 segmenting: Segmenting | None = None, stats: dict | None = None,
-                keep: Callable[[ClipMeta], bool] | None = None) -> ClipEmbeddings:
+                keep: Callable[[ClipMeta], bool] | None = None, full_batches: bool = False) -> ClipEmbeddings:
     """Embed the clips of a parquet folder; only embeddings stay in memory.
 
     limit: the first ``limit`` rows considered, across the sorted files (see ``iter_clips``).
@@ -192,6 +192,8 @@ def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: 
     chosen by timing the first batch, ``hyperbolic.embedding.split.choose_split``).
     segmenting: embed whole recordings as the pooled embedding of overlapping windows (see
     ``data.audio.Segmenting``); None: the first 10 s of each clip.
+    full_batches: forward ``batch_size`` clips at a time in reading order, across units and files
+    (``hyperbolic.embedding.batches``; not with segmenting); False: one unit's needed rows at a time.
     stats: a dict that receives the counts ``reused`` (from the cache) and ``computed``.
     keep: a predicate on a row's ``ClipMeta``; rows it rejects count towards ``limit`` but are
     neither embedded nor returned nor counted as skipped (``data.captions``: later rows of a clip
@@ -204,7 +206,7 @@ def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: 
     store = cache.audio(clap, segmenting) if cache is not None else None
     run = ClipRun(clap, matcher=matcher, label_column=label_column, require_labels=require_labels,
                   batch_size=batch_size, num_workers=num_workers, store=store, cache=cache,
-                  segmenting=segmenting, keep=keep)
+                  segmenting=segmenting, keep=keep, full_batches=full_batches)
     run.plan(files, 0, limit)
     todo = sum(len(p.needed()) for p in run.plans if not p.plain)
     with tqdm(total=todo, desc="embed audio", unit="clip", leave=False, disable=todo == 0) as progress:
@@ -222,7 +224,7 @@ def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: 
 def embed_shard(clap, parquet_dir: str | Path, *, rank: int, world_size: int, matcher: LabelMatcher,
                 cache: EmbeddingCache, label_column: str = "human_labels", limit: int | None = None,
                 batch_size: int = 32, require_labels: bool = True, num_workers: int = 0,
-                segmenting: Segmenting | None = None) -> dict:
+                segmenting: Segmenting | None = None, full_batches: bool = False) -> dict:
     """Rank ``rank`` of ``world_size``: embed this rank's units of the rows ``embed_clips`` with the
     same arguments would embed, into ``cache`` (its own chunk files). Returns counts.
 
@@ -237,7 +239,7 @@ def embed_shard(clap, parquet_dir: str | Path, *, rank: int, world_size: int, ma
     files = list_parquet_files(parquet_dir)
     run = ClipRun(clap, matcher=matcher, label_column=label_column, require_labels=require_labels,
                   batch_size=batch_size, num_workers=num_workers, store=cache.audio(clap, segmenting),
-                  cache=cache, segmenting=segmenting, rank=rank, world_size=world_size)
+                  cache=cache, segmenting=segmenting, rank=rank, world_size=world_size, full_batches=full_batches)
     run.plan(files, 0, limit)
     todo = sum(len(run.needed_here(p)) for p in run.plans if not p.plain)
     with tqdm(total=todo, desc=f"embed audio (rank {rank})", unit="clip", leave=False,

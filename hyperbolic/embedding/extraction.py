@@ -61,6 +61,7 @@ from tqdm import tqdm
 from data.audio import MAX_SAMPLES, Segmenting
 from data.audioset import Clip, ClipMeta, SkipLog, combine_shards, iter_clips
 from data.labels import LabelMatcher
+from hyperbolic.embedding.batches import FullBatches, Pending, stack
 from hyperbolic.embedding.cache import AudioStore, EmbeddingCache, RowOutcome
 from hyperbolic.embedding.clap import audio_features
 from hyperbolic.embedding.split import choose_split, forward_threads, usable_cores
@@ -267,6 +268,7 @@ class _RunArgs:
     rank: int = 0
     world_size: int = 1
     keep: Callable[[ClipMeta], bool] | None = None
+    full_batches: bool = False       # forward batches of unit_rows clips across units (embedding.batches)
 
     def kept(self, clips: list[Clip]) -> list[Clip]:
         """The clips ``keep`` selects (all without it); the others are read and counted as
@@ -346,11 +348,30 @@ class _Embedder:
         else:
             emb = _pooled_embeddings(self.clap, features, windows, self.args.unit_rows)
         for row, video_id, e in zip(rows, video_ids, emb):
-            seconds = plan.seconds.get(row, float("nan"))
-            if torch.isfinite(e).all():
-                self.record(plan, RowOutcome(row, video_id, e.numpy(), seconds=seconds))
-            else:
-                self.record(plan, RowOutcome(row, video_id, None, NON_FINITE, seconds=seconds))
+            self._outcome(plan, row, video_id, e)
+
+    def _outcome(self, plan: _FilePlan, row: int, video_id: str, e: torch.Tensor) -> None:
+        seconds = plan.seconds.get(row, float("nan"))
+        if torch.isfinite(e).all():
+            self.record(plan, RowOutcome(row, video_id, e.numpy(), seconds=seconds))
+        else:
+            self.record(plan, RowOutcome(row, video_id, None, NON_FINITE, seconds=seconds))
+
+    def _full_batches(self, jobs: list[_DecodeJob], plans: list[_FilePlan], progress: tqdm) -> FullBatches | None:
+        """The run's needed rows in reading order, forwarded in batches of ``unit_rows`` clips
+        (``hyperbolic.embedding.batches``); None without ``full_batches`` or with segmenting
+        (groups of windows per unit): one unit's needed rows per forward."""
+        if not self.args.full_batches or self.args.segmenting is not None:
+            return None
+
+        def forward(batch: list[Pending]) -> None:
+            emb = self.clap.embed_features(stack(batch))
+            for (file, row, video_id, _), e in zip(batch, emb):
+                self._outcome(plans[file], row, video_id, e)
+            progress.update(len(batch))
+
+        return FullBatches([(j.index, sorted(j.needed)) for j in jobs], self.args.unit_rows, forward=forward,
+                           finished=lambda file: self.writer.save(plans[file], finished=True))
 
     def embed(self, plan: _FilePlan, clips: list[Clip]) -> None:
         """Embed decoded clips of one unit of ``plan``'s file, in this process."""
@@ -373,16 +394,23 @@ class _Embedder:
         items = self._decoded(jobs, num_workers)
         workers = max(1, num_workers)
         finished: dict[int, int] = defaultdict(int)
+        batches = self._full_batches(jobs, plans, progress)
         torch.set_num_threads(forward_threads(num_workers, before))
         try:
             for item in items:
                 plan = plans[item[1]]
                 if item[0] != "done":
-                    self._take(plan, item, progress)
+                    self._take(plan, item, progress, batches)
                     continue
                 finished[plan.index] += 1
-                if finished[plan.index] == workers:
+                if finished[plan.index] < workers:
+                    continue
+                if batches is None:
                     self.writer.save(plan, finished=True)
+                else:
+                    batches.file_done(plan.index)
+            if batches is not None:
+                batches.flush()
         finally:  # keep what was computed, so an interrupted run resumes from here
             torch.set_num_threads(before)
             del items
@@ -463,11 +491,14 @@ class _Embedder:
             torch.set_num_threads(threads)
         return timed[threads - 1] / timed[threads]
 
-    def _take(self, plan: _FilePlan, item: tuple, progress: tqdm) -> None:
-        """One ``_DecodeStream`` item other than "done" (see there)."""
+    def _take(self, plan: _FilePlan, item: tuple, progress: tqdm, batches: FullBatches | None = None) -> None:
+        """One ``_DecodeStream`` item other than "done" (see there); decoded clips go to
+        ``batches`` when given, else straight to the forward."""
         kind = item[0]
         if kind == "seconds":
             plan.seconds.update(zip(item[2], item[3]))
+        elif kind == "batch" and batches is not None:
+            batches.add(plan.index, *item[2:5])
         elif kind == "batch":
             self.forward(plan, *item[2:])
             progress.update(len(item[2]))
@@ -475,6 +506,8 @@ class _Embedder:
             _, _, row, video_id, reason, detail = item
             self.record(plan, RowOutcome(row, video_id, None, reason, detail))
             progress.update(1)
+            if batches is not None:
+                batches.resolve(plan.index, row)
         elif kind == "damaged":
             plan.damaged = True
 
@@ -527,9 +560,9 @@ class ClipRun:
     def __init__(self, clap, *, matcher: LabelMatcher, label_column: str | None, require_labels: bool,
                  batch_size: int, num_workers: int, store: AudioStore | None, cache: EmbeddingCache | None,
                  segmenting: Segmenting | None = None, rank: int = 0, world_size: int = 1,
-                 keep: Callable[[ClipMeta], bool] | None = None):
+                 keep: Callable[[ClipMeta], bool] | None = None, full_batches: bool = False):
         self.args = _RunArgs(matcher, label_column, require_labels, batch_size, num_workers, segmenting,
-                             rank, world_size, keep)
+                             rank, world_size, keep, full_batches)
         self.cache = cache
         self.writer = _CacheWriter(store, world_size=world_size)
         self.embedder = _Embedder(clap, self.args, self.writer)

@@ -1,0 +1,124 @@
+"""Full forward batches: the extraction engine forwards ``batch_size`` clips at a time, in reading
+order, except the run's last batch, whatever the number of decoding workers; the embeddings are
+then bit-identical across worker counts."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from data.audioset import SkipLog
+from data.labels import LabelMatcher
+from data.synthetic import write_parquet_shard
+from hyperbolic.embedding.batches import FullBatches
+from hyperbolic.embedding.embeddings import embed_clips
+from tests.test_embeddings import CLASSES, cell, row, tone
+
+
+def _feed(order, arrivals, size):
+    """Run FullBatches over ``arrivals`` (("add", file, rows) / ("skip", file, row) / ("done", file))."""
+    sent, finished = [], []
+    fb = FullBatches(order, size, forward=lambda b: sent.append([(p[0], p[1]) for p in b]),
+                     finished=finished.append)
+    for event in arrivals:
+        if event[0] == "add":
+            rows = event[2]
+            fb.add(event[1], rows, [f"v{r}" for r in rows], {"x": torch.arange(len(rows)).float()[:, None]})
+        elif event[0] == "skip":
+            fb.resolve(event[1], event[2])
+        else:
+            fb.file_done(event[1])
+    fb.flush()
+    return sent, finished, fb
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_batches_are_the_reading_order_cut_in_full_batches(seed):
+    """Units arrive shuffled (within a file: workers take turns), some rows fail to decode, one
+    file's read stops part-way; the batches are brute-force chunks of the rows that came, in order."""
+    rng = random.Random(seed)
+    size = rng.randint(1, 6)
+    order, arrivals, expected = [], [], []
+    for file in range(rng.randint(1, 4)):
+        needed = sorted(rng.sample(range(40), rng.randint(1, 25)))
+        order.append((file, needed))
+        cuts = sorted(set(rng.sample(range(1, len(needed)), min(len(needed) - 1, rng.randint(0, 5)))))
+        units = [needed[a:b] for a, b in zip([0] + cuts, cuts + [len(needed)])]
+        lost = rng.random() < 0.3  # a damaged read: its last units never come
+        kept = units[:max(1, len(units) - 2)] if lost else units
+        events = []
+        for unit in kept:
+            failed = {r for r in unit if rng.random() < 0.2}
+            events += [("skip", file, r) for r in sorted(failed)]
+            if len(failed) < len(unit):
+                events.append(("add", file, [r for r in unit if r not in failed]))
+            expected += [(file, r) for r in unit if r not in failed]
+        rng.shuffle(events)
+        arrivals += events + [("done", file)]
+    sent, finished, fb = _feed(order, arrivals, size)
+    assert sent == [expected[i:i + size] for i in range(0, len(expected), size)]
+    assert finished == [f for f, _ in order]
+    assert not fb.waiting and not fb.batch
+
+
+def test_a_file_finishes_only_when_its_last_rows_are_forwarded():
+    finished_at = []
+    sent = []
+    fb = FullBatches([(0, [0, 1, 2]), (1, [0, 1])], 4, forward=sent.append,
+                     finished=lambda f: finished_at.append((f, len(sent))))
+    fb.add(0, [0, 1, 2], list("abc"), {"x": torch.zeros(3, 1)})
+    fb.file_done(0)
+    assert finished_at == []  # its rows wait in the batch being filled
+    fb.add(1, [0, 1], list("de"), {"x": torch.zeros(2, 1)})
+    assert finished_at == [(0, 1)] and [len(b) for b in sent] == [4]
+    fb.file_done(1)
+    fb.flush()
+    assert finished_at == [(0, 1), (1, 2)] and [len(b) for b in sent] == [4, 1]
+
+
+def _awkward(folder):
+    """Three files whose row groups (7, 5, 3 rows) make units of awkward sizes; two rows fail to decode."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bad = {"bytes": b"\x00garbage" * 50, "path": None}
+    for name, n, group in (("a", 17, 7), ("b", 11, 5), ("c", 4, 3)):
+        write_parquet_shard(folder / f"{name}.parquet", [
+            row(f"{name}{i}", bad if (name, i) in {("a", 3), ("b", 9)} else cell(tone(100.0 + 37 * i + len(name))),
+                [CLASSES[i % len(CLASSES)]]) for i in range(n)], row_group_size=group)
+    return folder
+
+
+@pytest.mark.slow
+def test_forward_batches_are_full_and_worker_independent(tiny_clap, tmp_path, monkeypatch):
+    folder = _awkward(tmp_path / "awkward")
+    sizes: list[int] = []
+    forward = tiny_clap.model.get_audio_features
+
+    def recording(**kw):
+        sizes.append(len(kw["input_features"]))
+        return forward(**kw)
+
+    monkeypatch.setattr(tiny_clap.model, "get_audio_features", recording)
+    results = {}
+    for workers in (0, 1, 2):
+        sizes.clear()
+        skips = SkipLog()
+        clips = embed_clips(tiny_clap, folder, matcher=LabelMatcher(CLASSES), skips=skips, batch_size=4,
+                            num_workers=workers, require_labels=False, full_batches=True)
+        assert sizes == [4] * 7 + [2], (workers, sizes)  # 30 decodable clips
+        assert skips.rows_skipped() == 2
+        results[workers] = clips
+    sizes.clear()
+    per_unit = embed_clips(tiny_clap, folder, matcher=LabelMatcher(CLASSES), skips=SkipLog(), batch_size=4,
+                           num_workers=0, require_labels=False)
+    assert sizes == [3, 3, 4, 3, 3, 4, 1, 4, 1, 3, 1]  # without --full-batches: one unit's needed rows
+    # the same clips, equal up to the last bits that a batch's size moves
+    assert torch.allclose(per_unit.audio, results[0].audio, atol=1e-6, rtol=0)
+    ids = [m.video_id for m in results[0].metas]
+    assert ids == [f"{n}{i}" for n, k in (("a", 17), ("b", 11), ("c", 4)) for i in range(k)
+                   if (n, i) not in {("a", 3), ("b", 9)}]
+    for workers in (1, 2):
+        assert [m.video_id for m in results[workers].metas] == ids
+        assert np.array_equal(results[workers].audio.numpy(), results[0].audio.numpy())
