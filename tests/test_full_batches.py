@@ -122,3 +122,30 @@ def test_forward_batches_are_full_and_worker_independent(tiny_clap, tmp_path, mo
     for workers in (1, 2):
         assert [m.video_id for m in results[workers].metas] == ids
         assert np.array_equal(results[workers].audio.numpy(), results[0].audio.numpy())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_interrupted_full_batches_run_resumes_from_its_cache(tiny_clap, tmp_path, monkeypatch, workers):
+    """Killed after 3 forwards, the run kept what it had computed; the rerun forwards only the rest
+    and gives the clips of a cold run (equal up to the last bits of its short batch)."""
+    from hyperbolic.embedding.cache import EmbeddingCache
+    from tests.test_embeddings import count_forwards
+
+    folder = _awkward(tmp_path / "awkward")
+    kw = dict(matcher=LabelMatcher(CLASSES), batch_size=4, require_labels=False, full_batches=True)
+    cold = embed_clips(tiny_clap, folder, skips=SkipLog(), num_workers=0, **kw)
+    cache = EmbeddingCache(tmp_path / "cache")
+    counts = count_forwards(tiny_clap, monkeypatch, fail_after_batches=3)
+    with pytest.raises(KeyboardInterrupt):
+        embed_clips(tiny_clap, folder, skips=SkipLog(), cache=cache, num_workers=workers, **kw)
+    assert counts["audio"] == 12
+    monkeypatch.undo()
+    counts = count_forwards(tiny_clap, monkeypatch)
+    stats = {}
+    resumed = embed_clips(tiny_clap, folder, skips=SkipLog(), cache=cache, num_workers=workers, stats=stats, **kw)
+    assert stats == {"reused": 12, "computed": 18} and counts["audio"] == 18
+    assert [m.video_id for m in resumed.metas] == [m.video_id for m in cold.metas]
+    assert torch.equal(resumed.audio[:12], cold.audio[:12])  # the saved clips, bit for bit
+    assert torch.allclose(resumed.audio, cold.audio, atol=1e-6, rtol=0)
+    assert len(list(cache.root.glob("*/*/audio/*/*.npz"))) == 3  # each finished file's chunks merged
