@@ -10,7 +10,11 @@ output for a clip changes in the last bits with the batch it sits in).
 A needed row stops being waited for when it arrives as a decode failure (``resolve``) or when every
 worker has finished its file (``file_done``: a read that failed part-way leaves rows that never
 come; the plain read of the damaged file handles them afterwards). Clips that arrive ahead of the
-one awaited wait in a reorder buffer; the batch being filled holds at most ``size`` clips.
+one awaited wait in a reorder buffer; the batch being filled holds at most ``size`` clips. The
+buffer's size is not capped: DataLoader workers hand over their items in turn, so it holds what
+the other workers decoded while one finished its unit (7 clips at most with 2 workers, units and
+batches of 4, ``tests/test_full_batches.py``'s folder); a worker whose units produce many more
+items than the others' (decode failures) lets it grow by those units.
 """
 
 from __future__ import annotations
