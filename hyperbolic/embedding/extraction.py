@@ -13,7 +13,10 @@ How ``embed_clips`` reads a folder, file by file in sorted order:
    (``shard=combine_shards(...)``), which decode, resample and compute the mel features, while
    this process runs the forward. One forward batch is the rows of one unit that need embedding,
    whatever ``num_workers`` is: CLAP's output for a clip changes in the last bits with the batch
-   it sits in, and this keeps results bit-identical across worker counts.
+   it sits in, and this keeps results bit-identical across worker counts. With ``full_batches``
+   (``--full-batches``) the decoded clips are put back in reading order instead and forwarded
+   ``batch_size`` at a time across units and files (``hyperbolic.embedding.batches``): also
+   bit-identical across worker counts, but a clip's batch then depends on what the cache held.
 3. Outcomes (an embedding, a decode failure, a non-finite embedding) are put back in (file, row)
    order; decode failures are counted in ``skips`` in that order.
 
