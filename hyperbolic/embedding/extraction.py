@@ -37,7 +37,7 @@ of a single unit over the ranks) and writes its own cache chunks; a single-proce
 ``embed_clips`` afterwards finds them all.
 
 The parts, in the order a run meets them: ``ClipRun`` plans each file by its label pass and then
-settles the plans (computing, re-reading damaged files); ``_DecodeStream`` decodes the needed rows
+settles the plans (computing, re-reading damaged files); ``DecodeStream`` decodes the needed rows
 (here or in workers) into mel features; ``_Embedder`` runs the forward and records each outcome in
 the file's plan; ``_CacheWriter`` writes the outcomes to the cache in chunks; ``assemble`` puts the
 usable ones back in reading order and counts the others.
@@ -53,20 +53,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.audio import MAX_SAMPLES, Segmenting
-from data.audioset import Clip, ClipMeta, SkipLog, combine_shards, iter_clips
+from data.audioset import Clip, ClipMeta, SkipLog, iter_clips
 from data.labels import LabelMatcher
 from hyperbolic.embedding.batches import FullBatches, Pending, stack
 from hyperbolic.embedding.cache import AudioStore, EmbeddingCache, RowOutcome
-from hyperbolic.embedding.clap import audio_features
+from hyperbolic.embedding.decoding import DecodeJob, DecodeStream, as_is, feature_batches, shard_of, unit_bounds
 from hyperbolic.embedding.split import choose_split, forward_threads, usable_cores
 
 log = logging.getLogger(__name__)
@@ -79,80 +76,6 @@ CHUNK_SECONDS = 120.0     # ... or fewer, when they come slowly: what an interru
 # ------------------------------------------------------------------ decoding (workers or not)
 
 
-def _unit_bounds(path: Path, unit_rows: int) -> list[tuple[int, int]]:
-    """[start, end) rows of each unit of ``iter_clips(read_batch_rows=unit_rows)``, in order."""
-    meta = pq.ParquetFile(path).metadata
-    bounds, row0 = [], 0
-    for g in range(meta.num_row_groups):
-        n = meta.row_group(g).num_rows
-        bounds += [(row0 + s, row0 + min(s + unit_rows, n)) for s in range(0, n, unit_rows)]
-        row0 += n
-    return bounds
-
-
-class _RecordingSkipLog(SkipLog):
-    """A SkipLog that also keeps each add, so a decoding read can report its skips row by row."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[tuple[str, ClipMeta | None, str]] = []
-
-    def add(self, reason: str, meta: ClipMeta | None = None, *, file: str | None = None,
-            detail: str = "") -> None:
-        super().add(reason, meta, file=file, detail=detail)
-        self.events.append((reason, meta, detail))
-
-    def drain(self) -> list[tuple[str, ClipMeta | None, str]]:
-        events, self.events = self.events, []
-        return events
-
-
-@dataclass(frozen=True)
-class _DecodeJob:
-    index: int                 # the file's position in the run
-    path: Path
-    limit: int | None          # iter_clips limit for this file (what the run's limit leaves)
-    needed: frozenset[int]     # rows to decode and embed
-
-
-def _as_is(item):
-    return item
-
-
-def _shard_of(unit: int, file_index: int, count: int) -> int:
-    """The shard (``combine_shards`` index, of ``count``) that unit ``unit`` of the run's
-    ``file_index``-th file belongs to. The offset by file spreads single-unit files over shards."""
-    return (unit + file_index) % count
-
-
-def _feature_batches(clips: list[Clip], *, feature_extractor, sampling_rate: int,
-                     segmenting: Segmenting | None, max_windows: int) -> Iterator[tuple]:
-    """``(rows, video_ids, features, windows per clip or None)`` for consecutive clips of one unit.
-
-    Without segmenting: one batch, one window per clip (``None``). With it: groups of whole clips
-    holding at most ``max_windows`` windows; a clip with more windows is a group of its own."""
-    if segmenting is None:
-        features = audio_features(feature_extractor, sampling_rate, [c.waveform for c in clips])
-        yield [c.meta.row for c in clips], [c.meta.video_id for c in clips], features, None
-        return
-    group: list[tuple[Clip, list[np.ndarray]]] = []
-
-    def flush():
-        windows = [w for _, ws in group for w in ws]
-        features = audio_features(feature_extractor, sampling_rate, windows)
-        return ([c.meta.row for c, _ in group], [c.meta.video_id for c, _ in group], features,
-                [len(ws) for _, ws in group])
-
-    for clip in clips:
-        windows = segmenting.windows(clip.waveform)
-        if group and sum(len(ws) for _, ws in group) + len(windows) > max_windows:
-            yield flush()
-            group = []
-        group.append((clip, windows))
-    if group:
-        yield flush()
-
-
 def _pooled_embeddings(clap, features: dict, counts: list[int], max_windows: int) -> torch.Tensor:
     """Window features -> (len(counts), D): forwards of at most ``max_windows`` windows, then per
     clip the mean of its L2-normalised window embeddings, L2-normalised."""
@@ -161,81 +84,6 @@ def _pooled_embeddings(clap, features: dict, counts: list[int], max_windows: int
              for i in range(0, n, max_windows)]
     windows = torch.cat(parts)
     return F.normalize(torch.stack([w.mean(0) for w in windows.split(counts)]), dim=-1)
-
-
-class _DecodeStream(IterableDataset):
-    """Decode the needed rows of each job's file; yields plain tuples (picklable, no collation):
-
-    ("seconds", file, rows, seconds)  the recording lengths of the rows of the batches that follow
-    ("batch", file, rows, video_ids, features)  the needed rows of one unit, mel features ready
-    ("skip", file, row, video_id, reason, detail)  a needed row that could not be decoded
-    ("damaged", file, detail)   the read of the file failed part-way
-    ("done", file)              this worker has finished its share of the file
-    In a DataLoader worker it reads only its shard of units; in the main process, all of them.
-    """
-
-    def __init__(self, jobs: list[_DecodeJob], *, matcher: LabelMatcher, label_column: str | None,
-                 require_labels: bool, unit_rows: int, feature_extractor, sampling_rate: int,
-                 segmenting: Segmenting | None = None, rank: int = 0, world_size: int = 1):
-        self.jobs, self.matcher, self.label_column = jobs, matcher, label_column
-        self.require_labels, self.unit_rows = require_labels, unit_rows
-        self.feature_extractor, self.sampling_rate = feature_extractor, sampling_rate
-        self.segmenting, self.rank, self.world_size = segmenting, rank, world_size
-
-    def __iter__(self) -> Iterator[tuple]:
-        info = get_worker_info()
-        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        shard = combine_shards(rank=self.rank, world_size=self.world_size, worker_id=worker, num_workers=workers)
-        for job in self.jobs:
-            yield from self._file(job, *shard)
-            yield ("done", job.index)
-
-    def _file(self, job: _DecodeJob, shard: int, count: int) -> Iterator[tuple]:
-        try:
-            bounds = _unit_bounds(job.path, self.unit_rows)
-        except (pa.ArrowException, OSError) as e:  # changed since the label pass: the plain read judges
-            yield ("damaged", job.index, f"cannot read the parquet footer: {e}")
-            return
-        starts = [b[0] for b in bounds]
-        mine = [b for u, b in enumerate(bounds) if _shard_of(u, job.index, count) == shard]
-        # iter_clips counts `limit` in this shard's rows, so pass the number of its rows below
-        # the file's limit: the shards together then consider exactly the unsharded rows.
-        limit = None if job.limit is None else sum(max(0, min(e, job.limit) - s) for s, e in mine)
-        skips = _RecordingSkipLog()
-        clips = iter_clips([job.path], matcher=self.matcher, skips=skips, label_column=self.label_column,
-                           limit=limit, decode=True, require_labels=self.require_labels,
-                           read_batch_rows=self.unit_rows, shard=((shard - job.index) % count, count),
-                           max_samples=None if self.segmenting is not None else MAX_SAMPLES, warn=False)
-        pending: list[Clip] = []
-        for clip in clips:
-            yield from self._events(job, skips)
-            if clip.meta.row not in job.needed:
-                continue  # cached already: decoded for nothing, but not embedded again
-            unit = bisect.bisect_right(starts, clip.meta.row) - 1
-            if pending and bisect.bisect_right(starts, pending[0].meta.row) - 1 != unit:
-                yield from self._batches(job, pending)
-                pending = []
-            pending.append(clip)
-        yield from self._events(job, skips)
-        if pending:
-            yield from self._batches(job, pending)
-
-    def _events(self, job: _DecodeJob, skips: _RecordingSkipLog) -> Iterator[tuple]:
-        for reason, meta, detail in skips.drain():
-            if meta is None:
-                yield ("damaged", job.index, detail)
-            elif meta.row in job.needed:  # the label pass yielded it, so this is a decode failure
-                yield ("skip", job.index, meta.row, meta.video_id, reason, detail)
-
-    def _batches(self, job: _DecodeJob, clips: list[Clip]) -> Iterator[tuple]:
-        yield ("seconds", job.index, [c.meta.row for c in clips], [c.seconds for c in clips])
-        for batch in _feature_batches(clips, feature_extractor=self.feature_extractor,
-                                      sampling_rate=self.sampling_rate, segmenting=self.segmenting,
-                                      max_windows=self.unit_rows):
-            yield ("batch", job.index, *batch)
-
-
-# ------------------------------------------------------------------ one embed_clips call
 
 
 @dataclass
@@ -287,8 +135,8 @@ class _RunArgs:
             return []
         workers = max(1, self.num_workers)
         count = self.world_size * workers
-        mine = {r for u, (start, end) in enumerate(_unit_bounds(plan.path, self.unit_rows))
-                if _shard_of(u, plan.index, count) // workers == self.rank for r in range(start, end)}
+        mine = {r for u, (start, end) in enumerate(unit_bounds(plan.path, self.unit_rows))
+                if shard_of(u, plan.index, count) // workers == self.rank for r in range(start, end)}
         return [r for r in needed if r in mine]
 
 
@@ -360,7 +208,7 @@ class _Embedder:
         else:
             self.record(plan, RowOutcome(row, video_id, None, NON_FINITE, seconds=seconds))
 
-    def _full_batches(self, jobs: list[_DecodeJob], plans: list[_FilePlan], progress: tqdm) -> FullBatches | None:
+    def _full_batches(self, jobs: list[DecodeJob], plans: list[_FilePlan], progress: tqdm) -> FullBatches | None:
         """The run's needed rows in reading order, forwarded in batches of ``unit_rows`` clips
         (``hyperbolic.embedding.batches``); None without ``full_batches`` or with segmenting
         (groups of windows per unit): one unit's needed rows per forward."""
@@ -379,14 +227,14 @@ class _Embedder:
     def embed(self, plan: _FilePlan, clips: list[Clip]) -> None:
         """Embed decoded clips of one unit of ``plan``'s file, in this process."""
         plan.seconds.update((c.meta.row, c.seconds) for c in clips)
-        for batch in _feature_batches(clips, feature_extractor=self.clap.processor.feature_extractor,
+        for batch in feature_batches(clips, feature_extractor=self.clap.processor.feature_extractor,
                                       sampling_rate=self.clap.sampling_rate, segmenting=self.args.segmenting,
                                       max_windows=self.args.unit_rows):
             self.forward(plan, *batch)
 
     def compute(self, plans: list[_FilePlan], progress: tqdm) -> None:
         """Decode and embed the needed rows (of this rank) of every file planned from its label pass."""
-        jobs = [_DecodeJob(p.index, p.path, p.limit, frozenset(needed))
+        jobs = [DecodeJob(p.index, p.path, p.limit, frozenset(needed))
                 for p in plans if not p.plain and (needed := self.args.needed_here(p))]
         if not jobs:
             return
@@ -419,19 +267,19 @@ class _Embedder:
             del items
             self.writer.save_all(plans)
 
-    def _decoded(self, jobs: list[_DecodeJob], num_workers: int) -> Iterator[tuple]:
-        """The items of a ``_DecodeStream`` over ``jobs``: read here, or by DataLoader workers."""
+    def _decoded(self, jobs: list[DecodeJob], num_workers: int) -> Iterator[tuple]:
+        """The items of a ``DecodeStream`` over ``jobs``: read here, or by DataLoader workers."""
         a = self.args
-        stream = _DecodeStream(jobs, matcher=a.matcher, label_column=a.label_column,
+        stream = DecodeStream(jobs, matcher=a.matcher, label_column=a.label_column,
                                require_labels=a.require_labels, unit_rows=a.unit_rows,
                                feature_extractor=self.clap.processor.feature_extractor,
                                sampling_rate=self.clap.sampling_rate, segmenting=a.segmenting, rank=a.rank,
                                world_size=a.world_size)
         return iter(stream) if num_workers == 0 else iter(DataLoader(
-            stream, batch_size=None, num_workers=num_workers, collate_fn=_as_is))
+            stream, batch_size=None, num_workers=num_workers, collate_fn=as_is))
 
-    def _probe_split(self, jobs: list[_DecodeJob], plans: list[_FilePlan],
-                     progress: tqdm) -> tuple[list[_DecodeJob], int]:
+    def _probe_split(self, jobs: list[DecodeJob], plans: list[_FilePlan],
+                     progress: tqdm) -> tuple[list[DecodeJob], int]:
         """``num_workers`` None: decode the first unit here, forward it on every core, timing
         both, and choose the workers for the rest (``choose_split``). Returns the jobs left (the
         probed rows taken out) and the workers. Too little work to pay a worker's start: none."""
@@ -461,7 +309,7 @@ class _Embedder:
                 one_less = self._one_less(item[4], torch.get_num_threads())
                 break
         stream.close()
-        rest = [_DecodeJob(first.index, first.path, first.limit, first.needed - done)] + jobs[1:]
+        rest = [DecodeJob(first.index, first.path, first.limit, first.needed - done)] + jobs[1:]
         if not rest[0].needed or item[0] == "done":
             rest = rest[1:]
             self.writer.save(plan, finished=True)
@@ -495,7 +343,7 @@ class _Embedder:
         return timed[threads - 1] / timed[threads]
 
     def _take(self, plan: _FilePlan, item: tuple, progress: tqdm, batches: FullBatches | None = None) -> None:
-        """One ``_DecodeStream`` item other than "done" (see there); decoded clips go to
+        """One ``DecodeStream`` item other than "done" (see there); decoded clips go to
         ``batches`` when given, else straight to the forward."""
         kind = item[0]
         if kind == "seconds":
@@ -543,7 +391,7 @@ def _plain_read(plan: _FilePlan, args: _RunArgs, embedder: _Embedder) -> None:
             if known is not None and known.reason in ("", NON_FINITE) and known.video_id == clip.meta.video_id:
                 clip.waveform = None
                 continue
-            bounds = bounds or _unit_bounds(plan.path, args.unit_rows)
+            bounds = bounds or unit_bounds(plan.path, args.unit_rows)
             if pending and unit(pending[0].meta.row) != unit(clip.meta.row):
                 flush()
             pending.append(clip)
