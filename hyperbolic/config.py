@@ -276,6 +276,7 @@ class EvalConfig(EmbeddingConfig):
     expand_ancestors: bool = False
     plots: bool = False
     entailment_k: float | None = None  # cone aperture K for every model's cones (None: each checkpoint's own)
+    export_embeddings: str | None = None  # write the clips and prompts read in the --embeddings layout
 
     def _task_problems(self) -> list[str]:
         paths = self.projection_checkpoints
@@ -312,7 +313,6 @@ class EvalConfig(EmbeddingConfig):
                 ("--ontology", self.ontology), ("--expand-ancestors", self.expand_ancestors), ("--plots", self.plots),
                 ("--threshold", self.threshold is not None))],
         ] if failed]
-    export_embeddings: str | None = None  # write the clips and prompts read in the --embeddings layout
 
 
 @dataclass(kw_only=True)
@@ -330,7 +330,7 @@ class StudyConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     probe: bool = True                   # the linear-probe ceiling row
     shard: str = "0/1"                   # I/N: this worker's share of the cells
-    bootstrap: int = 1000                # paired clip resamples of the summary (hyperbolic.evaluation.bootstrap)
+    bootstrap: int = 1000                # paired clip resamples of the summary (hyperbolic.metrics.bootstrap)
     bootstrap_seed: int = 0
     summary_only: bool = False           # rebuild study.json from the finished cells, train nothing
 

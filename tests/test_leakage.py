@@ -85,3 +85,19 @@ def test_duplicates_stay_on_one_side_and_evaluation_reports_the_overlap(tmp_path
     assert eval_script.main(["--parquet-dir", str(demo_eval_dir), *base, "--output-json", str(clean)]) == 0
     block = next(b for n, b in json.loads(clean.read_text())["models"].items() if n != "clap_cosine")
     assert block["overlap_with_training"]["clips"] == 0
+
+
+def test_a_checkpoint_trained_from_stored_embeddings_is_guarded_by_video_id():
+    """A run from --embeddings records video ids without audio digests; evaluated clips read from
+    parquet have digests. The id decides where either side has no digest: 2 of 3 clips overlap."""
+    from types import SimpleNamespace
+
+    from hyperbolic.evaluation.scoring import training_overlap
+    model = SimpleNamespace(projector=object(), training_clips={
+        "train": {"video_ids": ["a", "b"], "audio_digests": [None, None]},
+        "val": {"video_ids": ["c"], "audio_digests": ["d-c"]}})
+    got = training_overlap(model, ["a", "c", "z"], ["d-a", "other", "d-z"])
+    # "a": trained without a digest, so its id decides; "c": both have digests and they differ.
+    assert (got["clips"], got["by_audio"], got["by_video_id"], got["evaluated"]) == (1, 0, 2, 3)
+    got = training_overlap(model, ["a", "c", "z"], ["d-a", "d-c", None])
+    assert (got["clips"], got["by_audio"]) == (2, 1)

@@ -338,7 +338,8 @@ NO_GUARD = "the checkpoint records no training clip ids or audio digests (traine
 def training_overlap(model: ScoringModel, video_ids: list[str], digests: list[str | None]) -> dict | None:
     """``overlap_with_training`` of a checkpoint's model: the evaluated clips (``video_ids``,
     ``digests``, one per clip) whose audio digest is among those of the clips the checkpoint trained
-    or validated on, or, for a clip without a digest, whose non-empty video id is.
+    or validated on, or, where either side has no digest (a clip read from --embeddings), whose
+    non-empty video id is.
     ``{clips, fraction, by_audio, by_video_id (every id match, informational), evaluated}``;
     None for plain CLAP; null values with a reason for a checkpoint without the record."""
     if model.projector is None:
@@ -347,17 +348,21 @@ def training_overlap(model: ScoringModel, video_ids: list[str], digests: list[st
     if not guard:
         return {"clips": None, "fraction": None, "skipped": NO_GUARD}
     parts = [guard[p] for p in ("train", "val") if isinstance(guard.get(p), dict)]
-    seen_ids = {v for part in parts for v in part.get("video_ids", []) if v}
-    seen_audio = {d for part in parts for d in part.get("audio_digests", []) if d}
+    trained = [(v, d) for part in parts
+               for v, d in zip(part.get("video_ids", []), part.get("audio_digests") or [None] * len(part.get("video_ids", [])))]
+    seen_ids = {v for v, _ in trained if v}
+    seen_ids_without_digest = {v for v, d in trained if v and not d}  # trained from --embeddings: ids only
+    seen_audio = {d for _, d in trained if d}
     by_audio = np.array([d is not None and d in seen_audio for d in digests], dtype=bool)
     by_id = np.array([bool(v) and v in seen_ids for v in video_ids], dtype=bool)
-    no_digest = np.array([d is None for d in digests], dtype=bool)
+    by_id_alone = np.array([bool(v) and (d is None or v in seen_ids_without_digest)
+                            for v, d in zip(video_ids, digests)], dtype=bool)
     # The audio decides where both sides have a digest: a video id can name other audio (generated
-    # data, several segments of one video); it decides alone only for a clip without one.
-    hit = by_audio | (by_id & no_digest)
+    # data, several segments of one video); it decides alone where either side has none.
+    hit = by_audio | (by_id & by_id_alone)
     n = len(hit)
     return {"clips": int(hit.sum()), "fraction": float(hit.mean()) if n else None,
             "by_audio": int(by_audio.sum()), "by_video_id": int(by_id.sum()), "evaluated": n,
             "definition": "evaluated clips whose audio bytes (sha256) match a training or validation clip of "
-                          "the checkpoint (video_id where a clip has no audio digest); by_video_id counts every "
+                          "the checkpoint (video_id where either clip has no audio digest); by_video_id counts every "
                           "video_id match"}

@@ -132,7 +132,7 @@ class TrainingData:
     split: Split
     seen: list[int] | None = None        # the class indices training may use; None: every class
     hierarchy: Hierarchy | None = None   # --ontology: its pairs and label expansion
-    trainer_cls: Callable | None = None  # called like Trainer (captions: caption_train.CaptionTrainer)
+    trainer_cls: Callable | None = None  # called like Trainer (captions: hyperbolic.training.captions.CaptionTrainer)
     extra: dict = field(default_factory=dict)  # run facts for setup.json
     # The checkpoint's "training_clips": per part (train, val) the video ids and audio digests,
     # which evaluation checks its clips against (overlap_with_training).
