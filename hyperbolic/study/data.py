@@ -23,7 +23,7 @@ from hyperbolic.config import StudyConfig
 from hyperbolic.embedding.embeddings import ClipEmbeddings, embed_run_clips, open_cache, open_clap
 from hyperbolic.hierarchy.cones import Hierarchy
 from hyperbolic.study.grid import StudyError
-from hyperbolic.training.data import split_indices, training_data
+from hyperbolic.training.data import Split, keep_duplicates_together, split_indices, training_data
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,24 @@ class StudyData:
                 "classes_in_eval": int(self.eval_targets().any(axis=0).sum()), **self.extra}
 
 
-def _split(n: int, ratio: float, seed: int) -> tuple[list[int], list[int]]:
-    split = split_indices(n, ratio, seed)
-    return split.train, split.val
+def _eval_part(study: StudyConfig, clips: ClipEmbeddings,
+               digests: list[str | None]) -> tuple[ClipEmbeddings, list[int], list[int]]:
+    """``--eval-fraction``: a seeded part of the clips for evaluation, the rest split into training
+    and validation; identical audio (equal digests) stays on one side of each cut, as training's
+    own split keeps it (``keep_duplicates_together``)."""
+    cfg, n = study.recipe, len(clips)
+    n_eval = int(round(study.eval_fraction * n))
+    if not 1 <= n_eval < n - 1:
+        raise StudyError(f"--eval-fraction {study.eval_fraction:g} of {n} clips keeps {n_eval} for "
+                         "evaluation; need at least 1, and 2 left to train and validate (or give --eval-parquet-dir)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    held, _ = keep_duplicates_together(Split(train=sorted(order[n_eval:]), val=sorted(order[:n_eval])), digests)
+    pool = held.train
+    if not held.val or len(pool) < 2:
+        raise StudyError(f"keeping identical audio on one side leaves {len(held.val)} eval and {len(pool)} other "
+                         "clips; remove the duplicates or give --eval-parquet-dir")
+    split, _ = keep_duplicates_together(split_indices(len(pool), cfg.train_ratio, cfg.seed), [digests[i] for i in pool])
+    return clips.subset(held.val), [pool[i] for i in split.train], [pool[i] for i in split.val]
 
 
 def load_study_data(study: StudyConfig) -> StudyData:
@@ -83,25 +98,14 @@ def load_study_data(study: StudyConfig) -> StudyData:
     cfg = study.recipe
     data = training_data(cfg)
     clips, class_names = data.clips, list(data.extra["class_names"])
-    if study.eval_embeddings:
-        eval_clips, skipped = _stored_eval(study, class_names)
-        pool = list(range(len(clips)))
-        source = {"eval": study.eval_embeddings, "skipped_eval": skipped}
-    elif study.eval_parquet_dir:
-        eval_clips, skipped = _embed_eval_folder(study, class_names)
-        pool = list(range(len(clips)))
-        source = {"eval": study.eval_parquet_dir, "skipped_eval": skipped}
+    if study.eval_embeddings or study.eval_parquet_dir:
+        # Every clip trains or validates: training_data's own split (identical audio kept on one side).
+        eval_clips, skipped = (_stored_eval if study.eval_embeddings else _embed_eval_folder)(study, class_names)
+        source = {"eval": study.eval_embeddings or study.eval_parquet_dir, "skipped_eval": skipped}
+        train_rows, val_rows = data.split.train, data.split.val
     else:
-        n_eval = int(round(study.eval_fraction * len(clips)))
-        if not 1 <= n_eval < len(clips) - 1:
-            raise StudyError(f"--eval-fraction {study.eval_fraction:g} of {len(clips)} clips keeps {n_eval} for "
-                             "evaluation; need at least 1, and 2 left to train and validate (or give --eval-parquet-dir)")
-        order = torch.randperm(len(clips), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        eval_clips, pool = clips.subset(sorted(order[:n_eval])), sorted(order[n_eval:])
+        eval_clips, train_rows, val_rows = _eval_part(study, clips, data.digests or [None] * len(clips))
         source = {"eval": f"{study.eval_fraction:g} of the clips (--eval-fraction, --seed {cfg.seed})"}
-    train, val = _split(len(pool), cfg.train_ratio, cfg.seed)
-    keep = sorted(pool)
-    train_rows, val_rows = [keep[i] for i in train], [keep[i] for i in val]
     extra = {**source, "train": cfg.parquet_dir, "holdout_classes": data.extra.get("holdout_classes", []),
              "skipped_train": data.extra.get("data", {}).get("skipped")}
     out = StudyData(clips, data.prompts, class_names, train_rows, val_rows, eval_clips, seen=data.seen,

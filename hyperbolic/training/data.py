@@ -137,6 +137,8 @@ class TrainingData:
     # The checkpoint's "training_clips": per part (train, val) the video ids and audio digests,
     # which evaluation checks its clips against (overlap_with_training).
     training_clips: dict | None = None
+    digests: list[str | None] | None = None  # audio sha256 per clip (None: not known, e.g. --embeddings)
+
 
 
 def training_data(cfg: TrainConfig) -> TrainingData:
@@ -231,7 +233,7 @@ def _assemble(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, cl
     else:  # captions alone: no class list to count
         log.info("%d clips (%d train / %d val), captions only", len(clips), len(split.train), len(split.val))
     return TrainingData(clips, prompts, split, seen=seen, hierarchy=hierarchy, trainer_cls=trainer_cls, extra=extra,
-                        training_clips=_training_clips(clips, split, digests, class_names))
+                        training_clips=_training_clips(clips, split, digests, class_names), digests=digests)
 
 
 def _training_clips(clips: ClipEmbeddings, split: Split, digests: list, class_names: list[str]) -> dict:
