@@ -124,6 +124,30 @@ def test_forward_batches_are_full_and_worker_independent(tiny_clap, tmp_path, mo
         assert np.array_equal(results[workers].audio.numpy(), results[0].audio.numpy())
 
 
+
+@pytest.mark.slow
+def test_the_split_probe_leaves_full_batches_whole(tiny_clap, tmp_path, monkeypatch):
+    """--num-workers unset: the probe times the first unit's forward and discards it, so the run's
+    own batches still start at its first row (before, the probe forwarded that unit alone and
+    shifted every later batch)."""
+    folder = _awkward(tmp_path / "awkward")
+    sizes: list[int] = []
+    forward = tiny_clap.model.get_audio_features
+
+    def recording(**kw):
+        sizes.append(len(kw["input_features"]))
+        return forward(**kw)
+
+    monkeypatch.setattr(tiny_clap.model, "get_audio_features", recording)
+    kw = dict(matcher=LabelMatcher(CLASSES), batch_size=4, require_labels=False, full_batches=True)
+    fixed = embed_clips(tiny_clap, folder, skips=SkipLog(), num_workers=0, **kw)
+    sizes.clear()
+    monkeypatch.setattr("hyperbolic.embedding.extraction.usable_cores", lambda: 4)  # so the probe runs
+    probed = embed_clips(tiny_clap, folder, skips=SkipLog(), num_workers=None, **kw)
+    assert sizes[0] == 3 and sizes[-8:] == [4] * 7 + [2], sizes  # the probe's unit, then the run's batches
+    assert np.array_equal(probed.audio.numpy(), fixed.audio.numpy())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_an_interrupted_full_batches_run_resumes_from_its_cache(tiny_clap, tmp_path, monkeypatch, workers):

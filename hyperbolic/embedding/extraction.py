@@ -240,8 +240,9 @@ class _Embedder:
             return
         before = torch.get_num_threads()
         num_workers = self.args.num_workers
-        if num_workers is None:
-            jobs, num_workers = self._probe_split(jobs, plans, progress)
+        if num_workers is None:  # with full batches the probe only measures: every row stays in `jobs`
+            full = self.args.full_batches and self.args.segmenting is None
+            jobs, num_workers = self._probe_split(jobs, plans, progress, keep_rows=full)
         items = self._decoded(jobs, num_workers)
         workers = max(1, num_workers)
         finished: dict[int, int] = defaultdict(int)
@@ -278,11 +279,13 @@ class _Embedder:
         return iter(stream) if num_workers == 0 else iter(DataLoader(
             stream, batch_size=None, num_workers=num_workers, collate_fn=as_is))
 
-    def _probe_split(self, jobs: list[DecodeJob], plans: list[_FilePlan],
-                     progress: tqdm) -> tuple[list[DecodeJob], int]:
+    def _probe_split(self, jobs: list[DecodeJob], plans: list[_FilePlan], progress: tqdm, *,
+                     keep_rows: bool = False) -> tuple[list[DecodeJob], int]:
         """``num_workers`` None: decode the first unit here, forward it on every core, timing
         both, and choose the workers for the rest (``choose_split``). Returns the jobs left (the
-        probed rows taken out) and the workers. Too little work to pay a worker's start: none."""
+        probed rows taken out) and the workers. Too little work to pay a worker's start: none.
+        ``keep_rows`` (``--full-batches``): the probe's forward is timed and discarded and every
+        job is returned whole, so the run's batches are full from its first row."""
         cores = usable_cores()
         if cores < 2 or sum(len(j.needed) for j in jobs) <= 2 * self.args.unit_rows:
             return jobs, 0
@@ -300,7 +303,10 @@ class _Embedder:
                 decode_s = time.perf_counter() - started
                 clips = len(item[2])
                 started = time.perf_counter()
-            self._take(plan, item, progress)
+            if not keep_rows:
+                self._take(plan, item, progress)
+            elif item[0] == "batch":
+                self.clap.embed_features(item[4])
             if item[0] == "skip":
                 done.add(item[2])
             elif item[0] == "batch":
@@ -309,8 +315,8 @@ class _Embedder:
                 one_less = self._one_less(item[4], torch.get_num_threads())
                 break
         stream.close()
-        rest = [DecodeJob(first.index, first.path, first.limit, first.needed - done)] + jobs[1:]
-        if not rest[0].needed or item[0] == "done":
+        rest = jobs if keep_rows else [DecodeJob(first.index, first.path, first.limit, first.needed - done)] + jobs[1:]
+        if not keep_rows and (not rest[0].needed or item[0] == "done"):
             rest = rest[1:]
             self.writer.save(plan, finished=True)
         if not clips:
