@@ -12,8 +12,8 @@ worker has finished its file (``file_done``: a read that failed part-way leaves 
 come; the plain read of the damaged file handles them afterwards). Clips that arrive ahead of the
 one awaited wait in a reorder buffer; the batch being filled holds at most ``size`` clips. The
 buffer's size is not capped: DataLoader workers hand over their items in turn, so it holds what
-the other workers decoded while one finished its unit (7 clips at most with 2 workers, units and
-batches of 4, ``tests/test_full_batches.py``'s folder); a worker whose units produce many more
+the other workers decoded while one finished its unit (at most 7 clips were seen waiting with 2
+workers, units and batches of 4, on ``tests/test_full_batches.py``'s folder); a worker whose units produce many more
 items than the others' (decode failures) lets it grow by those units.
 """
 
@@ -45,13 +45,11 @@ class FullBatches:
         self.batch: list[Pending] = []
         self.closing: list[int] = []                         # files passed, some rows still in batch
         self.position = (0, 0)                               # (index in order, index in its rows)
-        self.most_waiting = 0                                # the reorder buffer's high-water mark
 
     def add(self, file: int, rows: list[int], video_ids: list[str], features: dict) -> None:
         """The decoded needed rows of one unit (``features`` batched over ``rows``)."""
         for i, (row, video_id) in enumerate(zip(rows, video_ids)):
             self.waiting[(file, row)] = (file, row, video_id, {k: v[i:i + 1] for k, v in features.items()})
-        self.most_waiting = max(self.most_waiting, len(self.waiting))
         self._advance()
 
     def resolve(self, file: int, row: int) -> None:

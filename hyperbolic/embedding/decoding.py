@@ -165,6 +165,3 @@ class DecodeStream(IterableDataset):
                                       sampling_rate=self.sampling_rate, segmenting=self.segmenting,
                                       max_windows=self.unit_rows):
             yield ("batch", job.index, *batch)
-
-
-# ------------------------------------------------------------------ one embed_clips call

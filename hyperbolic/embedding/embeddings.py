@@ -234,6 +234,9 @@ def embed_shard(clap, parquet_dir: str | Path, *, rank: int, world_size: int, ma
     see ``hyperbolic.distributed``) reuses every row and computes whatever no rank did.
     """
     _check_args(batch_size, num_workers, limit)
+    if num_workers is None:  # every rank must deal its units to the same number of workers
+        raise ValueError("embed_shard needs a number of workers (the ranks shard by it); "
+                         "hyperbolic.distributed resolves --num-workers before calling")
     if not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size (got rank={rank}, world_size={world_size})")
     files = list_parquet_files(parquet_dir)

@@ -73,7 +73,7 @@ CHUNK_ROWS = 512          # outcomes per cache chunk while a file is being embed
 CHUNK_SECONDS = 120.0     # ... or fewer, when they come slowly: what an interruption can lose
 
 
-# ------------------------------------------------------------------ decoding (workers or not)
+# ------------------------------------------------------------------ the forward of windowed clips
 
 
 def _pooled_embeddings(clap, features: dict, counts: list[int], max_windows: int) -> torch.Tensor:
