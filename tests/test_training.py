@@ -350,3 +350,13 @@ def test_missing_swanlab_fails_before_embedding(tmp_path, tiny_clap_dir, demo_tr
     code, err = run_main(train_script, _train_argv(demo_train_dir, tiny_clap_dir, tmp_path / "run", "--use-swanlab"))
     assert code == 2
     assert "--use-swanlab needs the swanlab package" in err
+
+
+def test_a_sweep_tie_on_the_selection_metric_goes_to_the_lower_val_loss():
+    from hyperbolic.training.train import sweep_rank
+    rows = [{"selected_by": 1.0, "best_val_loss": 0.9}, {"selected_by": 1.0, "best_val_loss": 0.4},
+            {"selected_by": 0.8, "best_val_loss": 0.1}]
+    assert max(rows, key=lambda r: sweep_rank(r, select_metric="val_t2a_R@10")) is rows[1]
+    assert max(rows, key=lambda r: sweep_rank(r, select_metric="val_loss")) is rows[2]
+    same = [dict(rows[0]), dict(rows[0])]
+    assert max(same, key=lambda r: sweep_rank(r, select_metric="val_mAP")) is same[0]

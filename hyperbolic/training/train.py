@@ -15,6 +15,7 @@ import math
 import shlex
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -393,6 +394,14 @@ def train(cfg: TrainConfig, *, c_values: list[float] | None = None,
             tracker.finish()
 
 
+def sweep_rank(row: dict, *, select_metric: str) -> tuple[float, ...]:
+    """A sweep combination's rank (higher wins): its best ``--select-metric``, a tie broken on the
+    lower val_loss as between the epochs of one run (``_record``); still tied, the first one."""
+    if select_metric == "val_loss":
+        return (-row["best_val_loss"],)
+    return (row["selected_by"], -row["best_val_loss"])
+
+
 def _sweep(cfg: TrainConfig, combos: list[tuple[float, float]], data: TrainingData, out: Path) -> dict:
     rows = []
     for c, temperature in combos:
@@ -406,8 +415,7 @@ def _sweep(cfg: TrainConfig, combos: list[tuple[float, float]], data: TrainingDa
                      "best_val_loss": summary["best_val_loss"], "best_epoch": summary["best_epoch"],
                      "best_checkpoint": summary["best_checkpoint"], "output_dir": str(run_dir),
                      "selected_by": summary[f"best_{cfg.select_metric}"]})
-    key = (lambda r: -r["best_val_loss"]) if cfg.select_metric == "val_loss" else (lambda r: r["selected_by"])
-    winner = max(rows, key=key)
+    winner = max(rows, key=partial(sweep_rank, select_metric=cfg.select_metric))
     atomic_write_json(out / "sweep.json", {"config": cfg.to_dict(), "select_metric": cfg.select_metric,
                                            "runs": rows, "winner": winner})
     print(format_sweep_table(rows, winner))
