@@ -17,7 +17,6 @@ flags are ``hyperbolic.cli.study_parser``'s study group. The study folder (``--o
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import sys
@@ -128,10 +127,7 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def grid_of(study: StudyConfig) -> list[Cell]:
-    probe = study.probe and importlib.util.find_spec("hyperbolic.evaluation.probe") is not None
-    if study.probe and not probe:
-        log.warning("no linear-probe module in this version (hyperbolic.evaluation.probe): the probe row is left out")
-    return make_grid(study.geometries, study.proj_dims, study.fractions, study.seeds, probe=probe)
+    return make_grid(study.geometries, study.proj_dims, study.fractions, study.seeds, probe=study.probe)
 
 
 def run_study(study: StudyConfig, root: Path, *, load_data) -> dict:

@@ -11,7 +11,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from hyperbolic.config import TrainConfig
+from hyperbolic.config import TrainConfig, default_of
 from hyperbolic.model import checkpoint
 from hyperbolic.training.trainer import TrainingError
 
@@ -112,7 +112,7 @@ def resume_settings(resume: str | Path, given: dict) -> tuple[TrainConfig, list[
                     ", ".join(unknown))
     values = {**RECIPE_BEFORE_DEFAULTS_CHANGED, **{k: v for k, v in config.items() if k in fields}}
     if "holdout_seed" not in config:  # a run before --holdout-seed held out classes with its --seed
-        values["holdout_seed"] = config.get("seed", TrainConfig.__dataclass_fields__["seed"].default)
+        values["holdout_seed"] = config.get("seed", default_of(TrainConfig, "seed"))
     # A sweep's lists come from its folders (a run before "sweep" was recorded: the combinations
     # started so far); a single run or one checkpoint is its own c and temperature.
     sweep = {"c": [config["c"]], "temperature": [config["temperature"]]}
