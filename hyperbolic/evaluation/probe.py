@@ -17,8 +17,9 @@ faster.
 
 Columns: scores are returned for all C columns of the target matrix; a column outside
 ``classes`` (held out, or not asked for) or without a positive (or without a negative) training
-clip cannot be fitted and is ``-inf``: never ranked above a fitted class, and left out by a caller
-that scores the columns ``probe_columns`` returns (the study's seen classes).
+clip cannot be fitted and is ``-inf``: never ranked above a fitted class. The study scores every
+column, as it scores the projectors, so a class the probe cannot fit counts at chance there; a
+caller that wants the fitted classes alone scores the columns ``probe_columns`` returns.
 """
 
 from __future__ import annotations
@@ -41,15 +42,13 @@ def probe_columns(train_targets: np.ndarray, classes: Sequence[int] | None = Non
 
 
 def linear_probe(train_emb: np.ndarray, train_targets: np.ndarray, eval_emb: np.ndarray, *,
-                 classes: Sequence[int] | None = None, seed: int = 0) -> np.ndarray:
+                 classes: Sequence[int] | None = None) -> np.ndarray:
     """Fit on ``train_emb`` (N, d) with ``train_targets`` (N, C) bool; score ``eval_emb`` (M, d).
 
     Returns (M, C) float64 scores: the ridge predictions for the columns of ``probe_columns``,
-    ``-inf`` elsewhere. ``seed`` is accepted for the study's uniform call; the fit is
-    deterministic (a closed-form solve), so it changes nothing.
+    ``-inf`` elsewhere. The fit is deterministic (a closed-form solve): it takes no seed.
     """
     from sklearn.linear_model import RidgeCV  # scikit-learn is needed only when a probe is asked for
-    del seed
     x, y = np.asarray(train_emb, dtype=np.float64), np.asarray(train_targets, dtype=bool)
     e = np.asarray(eval_emb, dtype=np.float64)
     if x.ndim != 2 or e.ndim != 2 or x.shape[1] != e.shape[1]:

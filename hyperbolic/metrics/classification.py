@@ -94,23 +94,6 @@ def _none_if_not_finite(x: float | None) -> float | None:
 
 # ----------------------------------------------------------------------- ranking helpers
 
-def first_hit_rank(s: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """0-based position, in each row's stable descending ranking, of the first true entry.
-
-    The first true entry in ``np.argsort(-row, kind="stable")`` is the true entry with the
-    highest score, the lowest index among ties; its position is the number of entries
-    scoring higher plus the number tied with it at a lower index. Every row needs a true
-    entry. Returns ``(R,)`` int. (Caption retrieval's t2a mAP@10, ``hyperbolic.evaluation.retrieval``, ranks
-    with it; acc@k and R@k take ties at their expected value, ``expected_hits``.)
-    """
-    best = np.where(t, s, -np.inf).max(axis=1)
-    at_best = s == best[:, None]
-    first = np.argmax(t & at_best, axis=1)  # argmax returns the first True
-    above = np.count_nonzero(s > best[:, None], axis=1)
-    tied_before = np.count_nonzero(at_best & (np.arange(s.shape[1]) < first[:, None]), axis=1)
-    return above + tied_before
-
-
 def expected_hits(s: np.ndarray, t: np.ndarray, ks: Sequence[int]) -> dict[int, np.ndarray]:
     """Per row, the probability that a true entry is among the top k when every tie is ordered
     uniformly at random; ``{k: (R,) float}``. Every row needs a true entry.

@@ -151,7 +151,7 @@ def _probe(data: StudyData, cell: Cell):
     train = data.clips.subset(rows)
     classes = data.seen if data.seen is not None else list(range(data.num_classes))
     scores = np.asarray(linear_probe(train.audio, train.targets(data.num_classes), data.eval_clips.audio,
-                                     classes=classes, seed=cell.seed), dtype=np.float32)
+                                     classes=classes), dtype=np.float32)
     seconds = (time.perf_counter() - started[0], time.process_time() - started[1])
     metrics = classification_metrics(scores, data.eval_targets())
     return scores, {"metrics": {k: metrics[k] for k in METRICS}, "train_clips": len(rows)}, seconds
