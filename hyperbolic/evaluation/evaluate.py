@@ -155,6 +155,7 @@ def _splits(models: list[ScoringModel], scored: dict, data: _Clips, class_names:
         return
     plain = scored.get(PLAIN_MODEL_NAME)
     t = data.targets[labelled]
+    plain_memo: dict = {}  # plain CLAP's numbers per part, shared by the checkpoints with the same parts
     for model in models:
         if model.projector is None:
             continue
@@ -165,7 +166,7 @@ def _splits(models: list[ScoringModel], scored: dict, data: _Clips, class_names:
         r.block["metrics_by_split"] = split_block(
             parts, r.scores[labelled], None if plain is None else plain.scores[labelled], t, cfg,
             lambda s, tt: _metrics(s, tt, cfg, data.rows_read), model.info.get("holdout_classes") or [],
-            PLAIN_MODEL_NAME)
+            PLAIN_MODEL_NAME, plain_memo)
         r.block["training_coverage"] = coverage(parts, r.scores, t, class_names, model.name)
 
 

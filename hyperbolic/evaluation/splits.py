@@ -49,11 +49,23 @@ def class_parts(info: dict, training_clips: dict | None, class_names: list[str])
 
 
 def split_block(parts: dict, scores: np.ndarray, plain: np.ndarray | None, targets: np.ndarray, cfg,
-                metrics_fn, holdout_classes: list[str], plain_name: str) -> dict:
+                metrics_fn, holdout_classes: list[str], plain_name: str, plain_memo: dict | None = None) -> dict:
     """``metrics_by_split`` of one model: ``scores`` and ``plain`` (plain CLAP's, or None) are the
     labelled clips' ``(N, C)`` scores, ``targets`` their ground truth; ``metrics_fn(s, t)`` the run's
     metrics. With ``cfg.bootstrap``: per part, the model's intervals and the paired difference to
-    plain CLAP on the same resamples."""
+    plain CLAP on the same resamples. ``plain_memo`` (a dict kept across the models of one
+    evaluation): plain CLAP's metrics and resamples of a part, computed once for every checkpoint
+    whose part has the same classes."""
+    memo = {} if plain_memo is None else plain_memo
+
+    def plain_part(rows, cols, t) -> tuple[dict, dict | None]:
+        key = (rows.tobytes(), cols.tobytes())
+        if key not in memo:
+            p = plain[rows][:, cols]
+            memo[key] = (metrics_fn(p, t), bootstrap_samples(p, t, n=cfg.bootstrap, seed=cfg.bootstrap_seed)
+                         if cfg.bootstrap else None)
+        return memo[key]
+
     out: dict = {"holdout_classes": sorted(holdout_classes), "seen_rule": SEEN_RULES[parts["seen_rule"]],
                  "classes": {}, plain_name: {}, "bootstrap": {} if cfg.bootstrap else None}
     for part in PARTS:
@@ -69,12 +81,12 @@ def split_block(parts: dict, scores: np.ndarray, plain: np.ndarray | None, targe
             continue
         s, t = scores[rows][:, cols], targets[rows][:, cols]
         out[part] = metrics_fn(s, t)
-        out[plain_name][part] = None if plain is None else metrics_fn(plain[rows][:, cols], t)
+        plain_metrics, base = (None, None) if plain is None else plain_part(rows, cols, t)
+        out[plain_name][part] = plain_metrics
         if cfg.bootstrap:
             own = bootstrap_samples(s, t, n=cfg.bootstrap, seed=cfg.bootstrap_seed)
             block = bootstrap_ci(s, t, n=cfg.bootstrap, seed=cfg.bootstrap_seed, samples=own)
             if plain is not None:
-                base = bootstrap_samples(plain[rows][:, cols], t, n=cfg.bootstrap, seed=cfg.bootstrap_seed)
                 block[f"vs_{plain_name}"] = bootstrap_difference(own, base, out[part], out[plain_name][part])
             out["bootstrap"][part] = block
     return out
