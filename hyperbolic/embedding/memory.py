@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3   # glibc's mallopt parameters
 KEEP_BYTES = 1 << 30
 TOP_PAD_BYTES = 64 << 20
+MMAP_CAP_BYTES = 32 << 20   # the largest mmap threshold older glibc accepts
 _done = False
 
 
@@ -35,8 +36,10 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    _done = all(mallopt(param, value) == 1 for param, value in (
-        (M_MMAP_THRESHOLD, KEEP_BYTES), (M_TRIM_THRESHOLD, KEEP_BYTES), (M_TOP_PAD, TOP_PAD_BYTES)))
+    # Each setting on its own: a glibc that refuses one still takes the others. Some glibc
+    # versions cap the mmap threshold at 32 MB (HEAP_MAX_SIZE / 2 on 64-bit): then that.
+    mmap_ok = mallopt(M_MMAP_THRESHOLD, KEEP_BYTES) == 1 or mallopt(M_MMAP_THRESHOLD, MMAP_CAP_BYTES) == 1
+    _done = all([mmap_ok, mallopt(M_TRIM_THRESHOLD, KEEP_BYTES) == 1, mallopt(M_TOP_PAD, TOP_PAD_BYTES) == 1])
     if not _done:
         log.debug("glibc refused the malloc settings; CLAP runs with the defaults")
     return _done
