@@ -121,10 +121,10 @@ def add_embedding_args(p: argparse.ArgumentParser, *, per_rank: bool = False) ->
                    help="parquet column holding each clip's labels: class names (human_labels) or AudioSet "
                         "machine ids such as /m/09x0r (labels) (default: human_labels)")
     p.add_argument("--embed-batch-size", type=int, default=_E("embed_batch_size"), help="clips per CLAP forward")
-    p.add_argument("--full-batches", action="store_true", default=_E("full_batches"),
-                   help="forward --embed-batch-size clips at a time across units and files (all full but the last); "
-                        "a run that reuses part of the cache may then differ in the last bits from a cold one "
-                        "(docs/performance.md)")
+    p.add_argument("--full-batches", action=argparse.BooleanOptionalAction, default=_E("full_batches"),
+                   help="forward --embed-batch-size clips at a time across units and files, all full but the run's "
+                        "last (default); --no-full-batches: one unit's rows per forward, as before 0.18, so that a run "
+                        "reusing part of the cache matches a cold one bit for bit (docs/performance.md)")
     if per_rank:
         p.add_argument("--num-workers", type=int, default=None,
                        help="decoding worker processes per rank (default: spare cores / ranks on this machine)")

@@ -76,7 +76,7 @@ class EmbeddingConfig:
     label_column: str = "human_labels"
     embed_batch_size: int = 32
     num_workers: int | None = None   # decoding workers; None: chosen per run (hyperbolic.embedding.split.choose_split)
-    full_batches: bool = False       # forward batches of embed_batch_size clips across units (embedding.batches)
+    full_batches: bool = True        # forward batches of embed_batch_size clips across units (embedding.batches)
     cache_dir: str | None = None
     no_cache: bool = False
     precision: str = choice("fp32", PRECISIONS)  # of the CLAP forward (hyperbolic.embedding.clap)

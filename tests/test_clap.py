@@ -101,8 +101,8 @@ def test_precisions_the_device_cannot_run_are_refused(tiny_clap_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("padding", ["repeatpad", "repeat", "pad"])
-def test_fast_mel_features_are_the_extractors_bit_for_bit(tiny_clap, padding):
+@pytest.mark.parametrize("padding,threads", [("repeatpad", 1), ("repeat", 1), ("pad", 1), ("repeatpad", 3)])
+def test_fast_mel_features_are_the_extractors_bit_for_bit(tiny_clap, padding, threads):
     from threadpoolctl import threadpool_limits
 
     from hyperbolic.embedding.clap import _fast_features
@@ -112,7 +112,7 @@ def test_fast_mel_features_are_the_extractors_bit_for_bit(tiny_clap, padding):
     clips = [(0.2 * rng.standard_normal(n)).astype(np.float32) for n in (480000, 479999, 48000, 1001, 7)]
     with threadpool_limits(limits=1, user_api="blas"):  # as audio_features runs both
         want = dict(fe(clips, sampling_rate=48000, return_tensors="pt"))
-        got = _fast_features(fe, clips)
+        got = _fast_features(fe, clips, threads=threads)  # threads: clips computed at once, one per thread
     assert got.keys() == want.keys()
     for k in want:
         assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k

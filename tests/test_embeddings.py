@@ -117,10 +117,11 @@ def skip_counts(skips: SkipLog) -> dict:
     return json.loads(re.sub(r" at 0x[0-9a-f]+", "", json.dumps(skips.to_dict())))
 
 
-def assert_same(a, b, *, exact_details: bool = False):
-    """Two embed_clips results are the same: bit-identical embeddings, same clips, same counts."""
+def assert_same(a, b, *, exact_details: bool = False, bits: bool = True):
+    """Two embed_clips results are the same: bit-identical embeddings (``bits``; else within 1e-6,
+    what a forward batch of another size changes), same clips, same counts."""
     (ca, sa), (cb, sb) = a, b
-    assert torch.equal(ca.audio, cb.audio)
+    assert torch.equal(ca.audio, cb.audio) if bits else torch.allclose(ca.audio, cb.audio, rtol=0, atol=1e-6)
     assert ca.metas == cb.metas
     assert ca.label_indices == cb.label_indices and ca.raw_labels == cb.raw_labels
     assert ca.first_label == cb.first_label
@@ -300,7 +301,9 @@ def test_modified_parquet_file_recomputes_that_file_only(tiny_clap, messy, match
     assert torch.equal(second[0].audio[:5], warm[1][0].audio[:5])  # a.parquet's five clips
     assert not torch.equal(second[0].audio[5:], warm[1][0].audio[5:])
     forwards.clear()
-    assert_same(second, run(tiny_clap, folder, matcher))
+    # b's rows were forwarded in other batches than in a cold run (full batches cross files), so
+    # their last bits may differ; --no-full-batches keeps them equal (test_full_batches.py)
+    assert_same(second, run(tiny_clap, folder, matcher), bits=False)
     # renamed (and so touched): the same bytes, still a hit
     (folder / "a.parquet").rename(folder / "a_moved.parquet")
     forwards.clear()
@@ -345,7 +348,8 @@ def test_damaged_cache_file_is_detected_and_rebuilt(tiny_clap, messy, matcher, w
         again = run(tiny_clap, messy, matcher, cache=cache)
     assert "damaged" in caplog.text and str(chunk) in caplog.text
     assert forwards["audio"] == 3  # b.parquet only
-    assert_same(cold, again)
+    assert torch.equal(again[0].audio[:5], cold[0].audio[:5])  # a.parquet, reused
+    assert_same(cold, again, bits=False)  # b.parquet in other batches than cold (full batches cross files)
     forwards.clear()
     run(tiny_clap, messy, matcher, cache=cache)
     assert forwards["audio"] == 0

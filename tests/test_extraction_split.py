@@ -45,6 +45,16 @@ def test_a_forward_that_threads_do_not_speed_gets_a_worker():
     assert choose_split(0.2, 0.1, 4, one_less=1.5) == 1
 
 
+def test_a_worker_decodes_at_the_cpu_cost_not_the_threaded_wall_time():
+    # This process computes a batch's mel features on every thread (10 ms a clip on the clock here),
+    # a worker on one (17 ms of CPU): the tiny CLAP's 6 ms forward no longer gains from a worker.
+    # 0 workers: 0.010 + 0.006 = 0.016; 1 worker: max(0.006 * 1.0, 0.017) = 0.017.
+    assert choose_split(0.010, 0.006, 2, one_less=1.0, decode_cpu_s=0.017) == 0
+    assert choose_split(0.010, 0.006, 2, one_less=1.0) == 1  # had it decoded at the clock's pace
+    # 8 cores, a worker per 1/4 of the CPU cost: max(0.05 * 8/6, 0.12 / 2) = 0.067 < 0.05 + 0.03
+    assert choose_split(0.030, 0.050, 8, decode_cpu_s=0.120) == 2
+
+
 def test_the_choice_minimises_the_stated_cost():
     rng = np.random.default_rng(0)
     for _ in range(300):

@@ -112,8 +112,8 @@ def test_forward_batches_are_full_and_worker_independent(tiny_clap, tmp_path, mo
         results[workers] = clips
     sizes.clear()
     per_unit = embed_clips(tiny_clap, folder, matcher=LabelMatcher(CLASSES), skips=SkipLog(), batch_size=4,
-                           num_workers=0, require_labels=False)
-    assert sizes == [3, 3, 4, 3, 3, 4, 1, 4, 1, 3, 1]  # without --full-batches: one unit's needed rows
+                           num_workers=0, require_labels=False, full_batches=False)
+    assert sizes == [3, 3, 4, 3, 3, 4, 1, 4, 1, 3, 1]  # --no-full-batches: one unit's needed rows
     # the same clips, equal up to the last bits that a batch's size moves
     assert torch.allclose(per_unit.audio, results[0].audio, atol=1e-6, rtol=0)
     ids = [m.video_id for m in results[0].metas]
@@ -126,10 +126,13 @@ def test_forward_batches_are_full_and_worker_independent(tiny_clap, tmp_path, mo
 
 
 @pytest.mark.slow
-def test_the_split_probe_leaves_full_batches_whole(tiny_clap, tmp_path, monkeypatch):
-    """--num-workers unset: the probe times the first unit's forward and discards it, so the run's
-    own batches still start at its first row (before, the probe forwarded that unit alone and
-    shifted every later batch)."""
+@pytest.mark.parametrize("batch", [4, 3])
+def test_the_split_probe_leaves_full_batches_whole(tiny_clap, tmp_path, monkeypatch, batch):
+    """--num-workers unset: the probe times the first unit's forward. In batches of 4 that unit
+    holds 3 clips (row a3 fails to decode), not the run's first batch: its forward is discarded, so
+    the run's own batches still start at its first row (before, the probe forwarded that unit
+    alone and shifted every later batch). In batches of 3 it is the run's first batch: kept, no
+    forward is spent twice."""
     folder = _awkward(tmp_path / "awkward")
     sizes: list[int] = []
     forward = tiny_clap.model.get_audio_features
@@ -139,12 +142,14 @@ def test_the_split_probe_leaves_full_batches_whole(tiny_clap, tmp_path, monkeypa
         return forward(**kw)
 
     monkeypatch.setattr(tiny_clap.model, "get_audio_features", recording)
-    kw = dict(matcher=LabelMatcher(CLASSES), batch_size=4, require_labels=False, full_batches=True)
+    kw = dict(matcher=LabelMatcher(CLASSES), batch_size=batch, require_labels=False, full_batches=True)
     fixed = embed_clips(tiny_clap, folder, skips=SkipLog(), num_workers=0, **kw)
+    run_batches = list(sizes)
+    assert run_batches == ([4] * 7 + [2] if batch == 4 else [3] * 10)  # 30 decodable clips
     sizes.clear()
     monkeypatch.setattr("hyperbolic.embedding.extraction.usable_cores", lambda: 4)  # so the probe runs
     probed = embed_clips(tiny_clap, folder, skips=SkipLog(), num_workers=None, **kw)
-    assert sizes[0] == 3 and sizes[-8:] == [4] * 7 + [2], sizes  # the probe's unit, then the run's batches
+    assert sizes == ([3] if batch == 4 else []) + run_batches, sizes  # a discarded probe forward, or none
     assert np.array_equal(probed.audio.numpy(), fixed.audio.numpy())
 
 
@@ -173,3 +178,30 @@ def test_an_interrupted_full_batches_run_resumes_from_its_cache(tiny_clap, tmp_p
     assert torch.equal(resumed.audio[:12], cold.audio[:12])  # the saved clips, bit for bit
     assert torch.allclose(resumed.audio, cold.audio, atol=1e-6, rtol=0)
     assert len(list(cache.root.glob("*/*/audio/*/*.npz"))) == 3  # each finished file's chunks merged
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("full", [False, True])
+def test_a_partly_cached_run_against_a_cold_one(tiny_clap, tmp_path, full):
+    """One file rewritten after a cached run: only its rows are computed again. With
+    --no-full-batches they sit in the batches a cold run gives them (one unit's rows), so the run
+    equals a cold one bit for bit; with full batches they are batched on their own, not with the
+    previous file's last rows as in a cold run, and agree with it to the last bits."""
+    from hyperbolic.embedding.cache import EmbeddingCache
+
+    folder = _awkward(tmp_path / "awkward")
+    kw = dict(matcher=LabelMatcher(CLASSES), batch_size=4, require_labels=False, full_batches=full, num_workers=0)
+    cache = EmbeddingCache(tmp_path / "cache")
+    embed_clips(tiny_clap, folder, skips=SkipLog(), cache=cache, **kw)
+    write_parquet_shard(folder / "c.parquet", [row(f"c{i}", cell(tone(900.0 + 41 * i)), [CLASSES[i]])
+                                               for i in range(4)], row_group_size=3)
+    stats = {}
+    partly = embed_clips(tiny_clap, folder, skips=SkipLog(), cache=cache, stats=stats, **kw)
+    cold = embed_clips(tiny_clap, folder, skips=SkipLog(), **kw)
+    assert stats == {"reused": 26, "computed": 4}
+    assert [m.video_id for m in partly.metas] == [m.video_id for m in cold.metas]
+    assert torch.equal(partly.audio[:26], cold.audio[:26])  # the reused files
+    if full:
+        assert torch.allclose(partly.audio, cold.audio, atol=1e-6, rtol=0)
+    else:
+        assert torch.equal(partly.audio, cold.audio)

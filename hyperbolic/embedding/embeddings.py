@@ -183,7 +183,7 @@ def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: 
                 batch_size: int = 32, require_labels: bool = True,
                 cache: EmbeddingCache | None = None, num_workers: int = 0,
                 segmenting: Segmenting | None = None, stats: dict | None = None,
-                keep: Callable[[ClipMeta], bool] | None = None, full_batches: bool = False) -> ClipEmbeddings:
+                keep: Callable[[ClipMeta], bool] | None = None, full_batches: bool = True) -> ClipEmbeddings:
     """Embed the clips of a parquet folder; only embeddings stay in memory.
 
     limit: the first ``limit`` rows considered, across the sorted files (see ``iter_clips``).
@@ -224,7 +224,7 @@ def embed_clips(clap, parquet_dir: str | Path, *, matcher: LabelMatcher, skips: 
 def embed_shard(clap, parquet_dir: str | Path, *, rank: int, world_size: int, matcher: LabelMatcher,
                 cache: EmbeddingCache, label_column: str = "human_labels", limit: int | None = None,
                 batch_size: int = 32, require_labels: bool = True, num_workers: int = 0,
-                segmenting: Segmenting | None = None, full_batches: bool = False) -> dict:
+                segmenting: Segmenting | None = None, full_batches: bool = True) -> dict:
     """Rank ``rank`` of ``world_size``: embed this rank's units of the rows ``embed_clips`` with the
     same arguments would embed, into ``cache`` (its own chunk files). Returns counts.
 

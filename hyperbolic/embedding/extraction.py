@@ -119,7 +119,7 @@ class _RunArgs:
     rank: int = 0
     world_size: int = 1
     keep: Callable[[ClipMeta], bool] | None = None
-    full_batches: bool = False       # forward batches of unit_rows clips across units (embedding.batches)
+    full_batches: bool = True       # forward batches of unit_rows clips across units (embedding.batches)
 
     def kept(self, clips: list[Clip]) -> list[Clip]:
         """The clips ``keep`` selects (all without it); the others are read and counted as
@@ -284,48 +284,60 @@ class _Embedder:
         """``num_workers`` None: decode the first unit here, forward it on every core, timing
         both, and choose the workers for the rest (``choose_split``). Returns the jobs left (the
         probed rows taken out) and the workers. Too little work to pay a worker's start: none.
-        ``keep_rows`` (``--full-batches``): the probe's forward is timed and discarded and every
-        job is returned whole, so the run's batches are full from its first row."""
+        ``keep_rows`` (full batches): the probe's forward is kept only when its clips are the run's
+        first full batch (the first ``unit_rows`` needed rows, all decoded), the batch the full
+        batches would forward first; otherwise it is timed and discarded and every job is returned
+        whole, so the run's batches are full from its first row."""
         cores = usable_cores()
         if cores < 2 or sum(len(j.needed) for j in jobs) <= 2 * self.args.unit_rows:
             return jobs, 0
         first, plan = jobs[0], plans[jobs[0].index]
         done: set[int] = set()
-        decode_s = forward_s = 0.0
-        clips, item, one_less = 0, ("done",), None
+        decode_s = decode_cpu_s = forward_s = 0.0
+        clips, item, one_less, kept, met = 0, ("done",), None, not keep_rows, []
         getattr(self.clap, "model", None)  # load the weights (lazy) before the clock starts
         stream = iter(self._decoded([first], 0))
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for item in stream:
             if item[0] == "done":
                 break
-            if item[0] == "batch":
-                decode_s = time.perf_counter() - started
-                clips = len(item[2])
-                started = time.perf_counter()
-            if not keep_rows:
+            if item[0] != "batch":
+                met.append(item)
+                if item[0] == "skip":
+                    done.add(item[2])
+                continue
+            decode_s, decode_cpu_s = time.perf_counter() - started, time.process_time() - cpu
+            clips = len(item[2])
+            kept = kept or (len(item[2]) == self.args.unit_rows
+                            and list(item[2]) == sorted(first.needed)[:self.args.unit_rows])
+            for earlier in met if kept else ():
+                self._take(plan, earlier, progress)
+            met = []
+            started = time.perf_counter()
+            if kept:
                 self._take(plan, item, progress)
-            elif item[0] == "batch":
-                self.clap.embed_features(item[4])
-            if item[0] == "skip":
-                done.add(item[2])
-            elif item[0] == "batch":
-                forward_s = time.perf_counter() - started
                 done.update(item[2])
-                one_less = self._one_less(item[4], torch.get_num_threads())
-                break
+            else:
+                self.clap.embed_features(item[4])
+            forward_s = time.perf_counter() - started
+            one_less = self._one_less(item[4], torch.get_num_threads())
+            break
         stream.close()
-        rest = jobs if keep_rows else [DecodeJob(first.index, first.path, first.limit, first.needed - done)] + jobs[1:]
-        if not keep_rows and (not rest[0].needed or item[0] == "done"):
+        for earlier in met if kept else ():  # the first unit ended without a batch (every row failed)
+            self._take(plan, earlier, progress)
+        rest = [DecodeJob(first.index, first.path, first.limit, first.needed - done)] + jobs[1:] if kept else jobs
+        if kept and (not rest[0].needed or item[0] == "done"):
             rest = rest[1:]
             self.writer.save(plan, finished=True)
         if not clips:
             return rest, 0
         threads = torch.get_num_threads()
-        workers = choose_split(decode_s / clips, forward_s / clips, cores, threads=threads, one_less=one_less)
+        workers = choose_split(decode_s / clips, forward_s / clips, cores, threads=threads, one_less=one_less,
+                               decode_cpu_s=decode_cpu_s / clips)
         log.info("decoding split: %d worker(s), the forward on %d thread(s) (measured per clip on the first "
-                 "%d: %.1f ms of decoding, %.1f ms of forward on %d thread(s), %s on one thread less)", workers,
-                 forward_threads(workers, threads), clips, 1000 * decode_s / clips, 1000 * forward_s / clips, threads,
+                 "%d: %.1f ms of decoding (%.1f ms of CPU), %.1f ms of forward on %d thread(s), %s on one thread "
+                 "less)", workers, forward_threads(workers, threads), clips, 1000 * decode_s / clips,
+                 1000 * decode_cpu_s / clips, 1000 * forward_s / clips, threads,
                  "not measured" if one_less is None else f"{one_less:.2f}x")
         return rest, workers
 
@@ -417,7 +429,7 @@ class ClipRun:
     def __init__(self, clap, *, matcher: LabelMatcher, label_column: str | None, require_labels: bool,
                  batch_size: int, num_workers: int, store: AudioStore | None, cache: EmbeddingCache | None,
                  segmenting: Segmenting | None = None, rank: int = 0, world_size: int = 1,
-                 keep: Callable[[ClipMeta], bool] | None = None, full_batches: bool = False):
+                 keep: Callable[[ClipMeta], bool] | None = None, full_batches: bool = True):
         self.args = _RunArgs(matcher, label_column, require_labels, batch_size, num_workers, segmenting,
                              rank, world_size, keep, full_batches)
         self.cache = cache

@@ -17,14 +17,17 @@ MAX_AUTO_WORKERS = 8
 
 
 def choose_split(decode_s: float, forward_s: float, cores: int, *, threads: int | None = None,
-                 one_less: float | None = None, max_workers: int = MAX_AUTO_WORKERS) -> int:
-    """Decoding workers for a run whose clips cost ``decode_s`` seconds of CPU each to decode
-    (parquet, resampling, mel features) and ``forward_s`` seconds each to forward on ``threads``
-    intra-op threads (default ``cores``); with W workers the forward runs on
-    ``T_W = min(threads, cores - W)`` threads (``forward_threads``).
+                 one_less: float | None = None, max_workers: int = MAX_AUTO_WORKERS,
+                 decode_cpu_s: float | None = None) -> int:
+    """Decoding workers for a run whose clips take ``decode_s`` seconds each to decode in this
+    process (parquet, resampling, mel features; ``decode_cpu_s`` seconds of CPU, default
+    ``decode_s``: a worker decodes on one thread, this process computes the mel features of a
+    batch on every thread) and ``forward_s`` seconds each to forward on ``threads`` intra-op
+    threads (default ``cores``); with W workers the forward runs on ``T_W = min(threads, cores - W)``
+    threads (``forward_threads``).
 
     Estimated seconds per clip: with no worker, decoding and forward take turns,
-    ``forward_s + decode_s``; with W workers they overlap, ``max(forward_s * slow(W), decode_s / W)``.
+    ``forward_s + decode_s``; with W workers they overlap, ``max(forward_s * slow(W), decode_cpu_s / W)``.
     ``one_less``: the measured ratio of the forward's time on ``threads - 1`` threads to that on
     ``threads``; the forward is taken to lose the same share per thread lost, ``slow(W) = 1 +
     (one_less - 1) (threads - 1) (threads - T_W) / T_W`` (``threads / T_W`` when the forward scales
@@ -33,12 +36,13 @@ def choose_split(decode_s: float, forward_s: float, cores: int, *, threads: int 
     base-size CLAP (160 ms of forward vs 15 ms of decoding per clip) gets no worker; a decode-bound
     tiny CLAP, or a machine with many cores, gets workers."""
     threads = cores if threads is None else threads
+    decode_cpu_s = decode_s if decode_cpu_s is None else decode_cpu_s
     scaling = threads / max(threads - 1, 1) if one_less is None else max(one_less, 1.0)
     best, best_cost = 0, forward_s + decode_s
     for w in range(1, min(max_workers, cores - 1) + 1):
         left = min(threads, cores - w)
         slow = 1 + (scaling - 1) * (threads - 1) * (threads - left) / left
-        cost = max(forward_s * slow, decode_s / w)
+        cost = max(forward_s * slow, decode_cpu_s / w)
         if cost < best_cost:
             best, best_cost = w, cost
     return best
