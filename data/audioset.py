@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,6 +285,7 @@ def iter_clips(
     shard: tuple[int, int] | None = None,
     max_samples: int | None = MAX_SAMPLES,
     warn: bool = True,
+    only_rows: Callable[[int], bool] | None = None,
 ) -> Iterator[Clip]:
     """Yield the clips of a parquet folder (or of a list of files, in the order given).
 
@@ -306,6 +307,9 @@ def iter_clips(
         a shard reads only the row groups that hold its units. See `combine_shards`.
     max_samples: waveforms keep their first `max_samples` samples at 48 kHz (the 10 s rule of
         `data.audio`); None keeps whole recordings (for `data.audio.Segmenting`).
+    only_rows: a predicate on a file's row number; rows it rejects are considered (they count
+        towards `limit`) but neither matched, decoded, yielded nor counted (the extraction engine's
+        rows already cached). None: every row.
     Unreadable files (not parquet, torn, corrupt pages) are logged (unless `warn` is False: a
     caller that reads a file more than once warns itself, once) and counted under
     "unreadable_file" by each shard that meets them; clips already yielded from a file
@@ -318,7 +322,7 @@ def iter_clips(
     if read_batch_rows < 1:
         raise ValueError(f"read_batch_rows must be >= 1 (got {read_batch_rows})")
     read = _FolderRead(matcher, skips, label_column, limit, decode, require_labels, read_batch_rows,
-                       _check_shard(shard), max_samples, warn)
+                       _check_shard(shard), max_samples, warn, only_rows)
     files = _resolve_files(folder_or_files)
     for path, name in files:
         if read.done():
@@ -340,6 +344,7 @@ class _FolderRead:
     shard: tuple[int, int]           # (index, count), checked
     max_samples: int | None
     warn: bool = True                # log each unreadable file as it is met
+    only_rows: Callable[[int], bool] | None = None  # rows to process (others only considered)
     considered: int = 0              # rows considered so far, skipped ones included: what `limit` counts
     unit: int = 0                    # global unit counter, identical in every shard
 
@@ -373,6 +378,8 @@ class _FolderRead:
                         if self.done():
                             return
                         self.considered += 1
+                        if self.only_rows is not None and not self.only_rows(row0 + offset):
+                            continue
                         clip = _process_row(
                             cells, name, row0 + offset, path, self.matcher, self.skips, self.label_column,
                             self.decode, self.require_labels, max_samples=self.max_samples,

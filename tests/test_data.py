@@ -460,6 +460,22 @@ def test_limit_counts_rows_considered(mixed_folder, matcher, limit, expected_ids
     assert skips.total - skips.count("unreadable_file") == expected_skipped
 
 
+def test_only_rows_are_processed_and_the_others_still_count_towards_the_limit(mixed_folder, matcher, monkeypatch):
+    import data.audioset as audioset
+    decoded = []
+    real = audioset.decode_audio_cell
+    monkeypatch.setattr(audioset, "decode_audio_cell", lambda cell, **kw: decoded.append(1) or real(cell, **kw))
+    skips = SkipLog()
+    # a.parquet rows 0, 2 and 3 (3 fails to decode); rows 1 and 4..8 are not decoded, yielded or counted
+    clips = list(iter_clips(mixed_folder, matcher=matcher, skips=skips, limit=9, only_rows={0, 2, 3}.__contains__))
+    assert [c.meta.video_id for c in clips] == ["a0", "a2"]
+    assert len(decoded) == 3 and skips.total == skips.count("decode_error") == 1
+    assert not skips.unknown_labels  # a6's "Not a class" was never matched
+    # the limit counts the rows passed over: 9 rows considered end in a.parquet, 10 reach b0
+    ten = list(iter_clips(mixed_folder, matcher=matcher, skips=SkipLog(), limit=10, only_rows=lambda r: r == 0))
+    assert [c.meta.video_id for c in ten] == ["a0", "b0"]
+
+
 @pytest.fixture(scope="module")
 def many_row_groups(tmp_path_factory):
     """Files with several row groups of uneven size, for sharding."""

@@ -137,12 +137,11 @@ class DecodeStream(IterableDataset):
         clips = iter_clips([job.path], matcher=self.matcher, skips=skips, label_column=self.label_column,
                            limit=limit, decode=True, require_labels=self.require_labels,
                            read_batch_rows=self.unit_rows, shard=((shard - job.index) % count, count),
-                           max_samples=None if self.segmenting is not None else MAX_SAMPLES, warn=False)
+                           max_samples=None if self.segmenting is not None else MAX_SAMPLES, warn=False,
+                           only_rows=job.needed.__contains__)  # rows cached already: not decoded
         pending: list[Clip] = []
         for clip in clips:
             yield from self._events(job, skips)
-            if clip.meta.row not in job.needed:
-                continue  # cached already: decoded for nothing, but not embedded again
             unit = bisect.bisect_right(starts, clip.meta.row) - 1
             if pending and bisect.bisect_right(starts, pending[0].meta.row) - 1 != unit:
                 yield from self._batches(job, pending)
