@@ -20,6 +20,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,6 +287,7 @@ def iter_clips(
     max_samples: int | None = MAX_SAMPLES,
     warn: bool = True,
     only_rows: Callable[[int], bool] | None = None,
+    decode_threads: int = 1,
 ) -> Iterator[Clip]:
     """Yield the clips of a parquet folder (or of a list of files, in the order given).
 
@@ -310,6 +312,10 @@ def iter_clips(
     only_rows: a predicate on a file's row number; rows it rejects are considered (they count
         towards `limit`) but neither matched, decoded, yielded nor counted (the extraction engine's
         rows already cached). None: every row.
+    decode_threads: with `decode`, the rows of one unit (`read_batch_rows` rows) are decoded and
+        resampled on up to this many threads before they are processed in order (libsndfile and
+        soxr release the GIL); each row is decoded alone as with 1, so clips, skips and their
+        order are the same for any count.
     Unreadable files (not parquet, torn, corrupt pages) are logged (unless `warn` is False: a
     caller that reads a file more than once warns itself, once) and counted under
     "unreadable_file" by each shard that meets them; clips already yielded from a file
@@ -322,7 +328,7 @@ def iter_clips(
     if read_batch_rows < 1:
         raise ValueError(f"read_batch_rows must be >= 1 (got {read_batch_rows})")
     read = _FolderRead(matcher, skips, label_column, limit, decode, require_labels, read_batch_rows,
-                       _check_shard(shard), max_samples, warn, only_rows)
+                       _check_shard(shard), max_samples, warn, only_rows, decode_threads)
     files = _resolve_files(folder_or_files)
     for path, name in files:
         if read.done():
@@ -345,6 +351,7 @@ class _FolderRead:
     max_samples: int | None
     warn: bool = True                # log each unreadable file as it is met
     only_rows: Callable[[int], bool] | None = None  # rows to process (others only considered)
+    decode_threads: int = 1          # threads decoding the rows of a unit (_prefetched)
     considered: int = 0              # rows considered so far, skipped ones included: what `limit` counts
     unit: int = 0                    # global unit counter, identical in every shard
 
@@ -372,24 +379,38 @@ class _FolderRead:
                 self.unit += n_units
                 if any(mine):
                     reader = _RowGroupReader(pf, g, columns, self.batch_rows)
+                    unit: list[tuple[int, dict[str, Any]]] = []   # rows of one unit, not yet processed
                     for offset, cells in reader:
                         if not mine[offset // self.batch_rows]:
                             continue
+                        if unit and (self.done() or offset // self.batch_rows != (unit[0][0] - row0) // self.batch_rows):
+                            yield from self._rows(unit, name, path)
+                            unit = []
                         if self.done():
                             return
                         self.considered += 1
-                        if self.only_rows is not None and not self.only_rows(row0 + offset):
-                            continue
-                        clip = _process_row(
-                            cells, name, row0 + offset, path, self.matcher, self.skips, self.label_column,
-                            self.decode, self.require_labels, max_samples=self.max_samples,
-                        )
-                        if clip is not None:
-                            yield clip
+                        if self.only_rows is None or self.only_rows(row0 + offset):
+                            unit.append((row0 + offset, cells))
+                    yield from self._rows(unit, name, path)
                     if reader.error is not None:
                         self._stopped(path, name, g, row0, reader, row_group_rows)
                         return
                 row0 += n_rows
+
+    def _rows(self, unit: list[tuple[int, dict[str, Any]]], name: str, path: Path) -> Iterator[Clip]:
+        """Process the rows of one unit in order (their audio decoded beforehand on
+        ``decode_threads`` threads when there is more than one)."""
+        decoded = [None] * len(unit)
+        if self.decode and self.decode_threads > 1 and len(unit) > 1:
+            with ThreadPoolExecutor(min(self.decode_threads, len(unit))) as pool:
+                decoded = list(pool.map(lambda r: _decoded_cell(r[1], self.max_samples), unit))
+        for (row, cells), ready in zip(unit, decoded):
+            clip = _process_row(
+                cells, name, row, path, self.matcher, self.skips, self.label_column,
+                self.decode, self.require_labels, max_samples=self.max_samples, decoded=ready,
+            )
+            if clip is not None:
+                yield clip
 
     def _stopped(self, path: Path, name: str, group: int, row0: int, reader: _RowGroupReader,
                  row_group_rows: list[int]) -> None:
@@ -474,7 +495,10 @@ def _process_row(
     require_labels: bool,
     *,
     max_samples: int | None = MAX_SAMPLES,
+    decoded: tuple[np.ndarray, float] | Exception | None = None,
 ) -> Clip | None:
+    """One row: its labels, then (with ``decode``) its audio, decoded here or given as
+    ``decoded`` (what ``_decoded_cell`` returned for it)."""
     vid = cells.get(VIDEO_ID_COLUMN)
     meta = ClipMeta(name, row, "" if vid is None else str(vid))
     indices: list[int] = []
@@ -493,16 +517,24 @@ def _process_row(
         return None
     waveform, seconds = None, None
     if decode:
-        try:
-            wave, sr = decode_audio_cell(cells[AUDIO_COLUMN])
-            seconds = wave.shape[-1] / sr
-            waveform = to_mono_48k(wave, sr, max_samples=max_samples)
-        except AudioDecodeError as e:
-            skips.add(e.reason, meta, detail=str(e))
+        result = _decoded_cell(cells, max_samples) if decoded is None else decoded
+        if isinstance(result, AudioDecodeError):
+            skips.add(result.reason, meta, detail=str(result))
             return None
-        except (TypeError, ValueError) as e:
-            raise DatasetError(f"parquet file {path}, row {meta.row}, column {AUDIO_COLUMN!r}: {e}") from e
+        if isinstance(result, Exception):
+            raise DatasetError(f"parquet file {path}, row {meta.row}, column {AUDIO_COLUMN!r}: {result}") from result
+        waveform, seconds = result
     return Clip(meta=meta, label_indices=indices, raw_labels=raw, waveform=waveform, seconds=seconds)
+
+
+def _decoded_cell(cells: dict[str, Any], max_samples: int | None) -> tuple[np.ndarray, float] | Exception:
+    """A row's audio at 48 kHz mono and its recording length in seconds, or the error that
+    stopped it (``AudioDecodeError``: the clip is skipped; TypeError/ValueError: a bad cell)."""
+    try:
+        wave, sr = decode_audio_cell(cells[AUDIO_COLUMN])
+        return to_mono_48k(wave, sr, max_samples=max_samples), wave.shape[-1] / sr
+    except (TypeError, ValueError) as e:  # AudioDecodeError is a ValueError
+        return e
 
 
 def audio_digests(folder: str | Path, metas: Iterable[ClipMeta]) -> list[str | None]:

@@ -476,6 +476,33 @@ def test_only_rows_are_processed_and_the_others_still_count_towards_the_limit(mi
     assert [c.meta.video_id for c in ten] == ["a0", "b0"]
 
 
+@pytest.mark.parametrize("limit", [None, 5, 10])
+def test_decoding_on_threads_reads_what_one_thread_reads(mixed_folder, matcher, limit):
+    """decode_threads decodes a unit's rows at once; clips, waveforms, skips and their order
+    (decode failures among them, a limit inside a unit) are those of a read on one thread."""
+    reads = {}
+    for threads in (1, 3):
+        skips = SkipLog()
+        clips = list(iter_clips(mixed_folder, matcher=matcher, skips=skips, limit=limit, read_batch_rows=4,
+                                decode_threads=threads))
+        reads[threads] = clips, skips
+    (one, skips_one), (three, skips_three) = reads[1], reads[3]
+    assert [c.meta for c in three] == [c.meta for c in one] and len(one) > 0
+    assert all(np.array_equal(a.waveform, b.waveform) and a.seconds == b.seconds for a, b in zip(one, three))
+    assert skips_three.to_dict() == skips_one.to_dict()  # counts, and the examples in the same order
+
+
+def test_a_bad_audio_cell_stops_a_threaded_read_at_its_row(tmp_path, matcher):
+    rows = [_row(f"v{i}", bytes_cell(sine(440.0 + i, 8000, 0.1), 8000, "wav"), ["Speech"]) for i in range(5)]
+    rows[3]["audio"] = {"array": np.zeros((300, 2)).tolist(), "sampling_rate": 8000}  # ambiguous layout
+    write_parquet_shard(tmp_path / "s.parquet", rows)
+    got = []
+    with pytest.raises(DatasetError, match=r"s.parquet, row 3, column 'audio'"):
+        for clip in iter_clips(tmp_path, matcher=matcher, skips=SkipLog(), decode_threads=2):
+            got.append(clip.meta.video_id)
+    assert got == ["v0", "v1", "v2"]  # the rows before it, as a read on one thread gives them
+
+
 @pytest.fixture(scope="module")
 def many_row_groups(tmp_path_factory):
     """Files with several row groups of uneven size, for sharding."""

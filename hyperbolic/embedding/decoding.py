@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from data.audio import MAX_SAMPLES, Segmenting
@@ -118,11 +119,14 @@ class DecodeStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         shard = combine_shards(rank=self.rank, world_size=self.world_size, worker_id=worker, num_workers=workers)
+        # in this process, decoding takes turns with the forward and may use its threads; a worker
+        # decodes on the one thread torch gives it
+        threads = torch.get_num_threads() if info is None else 1
         for job in self.jobs:
-            yield from self._file(job, *shard)
+            yield from self._file(job, *shard, threads)
             yield ("done", job.index)
 
-    def _file(self, job: DecodeJob, shard: int, count: int) -> Iterator[tuple]:
+    def _file(self, job: DecodeJob, shard: int, count: int, threads: int = 1) -> Iterator[tuple]:
         try:
             bounds = unit_bounds(job.path, self.unit_rows)
         except (pa.ArrowException, OSError) as e:  # changed since the label pass: the plain read judges
@@ -138,7 +142,8 @@ class DecodeStream(IterableDataset):
                            limit=limit, decode=True, require_labels=self.require_labels,
                            read_batch_rows=self.unit_rows, shard=((shard - job.index) % count, count),
                            max_samples=None if self.segmenting is not None else MAX_SAMPLES, warn=False,
-                           only_rows=job.needed.__contains__)  # rows cached already: not decoded
+                           only_rows=job.needed.__contains__,  # rows cached already: not decoded
+                           decode_threads=threads)
         pending: list[Clip] = []
         for clip in clips:
             yield from self._events(job, skips)
