@@ -13,7 +13,7 @@ from data.audioset import SkipLog
 from data.labels import LabelMatcher
 from hyperbolic.embedding import extraction
 from hyperbolic.embedding.embeddings import embed_clips
-from hyperbolic.embedding.split import choose_split
+from hyperbolic.embedding.split import choose_split, split_costs, worth_measuring
 from tests.test_embeddings import CLASSES, assert_same, write_messy
 
 
@@ -53,6 +53,36 @@ def test_a_worker_decodes_at_the_cpu_cost_not_the_threaded_wall_time():
     assert choose_split(0.010, 0.006, 2, one_less=1.0) == 1  # had it decoded at the clock's pace
     # 8 cores, a worker per 1/4 of the CPU cost: max(0.05 * 8/6, 0.12 / 2) = 0.067 < 0.05 + 0.03
     assert choose_split(0.030, 0.050, 8, decode_cpu_s=0.120) == 2
+
+
+def test_one_thread_less_is_timed_only_where_a_worker_could_repay_it():
+    # base-size CLAP on 2 cores: even if a second thread did nothing (one_less = 1), a worker saves
+    # at most 0.101 - max(0.090, 0.020) = 11 ms a clip; the timing costs (1 + 3 * 3) * 90 ms = 0.9 s
+    kw = dict(threads=2, decode_cpu_s=0.020)
+    assert not worth_measuring(0.011, 0.090, 2, 81, **kw)   # 81 * 0.011 = 0.891 s < 0.9 s
+    assert worth_measuring(0.011, 0.090, 2, 82, **kw)       # 0.902 s > 0.9 s
+    # the tiny CLAP, decoding on every thread here: a worker (17 ms of CPU) never beats 10 + 6 ms
+    assert not worth_measuring(0.010, 0.006, 2, 10**6, threads=2, decode_cpu_s=0.017)
+    assert split_costs(0.010, 0.006, 2, one_less=1.0, decode_cpu_s=0.017) == pytest.approx([0.016, 0.017])
+
+
+def test_the_thread_timing_is_the_median_of_interleaved_pairs(monkeypatch):
+    """One pair off by 2x (a neighbour's burst) does not hand a core to a worker."""
+    clock = [0.0]
+    durations = iter([0.5, 0.20, 0.10, 0.10, 0.10, 0.19, 0.10])  # untimed, then (1 thread, 2 threads) x 3
+    seen = []
+
+    class Clap:
+        def embed_features(self, part):
+            seen.append((torch.get_num_threads(), len(part["x"])))
+            clock[0] += next(durations)
+
+    monkeypatch.setattr(extraction.time, "perf_counter", lambda: clock[0])
+    before = torch.get_num_threads()
+    embedder = extraction._Embedder(Clap(), None, None)
+    assert embedder._one_less({"x": torch.zeros(32, 3)}, 2) == pytest.approx(1.9)  # ratios 2.0, 1.0, 1.9
+    assert [n for n, _ in seen] == [2, 1, 2, 1, 2, 1, 2] and {b for _, b in seen} == {1}  # one clip each
+    assert torch.get_num_threads() == before
 
 
 def test_the_choice_minimises_the_stated_cost():

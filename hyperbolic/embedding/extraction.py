@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -64,7 +65,7 @@ from data.labels import LabelMatcher
 from hyperbolic.embedding.batches import FullBatches, Pending, stack
 from hyperbolic.embedding.cache import AudioStore, EmbeddingCache, RowOutcome
 from hyperbolic.embedding.decoding import DecodeJob, DecodeStream, as_is, feature_batches, shard_of, unit_bounds
-from hyperbolic.embedding.split import choose_split, forward_threads, usable_cores
+from hyperbolic.embedding.split import choose_split, forward_threads, usable_cores, worth_measuring
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +321,6 @@ class _Embedder:
             else:
                 self.clap.embed_features(item[4])
             forward_s = time.perf_counter() - started
-            one_less = self._one_less(item[4], torch.get_num_threads())
             break
         stream.close()
         for earlier in met if kept else ():  # the first unit ended without a batch (every row failed)
@@ -332,33 +332,42 @@ class _Embedder:
         if not clips:
             return rest, 0
         threads = torch.get_num_threads()
-        workers = choose_split(decode_s / clips, forward_s / clips, cores, threads=threads, one_less=one_less,
-                               decode_cpu_s=decode_cpu_s / clips)
-        log.info("decoding split: %d worker(s), the forward on %d thread(s) (measured per clip on the first "
-                 "%d: %.1f ms of decoding (%.1f ms of CPU), %.1f ms of forward on %d thread(s), %s on one thread "
-                 "less)", workers, forward_threads(workers, threads), clips, 1000 * decode_s / clips,
-                 1000 * decode_cpu_s / clips, 1000 * forward_s / clips, threads,
-                 "not measured" if one_less is None else f"{one_less:.2f}x")
+        decode, cpu, forward = decode_s / clips, decode_cpu_s / clips, forward_s / clips
+        left = sum(len(j.needed) for j in rest)
+        if self.args.segmenting is None and worth_measuring(decode, forward, cores, left, threads=threads,
+                                                             decode_cpu_s=cpu):
+            one_less = self._one_less(item[4], threads)
+        workers = choose_split(decode, forward, cores, threads=threads, one_less=one_less, decode_cpu_s=cpu)
+        log.info("decoding split: %d worker(s), the forward on %d thread(s) (measured per clip on the first %d: "
+                 "%.1f ms of decoding (%.1f ms of CPU), %.1f ms of forward on %d thread(s); %s)", workers,
+                 forward_threads(workers, threads), clips, 1000 * decode, 1000 * cpu, 1000 * forward, threads,
+                 "one thread less not timed: no worker could repay it" if one_less is None
+                 else f"{one_less:.2f}x the time on one thread less")
         return rest, workers
 
-    def _one_less(self, features: dict, threads: int, clips: int = 2) -> float | None:
-        """Forward time on ``threads - 1`` threads over that on ``threads``, from the first
-        ``clips`` clips of a batch (results discarded): one untimed forward of that shape, then one
-        timed on each count. None on one thread."""
-        if threads < 2 or self.args.segmenting is not None:
+    def _one_less(self, features: dict, threads: int, pairs: int = 3) -> float | None:
+        """Forward time on ``threads - 1`` threads over that on ``threads``, for the batch's first
+        clip (results discarded): one untimed forward, then ``pairs`` pairs timed in turn; the
+        median of the pairs' ratios (on a shared machine one timing in a few can be off by 2x, and
+        a ratio near 1 would hand a core to a worker). None on one thread."""
+        if threads < 2:
             return None
-        part = {k: v[:clips] for k, v in features.items()}
-        self.clap.embed_features(part)
-        timed = {}
+        part = {k: v[:1] for k, v in features.items()}
+        before, ratios = torch.get_num_threads(), []
         try:
-            for n in (threads - 1, threads):
-                torch.set_num_threads(n)
-                started = time.perf_counter()
-                self.clap.embed_features(part)
-                timed[n] = time.perf_counter() - started
-        finally:
             torch.set_num_threads(threads)
-        return timed[threads - 1] / timed[threads]
+            self.clap.embed_features(part)
+            for _ in range(pairs):
+                timed = {}
+                for n in (threads - 1, threads):
+                    torch.set_num_threads(n)
+                    started = time.perf_counter()
+                    self.clap.embed_features(part)
+                    timed[n] = time.perf_counter() - started
+                ratios.append(timed[threads - 1] / timed[threads])
+        finally:
+            torch.set_num_threads(before)
+        return statistics.median(ratios)
 
     def _take(self, plan: _FilePlan, item: tuple, progress: tqdm, batches: FullBatches | None = None) -> None:
         """One ``DecodeStream`` item other than "done" (see there); decoded clips go to

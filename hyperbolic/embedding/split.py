@@ -16,36 +16,50 @@ def usable_cores() -> int:
 MAX_AUTO_WORKERS = 8
 
 
-def choose_split(decode_s: float, forward_s: float, cores: int, *, threads: int | None = None,
-                 one_less: float | None = None, max_workers: int = MAX_AUTO_WORKERS,
-                 decode_cpu_s: float | None = None) -> int:
-    """Decoding workers for a run whose clips take ``decode_s`` seconds each to decode in this
-    process (parquet, resampling, mel features; ``decode_cpu_s`` seconds of CPU, default
-    ``decode_s``: a worker decodes on one thread, this process computes the mel features of a
-    batch on every thread) and ``forward_s`` seconds each to forward on ``threads`` intra-op
-    threads (default ``cores``); with W workers the forward runs on ``T_W = min(threads, cores - W)``
-    threads (``forward_threads``).
+def split_costs(decode_s: float, forward_s: float, cores: int, *, threads: int | None = None,
+                one_less: float | None = None, max_workers: int = MAX_AUTO_WORKERS,
+                decode_cpu_s: float | None = None) -> list[float]:
+    """Estimated seconds per clip with W = 0, 1, ... decoding workers, for a run whose clips take
+    ``decode_s`` seconds each to decode in this process (parquet, resampling, mel features;
+    ``decode_cpu_s`` seconds of CPU, default ``decode_s``: a worker decodes on one thread, this
+    process decodes a unit on every thread) and ``forward_s`` seconds each to forward on
+    ``threads`` intra-op threads (default ``cores``); with W workers the forward runs on
+    ``T_W = min(threads, cores - W)`` threads (``forward_threads``).
 
-    Estimated seconds per clip: with no worker, decoding and forward take turns,
-    ``forward_s + decode_s``; with W workers they overlap, ``max(forward_s * slow(W), decode_cpu_s / W)``.
-    ``one_less``: the measured ratio of the forward's time on ``threads - 1`` threads to that on
-    ``threads``; the forward is taken to lose the same share per thread lost, ``slow(W) = 1 +
-    (one_less - 1) (threads - 1) (threads - T_W) / T_W`` (``threads / T_W`` when the forward scales
-    perfectly, 1 when threads do not help it). Without a measurement, perfect scaling: the
-    pessimistic case for workers. The smallest estimate wins, ties to fewer workers. On 2 cores the
-    base-size CLAP (160 ms of forward vs 15 ms of decoding per clip) gets no worker; a decode-bound
-    tiny CLAP, or a machine with many cores, gets workers."""
+    With no worker, decoding and forward take turns, ``forward_s + decode_s``; with W workers they
+    overlap, ``max(forward_s * slow(W), decode_cpu_s / W)``. ``one_less``: the measured ratio of
+    the forward's time on ``threads - 1`` threads to that on ``threads``; the forward is taken to
+    lose the same share per thread lost, ``slow(W) = 1 + (one_less - 1) (threads - 1) (threads -
+    T_W) / T_W`` (``threads / T_W`` when the forward scales perfectly, 1 when threads do not help
+    it). Without a measurement, perfect scaling: the pessimistic case for workers."""
     threads = cores if threads is None else threads
     decode_cpu_s = decode_s if decode_cpu_s is None else decode_cpu_s
     scaling = threads / max(threads - 1, 1) if one_less is None else max(one_less, 1.0)
-    best, best_cost = 0, forward_s + decode_s
+    costs = [forward_s + decode_s]
     for w in range(1, min(max_workers, cores - 1) + 1):
         left = min(threads, cores - w)
         slow = 1 + (scaling - 1) * (threads - 1) * (threads - left) / left
-        cost = max(forward_s * slow, decode_cpu_s / w)
-        if cost < best_cost:
-            best, best_cost = w, cost
-    return best
+        costs.append(max(forward_s * slow, decode_cpu_s / w))
+    return costs
+
+
+def choose_split(decode_s: float, forward_s: float, cores: int, **kw) -> int:
+    """Decoding workers for a run (``split_costs``, same arguments): the smallest estimate wins,
+    ties to fewer workers. On 2 cores the base-size CLAP (90-160 ms of forward vs 10-20 ms of
+    decoding per clip) gets no worker; a decode-bound model, or a machine with many cores, gets
+    workers."""
+    costs = split_costs(decode_s, forward_s, cores, **kw)
+    return costs.index(min(costs))
+
+
+def worth_measuring(decode_s: float, forward_s: float, cores: int, clips_left: int, *, threads: int,
+                    decode_cpu_s: float | None = None, pairs: int = 3) -> bool:
+    """Whether timing the forward on one thread less (``pairs`` interleaved pairs of one-clip
+    forwards and one untimed, about ``(1 + 3 * pairs) * forward_s``) can pay for itself: only if
+    a worker would save more than that over ``clips_left`` clips even for a forward that threads
+    do not speed up at all (``one_less`` = 1, the case most favourable to workers)."""
+    best = split_costs(decode_s, forward_s, cores, threads=threads, one_less=1.0, decode_cpu_s=decode_cpu_s)
+    return (best[0] - min(best)) * clips_left > (1 + 3 * pairs) * forward_s
 
 
 def forward_threads(num_workers: int, current: int) -> int:
