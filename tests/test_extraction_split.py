@@ -57,10 +57,11 @@ def test_a_worker_decodes_at_the_cpu_cost_not_the_threaded_wall_time():
 
 def test_one_thread_less_is_timed_only_where_a_worker_could_repay_it():
     # base-size CLAP on 2 cores: even if a second thread did nothing (one_less = 1), a worker saves
-    # at most 0.101 - max(0.090, 0.020) = 11 ms a clip; the timing costs (1 + 3 * 3) * 90 ms = 0.9 s
+    # at most 0.101 - max(0.090, 0.020) = 11 ms a clip; the timing costs (1 + 3 * 3) * 90 ms = 0.9 s,
+    # and is done where a worker could save 3x that, 2.7 s
     kw = dict(threads=2, decode_cpu_s=0.020)
-    assert not worth_measuring(0.011, 0.090, 2, 81, **kw)   # 81 * 0.011 = 0.891 s < 0.9 s
-    assert worth_measuring(0.011, 0.090, 2, 82, **kw)       # 0.902 s > 0.9 s
+    assert not worth_measuring(0.011, 0.090, 2, 245, **kw)   # 245 * 0.011 = 2.695 s
+    assert worth_measuring(0.011, 0.090, 2, 246, **kw)       # 2.706 s
     # the tiny CLAP, decoding on every thread here: a worker (17 ms of CPU) never beats 10 + 6 ms
     assert not worth_measuring(0.010, 0.006, 2, 10**6, threads=2, decode_cpu_s=0.017)
     assert split_costs(0.010, 0.006, 2, one_less=1.0, decode_cpu_s=0.017) == pytest.approx([0.016, 0.017])

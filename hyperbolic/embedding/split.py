@@ -54,12 +54,14 @@ def choose_split(decode_s: float, forward_s: float, cores: int, **kw) -> int:
 
 def worth_measuring(decode_s: float, forward_s: float, cores: int, clips_left: int, *, threads: int,
                     decode_cpu_s: float | None = None, pairs: int = 3) -> bool:
-    """Whether timing the forward on one thread less (``pairs`` interleaved pairs of one-clip
-    forwards and one untimed, about ``(1 + 3 * pairs) * forward_s``) can pay for itself: only if
-    a worker would save more than that over ``clips_left`` clips even for a forward that threads
-    do not speed up at all (``one_less`` = 1, the case most favourable to workers)."""
+    """Whether to time the forward on one thread less (``pairs`` interleaved pairs of one-clip
+    forwards and one untimed, about ``(1 + 3 * pairs) * forward_s``, 1.1-1.2 s for the base-size
+    CLAP on 2 cores): only if a worker could save at least three times that over ``clips_left``
+    clips, reckoned for a forward that threads do not speed up at all (``one_less`` = 1, the case
+    most favourable to workers; a run on the base-size CLAP on 2 cores saves nothing in fact).
+    Otherwise the cost model assumes perfect scaling, the choice that never loses a thread."""
     best = split_costs(decode_s, forward_s, cores, threads=threads, one_less=1.0, decode_cpu_s=decode_cpu_s)
-    return (best[0] - min(best)) * clips_left > (1 + 3 * pairs) * forward_s
+    return (best[0] - min(best)) * clips_left > 3 * (1 + 3 * pairs) * forward_s
 
 
 def forward_threads(num_workers: int, current: int) -> int:
