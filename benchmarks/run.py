@@ -144,7 +144,7 @@ class FreeForward:
 # ---------------------------------------------------------------------------------- targets
 
 
-def pipeline(name: str, clap_dir: Path, data: Path, work: Path, *, workers: int, embed_batch: int,
+def pipeline(name: str, clap_dir: Path, data: Path, work: Path, *, workers: int | None, embed_batch: int,
              extra_passes: int = 9) -> tuple[int, float, float]:
     """Cold train + evaluate vs one CLAP pass and vs the usual approach; returns (clips, cold s, warm s)."""
     from data.audioset import SkipLog
@@ -210,7 +210,7 @@ def pipeline(name: str, clap_dir: Path, data: Path, work: Path, *, workers: int,
     return n, cold.seconds, warm.seconds
 
 
-def warm_up(clap_dir: Path, data: Path, embed_batch: int, workers: int) -> None:
+def warm_up(clap_dir: Path, data: Path, embed_batch: int, workers: int | None) -> None:
     """One batch of these clips and of the prompts through CLAP, untimed: the first forward at a
     batch shape pays for allocating its buffers (0.8 s of a 3 s pass on the tiny model), and
     whichever run came first would carry that."""
@@ -239,7 +239,7 @@ def warm_vs_cold(name: str, n: int, cold: float, warm: float, *, small: tuple[in
            note + ")")
 
 
-def cold_and_warm(name: str, clap_dir: Path, data: Path, work: Path, *, workers: int, embed_batch: int,
+def cold_and_warm(name: str, clap_dir: Path, data: Path, work: Path, *, workers: int | None, embed_batch: int,
                   small: tuple[int, float, float] | None = None) -> None:
     """Only the cold and the warm run, on more clips (the usual approach would take too long there)."""
     from hyperbolic.config import EvalConfig, TrainConfig
@@ -434,7 +434,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decode-clips", type=int, default=300, help="clips of the decoding runs (multiple of 10)")
     p.add_argument("--rss-clips", type=int, nargs=2, default=[500, 5000], metavar=("SMALL", "LARGE"))
     p.add_argument("--workers", type=int, default=None, help="decoding workers of the pipeline runs "
-                   "(default: the scripts' default, one per spare core)")
+                   "(default: the scripts' default, chosen per run)")
     p.add_argument("--perf-only", action="store_true",
                    help="only the sections of issue 22: extraction split, training threads, bootstrap and "
                         "results at 20,000 clips, warm start")
@@ -460,16 +460,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     quiet_progress_bars()
-    from hyperbolic.config import default_num_workers
     from hyperbolic.embedding.tiny_clap import build_random_clap
-    workers = default_num_workers() if args.workers is None else args.workers
+    workers = args.workers
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="hyperbolic_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     print(f"machine: {os.cpu_count()} cores ({cpu}), {platform.system()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} torch threads, no GPU used; load average {os.getloadavg()[0]:.2f}")
-    print(f"pipeline runs: {workers} decoding worker(s), train 10 epochs; times are one run each\n", flush=True)
+    print(f"pipeline runs: {'the split chosen per run' if workers is None else f'{workers} decoding worker(s)'}, "
+          "train 10 epochs; times are one run each\n", flush=True)
     started = time.perf_counter()
     try:
         models = {"tiny": build_random_clap(work / "tiny_clap", size="tiny")}
@@ -576,7 +576,7 @@ def quiet_progress_bars() -> None:
     hyperbolic.embedding.extraction.tqdm = quiet
 
 
-def pipeline_quiet(clap_dir: Path, data: Path, work: Path, workers: int) -> None:
+def pipeline_quiet(clap_dir: Path, data: Path, work: Path, workers: int | None) -> None:
     """The pipeline once, untimed (warm-up)."""
     from hyperbolic.config import EvalConfig, TrainConfig
     from hyperbolic.evaluation.evaluate import evaluate

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,13 +30,6 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # of the CLAP forward; see hyperbolic.emb
 GEOMETRIES = ("hyperbolic", "euclidean", "euclidean-distance")  # of the projector: hyperbolic.model.projector
 CLIP_MODES = ("inward", "straight-through", "hard")  # gradient rule of the clip: hyperbolic.model.projector
 SWANLAB_MODES = ("cloud", "online", "local", "offline", "disabled")
-
-
-def default_num_workers() -> int:
-    """One decoding worker per spare core (the main process runs the model), at most 8: the
-    rule of the ranks of ``hyperbolic.distributed`` (per machine). The scripts' default is None,
-    chosen per run by timing the first batch (``hyperbolic.embedding.split.choose_split``)."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 def choice(default, choices: tuple, *, optional: bool = False):

@@ -78,8 +78,10 @@ def rank_device(spec: str, local_rank: int) -> str:
 
 
 def default_workers(local_world_size: int) -> int:
-    """Decoding workers per rank: the spare cores of this machine shared by its ranks, at most 8."""
-    spare = (os.cpu_count() or 1) - local_world_size
+    """Decoding workers per rank: the spare cores of this machine (those this process may run on)
+    shared by its ranks, at most 8."""
+    from hyperbolic.embedding.split import usable_cores
+    spare = usable_cores() - local_world_size
     return max(0, min(8, spare // max(1, local_world_size)))
 
 

@@ -84,3 +84,15 @@ def test_torchrun_cache_equals_one_process(tiny_clap, tiny_clap_dir, tmp_path, m
     assert torch.equal(text, tiny_clap.embed_text(prompts_for(CLASSES, "This is a sound of {label}.")))
     store = cache.audio(tiny_clap)
     assert all(len(list(d.glob("*.npz"))) == 1 for d in store.folder.iterdir())  # compacted by the merge
+
+
+def test_workers_per_rank_count_the_cores_this_process_may_use(monkeypatch):
+    """taskset (or a container's CPU set) narrows the cores: 3 usable of 64, 1 rank -> 2 workers."""
+    import hyperbolic.embedding.split as split
+    from hyperbolic.distributed import default_workers
+    monkeypatch.setattr(split.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(split.os, "cpu_count", lambda: 64)
+    assert split.usable_cores() == 3
+    assert default_workers(1) == 2 and default_workers(2) == 0 and default_workers(3) == 0
+    monkeypatch.setattr(split.os, "sched_getaffinity", lambda pid: set(range(40)), raising=False)
+    assert default_workers(1) == 8 and default_workers(4) == 8  # (40 - 4) // 4 = 9, at most 8
