@@ -127,12 +127,13 @@ def test_forward_batches_are_full_and_worker_independent(tiny_clap, tmp_path, mo
 
 @pytest.mark.slow
 @pytest.mark.parametrize("batch", [4, 3])
-def test_the_split_probe_leaves_full_batches_whole(tiny_clap, tmp_path, monkeypatch, batch):
-    """--num-workers unset: the probe times the first unit's forward. In batches of 4 that unit
-    holds 3 clips (row a3 fails to decode), not the run's first batch: its forward is discarded, so
-    the run's own batches still start at its first row (before, the probe forwarded that unit
-    alone and shifted every later batch). In batches of 3 it is the run's first batch: kept, no
-    forward is spent twice."""
+def test_the_split_probe_decodes_into_the_runs_own_batches(tiny_clap, tmp_path, monkeypatch, batch):
+    """--num-workers unset: the probe decodes here, into the run's full batches, until the first
+    is forwarded. In batches of 4 the first unit holds 3 clips (row a3 fails to decode), so the
+    probe decodes two units for that batch; in batches of 3 the first unit is the first batch.
+    Either way no row is decoded twice and no forward is spent outside the run's batches (before,
+    the probe forwarded its unit alone, and then decoded it again)."""
+    import data.audioset as audioset
     folder = _awkward(tmp_path / "awkward")
     sizes: list[int] = []
     forward = tiny_clap.model.get_audio_features
@@ -141,15 +142,21 @@ def test_the_split_probe_leaves_full_batches_whole(tiny_clap, tmp_path, monkeypa
         sizes.append(len(kw["input_features"]))
         return forward(**kw)
 
+    decoded = []
+    real = audioset.decode_audio_cell
+    monkeypatch.setattr(audioset, "decode_audio_cell", lambda cell, **kw: decoded.append(1) or real(cell, **kw))
     monkeypatch.setattr(tiny_clap.model, "get_audio_features", recording)
     kw = dict(matcher=LabelMatcher(CLASSES), batch_size=batch, require_labels=False, full_batches=True)
     fixed = embed_clips(tiny_clap, folder, skips=SkipLog(), num_workers=0, **kw)
     run_batches = list(sizes)
     assert run_batches == ([4] * 7 + [2] if batch == 4 else [3] * 10)  # 30 decodable clips
+    assert len(decoded) == 32  # and the two that fail
     sizes.clear()
+    decoded.clear()
     monkeypatch.setattr("hyperbolic.embedding.extraction.usable_cores", lambda: 4)  # so the probe runs
+    monkeypatch.setattr("hyperbolic.embedding.extraction.choose_split", lambda *a, **k: 0)  # decoded here: counted
     probed = embed_clips(tiny_clap, folder, skips=SkipLog(), num_workers=None, **kw)
-    assert sizes == ([3] if batch == 4 else []) + run_batches, sizes  # a discarded probe forward, or none
+    assert sizes == run_batches and len(decoded) == 32
     assert np.array_equal(probed.audio.numpy(), fixed.audio.numpy())
 
 

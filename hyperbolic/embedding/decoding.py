@@ -144,14 +144,21 @@ class DecodeStream(IterableDataset):
                            max_samples=None if self.segmenting is not None else MAX_SAMPLES, warn=False,
                            only_rows=job.needed.__contains__,  # rows cached already: not decoded
                            decode_threads=threads)
+        last: dict[int, int] = {}  # unit -> its last needed row: its batch goes out with that row
+        for row in job.needed:
+            unit = bisect.bisect_right(starts, row) - 1
+            last[unit] = max(last.get(unit, -1), row)
         pending: list[Clip] = []
         for clip in clips:
             yield from self._events(job, skips)
             unit = bisect.bisect_right(starts, clip.meta.row) - 1
             if pending and bisect.bisect_right(starts, pending[0].meta.row) - 1 != unit:
-                yield from self._batches(job, pending)
+                yield from self._batches(job, pending)  # (a unit whose last needed row failed to decode)
                 pending = []
             pending.append(clip)
+            if clip.meta.row == last[unit]:  # complete: out now, not once the next unit's first clip is
+                yield from self._batches(job, pending)  # decoded (for nothing, if the reader stops here)
+                pending = []
         yield from self._events(job, skips)
         if pending:
             yield from self._batches(job, pending)

@@ -52,6 +52,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -241,13 +242,13 @@ class _Embedder:
             return
         before = torch.get_num_threads()
         num_workers = self.args.num_workers
-        if num_workers is None:  # with full batches the probe only measures: every row stays in `jobs`
-            full = self.args.full_batches and self.args.segmenting is None
-            jobs, num_workers = self._probe_split(jobs, plans, progress, keep_rows=full)
+        batches = self._full_batches(jobs, plans, progress)
+        if num_workers is None:
+            probe = self._probe_split if batches is None else partial(self._probe_full, batches=batches)
+            jobs, num_workers = probe(jobs, plans, progress)
         items = self._decoded(jobs, num_workers)
         workers = max(1, num_workers)
         finished: dict[int, int] = defaultdict(int)
-        batches = self._full_batches(jobs, plans, progress)
         torch.set_num_threads(forward_threads(num_workers, before))
         try:
             for item in items:
@@ -280,70 +281,118 @@ class _Embedder:
         return iter(stream) if num_workers == 0 else iter(DataLoader(
             stream, batch_size=None, num_workers=num_workers, collate_fn=as_is))
 
-    def _probe_split(self, jobs: list[DecodeJob], plans: list[_FilePlan], progress: tqdm, *,
-                     keep_rows: bool = False) -> tuple[list[DecodeJob], int]:
-        """``num_workers`` None: decode the first unit here, forward it on every core, timing
-        both, and choose the workers for the rest (``choose_split``). Returns the jobs left (the
-        probed rows taken out) and the workers. Too little work to pay a worker's start: none.
-        ``keep_rows`` (full batches): the probe's forward is kept only when its clips are the run's
-        first full batch (the first ``unit_rows`` needed rows, all decoded), the batch the full
-        batches would forward first; otherwise it is timed and discarded and every job is returned
-        whole, so the run's batches are full from its first row."""
-        cores = usable_cores()
-        if cores < 2 or sum(len(j.needed) for j in jobs) <= 2 * self.args.unit_rows:
+    def _probe_split(self, jobs: list[DecodeJob], plans: list[_FilePlan],
+                     progress: tqdm) -> tuple[list[DecodeJob], int]:
+        """``num_workers`` None, one unit per forward (``--no-full-batches``): decode the first
+        unit here and forward it on every core, timing both, and choose the workers for the rest
+        (``_choose``). Returns the jobs left (the probed rows taken out) and the workers."""
+        if not self._worth_a_probe(jobs):
             return jobs, 0
         first, plan = jobs[0], plans[jobs[0].index]
         done: set[int] = set()
         decode_s = decode_cpu_s = forward_s = 0.0
-        clips, item, one_less, kept, met = 0, ("done",), None, not keep_rows, []
+        clips, item = 0, ("done",)
         getattr(self.clap, "model", None)  # load the weights (lazy) before the clock starts
         stream = iter(self._decoded([first], 0))
         started, cpu = time.perf_counter(), time.process_time()
         for item in stream:
             if item[0] == "done":
                 break
-            if item[0] != "batch":
-                met.append(item)
-                if item[0] == "skip":
-                    done.add(item[2])
-                continue
-            decode_s, decode_cpu_s = time.perf_counter() - started, time.process_time() - cpu
-            clips = len(item[2])
-            kept = kept or (len(item[2]) == self.args.unit_rows
-                            and list(item[2]) == sorted(first.needed)[:self.args.unit_rows])
-            for earlier in met if kept else ():
-                self._take(plan, earlier, progress)
-            met = []
-            started = time.perf_counter()
-            if kept:
-                self._take(plan, item, progress)
+            if item[0] == "batch":
+                decode_s, decode_cpu_s = time.perf_counter() - started, time.process_time() - cpu
+                clips = len(item[2])
+                started = time.perf_counter()
+            self._take(plan, item, progress)
+            if item[0] == "skip":
+                done.add(item[2])
+            elif item[0] == "batch":
+                forward_s = time.perf_counter() - started
                 done.update(item[2])
-            else:
-                self.clap.embed_features(item[4])
-            forward_s = time.perf_counter() - started
-            break
+                break
         stream.close()
-        for earlier in met if kept else ():  # the first unit ended without a batch (every row failed)
-            self._take(plan, earlier, progress)
-        rest = [DecodeJob(first.index, first.path, first.limit, first.needed - done)] + jobs[1:] if kept else jobs
-        if kept and (not rest[0].needed or item[0] == "done"):
+        rest = [DecodeJob(first.index, first.path, first.limit, first.needed - done)] + jobs[1:]
+        if not rest[0].needed or item[0] == "done":
             rest = rest[1:]
             self.writer.save(plan, finished=True)
         if not clips:
             return rest, 0
-        threads = torch.get_num_threads()
-        decode, cpu, forward = decode_s / clips, decode_cpu_s / clips, forward_s / clips
+        return rest, self._choose(decode_s / clips, decode_cpu_s / clips, forward_s / clips, item[4], rest, clips)
+
+    def _probe_full(self, jobs: list[DecodeJob], plans: list[_FilePlan], progress: tqdm, *,
+                    batches: FullBatches) -> tuple[list[DecodeJob], int]:
+        """``num_workers`` None, full batches: decode here, into the run's own full batches, until
+        the first of them is forwarded (on every core), timing the decoding and that forward, and
+        choose the workers for the rest (``_choose``). Nothing is decoded or forwarded twice.
+        Returns the jobs left (the rows decoded here taken out) and the workers."""
+        if not self._worth_a_probe(jobs):
+            return jobs, 0
+        forwarded: dict = {"s": 0.0, "cpu": 0.0, "clips": 0, "first": None}
+        send = batches._forward
+
+        def timed(batch: list[Pending]) -> None:
+            started, cpu = time.perf_counter(), time.process_time()
+            send(batch)
+            forwarded["s"] += time.perf_counter() - started
+            forwarded["cpu"] += time.process_time() - cpu
+            forwarded["clips"] += len(batch)
+            forwarded["first"] = forwarded["first"] or batch[0][3]
+
+        passed: dict[int, set[int]] = defaultdict(set)  # rows decoded (or failed) here, per file
+        ended: set[int] = set()                          # files decoded to their end here
+        getattr(self.clap, "model", None)  # load the weights (lazy) before the clock starts
+        batches._forward = timed
+        stream = iter(self._decoded(jobs, 0))
+        started, cpu = time.perf_counter(), time.process_time()
+        try:
+            for item in stream:
+                if item[0] == "done":
+                    ended.add(item[1])
+                    batches.file_done(item[1])
+                else:
+                    self._take(plans[item[1]], item, progress, batches)
+                    if item[0] in ("batch", "skip"):
+                        passed[item[1]].update(item[2] if item[0] == "batch" else [item[2]])
+                if forwarded["clips"]:
+                    break
+        finally:
+            stream.close()
+            batches._forward = send
+        decode_s = time.perf_counter() - started - forwarded["s"]
+        decode_cpu_s = time.process_time() - cpu - forwarded["cpu"]
+        rest = []
+        for job in (j for j in jobs if j.index not in ended):
+            if job.needed - passed[job.index]:
+                rest.append(DecodeJob(job.index, job.path, job.limit, job.needed - passed[job.index]))
+            else:  # every needed row came: nothing left to read
+                batches.file_done(job.index)
+        clips = sum(len(rows) for rows in passed.values())
+        if not forwarded["clips"]:
+            return rest, 0
+        return rest, self._choose(decode_s / clips, decode_cpu_s / clips, forwarded["s"] / forwarded["clips"],
+                                  forwarded["first"], rest, clips)
+
+    def _worth_a_probe(self, jobs: list[DecodeJob]) -> bool:
+        """Too little work to pay a worker's start, or one core: no probe, no worker."""
+        return usable_cores() >= 2 and sum(len(j.needed) for j in jobs) > 2 * self.args.unit_rows
+
+    def _choose(self, decode: float, cpu: float, forward: float, features: dict, rest: list[DecodeJob],
+                measured_on: int) -> int:
+        """The workers for the rest of the run (``choose_split``) from per-clip seconds measured
+        here: ``decode`` (wall), ``cpu`` (of decoding) and ``forward`` (on every thread), timing
+        one thread less (on ``features``, one clip) where a worker could repay it; logged."""
+        cores, threads = usable_cores(), torch.get_num_threads()
         left = sum(len(j.needed) for j in rest)
+        one_less = None
         if self.args.segmenting is None and worth_measuring(decode, forward, cores, left, threads=threads,
                                                              decode_cpu_s=cpu):
-            one_less = self._one_less(item[4], threads)
+            one_less = self._one_less(features, threads)
         workers = choose_split(decode, forward, cores, threads=threads, one_less=one_less, decode_cpu_s=cpu)
         log.info("decoding split: %d worker(s), the forward on %d thread(s) (measured per clip on the first %d: "
                  "%.1f ms of decoding (%.1f ms of CPU), %.1f ms of forward on %d thread(s); %s)", workers,
-                 forward_threads(workers, threads), clips, 1000 * decode, 1000 * cpu, 1000 * forward, threads,
-                 "one thread less not timed: no worker could repay it" if one_less is None
+                 forward_threads(workers, threads), measured_on, 1000 * decode, 1000 * cpu,
+                 1000 * forward, threads, "one thread less not timed: no worker could repay it" if one_less is None
                  else f"{one_less:.2f}x the time on one thread less")
-        return rest, workers
+        return workers
 
     def _one_less(self, features: dict, threads: int, pairs: int = 3) -> float | None:
         """Forward time on ``threads - 1`` threads over that on ``threads``, for the batch's first
