@@ -439,8 +439,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="only the sections of issue 22: extraction split, training threads, bootstrap and "
                         "results at 20,000 clips, warm start")
     p.add_argument("--split-clips", type=int, default=100, help="clips of the tiny extraction-split runs (multiple of 10)")
-    p.add_argument("--base-split-clips", type=int, default=40,
-                   help="clips of the base-size extraction-split runs, in batches of 8 (multiple of 10)")
+    p.add_argument("--base-split-clips", type=int, default=160,
+                   help="clips of the base-size extraction-split runs, in batches of 32 (multiple of 10)")
+    p.add_argument("--warm-clips", type=int, default=1000,
+                   help="clips of the base-size cold / warm evaluation (multiple of 10)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     p.add_argument("--workdir", default=None, help="keep the generated models and data here (default: a "
                    "temporary folder, removed at the end)")
@@ -542,10 +544,9 @@ def perf_sections(args, models: dict[str, Path], work: Path) -> None:
     data = write_clips(work / "data_split", clips_per_class=args.split_clips // 10)
     print("extraction split (decode + forward, no cache) vs the bare forward:", flush=True)
     P.extraction_split(record, "tiny", models["tiny"], data, rounds=3)
-    base_per_clip = None
-    if "base" in models:  # few clips, small batches (still 4 of them, so the split is measured), 2 rounds
-        small = write_clips(work / "data_split_base", clips_per_class=args.base_split_clips // 10)
-        base_per_clip = P.extraction_split(record, "base", models["base"], small, rounds=2, batch=8)
+    if "base" in models:  # the default batch of 32, 2 rounds
+        clips = write_clips(work / "data_split_base", clips_per_class=args.base_split_clips // 10)
+        P.extraction_split(record, "base", models["base"], clips, rounds=2)
     print("\ntraining threads:", flush=True)
     P.training_threads(record)
     print("\nbootstrap and results at 20,000 clips:", flush=True)
@@ -553,10 +554,10 @@ def perf_sections(args, models: dict[str, Path], work: Path) -> None:
     print("\nwarm start:", flush=True)
     classes = work / "demo_classes.txt"
     classes.write_text("\n".join(DEMO_CLASSES) + "\n")
-    warm = P.warm_start(record, models["tiny"], write_clips(work / "data_tiny_warm", clips_per_class=10), work,
-                        classes)
-    if base_per_clip is not None:
-        P.warm_ratio(record, warm, base_per_clip)
+    P.warm_start(record, models["tiny"], write_clips(work / "data_tiny_warm", clips_per_class=10), work, classes)
+    if "base" in models:
+        P.cold_vs_warm(record, models["base"], write_clips(work / "data_cold_warm", clips_per_class=args.warm_clips // 10),
+                       work)
     print(flush=True)
 
 

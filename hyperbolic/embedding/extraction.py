@@ -11,12 +11,14 @@ How ``embed_clips`` reads a folder, file by file in sorted order:
    into units of ``batch_size`` rows (``iter_clips``'s ``read_batch_rows``); with
    ``num_workers > 0`` the units are dealt to DataLoader workers
    (``shard=combine_shards(...)``), which decode, resample and compute the mel features, while
-   this process runs the forward. One forward batch is the rows of one unit that need embedding,
-   whatever ``num_workers`` is: CLAP's output for a clip changes in the last bits with the batch
-   it sits in, and this keeps results bit-identical across worker counts. With ``full_batches``
-   (``--full-batches``) the decoded clips are put back in reading order instead and forwarded
-   ``batch_size`` at a time across units and files (``hyperbolic.embedding.batches``): also
-   bit-identical across worker counts, but a clip's batch then depends on what the cache held.
+   this process runs the forward; without workers this process decodes a unit on every thread,
+   in turns with the forward. With ``full_batches`` (the default) the decoded clips are put back
+   in reading order and forwarded ``batch_size`` at a time across units and files
+   (``hyperbolic.embedding.batches``): every batch full but the run's last, the same batches for
+   any ``num_workers``. Without it one forward batch is the rows of one unit that need
+   embedding. CLAP's output for a clip changes in the last bits with the size of the batch it
+   sits in, so either rule keeps results bit-identical across worker counts; with full batches a
+   clip's batch also depends on what the cache held (docs/performance.md).
 3. Outcomes (an embedding, a decode failure, a non-finite embedding) are put back in (file, row)
    order; decode failures are counted in ``skips`` in that order.
 
