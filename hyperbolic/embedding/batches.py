@@ -38,7 +38,8 @@ class FullBatches:
     def __init__(self, order: list[tuple[int, list[int]]], size: int, *,
                  forward: Callable[[list[Pending]], None], finished: Callable[[int], None]):
         self.order, self.size = order, size
-        self._forward, self._finished = forward, finished
+        self.forward = forward  # where each batch goes (a caller may wrap it, e.g. to time it)
+        self._finished = finished
         self.waiting: dict[tuple[int, int], Pending] = {}    # the reorder buffer
         self.resolved: set[tuple[int, int]] = set()          # needed rows that failed to decode
         self.done: set[int] = set()                          # files every worker has finished
@@ -96,7 +97,7 @@ class FullBatches:
 
     def _send(self) -> None:
         batch, self.batch = self.batch, []
-        self._forward(batch)
+        self.forward(batch)
         self._close()
 
     def _close(self) -> None:

@@ -329,7 +329,7 @@ class _Embedder:
         if not self._worth_a_probe(jobs):
             return jobs, 0
         forwarded: dict = {"s": 0.0, "cpu": 0.0, "clips": 0, "first": None}
-        send = batches._forward
+        send = batches.forward
 
         def timed(batch: list[Pending]) -> None:
             started, cpu = time.perf_counter(), time.process_time()
@@ -342,7 +342,7 @@ class _Embedder:
         passed: dict[int, set[int]] = defaultdict(set)  # rows decoded (or failed) here, per file
         ended: set[int] = set()                          # files decoded to their end here
         getattr(self.clap, "model", None)  # load the weights (lazy) before the clock starts
-        batches._forward = timed
+        batches.forward = timed
         stream = iter(self._decoded(jobs, 0))
         started, cpu = time.perf_counter(), time.process_time()
         try:
@@ -358,7 +358,7 @@ class _Embedder:
                     break
         finally:
             stream.close()
-            batches._forward = send
+            batches.forward = send
         decode_s = time.perf_counter() - started - forwarded["s"]
         decode_cpu_s = time.process_time() - cpu - forwarded["cpu"]
         rest = []
