@@ -351,7 +351,7 @@ class _FolderRead:
     max_samples: int | None
     warn: bool = True                # log each unreadable file as it is met
     only_rows: Callable[[int], bool] | None = None  # rows to process (others only considered)
-    decode_threads: int = 1          # threads decoding the rows of a unit (_prefetched)
+    decode_threads: int = 1          # threads decoding the rows of a unit (_rows)
     considered: int = 0              # rows considered so far, skipped ones included: what `limit` counts
     unit: int = 0                    # global unit counter, identical in every shard
 

@@ -123,7 +123,7 @@ class _RunArgs:
     rank: int = 0
     world_size: int = 1
     keep: Callable[[ClipMeta], bool] | None = None
-    full_batches: bool = True       # forward batches of unit_rows clips across units (embedding.batches)
+    full_batches: bool = True        # forward batches of unit_rows clips across units (embedding.batches)
 
     def kept(self, clips: list[Clip]) -> list[Clip]:
         """The clips ``keep`` selects (all without it); the others are read and counted as
