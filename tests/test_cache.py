@@ -65,6 +65,47 @@ def test_file_digest_follows_the_bytes_and_is_remembered(tmp_path, hashes):
     assert cache.file_digest(a) != digest
 
 
+def test_audio_digests_are_remembered_per_file(tmp_path, monkeypatch):
+    """A warm run reads the clips' audio digests from the cache, not the audio bytes; a rewritten
+    file, or a damaged note, is read again; the values are those of data.audioset.audio_digests."""
+    import data.audioset as audioset
+    from data.audioset import iter_clips
+    from data.synthetic import write_parquet_shard
+    from tests.test_embeddings import cell, row, tone
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_parquet_shard(folder / "a.parquet", [row("a0", cell(tone(300.0)), ["Speech"]),
+                                               row("a1", cell(tone(300.0)), ["Dog"]),   # same audio as a0
+                                               row("a2", {"bytes": None, "path": "x.wav"}, ["Dog"])])
+    write_parquet_shard(folder / "b.parquet", [row("b0", cell(tone(500.0)), ["Music"])])
+    metas = [c.meta for c in iter_clips(folder, matcher=LabelMatcher(CLASSES), skips=SkipLog(), decode=False)]
+    want = audioset.audio_digests(folder, metas)
+    assert want[0] == want[1] and want[0] != want[3] and want[2] is None  # (a path-only cell has no bytes)
+    reads = []
+    real = audioset.audio_digests
+
+    def counting(folder, metas):
+        reads.append(sorted({m.file for m in metas}))
+        return real(folder, metas)
+
+    monkeypatch.setattr(audioset, "audio_digests", counting)
+    cache = EmbeddingCache(tmp_path / "cache")
+    assert cache.audio_digests(folder, metas) == want and reads == [["a.parquet"], ["b.parquet"]]
+    reads.clear()
+    assert EmbeddingCache(tmp_path / "cache").audio_digests(folder, metas) == want
+    assert reads == [["a.parquet"]]  # only for a2, whose missing digest is not remembered
+    reads.clear()
+    write_parquet_shard(folder / "b.parquet", [row("b0", cell(tone(700.0)), ["Music"])])  # rewritten
+    again = cache.audio_digests(folder, metas)
+    assert reads == [["a.parquet"], ["b.parquet"]] and again[:3] == want[:3] and again[3] != want[3]
+    notes = list((tmp_path / "cache" / "audio_digests").glob("*.json"))
+    for note in notes:
+        note.write_text("{not json")
+    reads.clear()
+    assert cache.audio_digests(folder, metas) == again and reads == [["a.parquet"], ["b.parquet"]]
+
+
 def test_model_fingerprint_is_hashed_once(tiny_clap_dir, tmp_path, monkeypatch):
     folder = shutil.copytree(tiny_clap_dir, tmp_path / "clap")
     clap = FrozenClap(model=None, processor=None, device=torch.device("cpu"), path=folder)

@@ -479,7 +479,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         cache, data, prompts = None, _stored_clips(cfg, stored, class_names, hier), _StoredPrompts(stored, extra_names)
         model_path = f"embeddings:{cfg.embeddings}"
     # The audio bytes are read again for their digests only when a checkpoint records its clips.
-    data.digests = (audio_digests(cfg.parquet_dir, data.clips.metas)
+    data.digests = ((audio_digests if cache is None else cache.audio_digests)(cfg.parquet_dir, data.clips.metas)
                     if stored is None and any(m.training_clips for m in models) else [None] * len(data.clips))
     if cfg.export_embeddings:
         _export(cfg, data.clips, class_names, prompts, extra_names, model_path)

@@ -18,6 +18,7 @@ from data.audioset import SkipLog, audio_digests
 from data.class_list import resolve_class_names
 from data.labels import LabelMatcher, load_class_ids
 from hyperbolic.config import TrainConfig
+from hyperbolic.embedding.cache import EmbeddingCache
 from hyperbolic.embedding.embeddings import (
     PROMPT_NAME_RULE,
     ClipEmbeddings,
@@ -168,7 +169,7 @@ def training_data(cfg: TrainConfig) -> TrainingData:
         prompts = embed_prompts(clap, prompts_for(prompt_names, cfg.prompt_template), cache=cache)
     data = _assemble(cfg, clips, prompts, class_names, holdout, dropped, skips, hierarchy, trainer_cls,
                      source={"clap": {"path": str(clap.path), "embed_dim": clap.embed_dim},
-                             "cache_dir": None if cache is None else str(cache.root)})
+                             "cache_dir": None if cache is None else str(cache.root)}, cache=cache)
     if caption_info is not None:
         data.extra.update(text_column=list(cfg.text_column), captions=caption_info)
     return data
@@ -189,10 +190,11 @@ def _stored_training_data(cfg: TrainConfig) -> TrainingData:
 
 def _assemble(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, class_names: list[str],
               holdout: list[int], dropped: dict, skips: SkipLog, hierarchy: Hierarchy | None,
-              trainer_cls: Callable | None, source: dict) -> TrainingData:
-    # Audio digests need the parquet bytes; stored embeddings (--embeddings) have ids only.
-    digests = (audio_digests(cfg.parquet_dir, clips.metas) if cfg.parquet_dir and not cfg.embeddings
-               else [None] * len(clips))
+              trainer_cls: Callable | None, source: dict, cache: EmbeddingCache | None = None) -> TrainingData:
+    # Audio digests need the parquet bytes (remembered in the cache); stored embeddings
+    # (--embeddings) have ids only.
+    digests = ((audio_digests if cache is None else cache.audio_digests)(cfg.parquet_dir, clips.metas)
+               if cfg.parquet_dir and not cfg.embeddings else [None] * len(clips))
     split, duplicates = keep_duplicates_together(split_indices(len(clips), cfg.train_ratio, cfg.seed), digests)
     if not split.train or not split.val:
         raise TrainingError(f"keeping identical audio on one side of the split leaves {len(split.train)} train and "
