@@ -179,6 +179,7 @@ def test_classification_metrics_match_references(seed, n, c, levels):
         assert got["mAUC"] == pytest.approx(m_auc, abs=TOL)
         if 0 < m_auc < 1:
             assert got["d_prime"] == pytest.approx(math.sqrt(2) * stats.norm.ppf(m_auc), abs=1e-9)
+            assert got["d_prime"] == math.sqrt(2) * stats.norm.ppf(got["mAUC"])  # scipy.stats' value, bit for bit
         else:
             assert got["d_prime"] is None
 

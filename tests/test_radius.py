@@ -221,3 +221,15 @@ def test_prompt_health_closed_forms():
     assert two["mean_pairwise_cosine"] == pytest.approx(math.cos(a))
     assert two["effective_rank"] == pytest.approx(math.exp(-(p * np.log(p)).sum()))
     assert prompt_health(torch.ones(1, 3))["effective_rank"] is None
+
+
+def test_skewness_is_scipy_stats_skew_bit_for_bit():
+    from scipy import stats
+
+    from hyperbolic.evaluation.radius import skewness
+    rng = np.random.default_rng(0)
+    cases = [rng.standard_normal(527), rng.exponential(size=527) * 40, rng.integers(0, 300, 527).astype(float),
+             rng.random(10) / 3, np.r_[np.zeros(526), 10_000.0]]
+    cases += [rng.poisson(lam, size=int(rng.integers(3, 2000))).astype(float) + rng.random() for lam in (1, 5, 50)]
+    for x in cases:
+        assert skewness(x) == float(stats.skew(x))

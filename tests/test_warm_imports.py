@@ -50,3 +50,28 @@ def test_a_changed_model_file_reads_the_processor_again(tiny_clap_dir, tmp_path,
     monkeypatch.setattr(C, "processor_parts", lambda clap: calls.append(1) or real(clap))
     assert cache.processor_key(FrozenClap.load(str(folder), "cpu")) == first
     assert calls == [1]
+
+
+WARM_EVAL = """
+import runpy, sys
+sys.argv = ["test_clap_modelscope.py"] + sys.argv[1:]
+try:
+    runpy.run_path("test_clap_modelscope.py", run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+print("MODULES", *(name in sys.modules for name in ("transformers", "modelscope", "matplotlib", "scipy.stats")))
+"""
+
+
+@pytest.mark.slow
+def test_a_warm_plain_evaluation_imports_neither_transformers_nor_scipy_stats(tiny_clap_dir, demo_eval_dir,
+                                                                              classes_file, tmp_path):
+    """scipy.stats (~0.5 s) is imported where tied scores, a hyperbolic model's radius block or a
+    hierarchy need it; a plain CLAP evaluation of continuous scores needs none of them."""
+    from tests.helpers import eval_argv
+    argv = eval_argv(demo_eval_dir, tiny_clap_dir, tmp_path / "r.json", "--class-labels", classes_file,
+                     "--cache-dir", tmp_path / "cache", num_workers=0)
+    lines = [subprocess.run([sys.executable, "-c", WARM_EVAL, *argv], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout.splitlines()[-1] for _ in range(2)]
+    assert lines[0].startswith("MODULES True True False")  # cold: CLAP ran (transformers may import scipy.stats)
+    assert lines[1] == "MODULES False False False False"   # warm
