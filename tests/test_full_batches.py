@@ -90,17 +90,23 @@ def _awkward(folder):
     return folder
 
 
-@pytest.mark.slow
-def test_forward_batches_are_full_and_worker_independent(tiny_clap, tmp_path, monkeypatch):
-    folder = _awkward(tmp_path / "awkward")
+def _record_batch_sizes(clap, monkeypatch) -> list[int]:
+    """The size of every audio forward of ``clap`` from here on, in order."""
     sizes: list[int] = []
-    forward = tiny_clap.model.get_audio_features
+    forward = clap.model.get_audio_features
 
     def recording(**kw):
         sizes.append(len(kw["input_features"]))
         return forward(**kw)
 
-    monkeypatch.setattr(tiny_clap.model, "get_audio_features", recording)
+    monkeypatch.setattr(clap.model, "get_audio_features", recording)
+    return sizes
+
+
+@pytest.mark.slow
+def test_forward_batches_are_full_and_worker_independent(tiny_clap, tmp_path, monkeypatch):
+    folder = _awkward(tmp_path / "awkward")
+    sizes = _record_batch_sizes(tiny_clap, monkeypatch)
     results = {}
     for workers in (0, 1, 2):
         sizes.clear()
@@ -135,17 +141,10 @@ def test_the_split_probe_decodes_into_the_runs_own_batches(tiny_clap, tmp_path, 
     the probe forwarded its unit alone, and then decoded it again)."""
     import data.audioset as audioset
     folder = _awkward(tmp_path / "awkward")
-    sizes: list[int] = []
-    forward = tiny_clap.model.get_audio_features
-
-    def recording(**kw):
-        sizes.append(len(kw["input_features"]))
-        return forward(**kw)
-
+    sizes = _record_batch_sizes(tiny_clap, monkeypatch)
     decoded = []
     real = audioset.decode_audio_cell
     monkeypatch.setattr(audioset, "decode_audio_cell", lambda cell, **kw: decoded.append(1) or real(cell, **kw))
-    monkeypatch.setattr(tiny_clap.model, "get_audio_features", recording)
     kw = dict(matcher=LabelMatcher(CLASSES), batch_size=batch, require_labels=False, full_batches=True)
     fixed = embed_clips(tiny_clap, folder, skips=SkipLog(), num_workers=0, **kw)
     run_batches = list(sizes)
