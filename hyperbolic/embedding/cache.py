@@ -537,3 +537,12 @@ class EmbeddingCache:
             for i in indices:
                 out[i] = known.get(str(metas[i].row))
         return out
+
+
+def clip_audio_digests(folder: str | Path, metas: list, cache: EmbeddingCache | None) -> list[str | None]:
+    """Each clip's audio digest: through ``cache`` (``EmbeddingCache.audio_digests``), or read from
+    the audio bytes without one (``--no-cache``)."""
+    if cache is None:
+        from data.audioset import audio_digests
+        return audio_digests(folder, metas)
+    return cache.audio_digests(folder, metas)

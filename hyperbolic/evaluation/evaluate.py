@@ -26,11 +26,12 @@ import numpy as np
 import torch
 
 from data.audio import segmenting_from
-from data.audioset import SkipLog, audio_digests, count_rows
+from data.audioset import SkipLog, count_rows
 from data.class_list import FROM_DATA, resolve_class_names
 from data.errors import DatasetError
 from data.labels import LabelMatcher, load_class_ids
 from hyperbolic.config import DEFAULT_PROMPT_TEMPLATE, EvalConfig
+from hyperbolic.embedding.cache import clip_audio_digests
 from hyperbolic.embedding.embeddings import (
     ClipEmbeddings,
     duration_report,
@@ -479,7 +480,7 @@ def evaluate(cfg: EvalConfig, models: list[ScoringModel] | None = None) -> tuple
         cache, data, prompts = None, _stored_clips(cfg, stored, class_names, hier), _StoredPrompts(stored, extra_names)
         model_path = f"embeddings:{cfg.embeddings}"
     # The audio bytes are read again for their digests only when a checkpoint records its clips.
-    data.digests = ((audio_digests if cache is None else cache.audio_digests)(cfg.parquet_dir, data.clips.metas)
+    data.digests = (clip_audio_digests(cfg.parquet_dir, data.clips.metas, cache)
                     if stored is None and any(m.training_clips for m in models) else [None] * len(data.clips))
     if cfg.export_embeddings:
         _export(cfg, data.clips, class_names, prompts, extra_names, model_path)

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 
 from data.audio import segmenting_from
-from data.audioset import SkipLog, audio_digests
+from data.audioset import SkipLog
 from data.class_list import resolve_class_names
 from data.labels import LabelMatcher, load_class_ids
 from hyperbolic.config import TrainConfig
-from hyperbolic.embedding.cache import EmbeddingCache
+from hyperbolic.embedding.cache import EmbeddingCache, clip_audio_digests
 from hyperbolic.embedding.embeddings import (
     PROMPT_NAME_RULE,
     ClipEmbeddings,
@@ -193,7 +193,7 @@ def _assemble(cfg: TrainConfig, clips: ClipEmbeddings, prompts: torch.Tensor, cl
               trainer_cls: Callable | None, source: dict, cache: EmbeddingCache | None = None) -> TrainingData:
     # Audio digests need the parquet bytes (remembered in the cache); stored embeddings
     # (--embeddings) have ids only.
-    digests = ((audio_digests if cache is None else cache.audio_digests)(cfg.parquet_dir, clips.metas)
+    digests = (clip_audio_digests(cfg.parquet_dir, clips.metas, cache)
                if cfg.parquet_dir and not cfg.embeddings else [None] * len(clips))
     split, duplicates = keep_duplicates_together(split_indices(len(clips), cfg.train_ratio, cfg.seed), digests)
     if not split.train or not split.val:
